@@ -1,0 +1,5 @@
+"""``python -m custode``."""
+
+from custode.cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""The application object every command receives: config, output and logging in one place."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from custode import paths
+from custode.config import Config, load_config
+from custode.errors import PathNotFoundError
+
+
+@dataclass
+class App:
+    """Shared by all commands: lazily loads config; renders to stdout, talks on stderr."""
+
+    config_path: Path | None = None
+    debug: bool = False
+    out: Console = field(default_factory=lambda: Console(soft_wrap=True))
+    err: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
+
+    @cached_property
+    def config(self) -> Config:
+        if self.config_path is not None:
+            return load_config(self.config_path, required=True)
+        return load_config(paths.default_config_file(), required=False)
+
+    @property
+    def interactive(self) -> bool:
+        """True when a person watches stderr: show progress bars and colour."""
+        return self.err.is_terminal
+
+    def state_dir(self) -> Path:
+        return self.config.state.directory or paths.state_dir()
+
+    def roots(self, given: tuple[Path, ...]) -> list[Path]:
+        """Roots from the command line, else from config; at least one is required."""
+        roots = list(given) or list(self.config.roots)
+        if not roots:
+            raise PathNotFoundError(
+                "no roots given; pass a directory of repositories (custode status /srv/git) "
+                f"or set roots in {self.config_path or paths.default_config_file()}"
+            )
+        return roots
+
+    def print_json(self, obj: Any) -> None:
+        sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+    def warn(self, message: str) -> None:
+        logging.getLogger("custode").warning(message)

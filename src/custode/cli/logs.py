@@ -1,0 +1,29 @@
+"""Logging: readable lines on a terminal, JSON lines (structured logs) otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pythonjsonlogger.json import JsonFormatter
+from rich.logging import RichHandler
+
+
+def configure(*, interactive: bool, debug: bool) -> None:
+    root = logging.getLogger("custode")
+    root.handlers.clear()
+    root.propagate = False
+    root.setLevel(logging.DEBUG if debug else logging.INFO if interactive else logging.WARNING)
+    handler: logging.Handler
+    if interactive:
+        handler = RichHandler(show_time=False, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    root.addHandler(handler)

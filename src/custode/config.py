@@ -1,0 +1,221 @@
+"""The configuration model: one TOML file, every setting with a default, validated eagerly.
+
+Precedence is flags over environment (``CUSTODE_CONFIG`` names the file) over the file
+over these defaults. Errors name the file, the key path and what is wrong, and suggest
+the closest key for a typo. ``render_default_config`` writes the commented default file
+from this model, so the model is the single source of truth for names and defaults.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
+
+from custode.errors import ConfigError
+from custode.units import format_duration, parse_duration
+
+
+def _duration(value: object) -> object:
+    if isinstance(value, str):
+        return parse_duration(value)
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+"""Seconds; written in the file as a number of seconds or a string like "30m" or "14d"."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DiscoveryConfig(_Section):
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns (matched against paths relative to a root, and against "
+        "directory names) that discovery skips, e.g. [\"**/node_modules\", \"archive/*\"].",
+    )
+    follow_symlinks: bool = Field(
+        default=True,
+        description="Follow symbolic links to directories; loops are detected and reported.",
+    )
+    max_depth: int = Field(
+        default=16, ge=1, description="How many directory levels below a root to search."
+    )
+    descend_into_worktrees: bool = Field(
+        default=True,
+        description="Look for nested repositories inside working trees (not inside .git).",
+    )
+
+
+class GitConfig(_Section):
+    binary: str = Field(default="git", description="The git executable (a name on PATH or a path).")
+    timeout: Duration = Field(
+        default=3600.0, description="Longest a single git command may run before it is killed."
+    )
+    nice: int = Field(
+        default=10, ge=0, le=19, description="CPU niceness for git processes custode starts."
+    )
+    ionice: Literal["none", "idle", "best-effort"] = Field(
+        default="best-effort",
+        description="I/O scheduling class for git processes: none, idle or best-effort (lowest).",
+    )
+    trust_repository_owner: bool = Field(
+        default=True,
+        description="Operate on repositories owned by another user (git's safe.directory) for "
+        "the repositories under the roots. Safe because custode never lets a repository's "
+        "config run a program (hooks, fsmonitor, pagers, filters are all disabled).",
+    )
+
+
+class HealthConfig(_Section):
+    loose_objects: int = Field(
+        default=6700,
+        ge=0,
+        description="More loose objects than this needs a repack (git gc --auto uses 6700).",
+    )
+    packs: int = Field(
+        default=50,
+        ge=1,
+        description="More packs than this needs a repack (git's gc.autoPackLimit is 50).",
+    )
+    loose_refs: int = Field(
+        default=1000, ge=0, description="More loose refs than this needs git pack-refs."
+    )
+    commit_graph_chain: int = Field(
+        default=20,
+        ge=1,
+        description="A split commit-graph chain longer than this needs merging.",
+    )
+    stale_file_age: Duration = Field(
+        default=3600.0,
+        description="A lock or temporary file older than this is stale (no running git "
+        "holds one that long).",
+    )
+
+
+class StateConfig(_Section):
+    directory: Path | None = Field(
+        default=None,
+        description="Where the history database and audit log live "
+        "(default: $XDG_STATE_HOME/custode).",
+    )
+
+
+class Config(_Section):
+    roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories holding the repositories to look after. Roots given on the "
+        "command line replace these.",
+    )
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    git: GitConfig = Field(default_factory=GitConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+
+
+def load_config(path: Path, *, required: bool) -> Config:
+    """Read and validate ``path``; a missing optional file gives the defaults."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(
+                f"config file {path} does not exist; create it with 'custode init --config {path}'"
+            ) from None
+        return Config()
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; pass a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: dict[str, Any], *, source: str) -> Config:
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"config file {source}: {_describe(exc)}") from None
+    base = Path(source).parent
+    roots = [r if r.is_absolute() else base / r for r in (p.expanduser() for p in config.roots)]
+    return config.model_copy(update={"roots": roots})
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line for the first error: key path, what is wrong, and a suggestion for typos."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        model: type[BaseModel] = Config
+        for part in loc[:-1]:
+            field = model.model_fields.get(part)
+            ann = field.annotation if field else None
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                model = ann
+        close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+        hint = f"; did you mean '{'.'.join([*loc[:-1], close[0]])}'?" if close else (
+            f"; known keys here: {', '.join(model.model_fields)}"
+        )
+        return f"{key}: unknown key{hint}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{key}: {msg} (got {err.get('input')!r})"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f'"{format_duration(value)}"'
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _wrap(text: str, prefix: str = "# ") -> list[str]:
+    import textwrap
+
+    return [prefix + line for line in textwrap.wrap(text, width=86)]
+
+
+def render_default_config() -> str:
+    """The commented default config file: every key, its meaning and its default."""
+    lines = [
+        "# custode configuration. Every key is shown with its default, commented out;",
+        "# uncomment and change what you need. Durations accept 90s, 30m, 2h, 14d, 2w.",
+        "",
+    ]
+    defaults = Config()
+    sections: list[tuple[str, BaseModel]] = []
+    for name, field in Config.model_fields.items():
+        value = getattr(defaults, name)
+        if isinstance(value, BaseModel):
+            sections.append((name, value))
+            continue
+        lines += _wrap(field.description or "")
+        lines += [f"# {name} = {_toml_value(value)}", ""]
+    for name, section in sections:
+        lines.append(f"[{name}]")
+        for key, field in type(section).model_fields.items():
+            lines += _wrap(field.description or "")
+            value = getattr(section, key)
+            shown = '"/path/of/your/choice"' if value is None else _toml_value(value)
+            lines.append(f"# {key} = {shown}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""Every error custode reports on purpose, and the exit code each maps to.
+
+Messages are one line: they name the thing that is wrong and end with the fix. Only
+``custode.cli.main`` turns these into output and an exit status.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit statuses of every custode command (listed in each command's help)."""
+
+    OK = 0
+    ERROR = 1  # an unexpected failure: a bug, reported with --debug for the traceback
+    USAGE = 2  # bad arguments or an invalid config file
+    PARTIAL = 3  # the command finished but some repositories have problems
+    NOT_FOUND = 4  # a path named by the user does not exist or is not usable
+    GIT = 5  # git is missing, too old, failed or timed out
+    INTEGRITY = 6  # a record (audit log, state) failed verification
+    LOCKED = 11  # another custode holds a lock this command needs
+    INTERRUPTED = 130
+
+
+EXIT_CODES_HELP = (
+    "Exit status: 0 ok; 1 unexpected error; 2 usage or config error; "
+    "3 some repositories have problems; 4 path not found; 5 git failed; "
+    "6 verification failed; 11 locked; 130 interrupted."
+)
+
+
+class CustodeError(Exception):
+    """Base of every error custode reports deliberately."""
+
+    exit_code: ExitCode = ExitCode.ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(CustodeError):
+    exit_code = ExitCode.USAGE
+
+
+class ConfigError(CustodeError):
+    """The config file cannot be read or does not validate."""
+
+    exit_code = ExitCode.USAGE
+
+
+class PathNotFoundError(CustodeError):
+    """A root or file named by the user does not exist or is the wrong kind of thing."""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
+class GitError(CustodeError):
+    """git failed. Carries the command, its exit status and the tail of its stderr."""
+
+    exit_code = ExitCode.GIT
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        args: tuple[str, ...] = (),
+        returncode: int | None = None,
+        stderr: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.command = args
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class GitTimeoutError(GitError):
+    """git ran longer than its time limit and was killed."""
+
+
+class GitNotFoundError(GitError):
+    """No usable git binary, or one older than custode supports."""
+
+
+class GitRefusedError(GitError):
+    """The runner refused to run a git command that could execute repository-supplied code."""
+
+
+class RepositoryError(CustodeError):
+    """A repository cannot be read: broken, corrupt or unreadable."""
+
+    exit_code = ExitCode.PARTIAL
+
+
+class IntegrityError(CustodeError):
+    """A record custode keeps (the audit log, the state database) failed verification."""
+
+    exit_code = ExitCode.INTEGRITY
+
+
+class LockedError(CustodeError):
+    exit_code = ExitCode.LOCKED

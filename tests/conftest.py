@@ -1,0 +1,4 @@
+"""Shared pytest fixtures: real repositories built with real git (see tests/fixtures/)."""
+
+from fixtures.builders import *  # noqa: F403  (pytest fixtures are found by name)
+from fixtures.hostile import *  # noqa: F403
