@@ -9,6 +9,7 @@ from this model, so the model is the single source of truth for names and defaul
 from __future__ import annotations
 
 import difflib
+import textwrap
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -43,7 +44,7 @@ class DiscoveryConfig(_Section):
     exclude: list[str] = Field(
         default_factory=list,
         description="Glob patterns (matched against paths relative to a root, and against "
-        "directory names) that discovery skips, e.g. [\"**/node_modules\", \"archive/*\"].",
+        'directory names) that discovery skips, e.g. ["**/node_modules", "archive/*"].',
     )
     follow_symlinks: bool = Field(
         default=True,
@@ -168,8 +169,10 @@ def _describe(exc: ValidationError) -> str:
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 model = ann
         close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
-        hint = f"; did you mean '{'.'.join([*loc[:-1], close[0]])}'?" if close else (
-            f"; known keys here: {', '.join(model.model_fields)}"
+        hint = (
+            f"; did you mean '{'.'.join([*loc[:-1], close[0]])}'?"
+            if close
+            else (f"; known keys here: {', '.join(model.model_fields)}")
         )
         return f"{key}: unknown key{hint}"
     msg = str(err["msg"]).removeprefix("Value error, ")
@@ -189,8 +192,6 @@ def _toml_value(value: Any) -> str:
 
 
 def _wrap(text: str, prefix: str = "# ") -> list[str]:
-    import textwrap
-
     return [prefix + line for line in textwrap.wrap(text, width=86)]
 
 

@@ -1,0 +1,117 @@
+"""``custode status``: one row per repository with its health verdict and reasons."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from custode.cli.app import App
+from custode.errors import EXIT_CODES_HELP, PathNotFoundError, RepositoryError
+from custode.fleet import FleetScan, scan
+from custode.health import Health, assess
+from custode.repostate import RepoState
+from custode.units import format_bytes
+
+_STYLE = {"ok": "green", "attention": "yellow", "broken": "bold red"}
+
+
+def _scan(app: App, roots: list[Path]) -> FleetScan:
+    if not app.interactive:
+        return scan(roots, app.config.discovery)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=app.err, transient=True, auto_refresh=False) as bar:
+        task = bar.add_task("reading repositories", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, refresh=True)
+
+        return scan(roots, app.config.discovery, progress)
+
+
+def _row_json(state: RepoState, health: Health) -> dict[str, Any]:
+    data = state.to_json()
+    data["verdict"] = health.verdict
+    data["reasons"] = [{"severity": r.severity, "text": r.text} for r in health.reasons]
+    return data
+
+
+def _table(rows: list[tuple[RepoState, Health]]) -> Table:
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("repository", overflow="fold")
+    table.add_column("health")
+    table.add_column("size", justify="right")
+    table.add_column("loose", justify="right")
+    table.add_column("packs", justify="right")
+    table.add_column("refs", justify="right")
+    table.add_column("reasons", overflow="fold")
+    for state, health in rows:
+        table.add_row(
+            state.relative,
+            f"[{_STYLE[health.verdict]}]{health.verdict}[/]",
+            format_bytes(state.size_bytes),
+            f"{state.loose_objects:,}",
+            f"{state.packs:,}",
+            f"{state.refs:,}",
+            "; ".join(r.text for r in health.reasons),
+        )
+    return table
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--problems-only", is_flag=True, help="Only repositories that are not ok.")
+@click.pass_obj
+def status(app: App, roots: tuple[Path, ...], as_json: bool, problems_only: bool) -> None:
+    """Show the health of every repository under ROOTS (default: roots from config)."""
+    root_paths = app.roots(roots)
+    result = _scan(app, root_paths)
+    now = time.time()
+    rows = [(s, assess(s, app.config.health, now)) for s in result.states]
+    counts = {v: sum(1 for _, h in rows if h.verdict == v) for v in ("ok", "attention", "broken")}
+    shown = [(s, h) for s, h in rows if h.verdict != "ok"] if problems_only else rows
+    if as_json:
+        app.print_json(
+            {
+                "version": 1,
+                "generated_at": now,
+                "roots": [str(r) for r in root_paths],
+                "seconds": round(result.seconds, 3),
+                "summary": {"repositories": len(rows), **counts},
+                "repositories": [_row_json(s, h) for s, h in shown],
+                "problems": [{"path": str(p.path), "message": p.message} for p in result.problems],
+            }
+        )
+    else:
+        if shown:
+            app.out.print(_table(shown))
+        app.out.print(
+            f"{len(rows):,} repositories: {counts['ok']:,} ok, {counts['attention']:,} need "
+            f"attention, {counts['broken']:,} broken ({result.seconds:.1f}s)"
+        )
+    for problem in result.problems:
+        app.err.print(f"custode: {problem.path}: {problem.message}", markup=False, highlight=False)
+    if not rows:
+        raise PathNotFoundError(
+            f"no git repositories found under {', '.join(map(str, root_paths))}; "
+            "check the path and discovery.exclude"
+        )
+    if counts["broken"] or result.problems:
+        parts = []
+        if counts["broken"]:
+            parts.append(f"{counts['broken']} broken repositories")
+        if result.problems:
+            parts.append(f"{len(result.problems)} unreadable paths")
+        raise RepositoryError(
+            f"{' and '.join(parts)}; see the reasons above and repair or exclude them"
+        )

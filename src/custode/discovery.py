@@ -1,0 +1,245 @@
+"""Find the git repositories under a set of roots, fast and without running git.
+
+A directory is a git directory when it holds ``objects/`` and ``refs/`` directories and a
+``HEAD`` or ``config`` file (a git directory missing ``HEAD`` is found, so that it can be
+reported as broken). Bare repositories and the ``.git`` of working copies are found; so
+are submodule git directories (under ``<gitdir>/modules/``, attached to their
+superproject) and repositories nested inside working trees. Linked worktrees (``.git``
+files pointing into ``<gitdir>/worktrees/``) are attached to their repository, never
+counted as repositories. Every repository is counted once, however many paths (symbolic
+links, submodule checkouts) lead to it. Discovery never descends into a git directory
+(so never into an object store). Unreadable directories and symbolic-link loops become
+``Problem`` entries; they never stop the walk.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from custode.config import DiscoveryConfig
+from custode.errors import PathNotFoundError
+
+Kind = Literal["bare", "working", "submodule"]
+
+
+@dataclass(frozen=True)
+class Repository:
+    """One repository: where it lives, its git directory, and its identity under a root."""
+
+    root: Path
+    path: Path  # the working tree for working copies, the git directory otherwise
+    git_dir: Path
+    kind: Kind
+    relative: str  # path relative to the root, POSIX separators: the repository's identity
+    superproject: Path | None = None  # for submodules: the repository that contains it
+    worktrees: tuple[Path, ...] = ()  # linked worktrees found under the roots
+
+    @property
+    def bare(self) -> bool:
+        return self.kind != "working"
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    message: str
+
+
+@dataclass
+class Discovery:
+    repositories: list[Repository] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def is_git_dir(names: Iterable[str], dirs: set[str]) -> bool:
+    names = set(names)
+    return "objects" in dirs and "refs" in dirs and bool(names & {"HEAD", "config"})
+
+
+def _scan(path: Path) -> tuple[set[str], set[str], list[os.DirEntry[str]]]:
+    entries = list(os.scandir(path))
+    names = {e.name for e in entries}
+    dirs = {e.name for e in entries if _is_dir(e)}
+    return names, dirs, entries
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _read_gitfile(path: Path) -> Path | None:
+    """The target of a ``.git`` file (``gitdir: <path>``), resolved against its directory."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    if not text.startswith("gitdir:"):
+        return None
+    target = Path(text.removeprefix("gitdir:").strip())
+    return Path(os.path.normpath(path.parent / target))
+
+
+class _Walker:
+    def __init__(self, config: DiscoveryConfig) -> None:
+        self.config = config
+        self.result = Discovery()
+        self.seen: dict[tuple[int, int], Repository] = {}
+        self.worktrees: dict[tuple[int, int], list[Path]] = {}
+
+    def excluded(self, rel: str, name: str) -> bool:
+        for pat in self.config.exclude:
+            if fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(name, pat):
+                return True
+            if pat.startswith("**/") and fnmatch.fnmatch(rel, pat[3:]):
+                return True
+        return False
+
+    def problem(self, path: Path, message: str) -> None:
+        self.result.problems.append(Problem(path, message))
+
+    def add(self, repo: Repository) -> None:
+        try:
+            st = os.stat(repo.git_dir)
+        except OSError as exc:
+            self.problem(repo.git_dir, f"cannot read git directory: {exc.strerror}")
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in self.seen:
+            return
+        self.seen[key] = repo
+        self.result.repositories.append(repo)
+        self.submodules(repo)
+
+    def submodules(self, repo: Repository) -> None:
+        """Submodule git directories live under ``<gitdir>/modules/<name>`` (names may nest)."""
+        stack = [repo.git_dir / "modules"]
+        while stack:
+            d = stack.pop()
+            try:
+                names, dirs, entries = _scan(d)
+            except OSError:
+                continue
+            if d != repo.git_dir / "modules" and is_git_dir(names, dirs):
+                rel = f"{repo.relative}/.git/{d.relative_to(repo.git_dir).as_posix()}"
+                if repo.kind != "working":
+                    rel = f"{repo.relative}/{d.relative_to(repo.git_dir).as_posix()}"
+                self.add(Repository(repo.root, d, d, "submodule", rel, superproject=repo.path))
+                continue
+            stack.extend(Path(e.path) for e in entries if _is_dir(e) and not e.is_symlink())
+
+    def gitfile(self, path: Path, root: Path, rel: str) -> None:
+        """A ``.git`` file: a linked worktree, a submodule checkout or a separated git dir."""
+        target = _read_gitfile(path / ".git")
+        if target is None:
+            self.problem(path / ".git", "unreadable .git file (expected 'gitdir: <path>')")
+            return
+        if target.parent.name == "worktrees" and (target / "commondir").exists():
+            main = Path(os.path.normpath(target / _read_first_line(target / "commondir")))
+            try:
+                st = os.stat(main)
+            except OSError:
+                self.problem(path, f"linked worktree of missing repository {main}")
+                return
+            self.worktrees.setdefault((st.st_dev, st.st_ino), []).append(path)
+            return
+        kind: Kind = "submodule" if "modules" in target.parts else "working"
+        if not target.is_dir():
+            self.problem(path / ".git", f"points to missing git directory {target}")
+            return
+        self.add(Repository(root, path, target, kind, rel))
+
+    def walk(self, root: Path) -> None:
+        stack: list[tuple[Path, str, int]] = [(root, "", 0)]
+        while stack:
+            path, rel, depth = stack.pop()
+            try:
+                names, dirs, entries = _scan(path)
+            except PermissionError:
+                self.problem(
+                    path, "permission denied; fix its permissions or add it to discovery.exclude"
+                )
+                continue
+            except OSError as exc:
+                self.problem(path, f"cannot read directory: {exc.strerror}")
+                continue
+            shown = rel or root.name
+            in_worktree = False
+            if is_git_dir(names, dirs):
+                self.add(Repository(root, path, path, "bare", shown))
+                continue
+            if ".git" in dirs:
+                self.add(Repository(root, path, path / ".git", "working", shown))
+                in_worktree = True
+            elif ".git" in names:
+                self.gitfile(path, root, shown)
+                in_worktree = True
+            if in_worktree and not self.config.descend_into_worktrees:
+                continue
+            if depth < self.config.max_depth:
+                stack.extend(self.children(path, rel, depth, entries))
+
+    def children(
+        self, path: Path, rel: str, depth: int, entries: list[os.DirEntry[str]]
+    ) -> list[tuple[Path, str, int]]:
+        """Subdirectories to visit next (reverse order: the stack pops them in order)."""
+        out = []
+        for entry in sorted(entries, key=lambda e: e.name, reverse=True):
+            if entry.name == ".git" or not _is_dir(entry):
+                continue
+            child_rel = f"{rel}/{entry.name}" if rel else entry.name
+            if self.excluded(child_rel, entry.name):
+                continue
+            if entry.is_symlink():
+                if not self.config.follow_symlinks:
+                    continue
+                target = os.path.realpath(entry.path)
+                here = os.path.realpath(path)
+                if here == target or here.startswith(target + os.sep):
+                    self.problem(Path(entry.path), f"symbolic link loop (points to {target})")
+                    continue
+            out.append((Path(entry.path), child_rel, depth + 1))
+        return out
+
+
+def _read_first_line(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()[0].strip()
+    except (OSError, IndexError):
+        return "."
+
+
+def check_root(root: Path) -> Path:
+    """The root as an absolute path, or a PathNotFoundError naming it and the fix."""
+    if not root.exists():
+        raise PathNotFoundError(
+            f"root {root} does not exist; check the path (or the roots in your config)"
+        )
+    if not root.is_dir():
+        raise PathNotFoundError(
+            f"root {root} is not a directory; pass the directory that holds the repositories"
+        )
+    return Path(os.path.abspath(root))
+
+
+def discover(roots: Iterable[Path], config: DiscoveryConfig | None = None) -> Discovery:
+    """Every repository under ``roots`` (each checked first), in a stable order."""
+    walker = _Walker(config or DiscoveryConfig())
+    for root in [check_root(r) for r in roots]:
+        walker.walk(root)
+    repos = [
+        replace(repo, worktrees=tuple(sorted(walker.worktrees[key])))
+        if key in walker.worktrees
+        else repo
+        for key, repo in walker.seen.items()
+    ]
+    repos.sort(key=lambda r: (str(r.root), r.relative))
+    walker.result.repositories = repos
+    return walker.result

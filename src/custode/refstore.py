@@ -1,0 +1,127 @@
+"""Facts about a repository's references, read from the filesystem only.
+
+The ref count equals what ``git for-each-ref`` lists: every valid loose ref under
+``refs/`` plus every ``packed-refs`` entry not shadowed by a loose ref of the same name,
+with symbolic refs counted only when their target exists. A malformed ``packed-refs``
+line makes the repository broken (git itself refuses to read it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from custode.objectstore import TempFile
+
+_SYMREF = "ref: "
+
+
+@dataclass
+class RefStore:
+    head: str | None = None  # "refs/heads/main" for a symbolic HEAD, a hex id when detached
+    loose_refs: int = 0
+    packed_refs: int = 0
+    refs: int = 0
+    symbolic_refs: int = 0
+    temp: list[TempFile] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    size_bytes: int = 0
+    newest_mtime: float = 0.0
+    signature: list[str] = field(default_factory=list)
+
+
+def read_ref_store(git_dir: Path, hexsz: int) -> RefStore:
+    s = RefStore()
+    oid = re.compile(rf"[0-9a-f]{{{hexsz}}}")
+    _read_head(git_dir, oid, s)
+    loose: dict[str, str] = {}  # name -> symbolic target, or "" for a direct ref
+    stack = [str(git_dir / "refs")]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):
+                s.problems.append(f"cannot read refs directory: {exc.strerror}")
+            continue
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+                continue
+            st = e.stat(follow_symlinks=False)
+            s.size_bytes += st.st_blocks * 512
+            s.newest_mtime = max(s.newest_mtime, st.st_mtime)
+            rel = os.path.relpath(e.path, git_dir)
+            if e.name.endswith(".lock"):
+                s.temp.append(TempFile(rel, st.st_size, st.st_mtime))
+                continue
+            s.signature.append(f"{rel} {st.st_ino} {st.st_size} {st.st_mtime_ns}")
+            value = _first_line(e.path)
+            if value.startswith(_SYMREF):
+                loose[rel] = value[len(_SYMREF) :].strip()
+            elif oid.fullmatch(value):
+                loose[rel] = ""
+            else:
+                s.problems.append(f"loose ref {rel} is corrupt")
+    s.loose_refs = sum(1 for _ in loose)
+    packed = _read_packed(git_dir / "packed-refs", oid, s)
+    s.packed_refs = len(packed)
+    names = set(loose) | packed
+    s.symbolic_refs = sum(1 for t in loose.values() if t)
+    dangling = sum(1 for t in loose.values() if t and t not in names)
+    s.refs = len(names) - dangling
+    return s
+
+
+def _first_line(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4096).decode("utf-8", "replace").split("\n", 1)[0].strip()
+    except OSError:
+        return ""
+
+
+def _read_head(git_dir: Path, oid: re.Pattern[str], s: RefStore) -> None:
+    path = git_dir / "HEAD"
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        s.problems.append("HEAD is missing")
+        return
+    value = _first_line(str(path))
+    s.signature.append(f"HEAD {value}")
+    s.size_bytes += st.st_blocks * 512
+    if value.startswith(_SYMREF):
+        s.head = value[len(_SYMREF) :].strip()
+    elif oid.fullmatch(value):
+        s.head = value
+    else:
+        s.problems.append("HEAD is corrupt (neither a ref nor an object id)")
+
+
+def _read_packed(path: Path, oid: re.Pattern[str], s: RefStore) -> set[str]:
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return set()
+    except OSError as exc:
+        s.problems.append(f"cannot read packed-refs: {exc.strerror}")
+        return set()
+    s.size_bytes += st.st_blocks * 512
+    s.newest_mtime = max(s.newest_mtime, st.st_mtime)
+    s.signature.append(f"packed-refs {st.st_ino} {st.st_size} {st.st_mtime_ns}")
+    names: set[str] = set()
+    for number, raw in enumerate(data.decode("utf-8", "replace").split("\n"), start=1):
+        line = raw.rstrip("\r")
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("^") and oid.fullmatch(line[1:]):
+            continue
+        hexid, _, name = line.partition(" ")
+        if not oid.fullmatch(hexid) or not name.startswith("refs/"):
+            s.problems.append(f"packed-refs line {number} is corrupt")
+            return names
+        names.add(name)
+    return names

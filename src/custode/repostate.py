@@ -1,0 +1,268 @@
+"""RepoState: the cheap facts about one repository, read from the filesystem only.
+
+No git process runs on this path: reading ten thousand repositories must take seconds.
+The object store and the refs are read by their own modules; this one reads the rest of
+the git directory (config, worktrees, locks, logs) for its size and temporary files,
+and combines everything with a fingerprint that changes whenever refs or objects change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from custode import gitconfig
+from custode.discovery import Repository
+from custode.objectstore import TempFile, read_object_store
+from custode.refstore import read_ref_store
+
+HEXSZ = {"sha1": 40, "sha256": 64}
+_OWN = {"objects", "refs", "packed-refs", "HEAD", "modules"}  # read elsewhere, or not ours
+
+
+@dataclass(frozen=True)
+class RepoState:
+    """Everything ``custode status`` knows about a repository. Sizes are bytes on disk
+    except ``pack_bytes`` (file sizes of .pack and .idx, as ``git count-objects``)."""
+
+    path: str
+    relative: str
+    root: str
+    git_dir: str
+    kind: str
+    bare: bool
+    object_format: str
+    head: str | None
+    loose_objects: int
+    loose_objects_bytes: int
+    packs: int
+    pack_bytes: int
+    packed_objects: int
+    largest_pack_bytes: int
+    kept_packs: int
+    cruft_packs: int
+    pack_bitmaps: int
+    multi_pack_index: bool
+    midx_packs: int
+    midx_bitmap: bool
+    commit_graph: bool
+    commit_graph_chain: int
+    commit_graph_changed_paths: bool
+    loose_refs: int
+    packed_refs: int
+    refs: int
+    symbolic_refs: int
+    garbage_files: int
+    garbage_bytes: int
+    temp_files: tuple[TempFile, ...]
+    alternates: tuple[str, ...]
+    borrowed_by: tuple[str, ...]
+    superproject: str | None
+    worktrees: int
+    prunable_worktrees: int
+    gc_log: bool  # git gc --auto left gc.log: its last background run failed
+    size_bytes: int
+    newest_mtime: float
+    newest_pack_mtime: float
+    fingerprint: str
+    problems: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _object_format(config: dict[str, str]) -> str:
+    return config.get("extensions.objectformat", "sha1").lower()
+
+
+def inspect(repo: Repository) -> RepoState:
+    """Read ``repo``; problems (corrupt files, missing HEAD) are recorded, never raised."""
+    git_dir = repo.git_dir
+    config = gitconfig.read(git_dir / "config")
+    problems: list[str] = []
+    if not (git_dir / "config").exists():
+        problems.append("config is missing")
+    fmt = _object_format(config)
+    if fmt not in HEXSZ:
+        problems.append(f"unknown object format {fmt!r}")
+    hexsz = HEXSZ.get(fmt, 40)
+    objects = read_object_store(git_dir, hexsz)
+    refs = read_ref_store(git_dir, hexsz)
+    rest = _read_rest(git_dir)
+    problems += refs.problems + objects.problems
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (*refs.signature, *objects.signature):
+        digest.update(part.encode())
+        digest.update(b"\n")
+    bare = gitconfig.is_true(config.get("core.bare")) if "core.bare" in config else repo.bare
+    return RepoState(
+        path=str(repo.path),
+        relative=repo.relative,
+        root=str(repo.root),
+        git_dir=str(git_dir),
+        kind=repo.kind,
+        bare=bare,
+        object_format=fmt,
+        head=refs.head,
+        loose_objects=objects.loose_objects,
+        loose_objects_bytes=objects.loose_objects_bytes,
+        packs=objects.packs,
+        pack_bytes=objects.pack_bytes,
+        packed_objects=objects.packed_objects,
+        largest_pack_bytes=objects.largest_pack_bytes,
+        kept_packs=objects.kept_packs,
+        cruft_packs=objects.cruft_packs,
+        pack_bitmaps=objects.pack_bitmaps,
+        multi_pack_index=objects.multi_pack_index,
+        midx_packs=objects.midx_packs,
+        midx_bitmap=objects.midx_bitmap,
+        commit_graph=objects.commit_graph,
+        commit_graph_chain=objects.commit_graph_chain,
+        commit_graph_changed_paths=objects.commit_graph_changed_paths,
+        loose_refs=refs.loose_refs,
+        packed_refs=refs.packed_refs,
+        refs=refs.refs,
+        symbolic_refs=refs.symbolic_refs,
+        garbage_files=objects.garbage_files,
+        garbage_bytes=objects.garbage_bytes,
+        temp_files=tuple(sorted(objects.temp + refs.temp + rest.temp, key=lambda t: t.path)),
+        alternates=tuple(objects.alternates),
+        borrowed_by=(),
+        superproject=str(repo.superproject) if repo.superproject else None,
+        worktrees=rest.worktrees,
+        prunable_worktrees=rest.prunable_worktrees,
+        gc_log=rest.gc_log,
+        size_bytes=objects.size_bytes + refs.size_bytes + rest.size_bytes,
+        newest_mtime=max(objects.newest_mtime, refs.newest_mtime, rest.newest_mtime),
+        newest_pack_mtime=objects.newest_pack_mtime,
+        fingerprint=digest.hexdigest(),
+        problems=tuple(problems),
+    )
+
+
+@dataclass
+class _Rest:
+    worktrees: int = 0
+    prunable_worktrees: int = 0
+    gc_log: bool = False
+    size_bytes: int = 0
+    newest_mtime: float = 0.0
+    temp: list[TempFile] = field(default_factory=list)
+
+
+def _read_rest(git_dir: Path) -> _Rest:
+    rest = _Rest()
+    stack = [str(git_dir)]
+    top = str(git_dir)
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for e in entries:
+            if current == top and e.name in _OWN:
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            rest.size_bytes += st.st_blocks * 512
+            rest.newest_mtime = max(rest.newest_mtime, st.st_mtime)
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+                continue
+            if e.name.endswith(".lock") or e.name == "gc.pid":
+                rest.temp.append(TempFile(os.path.relpath(e.path, top), st.st_size, st.st_mtime))
+            if current == top and e.name == "gc.log":
+                rest.gc_log = st.st_size > 0
+    _read_worktrees(git_dir / "worktrees", rest)
+    return rest
+
+
+def _read_worktrees(path: Path, rest: _Rest) -> None:
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return
+    for e in entries:
+        if not e.is_dir(follow_symlinks=False):
+            continue
+        rest.worktrees += 1
+        wt = Path(e.path)
+        if (wt / "locked").exists():
+            continue
+        try:
+            target = (wt / "gitdir").read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            rest.prunable_worktrees += 1
+            continue
+        if not target or not os.path.exists(target):
+            rest.prunable_worktrees += 1
+
+
+def link_borrowers(states: list[RepoState]) -> list[RepoState]:
+    """Fill ``borrowed_by``: which repositories' alternates point at each one's objects."""
+    by_objects = {os.path.realpath(os.path.join(s.git_dir, "objects")): s for s in states}
+    borrowers: dict[str, list[str]] = {}
+    for s in states:
+        for alt in s.alternates:
+            lender = by_objects.get(os.path.realpath(alt))
+            if lender is not None:
+                borrowers.setdefault(lender.path, []).append(s.relative)
+    if not borrowers:
+        return states
+    return [
+        replace(s, borrowed_by=tuple(sorted(borrowers[s.path]))) if s.path in borrowers else s
+        for s in states
+    ]
+
+
+def inspect_failed(repo: Repository, message: str) -> RepoState:
+    """A placeholder state for a repository that could not be read at all."""
+    return RepoState(
+        path=str(repo.path),
+        relative=repo.relative,
+        root=str(repo.root),
+        git_dir=str(repo.git_dir),
+        kind=repo.kind,
+        bare=repo.bare,
+        object_format="unknown",
+        head=None,
+        loose_objects=0,
+        loose_objects_bytes=0,
+        packs=0,
+        pack_bytes=0,
+        packed_objects=0,
+        largest_pack_bytes=0,
+        kept_packs=0,
+        cruft_packs=0,
+        pack_bitmaps=0,
+        multi_pack_index=False,
+        midx_packs=0,
+        midx_bitmap=False,
+        commit_graph=False,
+        commit_graph_chain=0,
+        commit_graph_changed_paths=False,
+        loose_refs=0,
+        packed_refs=0,
+        refs=0,
+        symbolic_refs=0,
+        garbage_files=0,
+        garbage_bytes=0,
+        temp_files=(),
+        alternates=(),
+        borrowed_by=(),
+        superproject=str(repo.superproject) if repo.superproject else None,
+        worktrees=0,
+        prunable_worktrees=0,
+        gc_log=False,
+        size_bytes=0,
+        newest_mtime=0.0,
+        newest_pack_mtime=0.0,
+        fingerprint="",
+        problems=(message,),
+    )
