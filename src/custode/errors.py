@@ -102,5 +102,9 @@ class IntegrityError(CustodeError):
     exit_code = ExitCode.INTEGRITY
 
 
+class StateError(CustodeError):
+    """A file in the state directory (the history database, the audit log) cannot be used."""
+
+
 class LockedError(CustodeError):
     exit_code = ExitCode.LOCKED

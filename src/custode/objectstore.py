@@ -15,7 +15,6 @@ import re
 import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 HEX_DIR = re.compile(r"[0-9a-f]{2}")
 TEMP_PREFIXES = ("tmp_pack_", "tmp_idx_", "tmp_rev_", "tmp_bitmap_", "tmp_mtimes_", "tmp_obj_")
@@ -67,9 +66,9 @@ def _scan(path: str) -> list[os.DirEntry[str]]:
 
 
 class _Reader:
-    def __init__(self, git_dir: Path, hexsz: int) -> None:
-        self.objects = str(git_dir / "objects")
-        self.git_dir = str(git_dir)
+    def __init__(self, git_dir: str, hexsz: int) -> None:
+        self.objects = os.path.join(git_dir, "objects")
+        self.git_dir = git_dir
         self.hexsz = hexsz
         self.s = ObjectStore()
 
@@ -276,5 +275,5 @@ def _graph_has_bloom(path: str) -> bool:
     return any(table[i : i + 4] == b"BIDX" for i in range(0, len(table), 12))
 
 
-def read_object_store(git_dir: Path, hexsz: int) -> ObjectStore:
+def read_object_store(git_dir: str, hexsz: int) -> ObjectStore:
     return _Reader(git_dir, hexsz).read()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from custode.objectstore import TempFile
 
@@ -32,12 +31,12 @@ class RefStore:
     signature: list[str] = field(default_factory=list)
 
 
-def read_ref_store(git_dir: Path, hexsz: int) -> RefStore:
+def read_ref_store(git_dir: str, hexsz: int) -> RefStore:
     s = RefStore()
     oid = re.compile(rf"[0-9a-f]{{{hexsz}}}")
     _read_head(git_dir, oid, s)
     loose: dict[str, str] = {}  # name -> symbolic target, or "" for a direct ref
-    stack = [str(git_dir / "refs")]
+    stack = [os.path.join(git_dir, "refs")]
     while stack:
         try:
             entries = list(os.scandir(stack.pop()))
@@ -65,7 +64,7 @@ def read_ref_store(git_dir: Path, hexsz: int) -> RefStore:
             else:
                 s.problems.append(f"loose ref {rel} is corrupt")
     s.loose_refs = sum(1 for _ in loose)
-    packed = _read_packed(git_dir / "packed-refs", oid, s)
+    packed = _read_packed(os.path.join(git_dir, "packed-refs"), oid, s)
     s.packed_refs = len(packed)
     names = set(loose) | packed
     s.symbolic_refs = sum(1 for t in loose.values() if t)
@@ -82,14 +81,18 @@ def _first_line(path: str) -> str:
         return ""
 
 
-def _read_head(git_dir: Path, oid: re.Pattern[str], s: RefStore) -> None:
-    path = git_dir / "HEAD"
+def _read_head(git_dir: str, oid: re.Pattern[str], s: RefStore) -> None:
+    path = os.path.join(git_dir, "HEAD")
     try:
-        st = path.stat()
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            value = f.read(4096).decode("utf-8", "replace").split("\n", 1)[0].strip()
     except FileNotFoundError:
         s.problems.append("HEAD is missing")
         return
-    value = _first_line(str(path))
+    except OSError as exc:
+        s.problems.append(f"cannot read HEAD: {exc.strerror}")
+        return
     s.signature.append(f"HEAD {value}")
     s.size_bytes += st.st_blocks * 512
     if value.startswith(_SYMREF):
@@ -100,10 +103,11 @@ def _read_head(git_dir: Path, oid: re.Pattern[str], s: RefStore) -> None:
         s.problems.append("HEAD is corrupt (neither a ref nor an object id)")
 
 
-def _read_packed(path: Path, oid: re.Pattern[str], s: RefStore) -> set[str]:
+def _read_packed(path: str, oid: re.Pattern[str], s: RefStore) -> set[str]:
     try:
-        st = path.stat()
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
     except FileNotFoundError:
         return set()
     except OSError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,14 @@ class RepoState:
     problems: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = {name: getattr(self, name) for name in _FIELDS}
+        data["temp_files"] = [
+            {"path": t.path, "bytes": t.bytes, "mtime": t.mtime} for t in self.temp_files
+        ]
+        return data
+
+
+_FIELDS = tuple(f.name for f in fields(RepoState))
 
 
 def _object_format(config: dict[str, str]) -> str:
@@ -80,11 +87,19 @@ def _object_format(config: dict[str, str]) -> str:
 
 def inspect(repo: Repository) -> RepoState:
     """Read ``repo``; problems (corrupt files, missing HEAD) are recorded, never raised."""
-    git_dir = repo.git_dir
-    config = gitconfig.read(git_dir / "config")
+    git_dir = str(repo.git_dir)
     problems: list[str] = []
-    if not (git_dir / "config").exists():
+    try:
+        with open(os.path.join(git_dir, "config"), "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
         problems.append("config is missing")
+        text = ""
+    except OSError as exc:
+        problems.append(f"cannot read config: {exc.strerror}")
+        text = ""
+    # parsing is only needed when the file can name a non-default value we read
+    config = gitconfig.parse(text) if "objectformat" in text.lower() else {}
     fmt = _object_format(config)
     if fmt not in HEXSZ:
         problems.append(f"unknown object format {fmt!r}")
@@ -97,14 +112,13 @@ def inspect(repo: Repository) -> RepoState:
     for part in (*refs.signature, *objects.signature):
         digest.update(part.encode())
         digest.update(b"\n")
-    bare = gitconfig.is_true(config.get("core.bare")) if "core.bare" in config else repo.bare
     return RepoState(
         path=str(repo.path),
         relative=repo.relative,
         root=str(repo.root),
-        git_dir=str(git_dir),
+        git_dir=git_dir,
         kind=repo.kind,
-        bare=bare,
+        bare=repo.bare,
         object_format=fmt,
         head=refs.head,
         loose_objects=objects.loose_objects,
@@ -153,10 +167,9 @@ class _Rest:
     temp: list[TempFile] = field(default_factory=list)
 
 
-def _read_rest(git_dir: Path) -> _Rest:
+def _read_rest(top: str) -> _Rest:
     rest = _Rest()
-    stack = [str(git_dir)]
-    top = str(git_dir)
+    stack = [top]
     while stack:
         current = stack.pop()
         try:
@@ -179,11 +192,11 @@ def _read_rest(git_dir: Path) -> _Rest:
                 rest.temp.append(TempFile(os.path.relpath(e.path, top), st.st_size, st.st_mtime))
             if current == top and e.name == "gc.log":
                 rest.gc_log = st.st_size > 0
-    _read_worktrees(git_dir / "worktrees", rest)
+    _read_worktrees(os.path.join(top, "worktrees"), rest)
     return rest
 
 
-def _read_worktrees(path: Path, rest: _Rest) -> None:
+def _read_worktrees(path: str, rest: _Rest) -> None:
     try:
         entries = list(os.scandir(path))
     except OSError:

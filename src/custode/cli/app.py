@@ -51,7 +51,9 @@ class App:
         return roots
 
     def print_json(self, obj: Any) -> None:
-        sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+        """Indented for a person at a terminal, compact (and faster) for programs."""
+        indent = 2 if self.out.is_terminal else None
+        sys.stdout.write(json.dumps(obj, indent=indent, default=str) + "\n")
 
     def warn(self, message: str) -> None:
         logging.getLogger("custode").warning(message)

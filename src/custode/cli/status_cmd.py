@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from custode.cli.app import App
-from custode.errors import EXIT_CODES_HELP, PathNotFoundError, RepositoryError
+from custode.errors import EXIT_CODES_HELP, CustodeError, PathNotFoundError, RepositoryError
 from custode.fleet import FleetScan, scan
 from custode.health import Health, assess
 from custode.repostate import RepoState
@@ -36,6 +36,41 @@ def _scan(app: App, roots: list[Path]) -> FleetScan:
             bar.update(task, completed=done, total=total, refresh=True)
 
         return scan(roots, app.config.discovery, progress)
+
+
+def _record(app: App, rows: list[tuple[RepoState, Health]], broken: int) -> None:
+    """Keep the observations in the history database; a failure here only warns."""
+    from custode.state import Observation, StateDB
+
+    path = app.state_dir() / "state.db"
+    new = not path.exists()
+    try:
+        with StateDB.open(path) as db:
+            run = db.begin_run("status")
+            db.record_observations(
+                run,
+                (
+                    Observation(
+                        repository=s.relative,
+                        root=s.root,
+                        verdict=h.verdict,
+                        loose_objects=s.loose_objects,
+                        loose_objects_bytes=s.loose_objects_bytes,
+                        packs=s.packs,
+                        pack_bytes=s.pack_bytes,
+                        loose_refs=s.loose_refs,
+                        size_bytes=s.size_bytes,
+                        fingerprint=s.fingerprint,
+                    )
+                    for s, h in rows
+                ),
+            )
+            db.finish_run(run, "partial" if broken else "ok", {"repositories": len(rows)})
+    except CustodeError as exc:
+        app.warn(f"history not recorded: {exc}")
+        return
+    if new:
+        app.warn(f"created the history database {path}")
 
 
 def _row_json(state: RepoState, health: Health) -> dict[str, Any]:
@@ -80,6 +115,8 @@ def status(app: App, roots: tuple[Path, ...], as_json: bool, problems_only: bool
     rows = [(s, assess(s, app.config.health, now)) for s in result.states]
     counts = {v: sum(1 for _, h in rows if h.verdict == v) for v in ("ok", "attention", "broken")}
     shown = [(s, h) for s, h in rows if h.verdict != "ok"] if problems_only else rows
+    if rows:
+        _record(app, rows, counts["broken"])
     if as_json:
         app.print_json(
             {

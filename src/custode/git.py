@@ -1,0 +1,517 @@
+"""The one git runner: every git process custode starts goes through ``Git.run``.
+
+custode runs git over repositories it does not control; none may get git to run a program
+of its choosing. Four layers see to that:
+
+* **Environment** built from scratch (PATH, HOME, TMPDIR, the C locale, ``_FIXED_ENV``):
+  inherited ``GIT_*`` variables (GIT_DIR, GIT_CONFIG_PARAMETERS...) and secrets never pass.
+* **Command-line config** (``HARDENING``), which outranks the repository's: no hooks,
+  fsmonitor, pager, askpass, credential helper, ssh, gpg or alternate-refs program; only
+  the file transport; no automatic gc or maintenance.
+* **A subcommand allowlist** (``ALLOWLIST``). Filters, textconv and diff drivers are named
+  per driver and cannot be switched off wholesale, so only commands that never run them
+  without a work tree are allowed, minus the options that would (``log -p``...). Aliases
+  cannot shadow these builtins.
+* **Transfers** (clone, fetch, ls-remote) take an absolute local path and always get our
+  own hardened ``--upload-pack``: the source's side runs with a clean config otherwise.
+
+The repository goes in as ``--git-dir=<git dir>`` (given a bare repository, a ``.git``
+directory or a working copy), never ``-C``: no discovery, so neither custode's cwd nor a
+``.git`` file redirects git, and bare repositories and clones behave alike. custode never
+checks out, so no work tree is given; git runs in the git dir (use absolute paths).
+Callers put ``--`` before paths.
+
+An explicit ``--git-dir`` skips git's "dubious ownership" check, so the runner applies
+``trust_repository_owner`` itself: untrusted, a repository owned by another user is
+refused; trusted, ``-c safe.directory`` names it (honoured from git 2.38) and the
+transfer's source, for the git processes that still check.
+
+Each git runs in its own process group under ``nice``/``ionice`` when available; a timeout
+or an interrupt kills the whole group (SIGTERM, then SIGKILL after a grace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from custode.errors import GitError, GitNotFoundError, GitRefusedError, GitTimeoutError
+
+if TYPE_CHECKING:
+    from custode.config import GitConfig
+
+__all__ = [
+    "ALLOWLIST", "FEATURES", "HARDENING", "MINIMUM_VERSION", "Git", "GitResult", "GitVersion",
+    "git_dir_of",
+]  # fmt: skip
+
+IoNice = Literal["none", "idle", "best-effort"]
+
+
+@dataclass(frozen=True, order=True)
+class GitVersion:
+    major: int
+    minor: int
+    patch: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> GitVersion:
+        """Read ``git version 2.39.5`` (also ``2.39.5.windows.1``, ``2.24.3 (Apple Git-128)``)."""
+        m = re.search(r"\bversion (\d+)\.(\d+)(?:\.(\d+))?", text)
+        if m is None:
+            raise GitNotFoundError(
+                f"cannot read a git version from {text.strip()[:80]!r}: "
+                "install a standard git or set git.binary in config"
+            )
+        return cls(int(m[1]), int(m[2]), int(m[3] or 0))
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}"
+
+
+MINIMUM_VERSION = GitVersion(2, 30)
+
+#: The first git release with each feature custode uses (from git's release notes).
+FEATURES: dict[str, GitVersion] = {
+    "fsck-commit-graph-midx": GitVersion(2, 20),  # fsck checks commit-graph (2.19) and midx
+    "commit-graph-split": GitVersion(2, 23),  # commit-graph write --split (modes: 2.27)
+    "commit-graph-changed-paths": GitVersion(2, 27),  # --changed-paths (Bloom filters)
+    "maintenance": GitVersion(2, 29),  # git maintenance
+    "sha256": GitVersion(2, 29),  # init --object-format=sha256 (experimental)
+    "bundle-v3": GitVersion(2, 29),  # bundle create --version=3, bundles of sha256 repos
+    "rev-list-disk-usage": GitVersion(2, 31),  # rev-list --disk-usage
+    "repack-geometric": GitVersion(2, 32),  # repack --geometric
+    "repack-write-midx": GitVersion(2, 34),  # repack --write-midx
+    "midx-bitmap": GitVersion(2, 34),  # multi-pack reachability bitmaps
+    "cruft-packs": GitVersion(2, 37),  # repack --cruft, --cruft-expiration
+    "safe-directory-command-line": GitVersion(2, 38),  # -c safe.directory is honoured
+    "pack-refs-include-exclude": GitVersion(2, 42),  # pack-refs --include/--exclude
+    "for-each-ref-exclude": GitVersion(2, 42),  # for-each-ref --exclude
+    "repack-max-cruft-size": GitVersion(2, 43),  # repack --max-cruft-size
+}
+
+#: ``-c`` options on every command line; command-line config outranks the repository's.
+HARDENING: tuple[tuple[str, str], ...] = (
+    ("core.hooksPath", "/dev/null"),  # no hook runs, whatever hooks dir the repo names
+    ("core.fsmonitor", "false"),  # no fsmonitor hook or daemon when an index is read
+    ("core.pager", "cat"),  # with --no-pager and GIT_PAGER=cat
+    ("core.askPass", ""),  # empty: git skips askpass (GIT_ASKPASS is not passed on)
+    ("core.sshCommand", "false"),  # ssh is refused by protocol.allow as well
+    ("core.alternateRefsCommand", "true"),  # lists nothing: only an optimisation is lost
+    ("credential.helper", ""),  # empty resets the list of helpers
+    ("gpg.program", "false"),  # signature checks fail instead of running a program
+    ("gpg.openpgp.program", "false"),
+    ("gpg.ssh.program", "false"),
+    ("gpg.x509.program", "false"),
+    ("protocol.allow", "never"),  # no transport (ext::, ssh, http) but the local one
+    ("protocol.file.allow", "always"),
+    ("gc.auto", "0"),  # no gc --auto (nor its pre-auto-gc hook) behind our back
+    ("maintenance.auto", "false"),
+    ("submodule.recurse", "false"),
+    ("fetch.recurseSubmodules", "false"),
+    ("color.ui", "false"),  # output custode parses stays plain...
+    ("log.showSignature", "false"),  # ...and free of signature checks
+)
+
+_FIXED_ENV = {
+    "LANG": "C", "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "PAGER": "cat",
+    "GIT_EDITOR": "false", "GIT_NO_REPLACE_OBJECTS": "1", "GIT_PROTOCOL_FROM_USER": "0",
+}  # fmt: skip
+_KEPT_ENV = ("PATH", "HOME", "TMPDIR")
+_STOP = ("--", "--end-of-options")  # what follows is paths or revisions, not options
+
+
+@dataclass(frozen=True)
+class _Rule:
+    why: str  # why this command cannot run a program the repository names
+    actions: tuple[str, ...] = ()  # if any, the first argument must be one of them
+    refuse: tuple[str, ...] = ()  # options refused (also with =value or an attached value)
+    require: tuple[str, ...] = ()  # at least one of these options must be given
+    local_source: bool = False  # first positional: an absolute path to a repository/bundle
+
+
+_DIFFS = (
+    "-p", "-u", "--patch", "--patch-with-stat", "--patch-with-raw", "--stat", "--numstat",
+    "--shortstat", "--dirstat", "--dirstat-by-file", "--cumulative", "--summary",
+    "--compact-summary", "--cc", "-c", "-m", "--diff-merges", "--remerge-diff", "-W",
+    "--function-context", "--word-diff", "--color-words", "--check", "--binary", "-S", "-G",
+    "--pickaxe-regex", "-L", "--follow", "--textconv", "--ext-diff", "--show-signature",
+)  # fmt: skip
+_TRANSFER = ("--upload-pack", "-u", "--exec", "--recurse-submodules", "--recursive")
+
+#: The only git subcommands custode runs. None of them runs hooks (disabled anyway),
+#: filters, textconv or diff drivers without a work tree; refused options are those that
+#: would, or that reach beyond a local path.
+ALLOWLIST: dict[str, _Rule] = {
+    "version": _Rule("prints git's version"),
+    "rev-parse": _Rule("parses names and paths"),
+    "for-each-ref": _Rule("lists refs; signature atoms use the pinned gpg.program"),
+    "show-ref": _Rule("lists refs"),
+    "symbolic-ref": _Rule("reads or sets a symbolic ref (hooks disabled)"),
+    "update-ref": _Rule("updates refs (reference-transaction hook disabled)"),
+    "count-objects": _Rule("counts objects"),
+    "rev-list": _Rule("walks history without diffs", refuse=_DIFFS),
+    "log": _Rule("history without patches: diff/textconv/signature options refused",
+                 refuse=_DIFFS),
+    "cat-file": _Rule("raw objects: --filters/--textconv refused",
+                      refuse=("--filters", "--textconv", "--path")),
+    "ls-tree": _Rule("lists trees"),
+    "hash-object": _Rule("hashes without clean filters", require=("--no-filters",),
+                         refuse=("--path",)),
+    "fsck": _Rule("checks objects"),
+    "repack": _Rule("runs pack-objects only"),
+    "gc": _Rule("repack/prune/reflog/pack-refs/commit-graph; pre-auto-gc hook disabled"),
+    "prune": _Rule("deletes unreachable loose objects"),
+    "prune-packed": _Rule("deletes loose objects already packed"),
+    "pack-refs": _Rule("packs refs"),
+    "pack-objects": _Rule("writes packs"),
+    "unpack-objects": _Rule("explodes a pack"),
+    "index-pack": _Rule("indexes a pack"),
+    "verify-pack": _Rule("checks a pack"),
+    "show-index": _Rule("reads a pack index"),
+    "reflog": _Rule("expires reflogs ('show' is log)", actions=("expire", "delete", "exists")),
+    "commit-graph": _Rule("writes/checks the commit-graph", actions=("write", "verify")),
+    "multi-pack-index": _Rule("writes/checks the midx",
+                              actions=("write", "verify", "expire", "repack")),
+    "worktree": _Rule("prunes/lists worktree records, never checks out", actions=("prune", "list")),
+    "bundle": _Rule("rev-list/pack-objects/index-pack",
+                    actions=("create", "verify", "list-heads", "unbundle")),
+    "init": _Rule("creates an empty repository"),
+    "config": _Rule("reads config, writes only to a named file", refuse=("--edit", "-e"),
+                    require=("--get", "--get-all", "--get-regexp", "--get-urlmatch", "--list",
+                             "-l", "--file", "-f", "--blob")),
+    "clone": _Rule("without a checkout, from a local path", local_source=True,
+                   require=("--bare", "--mirror", "--no-checkout", "-n"),
+                   refuse=(*_TRANSFER, "--bundle-uri")),
+    "fetch": _Rule("from a local path or bundle", local_source=True,
+                   refuse=(*_TRANSFER, "--all", "--multiple")),
+    "ls-remote": _Rule("of a local path", local_source=True, refuse=_TRANSFER),
+}  # fmt: skip
+
+
+def _matches(arg: str, option: str) -> bool:
+    if arg == option or arg.startswith(option + "="):
+        return True
+    return len(option) == 2 and not arg.startswith("--") and arg.startswith(option)
+
+
+def git_dir_of(repo: Path) -> Path:
+    """The git dir of ``repo``: itself (bare or ``.git``), or a working copy's ``.git``."""
+    dotgit = repo / ".git"
+    if dotgit.is_file():
+        text = dotgit.read_text(errors="replace").strip()
+        if text.startswith("gitdir:"):
+            return (repo / text.removeprefix("gitdir:").strip()).absolute()
+    return dotgit.absolute() if dotgit.is_dir() else repo.absolute()
+
+
+def _trusted_paths(repo: Path) -> list[str]:
+    """What safe.directory must name for ``repo`` (git checks its work tree or git dir)."""
+    git_dir = git_dir_of(repo)
+    paths = {str(git_dir), os.path.realpath(git_dir)}
+    if git_dir.name == ".git":
+        paths |= {str(git_dir.parent), os.path.realpath(git_dir.parent)}
+    return sorted(paths)
+
+
+@dataclass(frozen=True)
+class GitResult:
+    args: tuple[str, ...]  # the full command line that ran
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    duration: float  # seconds
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", errors="replace")
+
+
+class Git:
+    """Runs git hardened (see the module docstring). Thread-safe; one per config."""
+
+    kill_grace = 2.0  # seconds between SIGTERM and SIGKILL on a timeout
+
+    def __init__(
+        self,
+        binary: str = "git",
+        *,
+        timeout: float = 3600.0,
+        nice: int | None = 10,
+        ionice: IoNice = "best-effort",
+        trust_repository_owner: bool = True,
+    ) -> None:
+        self.binary = binary
+        self.timeout = timeout
+        self.nice = nice
+        self.ionice = ionice
+        self.trust_repository_owner = trust_repository_owner
+        self._lock = threading.Lock()
+        self._version: GitVersion | None = None
+        self._prefix: list[str] = []
+        if nice and (tool := shutil.which("nice")):
+            self._prefix += [tool, "-n", str(nice)]
+        if ionice != "none" and (tool := shutil.which("ionice")):  # -t: run even if refused
+            self._prefix += [tool, "-t", "-c", "3"] if ionice == "idle" else [
+                tool, "-t", "-c", "2", "-n", "7"]  # fmt: skip
+
+    @classmethod
+    def from_config(cls, cfg: GitConfig) -> Git:
+        return cls(cfg.binary, timeout=cfg.timeout, nice=cfg.nice, ionice=cfg.ionice,
+                   trust_repository_owner=cfg.trust_repository_owner)  # fmt: skip
+
+    def executable(self) -> str:
+        """The git binary's path; GitNotFoundError if there is none."""
+        found = shutil.which(self.binary)
+        if found is None:
+            raise GitNotFoundError(
+                f"git not found ({self.binary!r} is not an executable file or on PATH): "
+                "install git or set git.binary in config"
+            )
+        return found
+
+    def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment git runs in: allowlisted, never inherited wholesale."""
+        env = {k: os.environ[k] for k in _KEPT_ENV if k in os.environ}
+        env.setdefault("PATH", os.defpath)
+        env.update(_FIXED_ENV)
+        for key, value in (extra or {}).items():
+            locked = key.startswith(("GIT_", "SSH_", "LD_")) and not key.startswith("GIT_TRACE")
+            if locked or key in _FIXED_ENV:
+                raise GitRefusedError(f"refusing to set {key} for git: the runner fixes it")
+            env[key] = value
+        return env
+
+    def command_line(self, args: Sequence[str], repo: Path | None = None) -> list[str]:
+        """The full argv ``run`` starts for ``args`` (checked against the allowlist)."""
+        args = [os.fspath(a) for a in args]
+        rule = _check(args)
+        git = self.executable()
+        hardening = [f"{key}={value}" for key, value in HARDENING]
+        trusted = _trusted_paths(repo) if repo is not None and self.trust_repository_owner else []
+        injected: list[str] = []
+        if rule.local_source:  # our own upload-pack: hardened, trusting the source if we may
+            source = Path(_positionals(args)[0])
+            extra = (
+                _trusted_paths(source) if self.trust_repository_owner and source.is_dir() else []
+            )
+            trusted += extra
+            pack = [*hardening, *(f"safe.directory={path}" for path in extra)]
+            injected.append("--upload-pack=" + shlex.join([git, *_dash_c(pack), "upload-pack"]))
+        config = [*hardening, *(f"safe.directory={path}" for path in trusted)]
+        cmd = [*self._prefix, git, "--no-pager", *_dash_c(config)]
+        if repo is not None:
+            cmd.append(f"--git-dir={git_dir_of(repo)}")
+        return [*cmd, args[0], *injected, *args[1:]]
+
+    def version(self) -> GitVersion:
+        """git's version, asked once per instance."""
+        with self._lock:
+            if self._version is None:
+                argv = [self.executable(), "version"]
+                result, _ = self._execute(argv, None, None, min(self.timeout or 60, 60))
+                if result.returncode != 0:
+                    raise GitNotFoundError(
+                        f"{argv[0]} version failed (exit {result.returncode}): "
+                        "install git or set git.binary in config"
+                    )
+                self._version = GitVersion.parse(result.text)
+            return self._version
+
+    def supports(self, feature: str) -> bool:
+        return self.version() >= FEATURES[feature]
+
+    def require(self, feature: str) -> None:
+        if not self.supports(feature):
+            needed = FEATURES[feature]
+            raise GitNotFoundError(
+                f"git {self.version()} is too old for {feature} (needs {needed}); upgrade git"
+            )
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        repo: Path | None,
+        timeout: float | None = None,
+        input: bytes | None = None,
+        check: bool = True,
+        cwd: Path | None = None,
+        env_extra: Mapping[str, str] | None = None,
+    ) -> GitResult:
+        """Run ``git <args>`` on ``repo`` (a git dir or a working copy; None for none).
+
+        git runs in ``cwd``, by default the git dir. ``timeout`` is in seconds (default the
+        instance's; 0 for none). Raises GitRefusedError, GitNotFoundError, GitTimeoutError,
+        and GitError for a non-zero exit when ``check``.
+        """
+        argv = self.command_line(args, repo)
+        env = self.environment(env_extra)
+        if (found := self.version()) < MINIMUM_VERSION:
+            raise GitNotFoundError(
+                f"git {found} is older than {MINIMUM_VERSION}, the oldest custode supports: "
+                "upgrade git"
+            )
+        sub = os.fspath(args[0])
+        git_dir = git_dir_of(repo) if repo is not None else None
+        where = str(repo if repo is not None else cwd or Path.cwd())
+        workdir = cwd or git_dir
+        if workdir is not None and not workdir.is_dir():
+            raise GitError(f"git {sub} cannot run in {where}: {workdir} is not a directory")
+        if git_dir is not None and not self.trust_repository_owner:
+            _check_owner(git_dir, sub)
+        limit = self.timeout if timeout is None else timeout
+        result, timed_out = self._execute(argv, workdir, input, limit or None, env)
+        if timed_out:
+            raise GitTimeoutError(
+                f"git {sub} in {where} did not finish within {limit:g} s and was killed: "
+                "raise git.timeout in config",
+                args=result.args,
+                stderr=_tail(result.stderr),
+            )
+        if check and result.returncode != 0:
+            raise GitError(
+                f"git {sub} failed in {where} (exit {result.returncode}): {_cause(result.stderr)}",
+                args=result.args,
+                returncode=result.returncode,
+                stderr=_tail(result.stderr),
+            )
+        return result
+
+    def _execute(
+        self,
+        argv: list[str],
+        cwd: Path | None,
+        stdin: bytes | None,
+        timeout: float | None,
+        env: dict[str, str] | None = None,
+    ) -> tuple[GitResult, bool]:
+        """Run argv in its own process group; the flag says it was killed on timeout."""
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=self.environment() if env is None else env,
+                process_group=0,  # thread-safe, unlike preexec_fn
+            )
+        except FileNotFoundError as exc:
+            raise GitNotFoundError(
+                f"git not found ({exc.filename}): install git or set git.binary in config",
+                args=tuple(argv),
+            ) from None
+        timed_out = False
+        try:
+            try:
+                out, err = proc.communicate(stdin, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _signal_group(proc.pid, signal.SIGTERM)  # git removes its lock and temp files
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(self.kill_grace)
+                _signal_group(proc.pid, signal.SIGKILL)  # and any child the leader left behind
+                try:
+                    out, err = proc.communicate(timeout=5)
+                except subprocess.TimeoutExpired:  # a descendant left the group with our pipes
+                    out, err = b"", b""
+        except BaseException:  # KeyboardInterrupt, SystemExit...: leave no orphans
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        result = GitResult(tuple(argv), proc.returncode, out, err, time.monotonic() - started)
+        return result, timed_out
+
+
+def _dash_c(items: Sequence[str]) -> list[str]:
+    return [word for item in items for word in ("-c", item)]
+
+
+def _positionals(args: Sequence[str]) -> list[str]:
+    """The arguments after the subcommand that are not options (all of them after --)."""
+    out: list[str] = []
+    for i, arg in enumerate(args[1:], 1):
+        if arg in _STOP:
+            return out + list(args[i + 1 :])
+        if not arg.startswith("-"):
+            out.append(arg)
+    return out
+
+
+def _check(args: Sequence[str]) -> _Rule:
+    """The allowlist rule for ``args``, or GitRefusedError saying why there is none."""
+    sub = args[0] if args else ""
+
+    def refuse(why: str, shown: str = " ".join(args[:2])) -> GitRefusedError:
+        return GitRefusedError(f"refusing to run 'git {shown}': {why}", args=tuple(args))
+
+    rule = ALLOWLIST.get(sub)
+    if rule is None:
+        raise refuse(
+            "not on custode's allowlist of git commands that cannot run programs named by a "
+            "repository (custode.git.ALLOWLIST)"
+        )
+    if rule.actions and (len(args) < 2 or args[1] not in rule.actions):
+        raise refuse(f"only 'git {sub}' {', '.join(rule.actions)} are allowed")
+    options = list(itertools.takewhile(lambda arg: arg not in _STOP, args[1:]))
+    for arg in options:
+        if any(_matches(arg, bad) for bad in rule.refuse):
+            why = "that option can run a program named by the repository or reach the network"
+            raise refuse(why, f"{sub} {arg}")
+    if rule.require and not any(_matches(a, r) for a in options for r in rule.require):
+        raise refuse(f"it needs one of {', '.join(rule.require)} ({rule.why})")
+    if rule.local_source:
+        source = next(iter(_positionals(args)), "")
+        if not os.path.isabs(source) or not os.path.exists(source):
+            raise refuse(
+                "the source must be an absolute path to a local repository or bundle "
+                "(write option values as --option=value)"
+            )
+    return rule
+
+
+def _check_owner(git_dir: Path, sub: str) -> None:
+    """trust_repository_owner = false: what git's own check would do without --git-dir."""
+    try:
+        owner = git_dir.stat().st_uid
+    except OSError:
+        return  # git reports a missing repository better
+    if owner != os.geteuid():
+        raise GitRefusedError(
+            f"refusing to run git {sub} in {git_dir}: it is owned by uid {owner}, not uid "
+            f"{os.geteuid()} that custode runs as; set git.trust_repository_owner = true to "
+            "look after it"
+        )
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _cause(stderr: bytes) -> str:
+    """The line that says why: git's first fatal (later ones follow from it), else the last."""
+    lines = [line.strip() for line in stderr.decode("utf-8", errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    for prefix in ("fatal:", "error:"):
+        if found := next((line for line in lines if line.startswith(prefix)), None):
+            return found
+    return lines[-1] if lines else "no error output"
+
+
+def _tail(stderr: bytes, limit: int = 4096) -> str:
+    return stderr[-limit:].decode("utf-8", errors="replace")

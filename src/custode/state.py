@@ -1,0 +1,261 @@
+"""The history database (``<state_dir>/state.db``): runs, per-repository results, observations.
+
+SQLite in WAL mode, so readers never block the writer and two custode processes can record
+at once (writers queue on the busy timeout). ``MIGRATIONS`` is an append-only list of SQL
+scripts and ``PRAGMA user_version`` counts those applied; each runs in its own ``BEGIN
+IMMEDIATE`` transaction that re-reads the version, so racing processes apply it once.
+Times are UTC ISO-8601 text of fixed width, so they sort as strings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from operator import attrgetter
+from pathlib import Path
+from typing import Any, Self
+
+from custode.errors import IntegrityError, StateError
+
+# Append only: never edit a migration that has shipped; add a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY, command TEXT NOT NULL, host TEXT NOT NULL,
+        started_at TEXT NOT NULL, finished_at TEXT,
+        status TEXT NOT NULL DEFAULT 'running', summary TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX runs_command_started ON runs (command, started_at);
+    CREATE TABLE repository_results (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        repository TEXT NOT NULL, root TEXT NOT NULL, task TEXT NOT NULL,
+        outcome TEXT NOT NULL, started_at TEXT NOT NULL, duration_s REAL NOT NULL,
+        details TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX repository_results_run ON repository_results (run_id);
+    CREATE INDEX repository_results_repo ON repository_results (repository, started_at);
+    CREATE TABLE observations (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        repository TEXT NOT NULL, root TEXT NOT NULL, verdict TEXT NOT NULL,
+        loose_objects INTEGER NOT NULL, loose_objects_bytes INTEGER NOT NULL,
+        packs INTEGER NOT NULL, pack_bytes INTEGER NOT NULL, loose_refs INTEGER NOT NULL,
+        size_bytes INTEGER NOT NULL, fingerprint TEXT NOT NULL, observed_at TEXT NOT NULL
+    );
+    CREATE INDEX observations_run ON observations (run_id);
+    CREATE INDEX observations_repo ON observations (repository, observed_at);
+    """,
+)
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One repository's cheap facts as seen by one run (the input to the fast path)."""
+
+    repository: str
+    root: str
+    verdict: str
+    loose_objects: int
+    loose_objects_bytes: int
+    packs: int
+    pack_bytes: int
+    loose_refs: int
+    size_bytes: int
+    fingerprint: str
+    observed_at: str = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class RepositoryResult:
+    """What one task (e.g. ``repack``) did to one repository in one run."""
+
+    repository: str
+    root: str
+    task: str
+    outcome: str
+    started_at: str
+    duration_s: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    command: str
+    host: str
+    started_at: str
+    finished_at: str | None
+    status: str
+    summary: dict[str, Any]
+
+
+def _insert(table: str, names: tuple[str, ...]) -> str:
+    # Column names come from the dataclasses here, never from input.
+    return f"INSERT INTO {table} (run_id, {', '.join(names)}) VALUES (?{', ?' * len(names)})"  # noqa: S608
+
+
+_OBS_FIELDS = tuple(f.name for f in fields(Observation))
+_RESULT_FIELDS = tuple(f.name for f in fields(RepositoryResult))
+_INSERT_OBS, _INSERT_RESULT = (
+    _insert("observations", _OBS_FIELDS),
+    _insert("repository_results", _RESULT_FIELDS),
+)
+_SELECT_OBS = f"SELECT {', '.join(_OBS_FIELDS)} FROM observations"  # noqa: S608
+
+
+def _statements(script: str) -> Iterator[str]:
+    """One statement at a time: ``executescript`` would commit our transaction first."""
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            yield buf
+            buf = ""
+
+
+class StateDB:
+    """An open history database. Use ``StateDB.open(path)``, ideally as a context manager."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: Path) -> StateDB:
+        """Open (creating and migrating as needed) the database at ``path``."""
+        conn = None
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not path.exists():  # private from the start; SQLite gives -wal/-shm its mode
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            # timeout= is SQLite's busy_timeout: a second writer waits instead of failing.
+            conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+            db = cls(path, conn)
+            db._check_version()
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # in WAL: may lose, never corrupts
+            conn.execute("PRAGMA foreign_keys = ON")
+            db._migrate()
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, OSError | sqlite3.OperationalError):
+                raise StateError(
+                    f"cannot open state database {path}: {exc}; check the permissions of "
+                    f"{path.parent} and free space, or set state.directory in the config"
+                ) from exc
+            if isinstance(exc, sqlite3.DatabaseError):  # e.g. "file is not a database"
+                raise IntegrityError(
+                    f"{path} is not a custode state database ({exc}); move it aside and "
+                    "custode will create a new one"
+                ) from exc
+            raise
+        return db
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _check_version(self) -> int:
+        version = self.schema_version
+        if version > len(MIGRATIONS):
+            raise StateError(
+                f"state database {self.path} was written by a newer custode "
+                f"(schema {version} > {len(MIGRATIONS)}); upgrade custode"
+            )
+        return version
+
+    def _migrate(self) -> None:
+        for target, script in enumerate(MIGRATIONS, start=1):
+            if self.schema_version >= target:
+                continue
+            with self._transaction():
+                if self._check_version() >= target:  # another process won the race
+                    continue
+                for statement in _statements(script):
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {target}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # IMMEDIATE takes the write lock up front: a second writer then waits out the busy
+        # timeout instead of failing with SQLITE_BUSY when it would upgrade a read lock.
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def begin_run(self, command: str) -> int:
+        with self._transaction():
+            cur = self._conn.execute(
+                "INSERT INTO runs (command, host, started_at) VALUES (?, ?, ?)",
+                (command, socket.gethostname(), utcnow()),
+            )
+        assert cur.lastrowid is not None  # noqa: S101  (an INSERT always sets it)
+        return cur.lastrowid
+
+    def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
+        with self._transaction():
+            cur = self._conn.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
+                (utcnow(), status, _dumps(summary), run_id),
+            )
+        if cur.rowcount != 1:
+            raise StateError(f"no run {run_id} in state database {self.path}")
+
+    def record_observations(self, run_id: int, rows: Iterable[Observation]) -> None:
+        """Insert many observations in one transaction (10,000 take well under a second)."""
+        values = attrgetter(*_OBS_FIELDS)
+        with self._transaction():
+            self._conn.executemany(_INSERT_OBS, ((run_id, *values(o)) for o in rows))
+
+    def record_results(self, run_id: int, rows: Iterable[RepositoryResult]) -> None:
+        values = attrgetter(*_RESULT_FIELDS[:-1])  # all but details, the last, stored as JSON
+        with self._transaction():
+            self._conn.executemany(
+                _INSERT_RESULT,
+                ((run_id, *values(r), _dumps(r.details)) for r in rows),
+            )
+
+    def last_observations(
+        self, limit: int = 100, repository: str | None = None
+    ) -> list[Observation]:
+        """The most recent observations, newest first (of one repository if given)."""
+        where, params = (" WHERE repository = ?", (repository,)) if repository else ("", ())
+        rows = self._conn.execute(
+            f"{_SELECT_OBS}{where} ORDER BY id DESC LIMIT ?", (*params, limit)
+        ).fetchall()
+        return [Observation(*row) for row in rows]
+
+    def runs(self, limit: int = 20) -> list[Run]:
+        """The most recent runs, newest first."""
+        rows = self._conn.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))
+        return [Run(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,479 @@
+"""custode.git: the hardened git runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import pytest
+
+from custode.config import GitConfig
+from custode.errors import GitError, GitNotFoundError, GitRefusedError, GitTimeoutError
+from custode.git import FEATURES, MINIMUM_VERSION, Git, GitResult, GitVersion, git_dir_of
+from fixtures.builders import git_env, run_git
+
+REAL = GitVersion.parse(
+    subprocess.run(["git", "version"], capture_output=True, text=True, check=True).stdout
+)
+
+
+def _fake_git(tmp_path: Path, body: str = "", version: str = "2.39.5") -> Path:
+    """A stand-in git: answers ``version``, otherwise runs ``body`` (sh) with $OUT set."""
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    script = tmp_path / "fake-git"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"OUT={out}\n"
+        'if [ "$#" = 1 ] && [ "$1" = version ]; then\n'
+        '  echo x >> "$OUT/version-calls"\n'
+        f"  echo 'git version {version}'\n"
+        "  exit 0\n"
+        "fi\n"
+        'printf "%s\\n" "$@" > "$OUT/argv"\n'
+        f"{body}\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A small working copy with two commits."""
+    path = tmp_path / "wc"
+    run_git(None, "init", "-q", str(path))
+    for serial in range(2):
+        (path / "f.txt").write_text(f"{serial}\n")
+        run_git(path, "add", "f.txt")
+        run_git(path, "commit", "-q", "-m", f"c{serial}")
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+# --------------------------------------------------------------------------- versions
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("git version 2.39.5\n", (2, 39, 5)),
+        ("git version 2.39.5.windows.1", (2, 39, 5)),
+        ("git version 2.43.0.vfs.0.0", (2, 43, 0)),
+        ("git version 2.24.3 (Apple Git-128)", (2, 24, 3)),
+        ("git version 2.40.0-rc1", (2, 40, 0)),
+        ("git version 2.45.GIT", (2, 45, 0)),
+        ("git version 3.0", (3, 0, 0)),
+    ],
+)
+def test_version_parsing(text: str, expected: tuple[int, int, int]) -> None:
+    assert GitVersion.parse(text) == GitVersion(*expected)
+
+
+@pytest.mark.parametrize("text", ["", "hello", "git version", "git version x.y"])
+def test_unparseable_versions(text: str) -> None:
+    with pytest.raises(GitNotFoundError, match="cannot read a git version"):
+        GitVersion.parse(text)
+
+
+def test_versions_order_numerically() -> None:
+    assert GitVersion(2, 9, 9) < GitVersion(2, 10) < GitVersion(2, 10, 1) < GitVersion(3, 0)
+    assert str(GitVersion(2, 43)) == "2.43.0"
+    assert max(GitVersion(2, 30), MINIMUM_VERSION) == GitVersion(2, 30, 0)
+
+
+def test_feature_table() -> None:
+    assert FEATURES["repack-geometric"] == GitVersion(2, 32)
+    assert FEATURES["cruft-packs"] == GitVersion(2, 37)
+    assert FEATURES["pack-refs-include-exclude"] == GitVersion(2, 42)
+    assert FEATURES["repack-max-cruft-size"] == GitVersion(2, 43)
+    assert FEATURES["rev-list-disk-usage"] == GitVersion(2, 31)
+    assert all(GitVersion(2, 19) <= v < GitVersion(3, 0) for v in FEATURES.values())
+
+
+@pytest.mark.integration
+def test_real_git_version_and_gates() -> None:
+    git = Git()
+    assert git.version() == REAL >= MINIMUM_VERSION
+    for feature, needed in FEATURES.items():
+        assert git.supports(feature) == (needed <= REAL)
+    if not git.supports("repack-max-cruft-size"):
+        with pytest.raises(GitNotFoundError, match=r"too old for repack-max-cruft-size \(needs"):
+            git.require("repack-max-cruft-size")
+
+
+def test_gates_with_a_given_version(tmp_path: Path) -> None:
+    git = Git(str(_fake_git(tmp_path, version="2.39.5.windows.1")))
+    assert git.supports("cruft-packs") and not git.supports("pack-refs-include-exclude")
+    git.require("repack-geometric")
+    with pytest.raises(GitNotFoundError) as info:
+        git.require("repack-max-cruft-size")
+    assert str(info.value) == (
+        "git 2.39.5 is too old for repack-max-cruft-size (needs 2.43.0); upgrade git"
+    )
+    git.version()
+    assert (tmp_path / "out" / "version-calls").read_text().count("x") == 1  # cached
+
+
+def test_too_old_git_fails_at_first_use(tmp_path: Path) -> None:
+    git = Git(str(_fake_git(tmp_path, version="2.25.1")))
+    with pytest.raises(GitNotFoundError, match=r"git 2.25.1 is older than 2.30.0.*upgrade git"):
+        git.run(["count-objects"], repo=None)
+    assert not (tmp_path / "out" / "argv").exists()
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def test_child_environment_is_built_from_scratch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in {
+        "GIT_DIR": "/nonexistent",
+        "GIT_CONFIG_PARAMETERS": "'core.hookspath'='/tmp/evil'",
+        "GIT_SSH_COMMAND": "evil",
+        "GIT_ASKPASS": "evil",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "GITHUB_TOKEN": "secret",
+        "LANG": "de_DE.UTF-8",
+        "LD_PRELOAD": "/tmp/evil.so",
+    }.items():
+        monkeypatch.setenv(key, value)
+    git = Git(str(_fake_git(tmp_path, 'env > "$OUT/env"')), nice=None, ionice="none")
+    git.run(["count-objects"], repo=None, env_extra={"GIT_TRACE2_EVENT": "/dev/null"})
+    env = dict(line.split("=", 1) for line in (tmp_path / "out" / "env").read_text().splitlines())
+    shell_own = {"PWD", "OLDPWD", "SHLVL", "_", "OUT"}
+    assert set(env) - shell_own <= {
+        "PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "GIT_TERMINAL_PROMPT", "GIT_PAGER",
+        "PAGER", "GIT_EDITOR", "GIT_NO_REPLACE_OBJECTS", "GIT_PROTOCOL_FROM_USER",
+        "GIT_TRACE2_EVENT",
+    }  # fmt: skip
+    assert env["LANG"] == env["LC_ALL"] == "C"
+    assert env["GIT_TERMINAL_PROMPT"] == "0" and env["GIT_PAGER"] == "cat"
+    assert env["PATH"] == os.environ["PATH"]
+
+
+@pytest.mark.integration
+def test_real_git_ignores_inherited_git_variables(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GIT_DIR", "/nonexistent")
+    monkeypatch.setenv("GIT_CONFIG_PARAMETERS", "'custode.leaked'='yes'")
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "custode.leaked2")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "yes")
+    git = Git()
+    # No repo: git discovers the one in cwd, which an inherited GIT_DIR would override.
+    found = git.run(["rev-parse", "--absolute-git-dir"], repo=None, cwd=repo).text.strip()
+    assert found == str(repo / ".git")
+    origins = git.run(["config", "--list", "--show-origin"], repo=repo).text
+    assert "custode.leaked" not in origins
+    assert "command line:\tcore.hookspath=/dev/null" in origins
+
+
+def test_env_extra_cannot_undo_the_hardening() -> None:
+    for key in ("GIT_DIR", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_GLOBAL", "GIT_PAGER", "LC_ALL"):
+        with pytest.raises(GitRefusedError, match=key):
+            Git().environment({key: "x"})
+
+
+# --------------------------------------------------------------------------- repositories
+
+
+@pytest.mark.integration
+def test_repo_is_passed_as_git_dir(repo: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare.git"
+    run_git(None, "clone", "-q", "--bare", str(repo), str(bare))
+    git = Git()
+    for given, git_dir in ((repo, repo / ".git"), (repo / ".git", repo / ".git"), (bare, bare)):
+        assert git_dir_of(given) == git_dir
+        assert f"--git-dir={git_dir}" in git.command_line(["count-objects"], given)
+        out = git.run(["rev-parse", "--absolute-git-dir"], repo=given, cwd=tmp_path)
+        assert out.text.strip() == str(git_dir)
+
+
+def test_missing_repository(tmp_path: Path) -> None:
+    with pytest.raises(GitError, match="is not a directory"):
+        Git().run(["count-objects"], repo=tmp_path / "missing.git")
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["-c", "core.hooksPath=x", "status"],
+        ["status"],
+        ["diff"],
+        ["show", "HEAD"],
+        ["checkout", "main"],
+        ["archive", "HEAD"],
+        ["grep", "x"],
+        ["blame", "f.txt"],
+        ["push", "/tmp/x"],
+        ["maintenance", "run"],
+        ["st"],
+        ["log", "-p"],
+        ["log", "--patch"],
+        ["log", "--stat"],
+        ["log", "-Sneedle"],
+        ["log", "-G", "re"],
+        ["log", "--ext-diff"],
+        ["log", "--textconv"],
+        ["log", "--show-signature"],
+        ["log", "--cc"],
+        ["log", "-L1,2:f.txt"],
+        ["rev-list", "--all", "-p"],
+        ["cat-file", "--textconv", "HEAD:f.txt"],
+        ["cat-file", "--filters", "HEAD:f.txt"],
+        ["cat-file", "--batch", "--filters"],
+        ["hash-object", "-w", "f.txt"],
+        ["hash-object", "--no-filters", "--path=f.txt", "--stdin"],
+        ["reflog"],
+        ["reflog", "show"],
+        ["worktree", "add", "/tmp/x"],
+        ["commit-graph"],
+        ["config", "core.hooksPath", "/tmp/evil"],
+        ["config", "--edit", "--file=/tmp/x"],
+        ["clone", "/tmp", "/tmp/dest"],
+        ["clone", "--bare", "--recurse-submodules", "/tmp", "/tmp/dest"],
+        ["clone", "--mirror", "https://example.com/x.git", "/tmp/dest"],
+        ["clone", "--mirror", "ext::sh -c touch% /tmp/pwned", "/tmp/dest"],
+        ["clone", "--mirror", "-u", "evil", "/tmp", "/tmp/dest"],
+        ["fetch"],
+        ["fetch", "origin"],
+        ["fetch", "relative/path"],
+        ["fetch", "--upload-pack=evil", "/tmp"],
+        ["fetch", "--all"],
+        ["ls-remote", "ssh://example.com/x.git"],
+    ],
+)
+def test_refused_before_anything_runs(args: list[str]) -> None:
+    git = Git("/nonexistent/git")  # refusal comes first: no binary is even looked for
+    with pytest.raises(GitRefusedError) as info:
+        git.run(args, repo=None)
+    message = str(info.value)
+    assert message.startswith("refusing to run 'git") and "\n" not in message
+    assert info.value.command == tuple(args)
+
+
+def test_options_after_double_dash_are_paths() -> None:
+    argv = Git().command_line(["log", "--format=%H", "--", "-p"], None)
+    assert argv[-4:] == ["log", "--format=%H", "--", "-p"]
+
+
+def test_transfers_get_our_own_upload_pack(tmp_path: Path) -> None:
+    argv = Git().command_line(["fetch", str(tmp_path), "main"], tmp_path)
+    at = argv.index("fetch")
+    assert argv[at + 1].startswith("--upload-pack=") and "core.hooksPath=/dev/null" in argv[at + 1]
+    assert argv[at + 2 :] == [str(tmp_path), "main"]
+
+
+def test_every_command_line_is_hardened() -> None:
+    argv = Git(nice=None, ionice="none").command_line(["count-objects", "-v"], None)
+    assert argv[0] == shutil.which("git") and argv[1] == "--no-pager"
+    pairs = {argv[i + 1] for i, word in enumerate(argv) if word == "-c"}
+    assert {"core.hooksPath=/dev/null", "core.fsmonitor=false", "protocol.allow=never"} <= pairs
+    assert argv[-2:] == ["count-objects", "-v"]
+
+
+# --------------------------------------------------------------------------- nice/ionice
+
+
+@pytest.mark.skipif(not (shutil.which("nice") and shutil.which("ionice")), reason="no util")
+def test_nice_and_ionice_prefix(tmp_path: Path) -> None:
+    nice, ionice = shutil.which("nice"), shutil.which("ionice")
+    idle = Git(nice=7, ionice="idle").command_line(["version"])
+    assert idle[:7] == [nice, "-n", "7", ionice, "-t", "-c", "3"]
+    best = Git(nice=10, ionice="best-effort").command_line(["version"])
+    assert best[:9] == [nice, "-n", "10", ionice, "-t", "-c", "2", "-n", "7"]
+    assert Git(nice=None, ionice="none").command_line(["version"])[0] == shutil.which("git")
+    assert Git(nice=0, ionice="none").command_line(["version"])[0] == shutil.which("git")
+
+    body = 'nice > "$OUT/nice"; ionice -p $$ > "$OUT/ionice"'
+    Git(str(_fake_git(tmp_path, body)), nice=5, ionice="idle").run(["version"], repo=None)
+    assert int((tmp_path / "out" / "nice").read_text()) == min(os.nice(0) + 5, 19)
+    assert (tmp_path / "out" / "ionice").read_text().strip() in ("idle", "none: prio 0")
+
+
+def test_from_config() -> None:
+    cfg = GitConfig(binary="git", timeout=5, nice=3, ionice="idle", trust_repository_owner=False)
+    git = Git.from_config(cfg)
+    assert (git.binary, git.timeout, git.nice, git.ionice) == ("git", 5, 3, "idle")
+    assert git.trust_repository_owner is False
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.integration
+def test_failure_carries_command_exit_and_stderr(repo: Path) -> None:
+    git = Git()
+    with pytest.raises(GitError) as info:
+        git.run(["cat-file", "-p", "0" * 40], repo=repo)
+    err = info.value
+    assert str(err).startswith(f"git cat-file failed in {repo} (exit 128): fatal:")
+    assert "\n" not in str(err)
+    assert err.returncode == 128 and err.command[-3:] == ("cat-file", "-p", "0" * 40)
+    assert "core.hooksPath=/dev/null" in err.command
+    assert "fatal:" in err.stderr
+    result = git.run(["cat-file", "-p", "0" * 40], repo=repo, check=False)
+    assert isinstance(result, GitResult) and result.returncode == 128 and result.stdout == b""
+    ok = git.run(["rev-list", "--count", "HEAD"], repo=repo)
+    assert ok.text == "2\n" and ok.returncode == 0 and ok.duration > 0
+
+
+def test_stderr_tail_is_bounded(tmp_path: Path) -> None:
+    body = 'i=0; while [ $i -lt 300 ]; do echo "noise line $i of forty bytes...." >&2; i=$((i+1)); done\necho "the last word" >&2; exit 3'
+    git = Git(str(_fake_git(tmp_path, body)), nice=None, ionice="none")
+    with pytest.raises(GitError) as info:
+        git.run(["count-objects"], repo=None)
+    assert str(info.value).endswith("(exit 3): the last word")
+    assert len(info.value.stderr) <= 4096 and info.value.stderr.endswith("the last word\n")
+
+
+def test_missing_binary() -> None:
+    with pytest.raises(GitNotFoundError) as info:
+        Git("/nonexistent/git").run(["version"], repo=None)
+    assert "git not found" in str(info.value)
+    assert str(info.value).endswith("install git or set git.binary in config")
+
+
+# --------------------------------------------------------------------------- timeouts
+
+
+@pytest.mark.integration
+def test_timeout_kills_real_git(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # git blocks opening it: nobody ever writes
+    started = time.monotonic()
+    with pytest.raises(GitTimeoutError) as info:
+        Git().run(["hash-object", "--no-filters", "--", str(fifo)], repo=None, timeout=0.3)
+    assert time.monotonic() - started < 3
+    assert str(info.value) == (
+        f"git hash-object in {Path.cwd()} did not finish within 0.3 s and was killed: "
+        "raise git.timeout in config"
+    )
+    assert info.value.command[-1] == str(fifo)
+
+
+@pytest.fixture
+def stubborn(tmp_path: Path) -> Iterator[tuple[Git, Path]]:
+    """A git that ignores SIGTERM and leaves a child behind; yields it and the pid file."""
+    body = "trap '' TERM\nsleep 60 &\necho $! > \"$OUT/child\"\nwait"
+    git = Git(str(_fake_git(tmp_path, body)), nice=None, ionice="none")
+    git.kill_grace = 0.2
+    yield git, tmp_path / "out" / "child"
+
+
+def _wait_for(path: Path) -> int:
+    for _ in range(200):
+        if path.exists() and path.read_text().strip():
+            return int(path.read_text())
+        time.sleep(0.01)
+    raise AssertionError(f"{path} never appeared")
+
+
+def test_timeout_kills_the_whole_process_group(stubborn: tuple[Git, Path]) -> None:
+    git, child_file = stubborn
+    started = time.monotonic()
+    with pytest.raises(GitTimeoutError):
+        git.run(["count-objects"], repo=None, timeout=0.3)
+    assert 0.5 <= time.monotonic() - started < 5  # SIGTERM ignored: SIGKILL after the grace
+    child = _wait_for(child_file)
+    time.sleep(0.05)
+    assert not _alive(child)
+
+
+def test_interrupt_kills_the_process_group(stubborn: tuple[Git, Path]) -> None:
+    git, child_file = stubborn
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            git.run(["count-objects"], repo=None, timeout=30)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    child = _wait_for(child_file)
+    time.sleep(0.05)
+    assert not _alive(child)
+
+
+# --------------------------------------------------------------------------- ownership
+
+
+@pytest.fixture
+def foreign(repo: Path, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """``repo`` and a bare clone of it, both owned by another user (uid 65534)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a repository to another user")
+    bare = tmp_path / "foreign.git"
+    run_git(None, "clone", "-q", "--bare", str(repo), str(bare))
+    for path in (repo, bare):
+        subprocess.run(["chown", "-R", "65534:65534", str(path)], check=True)
+    yield repo, bare
+    for path in (repo, bare):
+        subprocess.run(["chown", "-R", "0:0", str(path)], check=True)
+
+
+@pytest.mark.integration
+def test_git_itself_refuses_foreign_repositories(foreign: tuple[Path, Path]) -> None:
+    """What safe.directory is about, and that git honours it from the command line."""
+    wc, _ = foreign
+    env = git_env()
+    plain = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=wc, env=env, capture_output=True, check=False
+    )
+    assert plain.returncode == 128 and b"dubious ownership" in plain.stderr
+    if FEATURES["safe-directory-command-line"] <= REAL:
+        trusted = subprocess.run(
+            ["git", "-c", f"safe.directory={wc}", "rev-parse", "HEAD"],
+            cwd=wc, env=env, capture_output=True, check=False,
+        )  # fmt: skip
+        assert trusted.returncode == 0, trusted.stderr
+
+
+@pytest.mark.integration
+def test_untrusted_owner_is_refused(foreign: tuple[Path, Path]) -> None:
+    wc, bare = foreign
+    git = Git(trust_repository_owner=False)
+    for path in (wc, bare):
+        with pytest.raises(GitRefusedError, match=r"owned by uid 65534.*trust_repository_owner"):
+            git.run(["rev-parse", "HEAD"], repo=path)
+    assert not any("safe.directory" in word for word in git.command_line(["version"], wc))
+
+
+@pytest.mark.integration
+def test_trusted_owner_works(foreign: tuple[Path, Path], tmp_path: Path) -> None:
+    wc, bare = foreign
+    git = Git(trust_repository_owner=True)
+    assert f"safe.directory={wc}" in git.command_line(["rev-parse", "HEAD"], wc)
+    for path in (wc, bare):
+        assert len(git.run(["rev-parse", "HEAD"], repo=path).text.strip()) == 40
+        # upload-pack in the source checks ownership itself: our --upload-pack trusts it.
+        dest = tmp_path / f"mirror-of-{path.name}"
+        git.run(["clone", "--mirror", str(path), str(dest)], repo=None)
+        git.run(["fetch", str(path), "+refs/heads/*:refs/heads/*"], repo=dest)
+    with pytest.raises(GitError, match=r"dubious ownership"):
+        Git(trust_repository_owner=False).run(
+            ["clone", "--mirror", str(bare), str(tmp_path / "refused.git")], repo=None
+        )

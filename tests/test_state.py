@@ -1,0 +1,177 @@
+import multiprocessing
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from custode.errors import ExitCode, IntegrityError
+from custode.state import MIGRATIONS, Observation, RepositoryResult, StateDB, StateError
+
+
+def _obs(i: int, **kw: object) -> Observation:
+    fields: dict[str, object] = {
+        "repository": f"/srv/git/r{i}.git",
+        "root": "/srv/git",
+        "verdict": "ok",
+        "loose_objects": i,
+        "loose_objects_bytes": i * 100,
+        "packs": 1 + i % 7,
+        "pack_bytes": i * 1000,
+        "loose_refs": i % 13,
+        "size_bytes": i * 1100,
+        "fingerprint": f"fp{i}",
+    }
+    return Observation(**{**fields, **kw})  # type: ignore[arg-type]
+
+
+def test_open_creates_private_dir_and_migrates_from_empty(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "state.db"
+    with StateDB.open(path) as db:
+        assert db.schema_version == len(MIGRATIONS) == 1
+        tables = {
+            r[0] for r in db._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        assert {"runs", "repository_results", "observations"} <= tables
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_reopen_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with StateDB.open(path) as db:
+        run = db.begin_run("status")
+        db.finish_run(run, "ok", {"repositories": 3})
+    for _ in range(3):
+        with StateDB.open(path) as db:
+            assert db.schema_version == len(MIGRATIONS)
+            [r] = db.runs()
+            assert (r.id, r.command, r.status, r.summary) == (
+                run,
+                "status",
+                "ok",
+                {"repositories": 3},
+            )
+            assert r.finished_at is not None
+            assert r.finished_at >= r.started_at
+
+
+def test_wal_mode_is_on(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    StateDB.open(path).close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+def test_newer_schema_is_refused_with_upgrade_hint(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    StateDB.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
+    conn.commit()
+    conn.close()
+    newer = len(MIGRATIONS) + 5
+    expected = (
+        f"state database {path} was written by a newer custode "
+        f"(schema {newer} > {len(MIGRATIONS)}); upgrade custode"
+    )
+    with pytest.raises(StateError) as info:
+        StateDB.open(path)
+    assert str(info.value) == expected
+
+
+def test_a_file_that_is_not_a_database_is_refused_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not sqlite\n" * 100)
+    with pytest.raises(IntegrityError) as info:
+        StateDB.open(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} is not a custode state database")
+    assert message.endswith("move it aside and custode will create a new one")
+    assert "\n" not in message
+    assert info.value.exit_code == ExitCode.INTEGRITY
+    assert path.read_bytes() == b"this is not sqlite\n" * 100  # left untouched
+
+
+def test_finish_unknown_run_is_an_error(tmp_path: Path) -> None:
+    with StateDB.open(tmp_path / "state.db") as db, pytest.raises(StateError, match="no run 42"):
+        db.finish_run(42, "ok", {})
+
+
+def test_observations_and_results_round_trip(tmp_path: Path) -> None:
+    with StateDB.open(tmp_path / "state.db") as db:
+        run = db.begin_run("maintain")
+        rows = [_obs(i) for i in range(5)]
+        db.record_observations(run, rows)
+        db.record_results(
+            run,
+            [RepositoryResult("/srv/git/a.git", "/srv/git", "repack", "done", "t", 1.5, {"n": 1})],
+        )
+        assert db.last_observations(limit=10) == rows[::-1]
+        assert db.last_observations(limit=2) == rows[:2:-1]
+        assert db.last_observations(repository="/srv/git/r3.git") == [rows[3]]
+        [result] = db._conn.execute(
+            "SELECT run_id, task, outcome, duration_s, details FROM repository_results"
+        ).fetchall()
+        assert result == (run, "repack", "done", 1.5, '{"n":1}')
+
+
+def test_ten_thousand_observations_in_one_call(tmp_path: Path) -> None:
+    with StateDB.open(tmp_path / "state.db") as db:
+        run = db.begin_run("status")
+        rows = [_obs(i) for i in range(10_000)]
+        db.record_observations(run, rows)
+        assert db._conn.execute("SELECT count(*) FROM observations").fetchone()[0] == 10_000
+        assert db.last_observations(limit=10_000) == rows[::-1]
+
+
+def test_a_failed_batch_records_nothing(tmp_path: Path) -> None:
+    def rows() -> object:
+        yield _obs(1)
+        raise RuntimeError("collector failed")
+
+    with StateDB.open(tmp_path / "state.db") as db:
+        run = db.begin_run("status")
+        with pytest.raises(RuntimeError):
+            db.record_observations(run, rows())  # type: ignore[arg-type]
+        assert db.last_observations() == []
+        second = _obs(2)
+        db.record_observations(run, [second])  # the connection is still usable
+        assert db.last_observations() == [second]
+
+
+def _writer(path: str, worker: int, runs: int, start: threading.Barrier) -> None:
+    start.wait()
+    for i in range(runs):
+        with StateDB.open(Path(path)) as db:
+            run = db.begin_run(f"worker{worker}")
+            db.record_observations(run, [_obs(worker * 1000 + i * 10 + j) for j in range(10)])
+            db.finish_run(run, "ok", {"i": i})
+
+
+def test_concurrent_writers_from_several_processes(tmp_path: Path) -> None:
+    path = tmp_path / "fresh" / "state.db"  # racing on creation and migration too
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(4)
+    procs = [ctx.Process(target=_writer, args=(str(path), w, 20, start)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    with StateDB.open(path) as db:
+        runs = db.runs(limit=1000)
+        assert len(runs) == 80
+        assert all(r.status == "ok" for r in runs)
+        assert len(db.last_observations(limit=10_000)) == 800
+        assert db.schema_version == len(MIGRATIONS)
+
+
+def test_unusable_state_directory_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("a file where the directory should be")
+    with pytest.raises(StateError, match=r"cannot open state database .*state\.db: .*; check"):
+        StateDB.open(tmp_path / "state" / "state.db")
