@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 import custode.git
 from custode.git import HARDENING, Git, git_dir_of
 from fixtures.builders import git_env
+from fixtures.cli import CliResult
 from fixtures.hostile import HostileRepo, build_hostile_repo
 
 pytestmark = pytest.mark.integration
@@ -156,3 +158,22 @@ def test_the_check_has_teeth(
     _every_command(Git(timeout=60), repo.path if which == "working copy" else repo.bare,
                    tmp_path / "scratch")  # fmt: skip
     assert expected <= set(repo.markers())
+
+
+def test_every_custode_command_runs_nothing(
+    hostile_repo: HostileRepo, custode: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    """The commands a user runs, on a root holding the hostile working copy and bare clone."""
+    root = hostile_repo.path.parent
+    found = {r["path"] for r in custode("status", "--json", root).json()["repositories"]}
+    assert {str(hostile_repo.path), str(hostile_repo.bare)} <= found
+    for command in (
+        ["status", "--json", root],
+        ["status", root],
+        ["doctor"],
+        ["--config", tmp_path / "c.toml", "init"],
+        ["audit", "verify"],
+    ):
+        result = custode(*command)
+        assert result.code in (0, 3), (command, result.stderr)
+    assert hostile_repo.markers() == []

@@ -330,6 +330,15 @@ class Git:
                 self._version = GitVersion.parse(result.text)
             return self._version
 
+    def check_version(self) -> GitVersion:
+        """git's version, or GitNotFoundError when it is older than custode supports."""
+        if (found := self.version()) < MINIMUM_VERSION:
+            raise GitNotFoundError(
+                f"git {found} is older than {MINIMUM_VERSION}, the oldest custode supports: "
+                "upgrade git"
+            )
+        return found
+
     def supports(self, feature: str) -> bool:
         return self.version() >= FEATURES[feature]
 
@@ -359,11 +368,7 @@ class Git:
         """
         argv = self.command_line(args, repo)
         env = self.environment(env_extra)
-        if (found := self.version()) < MINIMUM_VERSION:
-            raise GitNotFoundError(
-                f"git {found} is older than {MINIMUM_VERSION}, the oldest custode supports: "
-                "upgrade git"
-            )
+        self.check_version()
         sub = os.fspath(args[0])
         git_dir = git_dir_of(repo) if repo is not None else None
         where = str(repo if repo is not None else cwd or Path.cwd())

@@ -21,6 +21,7 @@ COMMANDS = {
     "status": "custode.cli.status_cmd:status",
     "init": "custode.cli.init_cmd:init",
     "audit": "custode.cli.audit_cmd:audit",
+    "doctor": "custode.cli.doctor_cmd:doctor",
 }
 
 
