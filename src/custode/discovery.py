@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -54,18 +54,28 @@ class Problem:
 class Discovery:
     repositories: list[Repository] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    roots: list[Path] = field(default_factory=list)  # absolute, as walked
 
 
-def is_git_dir(names: Iterable[str], dirs: set[str]) -> bool:
-    names = set(names)
-    return "objects" in dirs and "refs" in dirs and bool(names & {"HEAD", "config"})
+Listing = dict[str, os.DirEntry[str]]
 
 
-def _scan(path: Path) -> tuple[set[str], set[str], list[os.DirEntry[str]]]:
-    entries = list(os.scandir(path))
-    names = {e.name for e in entries}
-    dirs = {e.name for e in entries if _is_dir(e)}
-    return names, dirs, entries
+def is_git_dir(listing: Listing) -> bool:
+    return (
+        _has_dir(listing, "objects")
+        and _has_dir(listing, "refs")
+        and ("HEAD" in listing or "config" in listing)
+    )
+
+
+def _has_dir(listing: Listing, name: str) -> bool:
+    entry = listing.get(name)
+    return entry is not None and _is_dir(entry)
+
+
+def _scan(path: str | Path) -> Listing:
+    with os.scandir(path) as it:
+        return {e.name: e for e in it}
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:
@@ -88,8 +98,11 @@ def _read_gitfile(path: Path) -> Path | None:
 
 
 class _Walker:
-    def __init__(self, config: DiscoveryConfig) -> None:
+    def __init__(
+        self, config: DiscoveryConfig, on_found: Callable[[Repository], None] | None = None
+    ) -> None:
         self.config = config
+        self.on_found = on_found
         self.result = Discovery()
         self.seen: dict[tuple[int, int], Repository] = {}
         self.worktrees: dict[tuple[int, int], list[Path]] = {}
@@ -105,7 +118,7 @@ class _Walker:
     def problem(self, path: Path, message: str) -> None:
         self.result.problems.append(Problem(path, message))
 
-    def add(self, repo: Repository) -> None:
+    def add(self, repo: Repository, listing: Listing | None = None) -> None:
         try:
             st = os.stat(repo.git_dir)
         except OSError as exc:
@@ -116,24 +129,37 @@ class _Walker:
             return
         self.seen[key] = repo
         self.result.repositories.append(repo)
-        self.submodules(repo)
+        if self.on_found is not None:
+            self.on_found(repo)
+        self.submodules(repo, listing)
 
-    def submodules(self, repo: Repository) -> None:
-        """Submodule git directories live under ``<gitdir>/modules/<name>`` (names may nest)."""
-        stack = [repo.git_dir / "modules"]
+    def submodules(self, repo: Repository, listing: Listing | None) -> None:
+        """Submodule git directories live under ``<gitdir>/modules/<name>`` (names may nest).
+
+        ``listing`` is the git directory's listing when the walk already has it.
+        """
+        if listing is not None and not _has_dir(listing, "modules"):
+            return
+        top = str(repo.git_dir)
+        modules = os.path.join(top, "modules")
+        stack = [modules]
         while stack:
             d = stack.pop()
             try:
-                names, dirs, entries = _scan(d)
+                found = _scan(d)
             except OSError:
                 continue
-            if d != repo.git_dir / "modules" and is_git_dir(names, dirs):
-                rel = f"{repo.relative}/.git/{d.relative_to(repo.git_dir).as_posix()}"
-                if repo.kind != "working":
-                    rel = f"{repo.relative}/{d.relative_to(repo.git_dir).as_posix()}"
-                self.add(Repository(repo.root, d, d, "submodule", rel, superproject=repo.path))
+            if d != modules and is_git_dir(found):
+                name = d[len(top) + 1 :]
+                rel = f"{repo.relative}/{name}"
+                if repo.kind == "working":
+                    rel = f"{repo.relative}/.git/{name}"
+                here = Path(d)
+                self.add(
+                    Repository(repo.root, here, here, "submodule", rel, superproject=repo.path)
+                )
                 continue
-            stack.extend(Path(e.path) for e in entries if _is_dir(e) and not e.is_symlink())
+            stack.extend(e.path for e in found.values() if _is_dir(e) and not e.is_symlink())
 
     def gitfile(self, path: Path, root: Path, rel: str) -> None:
         """A ``.git`` file: a linked worktree, a submodule checkout or a separated git dir."""
@@ -157,42 +183,47 @@ class _Walker:
         self.add(Repository(root, path, target, kind, rel))
 
     def walk(self, root: Path) -> None:
-        stack: list[tuple[Path, str, int]] = [(root, "", 0)]
+        # str paths while walking: a Path per directory costs measurable time at 10,000s
+        stack: list[tuple[str, str, int]] = [(str(root), "", 0)]
         while stack:
             path, rel, depth = stack.pop()
             try:
-                names, dirs, entries = _scan(path)
+                listing = _scan(path)
             except PermissionError:
                 self.problem(
-                    path, "permission denied; fix its permissions or add it to discovery.exclude"
+                    Path(path),
+                    "permission denied; fix its permissions or add it to discovery.exclude",
                 )
                 continue
             except OSError as exc:
-                self.problem(path, f"cannot read directory: {exc.strerror}")
+                self.problem(Path(path), f"cannot read directory: {exc.strerror}")
                 continue
             shown = rel or root.name
             in_worktree = False
-            if is_git_dir(names, dirs):
-                self.add(Repository(root, path, path, "bare", shown))
+            if is_git_dir(listing):
+                here = Path(path)
+                self.add(Repository(root, here, here, "bare", shown), listing)
                 continue
-            if ".git" in dirs:
-                self.add(Repository(root, path, path / ".git", "working", shown))
+            if _has_dir(listing, ".git"):
+                here = Path(path)
+                self.add(Repository(root, here, here / ".git", "working", shown))
                 in_worktree = True
-            elif ".git" in names:
-                self.gitfile(path, root, shown)
+            elif ".git" in listing:
+                self.gitfile(Path(path), root, shown)
                 in_worktree = True
             if in_worktree and not self.config.descend_into_worktrees:
                 continue
             if depth < self.config.max_depth:
-                stack.extend(self.children(path, rel, depth, entries))
+                stack.extend(self.children(path, rel, depth, listing))
 
     def children(
-        self, path: Path, rel: str, depth: int, entries: list[os.DirEntry[str]]
-    ) -> list[tuple[Path, str, int]]:
+        self, path: str, rel: str, depth: int, listing: Listing
+    ) -> list[tuple[str, str, int]]:
         """Subdirectories to visit next (reverse order: the stack pops them in order)."""
         out = []
-        for entry in sorted(entries, key=lambda e: e.name, reverse=True):
-            if entry.name == ".git" or not _is_dir(entry):
+        for name in sorted(listing, reverse=True):
+            entry = listing[name]
+            if name == ".git" or not _is_dir(entry):
                 continue
             child_rel = f"{rel}/{entry.name}" if rel else entry.name
             if self.excluded(child_rel, entry.name):
@@ -205,7 +236,7 @@ class _Walker:
                 if here == target or here.startswith(target + os.sep):
                     self.problem(Path(entry.path), f"symbolic link loop (points to {target})")
                     continue
-            out.append((Path(entry.path), child_rel, depth + 1))
+            out.append((entry.path, child_rel, depth + 1))
         return out
 
 
@@ -229,10 +260,19 @@ def check_root(root: Path) -> Path:
     return Path(os.path.abspath(root))
 
 
-def discover(roots: Iterable[Path], config: DiscoveryConfig | None = None) -> Discovery:
-    """Every repository under ``roots`` (each checked first), in a stable order."""
-    walker = _Walker(config or DiscoveryConfig())
-    for root in [check_root(r) for r in roots]:
+def discover(
+    roots: Iterable[Path],
+    config: DiscoveryConfig | None = None,
+    on_found: Callable[[Repository], None] | None = None,
+) -> Discovery:
+    """Every repository under ``roots`` (each checked first), in a stable order.
+
+    ``on_found`` is called with each repository as soon as the walk finds it (before
+    linked worktrees are attached), so that inspection can overlap the walk.
+    """
+    walker = _Walker(config or DiscoveryConfig(), on_found)
+    walker.result.roots = [check_root(r) for r in roots]
+    for root in walker.result.roots:
         walker.walk(root)
     repos = [
         replace(repo, worktrees=tuple(sorted(walker.worktrees[key])))

@@ -1,8 +1,9 @@
 """Scan a fleet: discover repositories under roots and read every RepoState.
 
-Inspection is filesystem-bound Python; above a few hundred repositories it is spread
-over a process pool (one worker per core, chunks of repositories) because threads
-would serialise on the interpreter lock.
+Inspection is filesystem-bound Python, so it is spread over a process pool (one worker
+per core; threads would serialise on the interpreter lock) and overlaps the walk:
+repositories go to the workers in chunks as discovery finds them. A fleet smaller than
+one chunk is read in-process, with no pool at all.
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from custode.config import DiscoveryConfig
 from custode.discovery import Problem, Repository, discover
+from custode.fsread import Watch
 from custode.repostate import RepoState, inspect, inspect_failed, link_borrowers
+from custode.scancache import Entry, ScanCache
 
-PARALLEL_ABOVE = 400
-CHUNK = 250
+CHUNK = 128
 
-Progress = Callable[[int, int], None]  # (done, total)
+Progress = Callable[[int, int | None], None]  # (done, total or None while still walking)
 
 
 @dataclass
@@ -32,46 +34,106 @@ class FleetScan:
     seconds: float
 
 
-def _inspect_one(repo: Repository) -> RepoState:
+_cache = ScanCache()  # set before the pool forks, so workers inherit it (see scan)
+# A fresh read carries its cache entry; a cached state still valid comes back as a bare
+# key, because the parent holds the same cache and need not get its own states pickled back.
+Result = tuple[RepoState, Entry | None] | str
+
+
+def _inspect_one(repo: Repository) -> Result:
+    if _cache.lookup(repo) is not None:
+        return str(repo.git_dir)
+    watch = Watch()
+    read_at = time.time_ns()
     try:
-        return inspect(repo)
+        state = inspect(repo, watch)
     except OSError as exc:
-        return inspect_failed(repo, f"cannot read repository: {exc.strerror or exc}")
+        return inspect_failed(repo, f"cannot read repository: {exc.strerror or exc}"), None
+    return state, Entry.make(repo, state, watch, read_at)
 
 
-def _inspect_chunk(repos: list[Repository]) -> list[RepoState]:
+def _inspect_chunk(repos: list[Repository]) -> list[Result]:
     return [_inspect_one(r) for r in repos]
 
 
-def inspect_all(
-    repos: list[Repository], progress: Progress | None = None, workers: int | None = None
-) -> list[RepoState]:
-    total = len(repos)
-    workers = workers or os.cpu_count() or 1
-    if total <= PARALLEL_ABOVE or workers == 1:
-        states = []
-        for i, repo in enumerate(repos, 1):
-            states.append(_inspect_one(repo))
-            if progress and (i % 50 == 0 or i == total):
-                progress(i, total)
+class _Inspector:
+    """Collects repositories as they are found and inspects them in chunks."""
+
+    def __init__(self, workers: int, progress: Progress | None) -> None:
+        self.workers = workers
+        self.progress = progress
+        self.pending: list[Repository] = []
+        self.futures: list[Future[list[Result]]] = []
+        self.pool: ProcessPoolExecutor | None = None
+        self.found = self.done = 0
+
+    def found_one(self, repo: Repository) -> None:
+        self.found += 1
+        self.pending.append(repo)
+        if self.found % 100 == 0:
+            self._report(None)
+        if len(self.pending) >= CHUNK and self.workers > 1:
+            if self.pool is None:
+                ctx = multiprocessing.get_context("fork")
+                self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            future = self.pool.submit(_inspect_chunk, self.pending)
+            future.add_done_callback(self._chunk_done)
+            self.futures.append(future)
+            self.pending = []
+
+    def _chunk_done(self, future: Future[list[Result]]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.done += len(future.result())
+
+    def finish(self) -> list[Result]:
+        states: list[Result] = []
+        try:
+            for repo in self.pending:
+                states.append(_inspect_one(repo))
+                self.done += 1
+                self._report(None if self.futures else self.found)
+            for future in self.futures:
+                states.extend(future.result())
+                self._report(self.found)
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
         return states
-    chunks = [repos[i : i + CHUNK] for i in range(0, total, CHUNK)]
-    states = []
-    ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        for chunk in pool.map(_inspect_chunk, chunks):
-            states.extend(chunk)
-            if progress:
-                progress(len(states), total)
-    return states
+
+    def _report(self, total: int | None) -> None:
+        if self.progress is not None:
+            self.progress(self.done, total)
 
 
 def scan(
     roots: Iterable[Path],
     config: DiscoveryConfig,
     progress: Progress | None = None,
+    workers: int | None = None,
+    cache: Path | None = None,
 ) -> FleetScan:
+    """Discover and inspect; states come back in discovery order (root, relative path).
+
+    With ``cache``, states of repositories unchanged since the last scan are reused (see
+    ``custode.scancache``) and the cache file is updated.
+    """
+    global _cache  # noqa: PLW0603  (workers are forked: a global is how they inherit it)
     start = time.monotonic()
-    found = discover(roots, config)
-    states = link_borrowers(inspect_all(found.repositories, progress))
-    return FleetScan(states, found.problems, time.monotonic() - start)
+    roots = list(roots)
+    _cache = ScanCache.load(cache) if cache is not None else ScanCache()
+    try:
+        inspector = _Inspector(workers or os.cpu_count() or 1, progress)
+        found = discover(roots, config, on_found=inspector.found_one)
+        results = inspector.finish()
+        fresh = [r for r in results if not isinstance(r, str)]
+        states = [s for s, _ in fresh] + [
+            _cache.entries[r].state for r in results if isinstance(r, str)
+        ]
+        if cache is not None:
+            seen = {s.git_dir for s in states}
+            if _cache.update((e for _, e in fresh if e is not None), found.roots, seen):
+                _cache.save(cache)
+    finally:
+        _cache = ScanCache()
+    states.sort(key=lambda s: (s.root, s.relative))
+    return FleetScan(link_borrowers(states), found.problems, time.monotonic() - start)

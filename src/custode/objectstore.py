@@ -16,6 +16,8 @@ import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from custode.fsread import Watch, read_all, read_prefix
+
 HEX_DIR = re.compile(r"[0-9a-f]{2}")
 TEMP_PREFIXES = ("tmp_pack_", "tmp_idx_", "tmp_rev_", "tmp_bitmap_", "tmp_mtimes_", "tmp_obj_")
 PACK_EXTS = ("idx", "rev", "pack", "bitmap", "keep", "promisor", "mtimes")
@@ -58,15 +60,9 @@ class ObjectStore:
     signature: list[str] = field(default_factory=list)  # fed into the repository fingerprint
 
 
-def _scan(path: str) -> list[os.DirEntry[str]]:
-    try:
-        return list(os.scandir(path))
-    except FileNotFoundError:
-        return []
-
-
 class _Reader:
-    def __init__(self, git_dir: str, hexsz: int) -> None:
+    def __init__(self, git_dir: str, hexsz: int, watch: Watch) -> None:
+        self.watch = watch
         self.objects = os.path.join(git_dir, "objects")
         self.git_dir = git_dir
         self.hexsz = hexsz
@@ -85,7 +81,7 @@ class _Reader:
         self.s.garbage_bytes += st.st_size if st else 0
 
     def read(self) -> ObjectStore:
-        for entry in _scan(self.objects):
+        for entry in self.watch.scandir(self.objects):
             if HEX_DIR.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
                 self.loose_dir(entry.path)
             elif entry.name == "pack":
@@ -100,24 +96,32 @@ class _Reader:
         return self.s
 
     def loose_dir(self, path: str) -> None:
+        # The hot loop of a scan (one iteration per loose object): kept free of calls.
         want = self.hexsz - 2
-        for e in _scan(path):
+        count = disk = total = 0
+        newest = self.s.newest_mtime
+        for e in self.watch.scandir(path):
             st = e.stat(follow_symlinks=False)
-            self.account(st)
-            if len(e.name) == want and _is_hex(e.name):
-                if e.is_file(follow_symlinks=False):
-                    self.s.loose_objects += 1
-                    self.s.loose_objects_bytes += st.st_blocks * 512
-                else:
-                    self.garbage(st)
-            else:
-                self.garbage(st)
-                if e.name.startswith("tmp_obj_"):
-                    self.temp(e.path, st)
+            blocks = st.st_blocks * 512
+            total += blocks
+            newest = max(newest, st.st_mtime)
+            name = e.name
+            if len(name) == want and _is_hex(name) and e.is_file(follow_symlinks=False):
+                count += 1
+                disk += blocks
+                continue
+            self.garbage(st)
+            if name.startswith("tmp_obj_"):
+                self.temp(e.path, st)
+        s = self.s
+        s.loose_objects += count
+        s.loose_objects_bytes += disk
+        s.size_bytes += total
+        s.newest_mtime = newest
 
     def pack_dir(self, path: str) -> None:
         groups: dict[str, dict[str, os.stat_result]] = defaultdict(dict)
-        for e in _scan(path):
+        for e in self.watch.scandir(path):
             st = e.stat(follow_symlinks=False)
             self.account(st)
             name = e.name
@@ -160,7 +164,7 @@ class _Reader:
         s.signature.append(f"pack {base} {files['pack'].st_size}")
 
     def info_dir(self, path: str) -> None:
-        for e in _scan(path):
+        for e in self.watch.scandir(path):
             if e.name == "commit-graphs" and e.is_dir(follow_symlinks=False):
                 self.graph_chain(e.path)
                 continue
@@ -177,7 +181,7 @@ class _Reader:
 
     def graph_chain(self, path: str) -> None:
         chain: list[str] = []
-        for e in _scan(path):
+        for e in self.watch.scandir(path):
             st = e.stat(follow_symlinks=False)
             self.account(st)
             if e.name == "commit-graph-chain":
@@ -215,7 +219,7 @@ class _Reader:
         if temp:
             self.temp(path, st)
         if os.path.isdir(path) and not os.path.islink(path):
-            for e in _scan(path):
+            for e in self.watch.scandir(path):
                 self.walk_other(e.path, temp=False)
 
 
@@ -229,17 +233,16 @@ def _is_hex(name: str) -> bool:
 
 def _lines(path: str) -> list[str]:
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return [ln.strip() for ln in f if ln.strip()]
+        data, _ = read_all(path)
     except OSError:
         return []
+    return [ln.strip() for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()]
 
 
 def _idx_objects(path: str) -> int | None:
     """Objects in a pack: the last fan-out entry of its v2 (or v1) index."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(8 + 256 * 4)
+        head = read_prefix(path, 8 + 256 * 4)
     except OSError:
         return None
     if head[:4] == b"\xfftOc":
@@ -253,8 +256,7 @@ def _idx_objects(path: str) -> int | None:
 
 def _midx_packs(path: str) -> int:
     try:
-        with open(path, "rb") as f:
-            head = f.read(12)
+        head = read_prefix(path, 12)
     except OSError:
         return 0
     if len(head) < 12 or head[:4] != b"MIDX":
@@ -265,15 +267,14 @@ def _midx_packs(path: str) -> int:
 def _graph_has_bloom(path: str) -> bool:
     """Whether a commit-graph file carries changed-path Bloom filters (a BIDX chunk)."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8 or head[:4] != b"CGPH":
-                return False
-            table = f.read(12 * (head[6] + 1))
+        head = read_prefix(path, 8 + 12 * 256)  # the header and the largest chunk table
     except OSError:
         return False
+    if len(head) < 8 or head[:4] != b"CGPH":
+        return False
+    table = head[8 : 8 + 12 * (head[6] + 1)]
     return any(table[i : i + 4] == b"BIDX" for i in range(0, len(table), 12))
 
 
-def read_object_store(git_dir: str, hexsz: int) -> ObjectStore:
-    return _Reader(git_dir, hexsz).read()
+def read_object_store(git_dir: str, hexsz: int, watch: Watch) -> ObjectStore:
+    return _Reader(git_dir, hexsz, watch).read()

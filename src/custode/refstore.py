@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from custode.fsread import Watch, read_all, read_prefix
 from custode.objectstore import TempFile
 
 _SYMREF = "ref: "
@@ -31,15 +32,18 @@ class RefStore:
     signature: list[str] = field(default_factory=list)
 
 
-def read_ref_store(git_dir: str, hexsz: int) -> RefStore:
+_OID = {40: re.compile(r"[0-9a-f]{40}"), 64: re.compile(r"[0-9a-f]{64}")}
+
+
+def read_ref_store(git_dir: str, hexsz: int, watch: Watch) -> RefStore:
     s = RefStore()
-    oid = re.compile(rf"[0-9a-f]{{{hexsz}}}")
-    _read_head(git_dir, oid, s)
+    oid = _OID[hexsz]
+    _read_head(git_dir, oid, s, watch)
     loose: dict[str, str] = {}  # name -> symbolic target, or "" for a direct ref
     stack = [os.path.join(git_dir, "refs")]
     while stack:
         try:
-            entries = list(os.scandir(stack.pop()))
+            entries = watch.scandir(stack.pop())
         except OSError as exc:
             if not isinstance(exc, FileNotFoundError):
                 s.problems.append(f"cannot read refs directory: {exc.strerror}")
@@ -64,7 +68,7 @@ def read_ref_store(git_dir: str, hexsz: int) -> RefStore:
             else:
                 s.problems.append(f"loose ref {rel} is corrupt")
     s.loose_refs = sum(1 for _ in loose)
-    packed = _read_packed(os.path.join(git_dir, "packed-refs"), oid, s)
+    packed = _read_packed(os.path.join(git_dir, "packed-refs"), hexsz, s, watch)
     s.packed_refs = len(packed)
     names = set(loose) | packed
     s.symbolic_refs = sum(1 for t in loose.values() if t)
@@ -75,24 +79,23 @@ def read_ref_store(git_dir: str, hexsz: int) -> RefStore:
 
 def _first_line(path: str) -> str:
     try:
-        with open(path, "rb") as f:
-            return f.read(4096).decode("utf-8", "replace").split("\n", 1)[0].strip()
+        return read_prefix(path, 4096).decode("utf-8", "replace").split("\n", 1)[0].strip()
     except OSError:
         return ""
 
 
-def _read_head(git_dir: str, oid: re.Pattern[str], s: RefStore) -> None:
+def _read_head(git_dir: str, oid: re.Pattern[str], s: RefStore, watch: Watch) -> None:
     path = os.path.join(git_dir, "HEAD")
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            value = f.read(4096).decode("utf-8", "replace").split("\n", 1)[0].strip()
+        data, st = read_all(path)
     except FileNotFoundError:
         s.problems.append("HEAD is missing")
         return
     except OSError as exc:
         s.problems.append(f"cannot read HEAD: {exc.strerror}")
         return
+    watch.file(path, st)
+    value = data[:4096].decode("utf-8", "replace").split("\n", 1)[0].strip()
     s.signature.append(f"HEAD {value}")
     s.size_bytes += st.st_blocks * 512
     if value.startswith(_SYMREF):
@@ -103,16 +106,15 @@ def _read_head(git_dir: str, oid: re.Pattern[str], s: RefStore) -> None:
         s.problems.append("HEAD is corrupt (neither a ref nor an object id)")
 
 
-def _read_packed(path: str, oid: re.Pattern[str], s: RefStore) -> set[str]:
+def _read_packed(path: str, hexsz: int, s: RefStore, watch: Watch) -> set[str]:
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read()
+        data, st = read_all(path)
     except FileNotFoundError:
         return set()
     except OSError as exc:
         s.problems.append(f"cannot read packed-refs: {exc.strerror}")
         return set()
+    watch.file(path, st)
     s.size_bytes += st.st_blocks * 512
     s.newest_mtime = max(s.newest_mtime, st.st_mtime)
     s.signature.append(f"packed-refs {st.st_ino} {st.st_size} {st.st_mtime_ns}")
@@ -121,10 +123,11 @@ def _read_packed(path: str, oid: re.Pattern[str], s: RefStore) -> set[str]:
         line = raw.rstrip("\r")
         if not line or line.startswith("#"):
             continue
-        if line.startswith("^") and oid.fullmatch(line[1:]):
+        if line.startswith("^") and len(line) == hexsz + 1:
             continue
         hexid, _, name = line.partition(" ")
-        if not oid.fullmatch(hexid) or not name.startswith("refs/"):
+        # length and prefix catch damage; a full hex check per line costs a regex each
+        if len(hexid) != hexsz or not name.startswith("refs/"):
             s.problems.append(f"packed-refs line {number} is corrupt")
             return names
         names.add(name)

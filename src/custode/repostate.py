@@ -16,6 +16,7 @@ from typing import Any
 
 from custode import gitconfig
 from custode.discovery import Repository
+from custode.fsread import Watch, read_all
 from custode.objectstore import TempFile, read_object_store
 from custode.refstore import read_ref_store
 
@@ -85,13 +86,18 @@ def _object_format(config: dict[str, str]) -> str:
     return config.get("extensions.objectformat", "sha1").lower()
 
 
-def inspect(repo: Repository) -> RepoState:
-    """Read ``repo``; problems (corrupt files, missing HEAD) are recorded, never raised."""
+def inspect(repo: Repository, watch: Watch | None = None) -> RepoState:
+    """Read ``repo``; problems (corrupt files, missing HEAD) are recorded, never raised.
+
+    ``watch`` collects what was read, to tell later whether it may have changed.
+    """
     git_dir = str(repo.git_dir)
     problems: list[str] = []
+    watch = Watch() if watch is None else watch
     try:
-        with open(os.path.join(git_dir, "config"), "rb") as f:
-            text = f.read().decode("utf-8", "replace")
+        data, st = read_all(os.path.join(git_dir, "config"))
+        watch.file(os.path.join(git_dir, "config"), st)
+        text = data.decode("utf-8", "replace")
     except FileNotFoundError:
         problems.append("config is missing")
         text = ""
@@ -104,9 +110,11 @@ def inspect(repo: Repository) -> RepoState:
     if fmt not in HEXSZ:
         problems.append(f"unknown object format {fmt!r}")
     hexsz = HEXSZ.get(fmt, 40)
-    objects = read_object_store(git_dir, hexsz)
-    refs = read_ref_store(git_dir, hexsz)
-    rest = _read_rest(git_dir)
+    rest = _read_rest(git_dir, watch)
+    objects = read_object_store(git_dir, hexsz, watch)
+    refs = read_ref_store(git_dir, hexsz, watch)
+    for alternate in objects.alternates:
+        watch.path(alternate)
     problems += refs.problems + objects.problems
     digest = hashlib.blake2b(digest_size=16)
     for part in (*refs.signature, *objects.signature):
@@ -167,13 +175,13 @@ class _Rest:
     temp: list[TempFile] = field(default_factory=list)
 
 
-def _read_rest(top: str) -> _Rest:
+def _read_rest(top: str, watch: Watch) -> _Rest:
     rest = _Rest()
     stack = [top]
     while stack:
         current = stack.pop()
         try:
-            entries = list(os.scandir(current))
+            entries = watch.scandir(current)
         except OSError:
             continue
         for e in entries:
@@ -192,13 +200,13 @@ def _read_rest(top: str) -> _Rest:
                 rest.temp.append(TempFile(os.path.relpath(e.path, top), st.st_size, st.st_mtime))
             if current == top and e.name == "gc.log":
                 rest.gc_log = st.st_size > 0
-    _read_worktrees(os.path.join(top, "worktrees"), rest)
+    _read_worktrees(os.path.join(top, "worktrees"), rest, watch)
     return rest
 
 
-def _read_worktrees(path: str, rest: _Rest) -> None:
+def _read_worktrees(path: str, rest: _Rest, watch: Watch) -> None:
     try:
-        entries = list(os.scandir(path))
+        entries = watch.scandir(path)
     except OSError:
         return
     for e in entries:
@@ -213,21 +221,23 @@ def _read_worktrees(path: str, rest: _Rest) -> None:
         except OSError:
             rest.prunable_worktrees += 1
             continue
+        watch.path(os.path.dirname(target))  # the worktree itself lives outside the git dir
         if not target or not os.path.exists(target):
             rest.prunable_worktrees += 1
 
 
 def link_borrowers(states: list[RepoState]) -> list[RepoState]:
     """Fill ``borrowed_by``: which repositories' alternates point at each one's objects."""
+    borrowers_of = [s for s in states if s.alternates]
+    if not borrowers_of:
+        return states
     by_objects = {os.path.realpath(os.path.join(s.git_dir, "objects")): s for s in states}
     borrowers: dict[str, list[str]] = {}
-    for s in states:
+    for s in borrowers_of:
         for alt in s.alternates:
             lender = by_objects.get(os.path.realpath(alt))
             if lender is not None:
                 borrowers.setdefault(lender.path, []).append(s.relative)
-    if not borrowers:
-        return states
     return [
         replace(s, borrowed_by=tuple(sorted(borrowers[s.path]))) if s.path in borrowers else s
         for s in states

@@ -20,9 +20,10 @@ from custode.units import format_bytes
 _STYLE = {"ok": "green", "attention": "yellow", "broken": "bold red"}
 
 
-def _scan(app: App, roots: list[Path]) -> FleetScan:
+def _scan(app: App, roots: list[Path], rescan: bool) -> FleetScan:
+    cache = None if rescan else app.state_dir() / "scan-cache.pickle"
     if not app.interactive:
-        return scan(roots, app.config.discovery)
+        return scan(roots, app.config.discovery, cache=cache)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -32,10 +33,10 @@ def _scan(app: App, roots: list[Path]) -> FleetScan:
     with Progress(*columns, console=app.err, transient=True, auto_refresh=False) as bar:
         task = bar.add_task("reading repositories", total=None)
 
-        def progress(done: int, total: int) -> None:
+        def progress(done: int, total: int | None) -> None:
             bar.update(task, completed=done, total=total, refresh=True)
 
-        return scan(roots, app.config.discovery, progress)
+        return scan(roots, app.config.discovery, progress, cache=cache)
 
 
 def _record(app: App, rows: list[tuple[RepoState, Health]], broken: int) -> None:
@@ -106,11 +107,22 @@ def _table(rows: list[tuple[RepoState, Health]]) -> Table:
 @click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--problems-only", is_flag=True, help="Only repositories that are not ok.")
+@click.option(
+    "--rescan",
+    is_flag=True,
+    help="Read every repository afresh instead of reusing what is unchanged since last time.",
+)
 @click.pass_obj
-def status(app: App, roots: tuple[Path, ...], as_json: bool, problems_only: bool) -> None:
-    """Show the health of every repository under ROOTS (default: roots from config)."""
+def status(
+    app: App, roots: tuple[Path, ...], as_json: bool, problems_only: bool, rescan: bool
+) -> None:
+    """Show the health of every repository under ROOTS (default: roots from config).
+
+    Repositories whose directories are unchanged since the previous run are not read
+    again (their state is kept in the state directory); --rescan reads them all.
+    """
     root_paths = app.roots(roots)
-    result = _scan(app, root_paths)
+    result = _scan(app, root_paths, rescan)
     now = time.time()
     rows = [(s, assess(s, app.config.health, now)) for s in result.states]
     counts = {v: sum(1 for _, h in rows if h.verdict == v) for v in ("ok", "attention", "broken")}
