@@ -1,0 +1,150 @@
+"""The scan cache reuses a state only while nothing it was read from has changed."""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from custode import fleet as fleet_module
+from custode.config import DiscoveryConfig
+from custode.fleet import scan
+from custode.repostate import RepoState
+from fixtures.builders import Fleet, run_git
+
+pytestmark = pytest.mark.integration
+
+
+def _age_tree(top: Path, seconds: float = 60) -> None:
+    """Make every file and directory look older than the racy window."""
+    when = time.time() - seconds
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in filenames + dirnames:
+            os.utime(Path(dirpath) / name, (when, when), follow_symlinks=False)
+    os.utime(top, (when, when))
+
+
+class Counting:
+    """Counts the repositories that were really read (not taken from the cache)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reads: list[str] = []
+        real = fleet_module.inspect
+
+        def counting(repo, watch=None):  # type: ignore[no-untyped-def]
+            self.reads.append(repo.relative)
+            return real(repo, watch)
+
+        monkeypatch.setattr(fleet_module, "inspect", counting)
+
+
+def _scan(root: Path, cache: Path) -> dict[str, RepoState]:
+    result = scan([root], DiscoveryConfig(), cache=cache, workers=1)
+    return {s.relative: s for s in result.states}
+
+
+@pytest.fixture
+def small(tmp_path: Path, fleet: Fleet) -> Path:
+    root = tmp_path / "root"
+    for repo in (fleet.packed, fleet.loose, fleet.many_refs):
+        shutil.copytree(repo, root / repo.name, symlinks=True)
+    _age_tree(root)
+    return root
+
+
+def test_unchanged_repositories_are_not_read_again(
+    small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = Counting(monkeypatch)
+    cache = tmp_path / "cache.pickle"
+    first = _scan(small, cache)
+    assert sorted(count.reads) == ["loose.git", "many-refs.git", "packed.git"]
+    count.reads.clear()
+    assert _scan(small, cache) == first
+    assert count.reads == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["update-ref", "new-object", "packed-refs-in-place", "repack", "lock-file", "config"],
+)
+def test_any_change_is_seen(
+    small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    count = Counting(monkeypatch)
+    cache = tmp_path / "cache.pickle"
+    before = _scan(small, cache)["many-refs.git"]
+    repo = small / "many-refs.git"
+    if change == "update-ref":
+        head = run_git(repo, "rev-parse", "HEAD").strip()
+        run_git(repo, "update-ref", "refs/heads/brand-new", head)
+    elif change == "new-object":
+        run_git(repo, "hash-object", "-w", "--stdin", input=b"brand new object\n")
+    elif change == "packed-refs-in-place":
+        with (repo / "packed-refs").open("a") as f:  # not the way git writes it: in place
+            f.write("not a ref line\n")
+    elif change == "repack":
+        run_git(repo, "repack", "-adq")
+    elif change == "lock-file":
+        (repo / "refs" / "heads" / "x.lock").write_text("")
+    elif change == "config":
+        with (repo / "config").open("a") as f:
+            f.write("[extensions]\n\tobjectformat = sha256\n")
+    count.reads.clear()
+    after = _scan(small, cache)["many-refs.git"]
+    assert count.reads == ["many-refs.git"]
+    assert after != before
+
+
+def test_recently_modified_repositories_are_never_trusted(
+    tmp_path: Path, fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change in the same clock tick as a read would not move an mtime (racy git)."""
+    root = tmp_path / "root"
+    shutil.copytree(fleet.packed, root / "packed.git", symlinks=True)
+    head = run_git(root / "packed.git", "rev-parse", "HEAD").strip()
+    run_git(root / "packed.git", "update-ref", "refs/heads/just-now", head)  # mtime: now
+    count = Counting(monkeypatch)
+    cache = tmp_path / "cache.pickle"
+    _scan(root, cache)
+    _scan(root, cache)
+    assert count.reads == ["packed.git", "packed.git"]
+
+
+def test_deleted_worktree_is_seen(
+    tmp_path: Path, fleet_copy: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worktree lives outside its git directory, yet deleting it invalidates the entry."""
+    _age_tree(fleet_copy.root)
+    cache = tmp_path / "cache.pickle"
+    before = _scan(fleet_copy.root, cache)["worktrees-main"]
+    assert before.prunable_worktrees == 1
+    count = Counting(monkeypatch)
+    _scan(fleet_copy.root, cache)
+    assert count.reads == []
+    shutil.rmtree(fleet_copy.worktree_live)
+    after = _scan(fleet_copy.root, cache)["worktrees-main"]
+    assert "worktrees-main" in count.reads
+    assert after.prunable_worktrees == 2
+
+
+def test_damaged_cache_is_ignored(small: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache.pickle"
+    cache.write_bytes(b"this is not a pickle")
+    assert len(_scan(small, cache)) == 3
+    assert len(_scan(small, cache)) == 3  # rewritten, now usable
+
+
+def test_repositories_gone_from_a_scanned_root_are_forgotten(small: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache.pickle"
+    _scan(small, cache)
+    shutil.rmtree(small / "loose.git")
+    assert sorted(_scan(small, cache)) == ["many-refs.git", "packed.git"]
+
+
+def test_cli_rescan_and_cached_runs_agree(custode, small: Path) -> None:  # type: ignore[no-untyped-def]
+    first = custode("status", "--json", small).json()["repositories"]
+    second = custode("status", "--json", small).json()["repositories"]
+    fresh = custode("status", "--json", "--rescan", small).json()["repositories"]
+    assert first == second == fresh
