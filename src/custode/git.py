@@ -5,10 +5,10 @@ of its choosing. Four layers see to that:
 
 * **Environment** built from scratch (PATH, HOME, TMPDIR, the C locale, ``_FIXED_ENV``):
   inherited ``GIT_*`` variables (GIT_DIR, GIT_CONFIG_PARAMETERS...) and secrets never pass.
-* **Command-line config** (``HARDENING``), which outranks the repository's: no hooks,
+* **Command-line config** (``gitpolicy.HARDENING``), which outranks the repository's: no hooks,
   fsmonitor, pager, askpass, credential helper, ssh, gpg or alternate-refs program; only
   the file transport; no automatic gc or maintenance.
-* **A subcommand allowlist** (``ALLOWLIST``). Filters, textconv and diff drivers are named
+* **A subcommand allowlist** (``gitpolicy.ALLOWLIST``). Filters, textconv and diff drivers are named
   per driver and cannot be switched off wholesale, so only commands that never run them
   without a work tree are allowed, minus the options that would (``log -p``...). Aliases
   cannot shadow these builtins.
@@ -33,7 +33,6 @@ or an interrupt kills the whole group (SIGTERM, then SIGKILL after a grace).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import re
 import shlex
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from custode.errors import GitError, GitNotFoundError, GitRefusedError, GitTimeoutError
+from custode.gitpolicy import ALLOWLIST, HARDENING, check, positionals
 
 if TYPE_CHECKING:
     from custode.config import GitConfig
@@ -102,109 +102,11 @@ FEATURES: dict[str, GitVersion] = {
     "repack-max-cruft-size": GitVersion(2, 43),  # repack --max-cruft-size
 }
 
-#: ``-c`` options on every command line; command-line config outranks the repository's.
-HARDENING: tuple[tuple[str, str], ...] = (
-    ("core.hooksPath", "/dev/null"),  # no hook runs, whatever hooks dir the repo names
-    ("core.fsmonitor", "false"),  # no fsmonitor hook or daemon when an index is read
-    ("core.pager", "cat"),  # with --no-pager and GIT_PAGER=cat
-    ("core.askPass", ""),  # empty: git skips askpass (GIT_ASKPASS is not passed on)
-    ("core.sshCommand", "false"),  # ssh is refused by protocol.allow as well
-    ("core.alternateRefsCommand", "true"),  # lists nothing: only an optimisation is lost
-    ("credential.helper", ""),  # empty resets the list of helpers
-    ("gpg.program", "false"),  # signature checks fail instead of running a program
-    ("gpg.openpgp.program", "false"),
-    ("gpg.ssh.program", "false"),
-    ("gpg.x509.program", "false"),
-    ("protocol.allow", "never"),  # no transport (ext::, ssh, http) but the local one
-    ("protocol.file.allow", "always"),
-    ("gc.auto", "0"),  # no gc --auto (nor its pre-auto-gc hook) behind our back
-    ("maintenance.auto", "false"),
-    ("submodule.recurse", "false"),
-    ("fetch.recurseSubmodules", "false"),
-    ("color.ui", "false"),  # output custode parses stays plain...
-    ("log.showSignature", "false"),  # ...and free of signature checks
-)
-
 _FIXED_ENV = {
     "LANG": "C", "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "PAGER": "cat",
     "GIT_EDITOR": "false", "GIT_NO_REPLACE_OBJECTS": "1", "GIT_PROTOCOL_FROM_USER": "0",
 }  # fmt: skip
 _KEPT_ENV = ("PATH", "HOME", "TMPDIR")
-_STOP = ("--", "--end-of-options")  # what follows is paths or revisions, not options
-
-
-@dataclass(frozen=True)
-class _Rule:
-    why: str  # why this command cannot run a program the repository names
-    actions: tuple[str, ...] = ()  # if any, the first argument must be one of them
-    refuse: tuple[str, ...] = ()  # options refused (also with =value or an attached value)
-    require: tuple[str, ...] = ()  # at least one of these options must be given
-    local_source: bool = False  # first positional: an absolute path to a repository/bundle
-
-
-_DIFFS = (
-    "-p", "-u", "--patch", "--patch-with-stat", "--patch-with-raw", "--stat", "--numstat",
-    "--shortstat", "--dirstat", "--dirstat-by-file", "--cumulative", "--summary",
-    "--compact-summary", "--cc", "-c", "-m", "--diff-merges", "--remerge-diff", "-W",
-    "--function-context", "--word-diff", "--color-words", "--check", "--binary", "-S", "-G",
-    "--pickaxe-regex", "-L", "--follow", "--textconv", "--ext-diff", "--show-signature",
-)  # fmt: skip
-_TRANSFER = ("--upload-pack", "-u", "--exec", "--recurse-submodules", "--recursive")
-
-#: The only git subcommands custode runs. None of them runs hooks (disabled anyway),
-#: filters, textconv or diff drivers without a work tree; refused options are those that
-#: would, or that reach beyond a local path.
-ALLOWLIST: dict[str, _Rule] = {
-    "version": _Rule("prints git's version"),
-    "rev-parse": _Rule("parses names and paths"),
-    "for-each-ref": _Rule("lists refs; signature atoms use the pinned gpg.program"),
-    "show-ref": _Rule("lists refs"),
-    "symbolic-ref": _Rule("reads or sets a symbolic ref (hooks disabled)"),
-    "update-ref": _Rule("updates refs (reference-transaction hook disabled)"),
-    "count-objects": _Rule("counts objects"),
-    "rev-list": _Rule("walks history without diffs", refuse=_DIFFS),
-    "log": _Rule("history without patches: diff/textconv/signature options refused",
-                 refuse=_DIFFS),
-    "cat-file": _Rule("raw objects: --filters/--textconv refused",
-                      refuse=("--filters", "--textconv", "--path")),
-    "ls-tree": _Rule("lists trees"),
-    "hash-object": _Rule("hashes without clean filters", require=("--no-filters",),
-                         refuse=("--path",)),
-    "fsck": _Rule("checks objects"),
-    "repack": _Rule("runs pack-objects only"),
-    "gc": _Rule("repack/prune/reflog/pack-refs/commit-graph; pre-auto-gc hook disabled"),
-    "prune": _Rule("deletes unreachable loose objects"),
-    "prune-packed": _Rule("deletes loose objects already packed"),
-    "pack-refs": _Rule("packs refs"),
-    "pack-objects": _Rule("writes packs"),
-    "unpack-objects": _Rule("explodes a pack"),
-    "index-pack": _Rule("indexes a pack"),
-    "verify-pack": _Rule("checks a pack"),
-    "show-index": _Rule("reads a pack index"),
-    "reflog": _Rule("expires reflogs ('show' is log)", actions=("expire", "delete", "exists")),
-    "commit-graph": _Rule("writes/checks the commit-graph", actions=("write", "verify")),
-    "multi-pack-index": _Rule("writes/checks the midx",
-                              actions=("write", "verify", "expire", "repack")),
-    "worktree": _Rule("prunes/lists worktree records, never checks out", actions=("prune", "list")),
-    "bundle": _Rule("rev-list/pack-objects/index-pack",
-                    actions=("create", "verify", "list-heads", "unbundle")),
-    "init": _Rule("creates an empty repository"),
-    "config": _Rule("reads config, writes only to a named file", refuse=("--edit", "-e"),
-                    require=("--get", "--get-all", "--get-regexp", "--get-urlmatch", "--list",
-                             "-l", "--file", "-f", "--blob")),
-    "clone": _Rule("without a checkout, from a local path", local_source=True,
-                   require=("--bare", "--mirror", "--no-checkout", "-n"),
-                   refuse=(*_TRANSFER, "--bundle-uri")),
-    "fetch": _Rule("from a local path or bundle", local_source=True,
-                   refuse=(*_TRANSFER, "--all", "--multiple")),
-    "ls-remote": _Rule("of a local path", local_source=True, refuse=_TRANSFER),
-}  # fmt: skip
-
-
-def _matches(arg: str, option: str) -> bool:
-    if arg == option or arg.startswith(option + "="):
-        return True
-    return len(option) == 2 and not arg.startswith("--") and arg.startswith(option)
 
 
 def git_dir_of(repo: Path) -> Path:
@@ -297,13 +199,13 @@ class Git:
     def command_line(self, args: Sequence[str], repo: Path | None = None) -> list[str]:
         """The full argv ``run`` starts for ``args`` (checked against the allowlist)."""
         args = [os.fspath(a) for a in args]
-        rule = _check(args)
+        rule = check(args)
         git = self.executable()
         hardening = [f"{key}={value}" for key, value in HARDENING]
         trusted = _trusted_paths(repo) if repo is not None and self.trust_repository_owner else []
         injected: list[str] = []
         if rule.local_source:  # our own upload-pack: hardened, trusting the source if we may
-            source = Path(_positionals(args)[0])
+            source = Path(positionals(args)[0])
             extra = (
                 _trusted_paths(source) if self.trust_repository_owner and source.is_dir() else []
             )
@@ -444,49 +346,6 @@ class Git:
 
 def _dash_c(items: Sequence[str]) -> list[str]:
     return [word for item in items for word in ("-c", item)]
-
-
-def _positionals(args: Sequence[str]) -> list[str]:
-    """The arguments after the subcommand that are not options (all of them after --)."""
-    out: list[str] = []
-    for i, arg in enumerate(args[1:], 1):
-        if arg in _STOP:
-            return out + list(args[i + 1 :])
-        if not arg.startswith("-"):
-            out.append(arg)
-    return out
-
-
-def _check(args: Sequence[str]) -> _Rule:
-    """The allowlist rule for ``args``, or GitRefusedError saying why there is none."""
-    sub = args[0] if args else ""
-
-    def refuse(why: str, shown: str = " ".join(args[:2])) -> GitRefusedError:
-        return GitRefusedError(f"refusing to run 'git {shown}': {why}", args=tuple(args))
-
-    rule = ALLOWLIST.get(sub)
-    if rule is None:
-        raise refuse(
-            "not on custode's allowlist of git commands that cannot run programs named by a "
-            "repository (custode.git.ALLOWLIST)"
-        )
-    if rule.actions and (len(args) < 2 or args[1] not in rule.actions):
-        raise refuse(f"only 'git {sub}' {', '.join(rule.actions)} are allowed")
-    options = list(itertools.takewhile(lambda arg: arg not in _STOP, args[1:]))
-    for arg in options:
-        if any(_matches(arg, bad) for bad in rule.refuse):
-            why = "that option can run a program named by the repository or reach the network"
-            raise refuse(why, f"{sub} {arg}")
-    if rule.require and not any(_matches(a, r) for a in options for r in rule.require):
-        raise refuse(f"it needs one of {', '.join(rule.require)} ({rule.why})")
-    if rule.local_source:
-        source = next(iter(_positionals(args)), "")
-        if not os.path.isabs(source) or not os.path.exists(source):
-            raise refuse(
-                "the source must be an absolute path to a local repository or bundle "
-                "(write option values as --option=value)"
-            )
-    return rule
 
 
 def _check_owner(git_dir: Path, sub: str) -> None:
