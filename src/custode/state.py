@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -113,6 +114,33 @@ _INSERT_OBS, _INSERT_RESULT = (
 )
 _SELECT_OBS = f"SELECT {', '.join(_OBS_FIELDS)} FROM observations"  # noqa: S608
 
+BUSY_TIMEOUT_S = 30.0
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout: float = BUSY_TIMEOUT_S) -> None:
+    """Switch to WAL, waiting out other processes doing the same, as the busy timeout would.
+
+    The switch reads the header under a SHARED lock, then upgrades to write it. SQLite never
+    runs the busy handler for that upgrade when another connection holds RESERVED (waiting
+    could deadlock), so when several processes open a new (rollback-mode) database at once
+    all but one fail at once with SQLITE_BUSY, whatever the timeout. The failed statement
+    drops its lock, so the winner finishes and a retry then finds WAL already set (a no-op
+    that takes no write lock). Once the database is in WAL mode this never retries.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        else:
+            return
+
 
 def _statements(script: str) -> Iterator[str]:
     """One statement at a time: ``executescript`` would commit our transaction first."""
@@ -140,10 +168,10 @@ class StateDB:
             if not path.exists():  # private from the start; SQLite gives -wal/-shm its mode
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
             # timeout= is SQLite's busy_timeout: a second writer waits instead of failing.
-            conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             db = cls(path, conn)
             db._check_version()
-            conn.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(conn)  # not covered by the busy timeout when processes race on it
             conn.execute("PRAGMA synchronous = NORMAL")  # in WAL: may lose, never corrupts
             conn.execute("PRAGMA foreign_keys = ON")
             db._migrate()

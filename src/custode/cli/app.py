@@ -17,13 +17,21 @@ from custode.config import Config, load_config
 from custode.errors import PathNotFoundError
 
 
+def _stdout_console() -> Console:
+    """Terminal width on a terminal; wide lines (no folding) into a pipe or file."""
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 240
+    return console
+
+
 @dataclass
 class App:
     """Shared by all commands: lazily loads config; renders to stdout, talks on stderr."""
 
     config_path: Path | None = None
     debug: bool = False
-    out: Console = field(default_factory=lambda: Console(soft_wrap=True))
+    out: Console = field(default_factory=_stdout_console)
     err: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
 
     @cached_property

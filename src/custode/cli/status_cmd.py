@@ -145,8 +145,9 @@ def status(
         if shown:
             app.out.print(_table(shown))
         app.out.print(
-            f"{len(rows):,} repositories: {counts['ok']:,} ok, {counts['attention']:,} need "
-            f"attention, {counts['broken']:,} broken ({result.seconds:.1f}s)"
+            f"{len(rows):,} {'repository' if len(rows) == 1 else 'repositories'}: "
+            f"{counts['ok']:,} ok, {counts['attention']:,} need attention, "
+            f"{counts['broken']:,} broken ({result.seconds:.1f}s)"
         )
     for problem in result.problems:
         app.err.print(f"custode: {problem.path}: {problem.message}", markup=False, highlight=False)
