@@ -48,7 +48,8 @@ class DiscoveryConfig(_Section):
     )
     follow_symlinks: bool = Field(
         default=True,
-        description="Follow symbolic links to directories; loops are detected and reported.",
+        description="Follow symbolic links to directories (never inside a working tree); "
+        "loops are detected and reported.",
     )
     max_depth: int = Field(
         default=16, ge=1, description="How many directory levels below a root to search."

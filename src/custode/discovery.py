@@ -184,9 +184,10 @@ class _Walker:
 
     def walk(self, root: Path) -> None:
         # str paths while walking: a Path per directory costs measurable time at 10,000s
-        stack: list[tuple[str, str, int]] = [(str(root), "", 0)]
+        # (path, relative name, depth, inside a working tree)
+        stack: list[tuple[str, str, int, bool]] = [(str(root), "", 0, False)]
         while stack:
-            path, rel, depth = stack.pop()
+            path, rel, depth, in_tree = stack.pop()
             try:
                 listing = _scan(path)
             except PermissionError:
@@ -199,7 +200,7 @@ class _Walker:
                 self.problem(Path(path), f"cannot read directory: {exc.strerror}")
                 continue
             shown = rel or root.name
-            in_worktree = False
+            in_worktree = in_tree
             if is_git_dir(listing):
                 here = Path(path)
                 self.add(Repository(root, here, here, "bare", shown), listing)
@@ -214,12 +215,16 @@ class _Walker:
             if in_worktree and not self.config.descend_into_worktrees:
                 continue
             if depth < self.config.max_depth:
-                stack.extend(self.children(path, rel, depth, listing))
+                stack.extend(self.children(path, rel, depth, listing, in_worktree))
 
     def children(
-        self, path: str, rel: str, depth: int, listing: Listing
-    ) -> list[tuple[str, str, int]]:
-        """Subdirectories to visit next (reverse order: the stack pops them in order)."""
+        self, path: str, rel: str, depth: int, listing: Listing, in_tree: bool
+    ) -> list[tuple[str, str, int, bool]]:
+        """Subdirectories to visit next (reverse order: the stack pops them in order).
+
+        Symbolic links inside a working tree are never followed: they belong to the
+        project checked out there and may point anywhere (``/``, a huge cache).
+        """
         out = []
         for name in sorted(listing, reverse=True):
             entry = listing[name]
@@ -229,14 +234,14 @@ class _Walker:
             if self.excluded(child_rel, entry.name):
                 continue
             if entry.is_symlink():
-                if not self.config.follow_symlinks:
+                if in_tree or not self.config.follow_symlinks:
                     continue
                 target = os.path.realpath(entry.path)
                 here = os.path.realpath(path)
                 if here == target or here.startswith(target + os.sep):
                     self.problem(Path(entry.path), f"symbolic link loop (points to {target})")
                     continue
-            out.append((entry.path, child_rel, depth + 1))
+            out.append((entry.path, child_rel, depth + 1, in_tree))
         return out
 
 

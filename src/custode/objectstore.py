@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from custode.fsread import Watch, read_all, read_prefix
 
 HEX_DIR = re.compile(r"[0-9a-f]{2}")
 TEMP_PREFIXES = ("tmp_pack_", "tmp_idx_", "tmp_rev_", "tmp_bitmap_", "tmp_mtimes_", "tmp_obj_")
+OTHER_DEPTH = 3
 PACK_EXTS = ("idx", "rev", "pack", "bitmap", "keep", "promisor", "mtimes")
 
 
@@ -210,7 +212,11 @@ class _Reader:
             if not os.path.isdir(target):
                 self.s.problems.append(f"alternate object store {target} does not exist")
 
-    def walk_other(self, path: str, *, temp: bool) -> None:
+    def walk_other(self, path: str, *, temp: bool, depth: int = 0) -> None:
+        """Anything else in objects/ (e.g. a receive-pack quarantine: ``incoming-*/XX/…``).
+
+        Depth-bounded: an untrusted repository must not send the scan across a tree.
+        """
         try:
             st = os.stat(path, follow_symlinks=False)
         except OSError:
@@ -218,9 +224,9 @@ class _Reader:
         self.account(st)
         if temp:
             self.temp(path, st)
-        if os.path.isdir(path) and not os.path.islink(path):
+        if depth < OTHER_DEPTH and stat.S_ISDIR(st.st_mode):
             for e in self.watch.scandir(path):
-                self.walk_other(e.path, temp=False)
+                self.walk_other(e.path, temp=False, depth=depth + 1)
 
 
 def _is_hex(name: str) -> bool:

@@ -41,6 +41,9 @@ def read_ref_store(git_dir: str, hexsz: int, watch: Watch) -> RefStore:
     _read_head(git_dir, oid, s, watch)
     loose: dict[str, str] = {}  # name -> symbolic target, or "" for a direct ref
     stack = [os.path.join(git_dir, "refs")]
+    if os.path.islink(stack[0]):  # it could lead anywhere: refuse to walk it
+        s.problems.append("refs is a symbolic link; custode does not follow it")
+        stack = []
     while stack:
         try:
             entries = watch.scandir(stack.pop())
