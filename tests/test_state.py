@@ -171,6 +171,25 @@ def test_concurrent_writers_from_several_processes(tmp_path: Path) -> None:
         assert db.schema_version == len(MIGRATIONS)
 
 
+def test_open_waits_for_another_process_switching_a_new_database_to_wal(
+    tmp_path: Path,
+) -> None:
+    # A racing opener mid-switch holds RESERVED on the still rollback-mode file. SQLite
+    # fails our SHARED -> RESERVED upgrade at once, ignoring the busy timeout; open must wait.
+    path = tmp_path / "state.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, other.execute, args=("COMMIT",))
+    release.start()
+    try:
+        with StateDB.open(path) as db:
+            assert db.schema_version == len(MIGRATIONS)
+            assert db._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        release.join()
+        other.close()
+
+
 def test_unusable_state_directory_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "state").write_text("a file where the directory should be")
     with pytest.raises(StateError, match=r"cannot open state database .*state\.db: .*; check"):
