@@ -29,7 +29,7 @@ def _obs(i: int, **kw: object) -> Observation:
 def test_open_creates_private_dir_and_migrates_from_empty(tmp_path: Path) -> None:
     path = tmp_path / "state" / "state.db"
     with StateDB.open(path) as db:
-        assert db.schema_version == len(MIGRATIONS) == 1
+        assert db.schema_version == len(MIGRATIONS) == 2
         tables = {
             r[0] for r in db._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
@@ -194,3 +194,27 @@ def test_unusable_state_directory_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "state").write_text("a file where the directory should be")
     with pytest.raises(StateError, match=r"cannot open state database .*state\.db: .*; check"):
         StateDB.open(tmp_path / "state" / "state.db")
+
+
+def test_latest_fingerprints_and_forget_before(tmp_path: Path) -> None:
+    long_ago = "2020-01-01T00:00:00+00:00"
+    with StateDB.open(tmp_path / "state.db") as db:
+        old = db.begin_run("status")
+        db.record_observations(
+            old, [_obs(1, fingerprint="f1", observed_at=long_ago), _obs(2, observed_at=long_ago)]
+        )
+        db._conn.execute("UPDATE runs SET started_at = ? WHERE id = ?", (long_ago, old))
+        new = db.begin_run("status")
+        db.record_observations(new, [_obs(1, fingerprint="f2")])
+        latest = {("/srv/git", "/srv/git/r1.git"): ("f2", "ok"),
+                  ("/srv/git", "/srv/git/r2.git"): ("fp2", "ok")}  # fmt: skip
+        assert db.latest_fingerprints() == latest
+        db.forget_before("2021-01-01T00:00:00+00:00")
+        kept = {(o.repository, o.fingerprint) for o in db.last_observations()}
+        # r1's old observation goes; r2's is its latest, so it and its run stay
+        assert kept == {("/srv/git/r1.git", "f2"), ("/srv/git/r2.git", "fp2")}
+        assert db.latest_fingerprints() == latest
+        assert [r.id for r in db.runs()] == [new, old]
+        db.record_observations(new, [_obs(2, fingerprint="g2")])
+        db.forget_before("2021-01-01T00:00:00+00:00")
+        assert [r.id for r in db.runs()] == [new]  # nothing holds the old run any more

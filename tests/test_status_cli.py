@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -170,3 +171,23 @@ def test_init_writes_config_once(custode: Run, tmp_path: Path) -> None:
     )
     assert custode("--config", config, "init", "--force").code == 0
     assert custode("--config", config, "status", tmp_path).code == 4  # loads fine, finds nothing
+
+
+def test_history_records_only_changes(
+    custode: Run, fleet_copy: Fleet, isolated_env: dict[str, str]
+) -> None:
+    from custode.state import StateDB
+
+    assert custode("status", "--json", fleet_copy.root).code == 0
+    assert custode("status", "--json", fleet_copy.root).code == 0
+    head = subprocess.run(
+        ["git", "--git-dir", str(fleet_copy.packed), "rev-parse", "HEAD"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    (fleet_copy.packed / "refs" / "heads" / "new").write_text(head)
+    assert custode("status", "--json", fleet_copy.root).code == 0
+    db_path = Path(isolated_env["XDG_STATE_HOME"]) / "custode" / "state.db"
+    with StateDB.open(db_path) as db:
+        changed = [r.summary["changed"] for r in reversed(db.runs())]
+    assert changed[0] >= 17
+    assert changed[1:] == [0, 1]

@@ -112,6 +112,11 @@ class StateConfig(_Section):
         description="Where the history database and audit log live "
         "(default: $XDG_STATE_HOME/custode).",
     )
+    keep_history: Duration = Field(
+        default=90 * 86400.0,
+        description="How long the history database keeps runs and observations (each "
+        "repository's latest observation is always kept).",
+    )
 
 
 class Config(_Section):

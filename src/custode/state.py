@@ -53,6 +53,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX observations_run ON observations (run_id);
     CREATE INDEX observations_repo ON observations (repository, observed_at);
     """,
+    """
+    CREATE INDEX observations_latest ON observations (root, repository, id);
+    CREATE INDEX runs_started ON runs (started_at);
+    """,
 )
 
 
@@ -259,6 +263,39 @@ class StateDB:
                 _INSERT_RESULT,
                 ((run_id, *values(r), _dumps(r.details)) for r in rows),
             )
+
+    def latest_fingerprints(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """(root, repository) → (fingerprint, verdict) of each repository's last observation.
+
+        Callers record an observation only when these change: history is a log of
+        changes, not a row per repository per run.
+        """
+        rows = self._conn.execute(
+            "SELECT root, repository, fingerprint, verdict FROM observations WHERE id IN "
+            "(SELECT MAX(id) FROM observations GROUP BY root, repository)"
+        )
+        return {(r[0], r[1]): (r[2], r[3]) for r in rows}
+
+    def forget_before(self, cutoff: str) -> int:
+        """Delete runs started before ``cutoff`` (UTC ISO-8601) with all they recorded,
+        keeping each repository's latest observation (the base for change detection)."""
+        with self._transaction():
+            self._conn.execute(
+                "DELETE FROM observations WHERE observed_at < ? AND id NOT IN "
+                "(SELECT MAX(id) FROM observations GROUP BY root, repository)",
+                (cutoff,),
+            )
+            self._conn.execute(
+                "DELETE FROM repository_results WHERE run_id IN "
+                "(SELECT id FROM runs WHERE started_at < ?)",
+                (cutoff,),
+            )
+            cur = self._conn.execute(
+                "DELETE FROM runs WHERE started_at < ? AND id NOT IN "
+                "(SELECT DISTINCT run_id FROM observations)",
+                (cutoff,),
+            )
+        return cur.rowcount
 
     def last_observations(
         self, limit: int = 100, repository: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from custode.errors import EXIT_CODES_HELP, CustodeError, PathNotFoundError, Rep
 from custode.fleet import FleetScan, scan
 from custode.health import Health, assess
 from custode.repostate import RepoState
+from custode.state import Observation, StateDB
 from custode.units import format_bytes
 
 _STYLE = {"ok": "green", "attention": "yellow", "broken": "bold red"}
@@ -40,38 +42,47 @@ def _scan(app: App, roots: list[Path], rescan: bool) -> FleetScan:
 
 
 def _record(app: App, rows: list[tuple[RepoState, Health]], broken: int) -> None:
-    """Keep the observations in the history database; a failure here only warns."""
-    from custode.state import Observation, StateDB
-
+    """Record what changed since the last observation of each repository, and forget
+    history older than state.keep_history. A failure here only warns."""
     path = app.state_dir() / "state.db"
     new = not path.exists()
     try:
         with StateDB.open(path) as db:
             run = db.begin_run("status")
-            db.record_observations(
+            last = db.latest_fingerprints()
+            changed = [
+                (s, h)
+                for s, h in rows
+                if last.get((s.root, s.relative)) != (s.fingerprint, h.verdict)
+            ]
+            db.record_observations(run, (_observation(s, h) for s, h in changed))
+            db.finish_run(
                 run,
-                (
-                    Observation(
-                        repository=s.relative,
-                        root=s.root,
-                        verdict=h.verdict,
-                        loose_objects=s.loose_objects,
-                        loose_objects_bytes=s.loose_objects_bytes,
-                        packs=s.packs,
-                        pack_bytes=s.pack_bytes,
-                        loose_refs=s.loose_refs,
-                        size_bytes=s.size_bytes,
-                        fingerprint=s.fingerprint,
-                    )
-                    for s, h in rows
-                ),
+                "partial" if broken else "ok",
+                {"repositories": len(rows), "changed": len(changed)},
             )
-            db.finish_run(run, "partial" if broken else "ok", {"repositories": len(rows)})
+            keep = timedelta(seconds=app.config.state.keep_history)
+            db.forget_before((datetime.now(UTC) - keep).isoformat(timespec="microseconds"))
     except CustodeError as exc:
         app.warn(f"history not recorded: {exc}")
         return
     if new:
         app.warn(f"created the history database {path}")
+
+
+def _observation(s: RepoState, h: Health) -> Observation:
+    return Observation(
+        repository=s.relative,
+        root=s.root,
+        verdict=h.verdict,
+        loose_objects=s.loose_objects,
+        loose_objects_bytes=s.loose_objects_bytes,
+        packs=s.packs,
+        pack_bytes=s.pack_bytes,
+        loose_refs=s.loose_refs,
+        size_bytes=s.size_bytes,
+        fingerprint=s.fingerprint,
+    )
 
 
 def _row_json(state: RepoState, health: Health) -> dict[str, Any]:
