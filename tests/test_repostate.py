@@ -141,3 +141,13 @@ def test_broken_repositories_are_reported_not_raised(tmp_path: Path, fleet: Flee
         )
         assert proc.returncode != 0, name
     assert os.path.exists(nohead / "objects")
+
+
+def test_unreadable_repository_gets_a_broken_placeholder(fleet: Fleet) -> None:
+    from custode.repostate import inspect_failed
+
+    repo = discover([fleet.packed]).repositories[0]
+    state = inspect_failed(repo, "cannot read repository: Permission denied")
+    assert state.problems == ("cannot read repository: Permission denied",)
+    assert state.path == str(fleet.packed) and state.object_format == "unknown"
+    assert state.refs == state.packs == state.size_bytes == 0

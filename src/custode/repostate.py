@@ -17,8 +17,8 @@ from typing import Any
 from custode import gitconfig
 from custode.discovery import Repository
 from custode.fsread import Watch, read_all
-from custode.objectstore import TempFile, read_object_store
-from custode.refstore import read_ref_store
+from custode.objectstore import ObjectStore, TempFile, read_object_store
+from custode.refstore import RefStore, read_ref_store
 
 HEXSZ = {"sha1": 40, "sha256": 64}
 _OWN = {"objects", "refs", "packed-refs", "HEAD", "modules"}  # read elsewhere, or not ours
@@ -120,11 +120,32 @@ def inspect(repo: Repository, watch: Watch | None = None) -> RepoState:
     for part in (*refs.signature, *objects.signature):
         digest.update(part.encode())
         digest.update(b"\n")
+    return _assemble(
+        repo,
+        fmt=fmt,
+        objects=objects,
+        refs=refs,
+        rest=rest,
+        problems=problems,
+        fingerprint=digest.hexdigest(),
+    )
+
+
+def _assemble(
+    repo: Repository,
+    *,
+    fmt: str,
+    objects: ObjectStore,
+    refs: RefStore,
+    rest: _Rest,
+    problems: list[str],
+    fingerprint: str,
+) -> RepoState:
     return RepoState(
         path=str(repo.path),
         relative=repo.relative,
         root=str(repo.root),
-        git_dir=git_dir,
+        git_dir=str(repo.git_dir),
         kind=repo.kind,
         bare=repo.bare,
         object_format=fmt,
@@ -160,7 +181,7 @@ def inspect(repo: Repository, watch: Watch | None = None) -> RepoState:
         size_bytes=objects.size_bytes + refs.size_bytes + rest.size_bytes,
         newest_mtime=max(objects.newest_mtime, refs.newest_mtime, rest.newest_mtime),
         newest_pack_mtime=objects.newest_pack_mtime,
-        fingerprint=digest.hexdigest(),
+        fingerprint=fingerprint,
         problems=tuple(problems),
     )
 
@@ -246,46 +267,12 @@ def link_borrowers(states: list[RepoState]) -> list[RepoState]:
 
 def inspect_failed(repo: Repository, message: str) -> RepoState:
     """A placeholder state for a repository that could not be read at all."""
-    return RepoState(
-        path=str(repo.path),
-        relative=repo.relative,
-        root=str(repo.root),
-        git_dir=str(repo.git_dir),
-        kind=repo.kind,
-        bare=repo.bare,
-        object_format="unknown",
-        head=None,
-        loose_objects=0,
-        loose_objects_bytes=0,
-        packs=0,
-        pack_bytes=0,
-        packed_objects=0,
-        largest_pack_bytes=0,
-        kept_packs=0,
-        cruft_packs=0,
-        pack_bitmaps=0,
-        multi_pack_index=False,
-        midx_packs=0,
-        midx_bitmap=False,
-        commit_graph=False,
-        commit_graph_chain=0,
-        commit_graph_changed_paths=False,
-        loose_refs=0,
-        packed_refs=0,
-        refs=0,
-        symbolic_refs=0,
-        garbage_files=0,
-        garbage_bytes=0,
-        temp_files=(),
-        alternates=(),
-        borrowed_by=(),
-        superproject=str(repo.superproject) if repo.superproject else None,
-        worktrees=0,
-        prunable_worktrees=0,
-        gc_log=False,
-        size_bytes=0,
-        newest_mtime=0.0,
-        newest_pack_mtime=0.0,
+    return _assemble(
+        repo,
+        fmt="unknown",
+        objects=ObjectStore(),
+        refs=RefStore(),
+        rest=_Rest(),
+        problems=[message],
         fingerprint="",
-        problems=(message,),
     )
