@@ -87,18 +87,19 @@ class _Inspector:
 
     def finish(self) -> list[Result]:
         states: list[Result] = []
-        try:
-            for repo in self.pending:
-                states.append(_inspect_one(repo))
-                self.done += 1
-                self._report(None if self.futures else self.found)
-            for future in self.futures:
-                states.extend(future.result())
-                self._report(self.found)
-        finally:
-            if self.pool is not None:
-                self.pool.shutdown(cancel_futures=True)
+        for repo in self.pending:
+            states.append(_inspect_one(repo))
+            self.done += 1
+            self._report(None if self.futures else self.found)
+        for future in self.futures:
+            states.extend(future.result())
+            self._report(self.found)
         return states
+
+    def close(self) -> None:
+        """Stop the workers, also when the walk was interrupted (Ctrl-C) or failed."""
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
 
     def _report(self, total: int | None) -> None:
         if self.progress is not None:
@@ -121,8 +122,8 @@ def scan(
     start = time.monotonic()
     roots = list(roots)
     _cache = ScanCache.load(cache) if cache is not None else ScanCache()
+    inspector = _Inspector(workers or os.cpu_count() or 1, progress)
     try:
-        inspector = _Inspector(workers or os.cpu_count() or 1, progress)
         found = discover(roots, config, on_found=inspector.found_one)
         results = inspector.finish()
         fresh = [r for r in results if not isinstance(r, str)]
@@ -134,6 +135,7 @@ def scan(
             if _cache.update((e for _, e in fresh if e is not None), found.roots, seen):
                 _cache.save(cache)
     finally:
+        inspector.close()
         _cache = ScanCache()
     states.sort(key=lambda s: (s.root, s.relative))
     return FleetScan(link_borrowers(states), found.problems, time.monotonic() - start)
