@@ -1,0 +1,18 @@
+"""Maintenance: deciding what each repository needs (the planner) and doing it (the executor).
+
+The package owns the ``[maintenance]`` policy and the planning of maintenance tasks:
+
+* ``policy``: ``MaintenancePolicy``, every threshold and age, each default with its source
+  (git's ``gc --auto``/``git maintenance`` and Gitaly's housekeeping heuristics; see
+  docs/maintenance-heuristics.md).
+* ``planner``: ``plan(state, policy, git, now)``, a pure function from a ``RepoState`` to a
+  ``Plan``: the tasks in execution order, each with a reason carrying its numbers, or why
+  the repository is left alone. It runs no git and touches no file, so ``--dry-run`` is
+  the plan itself and property-based tests can explore it.
+
+Design: heuristics, not schedules. A repository is only touched when a threshold is
+crossed; an optimised repository gets an empty plan. Safety is decided here, in the
+open: a broken repository gets no task; a repository others borrow objects from never
+gets a task that can drop an object; stale files are listed with the mtime the plan saw,
+so the executor can leave any file a running git has touched since.
+"""

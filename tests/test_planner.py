@@ -1,0 +1,377 @@
+"""The maintenance planner: every rule on hand-built states, properties, and the real fleet."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from custode.discovery import discover
+from custode.git import GitVersion
+from custode.maintenance.planner import (
+    CommitGraph,
+    Plan,
+    PruneWorktrees,
+    Repack,
+    StaleFiles,
+    Task,
+    plan,
+)
+from custode.maintenance.policy import DAY, HOUR, MIB, MaintenancePolicy
+from custode.objectstore import TempFile
+from custode.repostate import RepoState, inspect, link_borrowers
+from fixtures.builders import Fleet
+
+NOW = 1_750_000_000.0
+GIT = GitVersion(2, 39)
+POLICY = MaintenancePolicy()
+ORDER = ["remove_stale_files", "prune_worktrees", "pack_refs", "incremental_repack",
+         "geometric_repack", "full_repack", "write_midx", "write_commit_graph"]  # fmt: skip
+REPACKS = {"incremental_repack", "geometric_repack", "full_repack"}
+
+#: A bare repository that needs nothing: one pack with a bitmap, a commit-graph with
+#: Bloom filters, refs packed.
+OPTIMISED = RepoState(
+    path="/srv/r.git", relative="r.git", root="/srv", git_dir="/srv/r.git", kind="bare",
+    bare=True, object_format="sha1", head="refs/heads/main", loose_objects=0,
+    loose_objects_bytes=0, packs=1, pack_bytes=10 * MIB, packed_objects=5000,
+    largest_pack_bytes=10 * MIB, kept_packs=0, cruft_packs=0, pack_bitmaps=1,
+    multi_pack_index=False, midx_packs=0, midx_bitmap=False, commit_graph=True,
+    commit_graph_chain=1, commit_graph_changed_paths=True, loose_refs=0, packed_refs=40,
+    refs=40, symbolic_refs=0, garbage_files=0, garbage_bytes=0, temp_files=(), alternates=(),
+    borrowed_by=(), superproject=None, worktrees=0, prunable_worktrees=0, gc_log=False,
+    size_bytes=11 * MIB, newest_mtime=NOW - DAY, newest_pack_mtime=NOW - DAY, fingerprint="0" * 32,
+)  # fmt: skip
+
+
+def state(**changes: Any) -> RepoState:
+    """OPTIMISED with ``changes``."""
+    return replace(OPTIMISED, **changes)
+
+
+def run(
+    s: RepoState, *, git: GitVersion = GIT, last_full: float | None = None, **policy: Any
+) -> Plan:
+    return plan(s, replace(POLICY, **policy), git, NOW, last_full)
+
+
+def kinds(p: Plan) -> list[str]:
+    return [t.kind for t in p.tasks]
+
+
+def task(p: Plan, kind: str) -> Task:
+    return next(t for t in p.tasks if t.kind == kind)
+
+
+def temp(path: str, age: float) -> TempFile:
+    return TempFile(path, 10, NOW - age)
+
+
+# --------------------------------------------------------------------------- whole plans
+
+
+def test_optimised_repositories_get_an_empty_plan() -> None:
+    for s in (OPTIMISED, state(kind="working", bare=False, pack_bitmaps=0)):
+        p = run(s, last_full=None)
+        assert p.tasks == () and p.skipped_reason == "nothing to do: already optimised"
+
+
+def test_empty_repository() -> None:
+    p = run(state(packs=0, pack_bytes=0, pack_bitmaps=0, commit_graph=False, refs=0,
+                  packed_refs=0, commit_graph_chain=0))  # fmt: skip
+    assert p.tasks == () and p.skipped_reason == "nothing to do: empty repository"
+
+
+def test_a_broken_repository_is_left_untouched() -> None:
+    wreck = state(problems=("HEAD is missing",), loose_objects=10**6, packs=90, loose_refs=10**4,
+                  temp_files=(temp("config.lock", 9 * DAY),), commit_graph=False)  # fmt: skip
+    p = run(wreck)
+    assert p.tasks == () and p.skipped_reason == "left untouched: HEAD is missing"
+
+
+def test_tasks_run_cleanup_then_refs_then_objects_then_commit_graph() -> None:
+    p = run(state(temp_files=(temp("HEAD.lock", 2 * HOUR),), prunable_worktrees=1,
+                  loose_refs=500, packs=7, commit_graph=False))  # fmt: skip
+    assert kinds(p) == ["remove_stale_files", "prune_worktrees", "pack_refs", "full_repack",
+                        "write_commit_graph"]  # fmt: skip
+
+
+def test_tasks_check_their_arguments() -> None:
+    with pytest.raises(ValueError, match="Repack"):
+        Task("full_repack", "why", CommitGraph("replace", True))
+    with pytest.raises(ValueError, match="reason"):
+        Task("pack_refs", "")
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def test_loose_objects_are_packed_above_the_threshold() -> None:
+    assert run(state(loose_objects=1024)).tasks == ()
+    p = run(state(loose_objects=7412))
+    assert kinds(p) == ["incremental_repack", "write_commit_graph"]
+    inc = task(p, "incremental_repack")
+    assert "7,412 loose objects > 1,024" in inc.reason and inc.args == Repack()
+    assert task(p, "write_commit_graph").args == CommitGraph("incremental", True)
+
+
+def test_a_repository_without_packs_gets_a_full_repack() -> None:
+    p = run(state(packs=0, pack_bytes=0, pack_bitmaps=0, loose_objects=3040))
+    full = task(p, "full_repack")
+    assert "no pack yet" in full.reason
+    assert full.args == Repack(True, True, None, "cruft", 14 * DAY) and full.drops_unreachable
+    assert "cruft pack, dropped after 2w" in full.reason
+
+
+@pytest.mark.parametrize(
+    ("last_full", "expected"),
+    [(None, "full_repack"), (NOW - 6 * DAY, "full_repack"), (NOW - 4 * DAY, "geometric_repack")],
+)
+def test_full_repacks_respect_the_cooldown(last_full: float | None, expected: str) -> None:
+    p = run(state(packs=3), last_full=last_full)
+    assert kinds(p)[0] == expected
+    if expected == "geometric_repack":
+        assert "3 packs and no multi-pack-index" in p.tasks[0].reason
+        assert p.tasks[0].args == Repack(True, True, 2) and not p.tasks[0].drops_unreachable
+
+
+def test_geometric_repack_when_too_many_packs_are_outside_the_midx() -> None:
+    recent = NOW - DAY
+    tracked = state(packs=5, pack_bytes=MIB, multi_pack_index=True, midx_packs=3, midx_bitmap=True)
+    assert run(tracked, last_full=recent).tasks == ()  # 2 untracked: the limit below 10 MiB
+    p = run(replace(tracked, packs=6), last_full=recent)
+    assert kinds(p) == ["geometric_repack", "write_commit_graph"]
+    assert "3 packs outside the multi-pack-index > 2" in p.tasks[0].reason
+
+
+def test_kept_and_cruft_packs_are_not_repack_candidates() -> None:
+    assert run(state(packs=3, kept_packs=1, cruft_packs=1)).tasks == ()
+
+
+def test_a_missing_bitmap_is_written_for_bare_repositories_only() -> None:
+    p = run(state(pack_bitmaps=0))
+    assert kinds(p) == ["geometric_repack", "write_commit_graph"]
+    assert p.tasks[0].reason.startswith("no reachability bitmap")
+    assert run(state(pack_bitmaps=0, kind="working", bare=False)).tasks == ()
+    assert run(state(pack_bitmaps=0), write_bitmaps=False).tasks == ()
+
+
+def test_borrowers_get_no_bitmaps() -> None:
+    borrower = state(pack_bitmaps=0, alternates=("/srv/pool.git/objects",))
+    p = run(borrower)
+    assert p.tasks == () and any("no bitmaps" in n for n in p.notes)
+    for s in (replace(borrower, packs=4), replace(borrower, packs=0, loose_objects=5000)):
+        repack = next(t for t in run(s).tasks if t.kind in REPACKS)
+        assert isinstance(repack.args, Repack) and not repack.args.write_bitmaps
+
+
+def test_a_borrowed_from_repository_never_drops_objects() -> None:
+    pool = state(borrowed_by=("fork-1.git", "fork-2.git"), packs=9, loose_objects=9000)
+    p = run(pool)
+    full = task(p, "full_repack")
+    assert full.args == Repack(True, True, None, "keep", None) and not full.drops_unreachable
+    assert "kept: fork-1.git, fork-2.git borrow from it" in full.reason
+    assert "objects borrowed by fork-1.git, fork-2.git: never pruned" in p.notes
+    assert task(p, "write_commit_graph").args == CommitGraph("incremental", True)
+
+
+def test_cruft_expiration_by_policy_and_git_version() -> None:
+    many = state(packs=4)
+    assert task(run(many, cruft_expiration=None), "full_repack").args == Repack(
+        True, True, None, "cruft", None
+    )
+    old = task(run(many, git=GitVersion(2, 36)), "full_repack")
+    assert old.args == Repack(True, True, None, "loosen", 14 * DAY)
+    assert "loosened, pruned after 2w (git 2.36.0)" in old.reason
+    graph = task(run(many), "write_commit_graph")
+    assert graph.args == CommitGraph("replace", True)  # the repack may drop listed commits
+
+
+def test_git_without_geometric_repack_falls_back() -> None:
+    old, recent = GitVersion(2, 31), NOW - DAY
+    p = run(state(packs=3), git=old, last_full=recent)
+    assert kinds(p) == ["write_midx"]  # git maintenance's incremental-repack, first step
+    p = run(state(packs=6, pack_bytes=MIB), git=old, last_full=recent)
+    assert kinds(p)[0] == "full_repack" and "6 packs > 5" in p.tasks[0].reason
+    assert task(p, "full_repack").args == Repack(True, False, None, "loosen", 14 * DAY)
+    assert kinds(run(state(packs=4, pack_bytes=MIB), git=GitVersion(2, 33), last_full=recent)) == [
+        "geometric_repack", "write_midx", "write_commit_graph"
+    ]  # fmt: skip
+
+
+def test_commit_graph_features_follow_the_git_version() -> None:
+    s = state(commit_graph=False, commit_graph_chain=0, commit_graph_changed_paths=False)
+    assert task(run(s), "write_commit_graph").args == CommitGraph("replace", True)
+    for minor, args in ((26, CommitGraph("replace", False)), (22, CommitGraph("none", False))):
+        assert task(run(s, git=GitVersion(2, minor)), "write_commit_graph").args == args
+    assert run(state(commit_graph_changed_paths=False), git=GitVersion(2, 26)).tasks == ()
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"commit_graph": False, "commit_graph_chain": 0}, "no commit-graph"),
+        ({"commit_graph_chain": 21}, "a chain of 21 layers > 20"),
+        ({"commit_graph_changed_paths": False}, "no changed-path Bloom filters"),
+    ],
+)
+def test_commit_graph_is_rewritten_when_missing_or_stale(changes: Any, reason: str) -> None:
+    graph = task(run(state(**changes)), "write_commit_graph")
+    assert graph.reason == reason and graph.args == CommitGraph("replace", True)
+    assert run(state(**changes, refs=0, packed_refs=0)).tasks == ()  # nothing to index
+
+
+# --------------------------------------------------------------------------- refs and files
+
+
+def test_loose_refs_are_packed_above_a_size_scaled_limit() -> None:
+    assert run(state(loose_refs=16, packed_refs=0)).tasks == ()
+    assert "17 loose refs > 16" in run(state(loose_refs=17, packed_refs=0)).tasks[0].reason
+    assert run(state(loose_refs=49, packed_refs=1000)).tasks == ()
+    assert kinds(run(state(loose_refs=50, packed_refs=1000))) == ["pack_refs"]
+    assert run(state(loose_refs=40, symbolic_refs=30, packed_refs=0)).tasks == ()
+
+
+def test_only_old_lock_and_temporary_files_are_stale() -> None:
+    files = (
+        temp("refs/heads/main.lock", 2 * HOUR), temp("refs/heads/fresh.lock", 30),
+        temp("objects/pack/tmp_pack_1", 2 * HOUR), temp("objects/pack/tmp_pack_2", 2 * DAY),
+        temp("objects/incoming-Ab12", 3 * DAY), temp("gc.pid", 13 * HOUR),
+    )  # fmt: skip
+    p = run(state(temp_files=files))
+    stale = task(p, "remove_stale_files")
+    assert isinstance(stale.args, StaleFiles)
+    assert [f.path for f in stale.args.files] == [
+        "refs/heads/main.lock", "objects/pack/tmp_pack_2", "objects/incoming-Ab12", "gc.pid"
+    ]  # fmt: skip
+    assert stale.args.files[0].mtime == NOW - 2 * HOUR  # the executor re-checks it
+    assert (
+        "1 lock older than 1h" in stale.reason and "2 temporary files older than 1d" in stale.reason
+    )
+
+
+def test_a_held_packed_refs_lock_or_gc_pid_defers_that_work() -> None:
+    busy = state(loose_refs=500, temp_files=(temp("packed-refs.lock", 60),))
+    p = run(busy)
+    assert p.tasks == () and any("packed-refs.lock is held" in n for n in p.notes)
+    stale = replace(busy, temp_files=(temp("packed-refs.lock", 2 * HOUR),))
+    assert kinds(run(stale)) == ["remove_stale_files", "pack_refs"]
+    gc = state(loose_objects=5000, temp_files=(temp("gc.pid", 600),))
+    assert run(gc).tasks == () and any("git gc is running" in n for n in run(gc).notes)
+
+
+def test_dead_worktrees_are_pruned_with_gits_expiry() -> None:
+    prune = task(run(state(prunable_worktrees=2)), "prune_worktrees")
+    assert prune.args == PruneWorktrees(90 * DAY) and "2 dead worktrees" in prune.reason
+
+
+def test_policy_limits_and_validation() -> None:
+    assert [POLICY.untracked_pack_limit(n * MIB) for n in (0, 10, 100, 1024, 102400)] == [
+        2, 3, 7, 11, 19
+    ]  # fmt: skip
+    assert [POLICY.pack_limit(n * MIB) for n in (1, 100, 1024)] == [5, 17, 26]
+    assert [POLICY.loose_ref_limit(n) for n in (0, 10, 100, 1000)] == [16, 16, 32, 49]
+    for bad in ({"packs_growth": 1.0}, {"stale_lock_age": -1.0}, {"geometric_factor": 1}):
+        with pytest.raises(ValueError, match="maintenance\\."):
+            MaintenancePolicy(**bad)
+
+
+# --------------------------------------------------------------------------- properties
+
+_count, _few = st.integers(0, 10**7), st.integers(0, 60)
+_names = st.lists(st.sampled_from(["a.git", "b.git", "c.git", "d.git"]), max_size=4, unique=True)
+_temp_paths = ["config.lock", "packed-refs.lock", "gc.pid", "refs/heads/x.lock", "objects/ab/tmp_1",
+               "objects/pack/tmp_pack_2", "objects/incoming-3", "objects/pack/x.lock"]  # fmt: skip
+_temps = st.lists(
+    st.builds(TempFile, st.sampled_from(_temp_paths), _count, st.floats(NOW - 30 * DAY, NOW + DAY)),
+    max_size=6,
+)
+STATES = st.builds(
+    state, kind=st.sampled_from(["bare", "working", "submodule"]), loose_objects=_count,
+    packs=_few, pack_bytes=st.integers(0, 2**45), kept_packs=_few, cruft_packs=_few,
+    pack_bitmaps=_few, multi_pack_index=st.booleans(), midx_packs=_few, midx_bitmap=st.booleans(),
+    commit_graph=st.booleans(), commit_graph_chain=_few, commit_graph_changed_paths=st.booleans(),
+    loose_refs=_count, packed_refs=_count, refs=_count, symbolic_refs=_few,
+    temp_files=_temps.map(tuple), alternates=_names.map(tuple), borrowed_by=_names.map(tuple),
+    prunable_worktrees=_few, problems=st.just(()) | st.tuples(st.text(min_size=1)),
+)  # fmt: skip
+POLICIES = st.builds(
+    MaintenancePolicy, loose_objects=_count, full_repack_cooldown=st.floats(0, 30 * DAY),
+    cruft_expiration=st.none() | st.floats(0, 100 * DAY), write_bitmaps=st.booleans(),
+    multi_pack_index=st.booleans(), changed_paths=st.booleans(),
+    commit_graph_chain=st.integers(1, 50),
+)  # fmt: skip
+GITS = st.builds(GitVersion, st.just(2), st.integers(0, 50), st.integers(0, 9))
+LAST = st.none() | st.floats(NOW - 60 * DAY, NOW + DAY)
+
+
+@given(STATES, POLICIES, GITS, LAST)
+def test_property_plans_are_sound(
+    s: RepoState, pol: MaintenancePolicy, git: GitVersion, last: float | None
+) -> None:
+    p = plan(s, pol, git, NOW, last)  # never raises
+    assert p == plan(s, pol, git, NOW, last)  # deterministic
+    assert (p.skipped_reason is None) == bool(p.tasks) and all(t.reason for t in p.tasks)
+    assert [ORDER.index(k) for k in kinds(p)] == sorted(ORDER.index(k) for k in kinds(p))
+    assert sum(k in REPACKS for k in kinds(p)) <= 1
+    if s.problems:
+        assert p.tasks == () and (p.skipped_reason or "").startswith("left untouched: ")
+    if s.borrowed_by:  # nothing that deletes objects (prune_worktrees deletes none)
+        assert not any(t.drops_unreachable for t in p.tasks)
+    for t in p.tasks:
+        if isinstance(t.args, Repack):
+            assert not (t.args.write_bitmaps and s.alternates)
+        if isinstance(t.args, StaleFiles):
+            ages = {"lock": pol.stale_lock_age, "pid": pol.stale_gc_pid_age}
+            for f in t.args.files:
+                assert NOW - f.mtime > ages.get(f.path.rpartition(".")[2], pol.stale_temp_age)
+
+
+@given(STATES.map(lambda s: replace(s, problems=())), POLICIES, GITS)
+def test_property_the_state_a_plan_leaves_needs_nothing(
+    s: RepoState, pol: MaintenancePolicy, git: GitVersion
+) -> None:
+    after = replace(
+        s, loose_objects=0, packs=1, kept_packs=0, cruft_packs=0, multi_pack_index=False,
+        pack_bitmaps=int(pol.write_bitmaps and s.kind == "bare" and not s.alternates),
+        midx_packs=0, midx_bitmap=False, commit_graph=True, commit_graph_chain=1,
+        commit_graph_changed_paths=True, loose_refs=s.symbolic_refs, temp_files=(),
+        prunable_worktrees=0,
+    )  # fmt: skip
+    assert plan(after, pol, git, NOW, None).tasks == ()
+
+
+# --------------------------------------------------------------------------- the fleet
+
+
+@pytest.mark.integration
+def test_the_fixture_fleet(fleet: Fleet) -> None:
+    found = link_borrowers([inspect(r) for r in discover([fleet.root]).repositories])
+    states, now = {s.relative: s for s in found}, time.time()
+    plans = {name: plan(s, POLICY, GIT, now) for name, s in states.items()}
+    assert REPACKS & set(kinds(plans["loose.git"]))
+    assert kinds(plans["many-packs.git"])[0] == "full_repack"
+    assert "pack_refs" in kinds(plans["many-refs.git"])
+    stale = task(plans["stale.git"], "remove_stale_files").args
+    assert isinstance(stale, StaleFiles)  # not refs/heads/fresh.lock: a running git may own it
+    assert {f.path for f in stale.files} == {
+        "refs/heads/main.lock", "packed-refs.lock", "config.lock", "objects/ab/tmp_obj_Tr5d7W",
+        "objects/pack/tmp_pack_Xq3b9Z", "objects/pack/tmp_idx_Lm2c8Y",
+    }  # fmt: skip
+    busy_pool = replace(states["pool.git"], packs=12, loose_objects=5000)
+    for p in (plans["pool.git"], plan(busy_pool, POLICY, GIT, now)):
+        assert not any(t.drops_unreachable for t in p.tasks) and "never pruned" in p.notes[0]
+    assert plans["empty.git"].tasks == ()
+    # packed.git is optimised but for changed-path Bloom filters, which `git commit-graph
+    # write` adds only when asked: one commit-graph rewrite, then nothing.
+    assert kinds(plans["packed.git"]) == ["write_commit_graph"]
+    assert plans["packed.git"].tasks[0].reason == "no changed-path Bloom filters"
+    packed = replace(states["packed.git"], commit_graph_changed_paths=True)
+    assert plan(packed, POLICY, GIT, now).tasks == ()
+    for p in (plans[f"fork-{n}.git"] for n in (1, 2, 3)):
+        assert not any(isinstance(t.args, Repack) and t.args.write_bitmaps for t in p.tasks)
+    assert all((p.skipped_reason or "nothing").startswith("nothing") for p in plans.values())
