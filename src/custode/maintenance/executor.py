@@ -1,0 +1,399 @@
+"""The maintenance executor: runs a ``Plan`` on one repository through the git runner.
+
+``execute`` holds the custode lock of the repository for the whole run and checks the
+safety invariants rather than assuming them:
+
+* **Connectivity first.** When the plan holds a task that can drop objects, ``git fsck
+  --connectivity-only`` runs before *any* task; if it fails, every task is skipped and
+  the repository is left as it was (never "repaired"): the result is failed.
+* **Refs survive.** Refs are listed before and after. Clients may push during
+  maintenance, so equality of the whole list would false-alarm; the rule is: HEAD and
+  every symbolic ref are unchanged (a push cannot change them), every ref that exists
+  afterwards points at an object that exists, and every object a ref pointed at before
+  still exists, unless that ref was moved or deleted meanwhile *and* a task that drops
+  unreachable objects ran (the client made it unreachable; expiring it is git's gc
+  semantics). Anything else is data loss, reported loudly as a failed result.
+* **One failure stops the object work.** A failed repack, multi-pack-index or
+  commit-graph task skips the object tasks after it; cleanup and ref tasks are
+  independent. Errors from git become failed outcomes carrying git's one-line cause.
+
+Stale files are removed only if still the file the plan saw (same mtime, so still older
+than the policy's age), a regular file inside the git dir, reached without following a
+symlink (each directory is opened with ``O_NOFOLLOW``, the file unlinked relative to it).
+Directories (receive-pack quarantines) are left alone: their mtime does not tell whether
+a running git still writes below them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from custode.audit import AuditLog
+from custode.discovery import Repository
+from custode.errors import GitError
+from custode.git import Git
+from custode.maintenance.planner import (
+    CommitGraph,
+    Plan,
+    PruneWorktrees,
+    Repack,
+    StaleFiles,
+    Task,
+)
+from custode.repolock import repository_lock
+from custode.repostate import inspect
+
+Outcome = Literal["ok", "failed", "skipped"]
+OBJECT_TASKS = frozenset(
+    {"incremental_repack", "geometric_repack", "full_repack", "write_midx", "write_commit_graph"}
+)
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PackLimits:
+    """Memory caps for pack-objects under ``git repack`` (``--window-memory``, ``--threads``).
+
+    git's delta window memory is per thread, so the cap is ``window_memory * threads``.
+    """
+
+    window_memory: int = 256 * MIB
+    threads: int = max(1, min(4, (os.cpu_count() or 2) // 2))
+
+    def args(self) -> list[str]:
+        return [f"--window-memory={self.window_memory}", f"--threads={self.threads}"]
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    kind: str
+    reason: str
+    outcome: Outcome
+    duration: float  # seconds
+    message: str  # one line
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    path: str
+    outcome: Outcome  # failed if any task or check failed; skipped if nothing ran
+    message: str  # one line
+    tasks: tuple[TaskOutcome, ...]
+    bytes_before: int
+    bytes_after: int
+    started: float  # ``now`` as given
+    duration: float  # seconds
+
+    @property
+    def reclaimed(self) -> int:
+        return self.bytes_before - self.bytes_after
+
+
+@dataclass(frozen=True)
+class RefSnapshot:
+    head: str  # "ref:<target>" or an object id, "" if unreadable
+    refs: dict[str, str]  # name -> object id
+    symrefs: dict[str, str]  # name -> target
+
+
+def execute(
+    repo: Repository,
+    plan: Plan,
+    git: Git,
+    audit: AuditLog | None,
+    *,
+    now: float,
+    limits: PackLimits | None = None,
+) -> ExecutionResult:
+    """Run ``plan`` on ``repo`` under its custode lock; see the module docstring.
+
+    Raises LockedError when another custode holds the repository, RepositoryError when
+    the lock cannot be taken; everything git reports ends up in the result.
+    """
+    started = time.monotonic()
+    if not plan.tasks:
+        why = plan.skipped_reason or "nothing to do"
+        return ExecutionResult(str(repo.path), "skipped", why, (), 0, 0, now, 0.0)
+    with repository_lock(repo.git_dir, "maintain"):
+        run = _Run(repo, plan, git, audit, now, limits or PackLimits(), started)
+        return run.run()
+
+
+@dataclass
+class _Run:
+    repo: Repository
+    plan: Plan
+    git: Git
+    audit: AuditLog | None
+    now: float
+    limits: PackLimits
+    started: float
+    outcomes: list[TaskOutcome] = field(default_factory=list)
+
+    def git_run(self, args: list[str], input: bytes | None = None, check: bool = True) -> str:
+        return self.git.run(args, repo=self.repo.git_dir, input=input, check=check).text
+
+    def result(self, outcome: Outcome, message: str, before: int) -> ExecutionResult:
+        after = inspect(self.repo).size_bytes
+        elapsed = time.monotonic() - self.started
+        return ExecutionResult(
+            str(self.repo.path), outcome, message, tuple(self.outcomes), before, after,
+            self.now, elapsed,
+        )  # fmt: skip
+
+    def skip_all(self, tasks: tuple[Task, ...], why: str) -> None:
+        self.outcomes += [TaskOutcome(t.kind, t.reason, "skipped", 0.0, why) for t in tasks]
+
+    def run(self) -> ExecutionResult:
+        before = inspect(self.repo).size_bytes
+        try:
+            refs_before = snapshot(self.git, self.repo.git_dir)
+        except GitError as exc:
+            self.skip_all(self.plan.tasks, "refs could not be listed")
+            return self.result("failed", f"cannot list refs: {_line(exc)}", before)
+        if any(t.drops_unreachable for t in self.plan.tasks):
+            problem = self.connectivity()
+            if problem:
+                why = f"connectivity check failed: {problem}; left untouched, not repaired"
+                self.skip_all(self.plan.tasks, why)
+                return self.result("failed", why, before)
+        dropped, object_failure = False, ""
+        for task in self.plan.tasks:
+            if object_failure and task.kind in OBJECT_TASKS:
+                why = f"skipped after an earlier failure: {object_failure}"
+                self.outcomes.append(TaskOutcome(task.kind, task.reason, "skipped", 0.0, why))
+                continue
+            done = self.run_task(task)
+            self.outcomes.append(done)
+            if done.outcome == "failed" and task.kind in OBJECT_TASKS:
+                object_failure = f"{task.kind}: {done.message}"
+            dropped = dropped or (task.drops_unreachable and done.outcome != "skipped")
+        try:
+            refs_after = snapshot(self.git, self.repo.git_dir)
+            loss = compare(refs_before, refs_after, self.missing, dropped)
+            if not loss and dropped and (problem := self.connectivity()):
+                loss = [f"connectivity check failed after maintenance: {problem}"]
+        except GitError as exc:
+            loss = [f"refs could not be checked after maintenance: {_line(exc)}"]
+        if loss:
+            return self.result("failed", "DATA SAFETY CHECK FAILED: " + "; ".join(loss), before)
+        failed = [o for o in self.outcomes if o.outcome == "failed"]
+        if failed:
+            return self.result("failed", f"{failed[0].kind} failed: {failed[0].message}", before)
+        if all(o.outcome == "skipped" for o in self.outcomes):
+            return self.result("skipped", "every task was skipped", before)
+        ran = sum(o.outcome == "ok" for o in self.outcomes)
+        return self.result("ok", f"{ran} task{'s' if ran != 1 else ''} done, refs intact", before)
+
+    def connectivity(self) -> str:
+        """'' when ``fsck --connectivity-only`` passes, else its one-line cause."""
+        try:
+            self.git_run(["fsck", "--connectivity-only", "--no-dangling", "--no-progress"])
+        except GitError as exc:
+            return _line(exc)
+        return ""
+
+    def missing(self, oids: set[str]) -> set[str]:
+        """Which of ``oids`` are not in the object store (alternates included)."""
+        if not oids:
+            return set()
+        data = "".join(f"{oid}\n" for oid in sorted(oids)).encode()
+        out = self.git_run(["cat-file", "--batch-check=%(objectname)"], input=data)
+        return {line.split()[0] for line in out.splitlines() if line.endswith(" missing")}
+
+    def run_task(self, task: Task) -> TaskOutcome:
+        start = time.monotonic()
+        try:
+            outcome, message = self.dispatch(task)
+        except GitError as exc:
+            outcome, message = "failed", _line(exc)
+        except OSError as exc:
+            outcome, message = "failed", f"{exc.strerror or exc} ({exc.filename or ''})"
+        done = TaskOutcome(task.kind, task.reason, outcome, time.monotonic() - start, message)
+        if self.audit is not None:
+            details = {"reason": task.reason, "outcome": outcome, "message": message,
+                       "duration": round(done.duration, 3)}  # fmt: skip
+            self.audit.append(f"maintain.{task.kind}", str(self.repo.path), details)
+        return done
+
+    def dispatch(self, task: Task) -> tuple[Outcome, str]:
+        args = task.args
+        if isinstance(args, StaleFiles):
+            return remove_stale_files(self.repo.git_dir, args, self.now)
+        if isinstance(args, PruneWorktrees):
+            self.git_run(["worktree", "prune", f"--expire={_ago(args.expire)}"])
+            return "ok", "worktrees pruned"
+        if isinstance(args, Repack):
+            for command in repack_commands(task.kind, args, self.limits):
+                self.git_run(command)
+            return "ok", f"{task.kind.replace('_', ' ')} done"
+        if isinstance(args, CommitGraph):
+            self.git_run(commit_graph_command(args))
+            return "ok", "commit-graph written"
+        command, done = _SIMPLE[task.kind]  # NoArgs: pack_refs, write_midx
+        self.git_run(command)
+        return "ok", done
+
+
+# --------------------------------------------------------------------------- commands
+
+
+_SIMPLE = {
+    "pack_refs": (["pack-refs", "--all", "--prune"], "refs packed"),
+    "write_midx": (["multi-pack-index", "write"], "multi-pack-index written"),
+}
+
+
+def repack_commands(kind: str, args: Repack, limits: PackLimits) -> list[list[str]]:
+    """The git commands of a repack task (one, or two for ``loosen``: repack, then prune)."""
+    cmd = ["repack", "-q", "-d", "-l", *limits.args()]
+    after: list[list[str]] = []
+    if kind == "geometric_repack":
+        cmd.append(f"--geometric={args.geometric_factor or 2}")
+    elif kind == "full_repack":
+        if args.unreachable == "cruft":
+            cmd += ["-a", "--cruft"]
+            if args.expire is not None:
+                cmd.append(f"--cruft-expiration={_ago(args.expire)}")
+        elif args.unreachable == "keep" or args.expire is None:
+            cmd += ["-a", "--keep-unreachable"]
+        else:  # loosen: git before cruft packs; prune drops the loosened ones past expiry
+            cmd += ["-A", f"--unpack-unreachable={_ago(args.expire)}"]
+            after.append(["prune", f"--expire={_ago(args.expire)}"])
+    if args.write_midx:
+        cmd.append("--write-midx")
+    if args.write_bitmaps:
+        cmd.append("--write-bitmap-index")
+    return [cmd, *after]
+
+
+def commit_graph_command(args: CommitGraph) -> list[str]:
+    cmd = ["commit-graph", "write", "--reachable", "--no-progress"]
+    if args.split == "incremental":
+        cmd.append("--split")
+    elif args.split == "replace":
+        cmd.append("--split=replace")
+    if args.changed_paths:
+        cmd.append("--changed-paths")
+    return cmd
+
+
+def _ago(seconds: float) -> str:
+    return f"{int(seconds)}.seconds.ago"
+
+
+# --------------------------------------------------------------------------- refs
+
+
+def snapshot(git: Git, git_dir: Path) -> RefSnapshot:
+    """Every ref with its object id, the symbolic refs' targets, and HEAD."""
+    out = git.run(
+        ["for-each-ref", "--format=%(objectname) %(refname) %(symref)"], repo=git_dir
+    ).text
+    refs: dict[str, str] = {}
+    symrefs: dict[str, str] = {}
+    for line in out.splitlines():
+        oid, _, rest = line.partition(" ")
+        name, _, target = rest.partition(" ")
+        refs[name] = oid
+        if target:
+            symrefs[name] = target
+    head = git.run(["symbolic-ref", "-q", "HEAD"], repo=git_dir, check=False)
+    if head.returncode == 0:
+        return RefSnapshot("ref:" + head.text.strip(), refs, symrefs)
+    detached = git.run(["rev-parse", "-q", "--verify", "HEAD"], repo=git_dir, check=False)
+    return RefSnapshot(detached.text.strip(), refs, symrefs)
+
+
+def compare(
+    before: RefSnapshot,
+    after: RefSnapshot,
+    missing: Callable[[set[str]], set[str]],
+    dropped: bool,
+) -> list[str]:
+    """What went wrong between ``before`` and ``after`` (the rule in the module docstring)."""
+    problems: list[str] = []
+    if before.head != after.head:
+        problems.append(f"HEAD changed from {before.head or '?'} to {after.head or '?'}")
+    for name, target in sorted(before.symrefs.items()):
+        if after.symrefs.get(name) != target:
+            now = after.symrefs.get(name) or after.refs.get(name) or "gone"
+            problems.append(f"symbolic ref {name} -> {target} is now {now}")
+    gone = missing(set(before.refs.values()) | set(after.refs.values()))
+    for name, oid in sorted(after.refs.items()):
+        if oid in gone:
+            problems.append(f"{name} points at missing object {oid}")
+    for name, oid in sorted(before.refs.items()):
+        moved = after.refs.get(name) != oid  # by a client; unchanged ones are checked above
+        if oid in gone and moved and not dropped:
+            problems.append(f"object {oid} of {name} is gone")
+    return problems
+
+
+# --------------------------------------------------------------------------- stale files
+
+
+def remove_stale_files(git_dir: Path, args: StaleFiles, now: float) -> tuple[Outcome, str]:
+    """Unlink each planned file still as planned; see the module docstring."""
+    removed, kept, errors = 0, [], []
+    for temp in args.files:
+        try:
+            why = _remove_one(git_dir, temp.path, temp.mtime, now)
+        except OSError as exc:
+            why, failed = f"{temp.path}: {exc.strerror}", True
+        else:
+            failed = False
+        if why is None:
+            removed += 1
+        elif failed:
+            errors.append(why)
+        else:
+            kept.append(why)
+    message = f"removed {removed} of {len(args.files)}"
+    if kept:
+        message += f"; left {len(kept)} ({', '.join(kept[:3])})"
+    if errors:
+        return "failed", f"{message}; cannot remove {', '.join(errors[:3])}"
+    return "ok", message
+
+
+def _remove_one(git_dir: Path, rel: str, mtime: float, now: float) -> str | None:
+    """None when removed, else why the file was left (it is not what the plan saw)."""
+    parts = rel.split("/")
+    if os.path.isabs(rel) or any(p in ("", ".", "..") for p in parts):
+        return f"{rel}: not a plain path inside the git dir"
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(git_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            try:
+                child = os.open(part, flags, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    return f"{rel}: its directory is gone or a symlink"
+                raise
+            os.close(fd)
+            fd = child
+        try:
+            st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return f"{rel}: already gone"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{rel}: not a regular file"
+        if st.st_mtime != mtime or not st.st_mtime < now:
+            return f"{rel}: changed since planned"
+        os.unlink(parts[-1], dir_fd=fd)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _line(exc: GitError) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
