@@ -112,7 +112,7 @@ def test_tasks_check_their_arguments() -> None:
 
 def test_loose_objects_are_packed_above_the_threshold() -> None:
     assert run(state(loose_objects=1024)).tasks == ()
-    p = run(state(loose_objects=7412))
+    p = run(state(loose_objects=7412), last_full=NOW - HOUR)  # full repack not due
     assert kinds(p) == ["incremental_repack", "write_commit_graph"]
     inc = task(p, "incremental_repack")
     assert "7,412 loose objects > 1,024" in inc.reason and inc.args == Repack()
@@ -153,11 +153,21 @@ def test_kept_and_cruft_packs_are_not_repack_candidates() -> None:
 
 
 def test_a_missing_bitmap_is_written_for_bare_repositories_only() -> None:
-    p = run(state(pack_bitmaps=0))
+    p = run(state(pack_bitmaps=0), last_full=NOW - HOUR)
     assert kinds(p) == ["geometric_repack", "write_commit_graph"]
     assert p.tasks[0].reason.startswith("no reachability bitmap")
     assert run(state(pack_bitmaps=0, kind="working", bare=False)).tasks == ()
     assert run(state(pack_bitmaps=0), write_bitmaps=False).tasks == ()
+
+
+def test_a_due_full_repack_replaces_a_partial_one() -> None:
+    """An incremental or geometric repack would leave two packs and so call for a full
+    repack on the next run: when a full repack is due anyway, it is done at once."""
+    p = run(state(loose_objects=7412))  # no full repack on record
+    assert kinds(p) == ["full_repack", "write_commit_graph"]
+    assert "a full repack is due anyway (no full repack on record)" in p.tasks[0].reason
+    p = run(state(loose_objects=7412), last_full=NOW - 6 * DAY)
+    assert kinds(p)[0] == "full_repack"
 
 
 def test_borrowers_get_no_bitmaps() -> None:

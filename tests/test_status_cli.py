@@ -153,7 +153,15 @@ def test_unreadable_directory_is_reported_not_fatal(
 
 
 def test_every_command_has_help_with_exit_codes(custode: Run) -> None:
-    for command in (["status"], ["init"], ["doctor"], ["audit", "verify"], ["audit", "show"], []):
+    for command in (
+        ["status"],
+        ["init"],
+        ["doctor"],
+        ["maintain"],
+        ["audit", "verify"],
+        ["audit", "show"],
+        [],
+    ):
         result = custode(*command, "--help")
         assert result.code == 0, command
         assert "Exit status: 0 ok" in result.stdout.replace("\n", " ").replace("  ", " "), command

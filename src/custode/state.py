@@ -264,6 +264,15 @@ class StateDB:
                 ((run_id, *values(r), _dumps(r.details)) for r in rows),
             )
 
+    def last_task_times(self, task: str) -> dict[tuple[str, str], float]:
+        """(root, repository) → when ``task`` last succeeded there (seconds since the epoch)."""
+        rows = self._conn.execute(
+            "SELECT root, repository, MAX(started_at) FROM repository_results "
+            "WHERE task = ? AND outcome = 'ok' GROUP BY root, repository",
+            (task,),
+        )
+        return {(r[0], r[1]): datetime.fromisoformat(r[2]).timestamp() for r in rows}
+
     def latest_fingerprints(self) -> dict[tuple[str, str], tuple[str, str]]:
         """(root, repository) → (fingerprint, verdict) of each repository's last observation.
 

@@ -22,6 +22,7 @@ COMMANDS = {
     "init": "custode.cli.init_cmd:init",
     "audit": "custode.cli.audit_cmd:audit",
     "doctor": "custode.cli.doctor_cmd:doctor",
+    "maintain": "custode.cli.maintain_cmd:maintain",
 }
 
 

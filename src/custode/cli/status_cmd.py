@@ -22,7 +22,8 @@ from custode.units import format_bytes
 _STYLE = {"ok": "green", "attention": "yellow", "broken": "bold red"}
 
 
-def _scan(app: App, roots: list[Path], rescan: bool) -> FleetScan:
+def scan_with_progress(app: App, roots: list[Path], *, rescan: bool) -> FleetScan:
+    """Scan the fleet, with a progress bar when a person is watching."""
     cache = None if rescan else app.state_dir() / "scan-cache.pickle"
     if not app.interactive:
         return scan(roots, app.config.discovery, cache=cache)
@@ -133,7 +134,7 @@ def status(
     again (their state is kept in the state directory); --rescan reads them all.
     """
     root_paths = app.roots(roots)
-    result = _scan(app, root_paths, rescan)
+    result = scan_with_progress(app, root_paths, rescan=rescan)
     now = time.time()
     rows = [(s, assess(s, app.config.health, now)) for s in result.states]
     counts = {v: sum(1 for _, h in rows if h.verdict == v) for v in ("ok", "attention", "broken")}

@@ -206,6 +206,10 @@ def _objects(
         (loose, "incremental", f"{loose_why}: packed into a new pack"),
     ]  # fmt: skip
     mode, why = next(((m, w) for hit, m, w in rules if hit), ("", ""))
+    if mode in ("geometric", "incremental") and due:
+        # it would leave two packs or more and so call for a full repack next time: the
+        # fleet converges in one run instead of two
+        mode, why = "full", f"{why}; a full repack is due anyway ({since})"
     tasks: list[Task] = []
     if mode == "full":
         tasks.append(_full(s, p, git, why))

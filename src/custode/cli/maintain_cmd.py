@@ -1,0 +1,210 @@
+"""``custode maintain``: plan and run what each repository needs, one repository at a time.
+
+This is the serial first version: the fleet runner of the maintenance issue (worker pool,
+time budget, resource governor, skipping unchanged repositories) is not built yet.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from custode.audit import AuditLog
+from custode.cli.app import App
+from custode.cli.status_cmd import scan_with_progress
+from custode.discovery import Repository
+from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
+from custode.git import Git
+from custode.maintenance.executor import ExecutionResult, execute
+from custode.maintenance.planner import Plan, plan
+from custode.maintenance.policy import MaintenancePolicy
+from custode.repostate import RepoState
+from custode.state import RepositoryResult, StateDB
+from custode.units import format_bytes
+
+
+def _repository(state: RepoState) -> Repository:
+    return Repository(
+        root=Path(state.root),
+        path=Path(state.path),
+        git_dir=Path(state.git_dir),
+        kind=state.kind,  # type: ignore[arg-type]
+        relative=state.relative,
+    )
+
+
+def _failed(state: RepoState, message: str, now: float) -> ExecutionResult:
+    return ExecutionResult(state.path, "failed", message, (), 0, 0, now, 0.0)
+
+
+def _plan_json(state: RepoState, p: Plan) -> dict[str, Any]:
+    return {
+        "path": state.path,
+        "relative": state.relative,
+        "skipped_reason": p.skipped_reason,
+        "notes": list(p.notes),
+        "tasks": [{"kind": t.kind, "reason": t.reason} for t in p.tasks],
+    }
+
+
+def _result_json(state: RepoState, p: Plan, r: ExecutionResult) -> dict[str, Any]:
+    data = _plan_json(state, p)
+    data.update(
+        outcome=r.outcome,
+        message=r.message,
+        reclaimed_bytes=r.reclaimed,
+        seconds=round(r.duration, 3),
+        tasks=[
+            {
+                "kind": t.kind,
+                "reason": t.reason,
+                "outcome": t.outcome,
+                "message": t.message,
+                "seconds": round(t.duration, 3),
+            }
+            for t in r.tasks
+        ],
+    )
+    return data
+
+
+def _record(app: App, pairs: list[tuple[RepoState, ExecutionResult]], failed: int) -> None:
+    try:
+        with StateDB.open(app.state_dir() / "state.db") as db:
+            run = db.begin_run("maintain")
+            rows = [
+                RepositoryResult(
+                    repository=s.relative,
+                    root=s.root,
+                    task=t.kind,
+                    outcome=t.outcome,
+                    started_at=datetime.fromtimestamp(r.started, UTC).isoformat(),
+                    duration_s=t.duration,
+                    details={"reason": t.reason, "message": t.message},
+                )
+                for s, r in pairs
+                for t in r.tasks
+            ]
+            db.record_results(run, rows)
+            reclaimed = sum(r.reclaimed for _, r in pairs)
+            summary = {"repositories": len(pairs), "failed": failed, "reclaimed_bytes": reclaimed}
+            db.finish_run(run, "partial" if failed else "ok", summary)
+    except CustodeError as exc:
+        app.warn(f"maintenance results not recorded in history: {exc}")
+
+
+def _last_full_repacks(app: App) -> dict[tuple[str, str], float]:
+    try:
+        with StateDB.open(app.state_dir() / "state.db") as db:
+            return db.last_task_times("full_repack")
+    except CustodeError as exc:
+        app.warn(f"history unreadable, treating every repository as never fully repacked: {exc}")
+        return {}
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Show the plan (each task and why); change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def maintain(app: App, roots: tuple[Path, ...], dry_run: bool, as_json: bool) -> None:
+    """Clean up and optimise every repository under ROOTS that needs it.
+
+    Each repository gets only the tasks its state calls for (stale locks and temporary
+    files, dead worktrees, loose refs, repacks, commit-graph), each with its reason.
+    Broken repositories are reported and left untouched. Every action goes to the audit
+    log, every result to the history database.
+    """
+    started = time.monotonic()
+    root_paths = app.roots(roots)
+    git = Git.from_config(app.config.git)
+    version = git.check_version()
+    found = scan_with_progress(app, root_paths, rescan=False)
+    now = time.time()
+    last_full = _last_full_repacks(app)
+    policy = MaintenancePolicy()
+    plans = [
+        (s, plan(s, policy, version, now, last_full.get((s.root, s.relative))))
+        for s in found.states
+    ]
+    broken = [(s, p) for s, p in plans if s.problems]
+    for state, p in broken:
+        app.err.print(f"custode: {state.relative}: {p.skipped_reason}", markup=False)
+    if dry_run:
+        _show_plans(app, plans, as_json)
+        _raise_for(0, len(broken), len(plans))
+        return
+    audit = AuditLog(app.state_dir() / "audit.jsonl")
+    pairs: list[tuple[RepoState, ExecutionResult]] = []
+    for state, p in plans:
+        try:
+            result = execute(_repository(state), p, git, audit, now=time.time())
+        except (CustodeError, OSError) as exc:  # locked, read-only, vanished
+            result = _failed(state, str(exc), now)
+        pairs.append((state, result))
+    failed = sum(1 for _, r in pairs if r.outcome == "failed")
+    _record(app, pairs, failed)
+    _show_results(app, plans, pairs, as_json, time.monotonic() - started)
+    _raise_for(failed, len(broken), len(pairs))
+
+
+def _raise_for(failed: int, broken: int, total: int) -> None:
+    """Exit status 3 when any repository failed or was left untouched as broken."""
+    parts = []
+    if failed:
+        parts.append(f"maintenance failed in {failed} of {total} repositories")
+    if broken:
+        parts.append(f"{broken} broken repositories were left untouched")
+    if parts:
+        raise RepositoryError(
+            f"{' and '.join(parts)}; see the messages above (custode repaired or removed "
+            "nothing there)"
+        )
+
+
+def _show_plans(app: App, plans: list[tuple[RepoState, Plan]], as_json: bool) -> None:
+    busy = [(s, p) for s, p in plans if p.tasks]
+    if as_json:
+        app.print_json({"dry_run": True, "repositories": [_plan_json(s, p) for s, p in plans]})
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("repository", "task", "why"):
+        table.add_column(column, overflow="fold")
+    for state, p in busy:
+        for i, task in enumerate(p.tasks):
+            table.add_row(state.relative if i == 0 else "", task.kind, task.reason)
+    if busy:
+        app.out.print(table)
+    tasks = sum(len(p.tasks) for _, p in busy)
+    app.out.print(f"plan: {tasks} tasks in {len(busy)} of {len(plans)} repositories (dry run)")
+
+
+def _show_results(
+    app: App,
+    plans: list[tuple[RepoState, Plan]],
+    pairs: list[tuple[RepoState, ExecutionResult]],
+    as_json: bool,
+    seconds: float,
+) -> None:
+    counts = {o: sum(1 for _, r in pairs if r.outcome == o) for o in ("ok", "skipped", "failed")}
+    reclaimed = sum(r.reclaimed for _, r in pairs)
+    summary = {
+        "maintained": counts["ok"], "skipped": counts["skipped"], "failed": counts["failed"],
+        "reclaimed_bytes": reclaimed, "seconds": round(seconds, 3),
+    }  # fmt: skip
+    if as_json:
+        repos = [_result_json(s, p, r) for (s, p), (_, r) in zip(plans, pairs, strict=True)]
+        app.print_json({"dry_run": False, "summary": summary, "repositories": repos})
+        return
+    for state, result in pairs:
+        if result.outcome == "failed":
+            app.err.print(f"custode: {state.relative}: {result.message}", markup=False)
+    app.out.print(
+        f"{counts['ok']} maintained, {counts['skipped']} skipped, {counts['failed']} failed; "
+        f"{format_bytes(max(reclaimed, 0))} reclaimed in {seconds:.1f}s"
+    )

@@ -1,0 +1,110 @@
+"""``custode maintain`` end to end on real neglected repositories."""
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fixtures.builders import Fleet, git_count_objects, git_refs
+from fixtures.cli import CliResult
+from fixtures.hostile import build_hostile_repo
+
+pytestmark = pytest.mark.integration
+Run = Callable[..., CliResult]
+NEGLECTED = ("loose.git", "many-packs.git", "many-refs.git", "stale.git")
+
+
+@pytest.fixture
+def neglected(tmp_path: Path, fleet: Fleet) -> Path:
+    root = tmp_path / "root"
+    for name in NEGLECTED:
+        shutil.copytree(fleet.root / name, root / name, symlinks=True)
+    return root
+
+
+def _refs(repo: Path) -> str:
+    return subprocess.run(
+        ["git", "--git-dir", str(repo), "for-each-ref", "--format=%(objectname) %(refname)"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def test_dry_run_plans_with_reasons_and_changes_nothing(custode: Run, neglected: Path) -> None:
+    before = custode("status", "--json", "--rescan", neglected).json()["repositories"]
+    result = custode("maintain", "--dry-run", "--json", neglected)
+    assert result.code == 0, result.stderr
+    plans = {r["relative"]: r for r in result.json()["repositories"]}
+    assert set(plans) == set(NEGLECTED)
+    assert all(t["reason"] for p in plans.values() for t in p["tasks"])
+    assert any("loose objects" in t["reason"] for t in plans["loose.git"]["tasks"])
+    assert "remove_stale_files" in [t["kind"] for t in plans["stale.git"]["tasks"]]
+    after = custode("status", "--json", "--rescan", neglected).json()["repositories"]
+    assert [r["fingerprint"] for r in after] == [r["fingerprint"] for r in before]
+    table = custode("maintain", "--dry-run", neglected)
+    assert table.code == 0 and "(dry run)" in table.stdout
+
+
+def test_neglected_repositories_end_optimised(
+    custode: Run, neglected: Path, isolated_env: dict[str, str]
+) -> None:
+    refs_before = {name: _refs(neglected / name) for name in NEGLECTED}
+    result = custode("maintain", "--json", neglected)
+    assert result.code == 0, result.stderr
+    summary = result.json()["summary"]
+    assert summary["failed"] == 0 and summary["maintained"] == len(NEGLECTED)
+    for name in NEGLECTED:
+        repo = neglected / name
+        counts = git_count_objects(repo)
+        assert counts["count"] == 0, name
+        assert counts["packs"] <= 3, name
+        assert (repo / "objects" / "info" / "commit-graph").exists() or (
+            repo / "objects" / "info" / "commit-graphs"
+        ).exists(), name
+        assert _refs(repo) == refs_before[name], name
+        assert git_refs(repo), name
+        fsck = subprocess.run(["git", "--git-dir", str(repo), "fsck", "--strict"],
+                              capture_output=True, check=False)  # fmt: skip
+        assert fsck.returncode == 0, (name, fsck.stderr)
+    assert not (neglected / "stale.git" / "refs" / "heads" / "main.lock").exists()
+    assert (neglected / "stale.git" / "refs" / "heads" / "fresh.lock").exists()
+    # a second plan has nothing left to do, and nothing was logged out of order
+    again = custode("maintain", "--dry-run", "--json", neglected).json()["repositories"]
+    assert {r["relative"]: r["tasks"] for r in again} == {name: [] for name in NEGLECTED}
+    assert custode("audit", "verify").code == 0
+    assert "maintain.full_repack" in custode("audit", "show", "--json", "--last", "100").stdout
+
+
+def test_broken_repository_is_left_untouched_and_others_carry_on(
+    custode: Run, neglected: Path, fleet: Fleet
+) -> None:
+    broken = neglected / "broken.git"
+    shutil.copytree(fleet.root / "loose.git", broken, symlinks=True)
+    (broken / "HEAD").unlink()
+    files_before = sorted(str(p.relative_to(broken)) for p in broken.rglob("*"))
+    result = custode("maintain", "--json", neglected)
+    assert result.code == 3
+    assert "custode: broken.git: left untouched: HEAD is missing" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "custode: 1 broken repositories were left untouched; see the messages above "
+        "(custode repaired or removed nothing there)"
+    )
+    repos = {r["relative"]: r for r in result.json()["repositories"]}
+    assert repos["broken.git"]["outcome"] == "skipped"
+    assert repos["broken.git"]["skipped_reason"].startswith("left untouched: HEAD is missing")
+    assert repos["loose.git"]["outcome"] == "ok"
+    assert sorted(str(p.relative_to(broken)) for p in broken.rglob("*")) == files_before
+
+
+def test_hostile_repository_runs_nothing_while_maintained(custode: Run, tmp_path: Path) -> None:
+    """pre-auto-gc, reference-transaction, fsmonitor, filters...: none may fire."""
+    repo = build_hostile_repo(tmp_path / "hostile")
+    root = repo.path.parent
+    plans = custode("maintain", "--dry-run", "--json", root)
+    assert plans.code in (0, 3), plans.stderr
+    assert any(r["tasks"] for r in plans.json()["repositories"])  # there is work to do
+    result = custode("maintain", "--json", root)
+    assert result.code in (0, 3), result.stderr
+    assert any(r["outcome"] == "ok" for r in result.json()["repositories"])
+    assert repo.markers() == []
