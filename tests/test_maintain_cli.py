@@ -50,7 +50,7 @@ def test_neglected_repositories_end_optimised(
     custode: Run, neglected: Path, isolated_env: dict[str, str]
 ) -> None:
     refs_before = {name: _refs(neglected / name) for name in NEGLECTED}
-    result = custode("maintain", "--json", neglected)
+    result = custode("maintain", "--json", "--jobs", "2", neglected)
     assert result.code == 0, result.stderr
     summary = result.json()["summary"]
     assert summary["failed"] == 0 and summary["maintained"] == len(NEGLECTED)
@@ -108,3 +108,27 @@ def test_hostile_repository_runs_nothing_while_maintained(custode: Run, tmp_path
     assert result.code in (0, 3), result.stderr
     assert any(r["outcome"] == "ok" for r in result.json()["repositories"])
     assert repo.markers() == []
+
+
+def test_budget_starts_nothing_once_spent(custode: Run, neglected: Path) -> None:
+    before = custode("status", "--json", "--rescan", neglected).json()["repositories"]
+    result = custode("maintain", "--json", "--budget", "0s", neglected)
+    assert result.code == 0, result.stderr
+    assert sorted(result.json()["summary"]["not_started"]) == sorted(NEGLECTED)
+    assert result.stderr.count("not started, the budget ran out") == len(NEGLECTED)
+    after = custode("status", "--json", "--rescan", neglected).json()["repositories"]
+    assert [r["fingerprint"] for r in after] == [r["fingerprint"] for r in before]
+    bad = custode("maintain", "--budget", "soon", neglected)
+    assert bad.code == 2 and "'soon' is not a duration" in bad.stderr
+
+
+def test_largest_repository_starts_first(
+    custode: Run, neglected: Path, isolated_env: dict[str, str]
+) -> None:
+    from custode.audit import AuditLog
+
+    states = custode("status", "--json", "--rescan", neglected).json()["repositories"]
+    biggest = max(states, key=lambda r: r["pack_bytes"] + r["loose_objects_bytes"])
+    assert custode("maintain", "--jobs", "1", neglected).code == 0
+    log = AuditLog(Path(isolated_env["XDG_STATE_HOME"]) / "custode" / "audit.jsonl")
+    assert next(iter(log.entries())).target == biggest["path"]

@@ -1,7 +1,7 @@
-"""``custode maintain``: plan and run what each repository needs, one repository at a time.
+"""``custode maintain``: plan and run what each repository needs.
 
-This is the serial first version: the fleet runner of the maintenance issue (worker pool,
-time budget, resource governor, skipping unchanged repositories) is not built yet.
+Not built yet (maintenance issue): the resource governor that adapts concurrency to the
+host's CPU, and skipping repositories unchanged since their last successful maintenance.
 """
 
 from __future__ import annotations
@@ -12,34 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.progress import Progress
 from rich.table import Table
 
 from custode.audit import AuditLog
 from custode.cli.app import App
+from custode.cli.params import DURATION
 from custode.cli.status_cmd import scan_with_progress
-from custode.discovery import Repository
 from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
 from custode.git import Git
-from custode.maintenance.executor import ExecutionResult, execute
+from custode.maintenance.executor import ExecutionResult
+from custode.maintenance.fleetrun import FleetRun, run_fleet
 from custode.maintenance.planner import Plan, plan
 from custode.maintenance.policy import MaintenancePolicy
 from custode.repostate import RepoState
 from custode.state import RepositoryResult, StateDB
 from custode.units import format_bytes
-
-
-def _repository(state: RepoState) -> Repository:
-    return Repository(
-        root=Path(state.root),
-        path=Path(state.path),
-        git_dir=Path(state.git_dir),
-        kind=state.kind,  # type: ignore[arg-type]
-        relative=state.relative,
-    )
-
-
-def _failed(state: RepoState, message: str, now: float) -> ExecutionResult:
-    return ExecutionResult(state.path, "failed", message, (), 0, 0, now, 0.0)
 
 
 def _plan_json(state: RepoState, p: Plan) -> dict[str, Any]:
@@ -111,8 +99,25 @@ def _last_full_repacks(app: App) -> dict[tuple[str, str], float]:
 @click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Show the plan (each task and why); change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+    help="Repositories maintained at the same time.",
+)  # fmt: skip
+@click.option(
+    "--budget",
+    type=DURATION,
+    default=None,
+    help="Start no repository after this long (e.g. 30m); the rest are reported.",
+)
 @click.pass_obj
-def maintain(app: App, roots: tuple[Path, ...], dry_run: bool, as_json: bool) -> None:
+def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
+    app: App,
+    roots: tuple[Path, ...],
+    dry_run: bool,
+    as_json: bool,
+    jobs: int,
+    budget: float | None,
+) -> None:
     """Clean up and optimise every repository under ROOTS that needs it.
 
     Each repository gets only the tasks its state calls for (stale locks and temporary
@@ -140,17 +145,29 @@ def maintain(app: App, roots: tuple[Path, ...], dry_run: bool, as_json: bool) ->
         _raise_for(0, len(broken), len(plans))
         return
     audit = AuditLog(app.state_dir() / "audit.jsonl")
-    pairs: list[tuple[RepoState, ExecutionResult]] = []
-    for state, p in plans:
-        try:
-            result = execute(_repository(state), p, git, audit, now=time.time())
-        except (CustodeError, OSError) as exc:  # locked, read-only, vanished
-            result = _failed(state, str(exc), now)
-        pairs.append((state, result))
+    outcome = _run(app, plans, git, audit, jobs=jobs, budget=budget)
+    pairs = [(s, r) for s, _, r in outcome.results]
     failed = sum(1 for _, r in pairs if r.outcome == "failed")
     _record(app, pairs, failed)
-    _show_results(app, plans, pairs, as_json, time.monotonic() - started)
+    _show_results(app, outcome, as_json, time.monotonic() - started)
+    for state in outcome.not_started:
+        app.err.print(f"custode: {state.relative}: not started, the budget ran out", markup=False)
     _raise_for(failed, len(broken), len(pairs))
+
+
+def _run(
+    app: App, plans: list[tuple[RepoState, Plan]], git: Git, audit: AuditLog, *, jobs: int,
+    budget: float | None,
+) -> FleetRun:  # fmt: skip
+    if not app.interactive:
+        return run_fleet(plans, git, audit, jobs=jobs, budget=budget)
+    with Progress(console=app.err, transient=True) as bar:
+        task = bar.add_task("maintaining", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return run_fleet(plans, git, audit, jobs=jobs, budget=budget, progress=progress)
 
 
 def _raise_for(failed: int, broken: int, total: int) -> None:
@@ -184,27 +201,24 @@ def _show_plans(app: App, plans: list[tuple[RepoState, Plan]], as_json: bool) ->
     app.out.print(f"plan: {tasks} tasks in {len(busy)} of {len(plans)} repositories (dry run)")
 
 
-def _show_results(
-    app: App,
-    plans: list[tuple[RepoState, Plan]],
-    pairs: list[tuple[RepoState, ExecutionResult]],
-    as_json: bool,
-    seconds: float,
-) -> None:
-    counts = {o: sum(1 for _, r in pairs if r.outcome == o) for o in ("ok", "skipped", "failed")}
-    reclaimed = sum(r.reclaimed for _, r in pairs)
+def _show_results(app: App, outcome: FleetRun, as_json: bool, seconds: float) -> None:
+    results = outcome.results
+    counts = {o: sum(1 for *_, r in results if r.outcome == o) for o in ("ok", "skipped", "failed")}
+    reclaimed = sum(r.reclaimed for *_, r in results)
     summary = {
         "maintained": counts["ok"], "skipped": counts["skipped"], "failed": counts["failed"],
+        "not_started": [s.relative for s in outcome.not_started],
         "reclaimed_bytes": reclaimed, "seconds": round(seconds, 3),
     }  # fmt: skip
     if as_json:
-        repos = [_result_json(s, p, r) for (s, p), (_, r) in zip(plans, pairs, strict=True)]
+        repos = [_result_json(s, p, r) for s, p, r in results]
         app.print_json({"dry_run": False, "summary": summary, "repositories": repos})
         return
-    for state, result in pairs:
+    for _, _, result in results:
         if result.outcome == "failed":
-            app.err.print(f"custode: {state.relative}: {result.message}", markup=False)
+            app.err.print(f"custode: {result.path}: {result.message}", markup=False)
+    left = f", {len(outcome.not_started)} not started (budget)" if outcome.not_started else ""
     app.out.print(
-        f"{counts['ok']} maintained, {counts['skipped']} skipped, {counts['failed']} failed; "
-        f"{format_bytes(max(reclaimed, 0))} reclaimed in {seconds:.1f}s"
+        f"{counts['ok']} maintained, {counts['skipped']} skipped, {counts['failed']} failed"
+        f"{left}; {format_bytes(max(reclaimed, 0))} reclaimed in {seconds:.1f}s"
     )
