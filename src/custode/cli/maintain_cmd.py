@@ -22,7 +22,7 @@ from custode.cli.status_cmd import scan_with_progress
 from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
 from custode.git import Git
 from custode.maintenance.executor import ExecutionResult
-from custode.maintenance.fleetrun import FleetRun, run_fleet
+from custode.maintenance.fleetrun import FleetRun, Governor, run_fleet
 from custode.maintenance.planner import Plan, plan
 from custode.maintenance.policy import MaintenancePolicy
 from custode.repostate import RepoState
@@ -109,6 +109,13 @@ def _last_full_repacks(app: App) -> dict[tuple[str, str], float]:
     default=None,
     help="Start no repository after this long (e.g. 30m); the rest are reported.",
 )
+@click.option(
+    "--cpu-share",
+    type=click.FloatRange(0.05, 1.0),
+    default=0.7,
+    show_default=True,
+    help="Start no further repository while the host's CPU use is above this share.",
+)
 @click.pass_obj
 def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
     app: App,
@@ -117,6 +124,7 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
     as_json: bool,
     jobs: int,
     budget: float | None,
+    cpu_share: float,
 ) -> None:
     """Clean up and optimise every repository under ROOTS that needs it.
 
@@ -145,7 +153,8 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
         _raise_for(0, len(broken), len(plans))
         return
     audit = AuditLog(app.state_dir() / "audit.jsonl")
-    outcome = _run(app, plans, git, audit, jobs=jobs, budget=budget)
+    governor = Governor(cpu_share)
+    outcome = _run(app, plans, git, audit, jobs=jobs, budget=budget, governor=governor)
     pairs = [(s, r) for s, _, r in outcome.results]
     failed = sum(1 for _, r in pairs if r.outcome == "failed")
     _record(app, pairs, failed)
@@ -157,17 +166,19 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
 
 def _run(
     app: App, plans: list[tuple[RepoState, Plan]], git: Git, audit: AuditLog, *, jobs: int,
-    budget: float | None,
+    budget: float | None, governor: Governor,
 ) -> FleetRun:  # fmt: skip
     if not app.interactive:
-        return run_fleet(plans, git, audit, jobs=jobs, budget=budget)
+        return run_fleet(plans, git, audit, jobs=jobs, budget=budget, governor=governor)
     with Progress(console=app.err, transient=True) as bar:
         task = bar.add_task("maintaining", total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        return run_fleet(plans, git, audit, jobs=jobs, budget=budget, progress=progress)
+        return run_fleet(
+            plans, git, audit, jobs=jobs, budget=budget, governor=governor, progress=progress
+        )
 
 
 def _raise_for(failed: int, broken: int, total: int) -> None:

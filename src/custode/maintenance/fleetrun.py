@@ -5,6 +5,10 @@ enough. Repositories are started largest-cost-first, so that the long ones do no
 last and stretch the run; once ``budget`` seconds have passed no new repository starts,
 and those left are reported, never half-done. A repository that cannot be locked or
 vanished mid-run fails on its own; the others carry on.
+
+The governor keeps the host's CPU use under a share: while it is above, no further
+repository starts beside those running (one always may, so the run progresses); git
+itself runs under nice/ionice (see custode.git), so clients are served first.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from custode.audit import AuditLog
 from custode.discovery import Repository
 from custode.errors import CustodeError
@@ -25,6 +31,19 @@ from custode.maintenance.planner import Plan
 from custode.repostate import RepoState
 
 Progress = Callable[[int, int], None]  # (repositories finished, repositories to do)
+Runner = Callable[..., ExecutionResult]
+
+
+class Governor:
+    """Says whether another repository may start, from the host's CPU use (psutil)."""
+
+    def __init__(self, share: float, sample: Callable[[], float] | None = None) -> None:
+        self.share = share
+        self.sample = sample or (lambda: psutil.cpu_percent(interval=None) / 100)
+        self.sample()  # psutil measures from the previous call: prime it
+
+    def may_start(self, running: int) -> bool:
+        return running == 0 or self.sample() < self.share
 
 
 @dataclass(frozen=True)
@@ -58,40 +77,54 @@ def run_fleet(
     budget: float | None = None,
     limits: PackLimits | None = None,
     progress: Progress | None = None,
+    governor: Governor | None = None,
+    runner: Runner = execute,
+    poll: float = 0.5,
 ) -> FleetRun:
+    """Run every plan (``runner`` is the executor; tests give a fake one)."""
     start = time.monotonic()
     results: dict[int, ExecutionResult] = {}
     busy = [i for i, (_, p) in enumerate(items) if p.tasks]
     busy.sort(key=lambda i: cost(items[i][0]), reverse=True)
     for i, (state, p) in enumerate(items):
         if not p.tasks:
-            results[i] = execute(repository_of(state), p, git, audit, now=time.time())
+            results[i] = runner(repository_of(state), p, git, audit, now=time.time())
     slots = threading.Semaphore(max(1, jobs))
     done = [0]
+    running = [0]
     lock = threading.Lock()
     not_started: list[int] = []
 
     def one(i: int) -> ExecutionResult:
         state, p = items[i]
         try:
-            return execute(repository_of(state), p, git, audit, now=time.time(), limits=limits)
+            return runner(repository_of(state), p, git, audit, now=time.time(), limits=limits)
         except (CustodeError, OSError) as exc:  # locked, read-only, vanished
             return ExecutionResult(state.path, "failed", str(exc), (), 0, 0, time.time(), 0.0)
         finally:
             slots.release()
             with lock:
+                running[0] -= 1
                 done[0] += 1
                 if progress:
                     progress(done[0], len(busy))
 
     futures: dict[int, Future[ExecutionResult]] = {}
+
+    def spent() -> bool:
+        return budget is not None and time.monotonic() - start > budget
+
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for i in busy:
             slots.acquire()
-            if budget is not None and time.monotonic() - start > budget:
+            while governor and not spent() and not governor.may_start(running[0]):
+                time.sleep(poll)
+            if spent():
                 slots.release()
                 not_started.append(i)
                 continue
+            with lock:
+                running[0] += 1
             futures[i] = pool.submit(one, i)
     for i, future in futures.items():
         results[i] = future.result()

@@ -1,0 +1,77 @@
+"""The fleet runner's scheduling: pool bound, order, budget and CPU governor (fake executor)."""
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from custode.discovery import Repository
+from custode.git import Git
+from custode.maintenance.executor import ExecutionResult
+from custode.maintenance.fleetrun import Governor, run_fleet
+from custode.maintenance.planner import Plan, Task
+from custode.repostate import RepoState, inspect_failed
+
+
+def _state(name: str, size: int) -> RepoState:
+    repo = Repository(Path("/srv"), Path(f"/srv/{name}"), Path(f"/srv/{name}"), "bare", name)
+    return replace(inspect_failed(repo, "x"), problems=(), pack_bytes=size)
+
+
+def _items(sizes: dict[str, int]) -> list[tuple[RepoState, Plan]]:
+    task = Task("pack_refs", "12 loose refs > 10")
+    return [(_state(n, s), Plan(f"/srv/{n}", (task,))) for n, s in sizes.items()]
+
+
+class FakeRunner:
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+        self.order: list[str] = []
+        self.running = self.peak = 0
+        self.lock = threading.Lock()
+
+    def __call__(
+        self, repo: Repository, plan: Plan, git: Any, audit: Any, **kw: Any
+    ) -> ExecutionResult:
+        with self.lock:
+            self.order.append(repo.relative)
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.running -= 1
+        return ExecutionResult(str(repo.path), "ok", "done", (), 10, 4, kw["now"], self.seconds)
+
+
+def test_largest_first_and_pool_bound() -> None:
+    runner = FakeRunner()
+    items = _items({"small": 1, "huge": 1000, "medium": 50, "big": 500, "tiny": 0})
+    run = run_fleet(items, Git(), None, jobs=2, runner=runner)
+    assert runner.order[:2] == ["huge", "big"]
+    assert runner.peak == 2
+    assert [s.relative for s, _, _ in run.results] == ["small", "huge", "medium", "big", "tiny"]
+    assert run.not_started == []
+
+
+def test_budget_leaves_the_rest_unstarted() -> None:
+    runner = FakeRunner(seconds=0.3)
+    items = _items({f"r{i}": i for i in range(6)})
+    run = run_fleet(items, Git(), None, jobs=1, budget=0.5, runner=runner)
+    assert 1 <= len(runner.order) <= 3
+    assert len(run.results) + len(run.not_started) == 6
+    assert {s.relative for s in run.not_started}.isdisjoint(runner.order)
+
+
+def test_governor_holds_back_new_repositories_while_the_cpu_is_busy() -> None:
+    runner = FakeRunner(seconds=0.05)
+    busy = Governor(0.7, sample=lambda: 0.95)
+    run = run_fleet(_items({f"r{i}": i for i in range(5)}), Git(), None, jobs=4,
+                    governor=busy, runner=runner, poll=0.01)  # fmt: skip
+    assert runner.peak == 1  # one at a time: the run still progresses
+    assert len(run.results) == 5
+    idle = Governor(0.7, sample=lambda: 0.10)
+    runner = FakeRunner(seconds=0.1)
+    run_fleet(_items({f"r{i}": i for i in range(4)}), Git(), None, jobs=4,
+              governor=idle, runner=runner, poll=0.01)  # fmt: skip
+    assert runner.peak == 4
