@@ -23,6 +23,7 @@ COMMANDS = {
     "audit": "custode.cli.audit_cmd:audit",
     "doctor": "custode.cli.doctor_cmd:doctor",
     "maintain": "custode.cli.maintain_cmd:maintain",
+    "check": "custode.cli.check_cmd:check",
 }
 
 

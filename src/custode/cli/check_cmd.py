@@ -1,0 +1,171 @@
+"""``custode check``: verify the integrity of every repository; one verdict per repository.
+
+Serial: git's own fsck already uses the disk hard, and a check changes nothing, so there
+is no lock to take and nothing for the audit log. Results go to the history database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from custode import integrity
+from custode.cli.app import App
+from custode.cli.status_cmd import scan_with_progress
+from custode.errors import EXIT_CODES_HELP, CustodeError, PathNotFoundError, RepositoryError
+from custode.git import Git
+from custode.integrity import CheckResult
+from custode.repostate import RepoState
+from custode.state import RepositoryResult, StateDB
+
+_STYLE = {"ok": "green", "corrupt": "bold red", "error": "yellow"}
+FIX = (
+    "see the findings above; restore the repository from a backup or investigate — "
+    "custode never repairs by deleting"
+)
+
+Pair = tuple[RepoState, CheckResult, float]  # with the wall-clock start
+
+
+@contextmanager
+def _progress(app: App, total: int) -> Iterator[Any]:
+    if not app.interactive:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=app.err, transient=True, auto_refresh=False) as bar:
+        task = bar.add_task("checking repositories", total=total)
+
+        def advance() -> None:
+            bar.advance(task)
+            bar.refresh()
+
+        yield advance
+
+
+def _record(app: App, pairs: list[Pair], full: bool, bad: int) -> None:
+    task = "check-full" if full else "check"
+    try:
+        with StateDB.open(app.state_dir() / "state.db") as db:
+            run = db.begin_run("check")
+            db.record_results(
+                run,
+                [
+                    RepositoryResult(
+                        repository=s.relative,
+                        root=s.root,
+                        task=task,
+                        outcome="ok" if r.ok else "failed",
+                        started_at=datetime.fromtimestamp(started, UTC).isoformat(),
+                        duration_s=r.duration,
+                        details={"verdict": r.verdict, "findings": list(r.findings)},
+                    )
+                    for s, r, started in pairs
+                ],
+            )
+            summary = {"repositories": len(pairs), "failed": bad, "full": full}
+            db.finish_run(run, "partial" if bad else "ok", summary)
+    except CustodeError as exc:
+        app.warn(f"check results not recorded in history: {exc}")
+
+
+def _table(pairs: list[Pair]) -> Table:
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("repository", overflow="fold")
+    table.add_column("verdict")
+    table.add_column("time", justify="right")
+    table.add_column("findings", overflow="fold")
+    for state, result, _ in pairs:
+        table.add_row(
+            state.relative,
+            f"[{_STYLE[result.verdict]}]{result.verdict}[/]",
+            f"{result.duration:.1f}s",
+            "\n".join(result.findings),
+        )
+    return table
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Also parse and hash every object (strict fsck) and verify the commit-graph and "
+    "multi-pack-index. Slower: reads every pack in full.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def check(app: App, roots: tuple[Path, ...], full: bool, as_json: bool) -> None:
+    """Verify the integrity of every repository under ROOTS (default: roots from config).
+
+    By default checks connectivity: every object the refs need is present and readable.
+    Changes nothing: a corrupt repository is reported, never repaired. Exits 3 when any
+    repository is corrupt or could not be checked.
+    """
+    started = time.monotonic()
+    root_paths = app.roots(roots)
+    git = Git.from_config(app.config.git)
+    git.check_version()
+    found = scan_with_progress(app, root_paths, rescan=False)
+    pairs: list[Pair] = []
+    with _progress(app, len(found.states)) as advance:
+        for state in found.states:
+            began = time.time()
+            pairs.append((state, integrity.check(state, git, full=full), began))
+            if advance is not None:
+                advance()
+    counts = {v: sum(1 for _, r, _ in pairs if r.verdict == v) for v in ("ok", "corrupt", "error")}
+    bad = counts["corrupt"] + counts["error"]
+    if pairs:
+        _record(app, pairs, full, bad)
+    seconds = time.monotonic() - started
+    if as_json:
+        summary = {"repositories": len(pairs), **counts, "full": full,
+                   "seconds": round(seconds, 3)}  # fmt: skip
+        app.print_json({"summary": summary, "repositories": [_json(s, r) for s, r, _ in pairs]})
+    else:
+        if pairs:
+            app.out.print(_table(pairs))
+        app.out.print(
+            f"{len(pairs):,} {'repository' if len(pairs) == 1 else 'repositories'} checked"
+            f"{' in full' if full else ''}: {counts['ok']:,} ok, {counts['corrupt']:,} corrupt, "
+            f"{counts['error']:,} could not be checked ({seconds:.1f}s)"
+        )
+    for problem in found.problems:
+        app.err.print(f"custode: {problem.path}: {problem.message}", markup=False, highlight=False)
+    if not pairs:
+        raise PathNotFoundError(
+            f"no git repositories found under {', '.join(map(str, root_paths))}; "
+            "check the path and discovery.exclude"
+        )
+    if bad or found.problems:
+        parts = []
+        if counts["corrupt"]:
+            parts.append(f"{counts['corrupt']} corrupt")
+        if counts["error"]:
+            parts.append(f"{counts['error']} could not be checked")
+        if found.problems:
+            parts.append(f"{len(found.problems)} unreadable paths")
+        raise RepositoryError(
+            f"{bad} of {len(pairs)} repositories failed the integrity check "
+            f"({', '.join(parts)}); {FIX}"
+        )
+
+
+def _json(state: RepoState, result: CheckResult) -> dict[str, Any]:
+    return {
+        "path": state.path,
+        "relative": state.relative,
+        "verdict": result.verdict,
+        "findings": list(result.findings),
+        "seconds": round(result.duration, 3),
+    }
