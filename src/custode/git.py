@@ -261,12 +261,15 @@ class Git:
         check: bool = True,
         cwd: Path | None = None,
         env_extra: Mapping[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> GitResult:
         """Run ``git <args>`` on ``repo`` (a git dir or a working copy; None for none).
 
         git runs in ``cwd``, by default the git dir. ``timeout`` is in seconds (default the
-        instance's; 0 for none). Raises GitRefusedError, GitNotFoundError, GitTimeoutError,
-        and GitError for a non-zero exit when ``check``.
+        instance's; 0 for none). ``pass_fds`` are inherited by git and its children: pass
+        the custode repository lock, so that a git outliving a killed custode still holds
+        it. Raises GitRefusedError, GitNotFoundError, GitTimeoutError, and GitError for a
+        non-zero exit when ``check``.
         """
         argv = self.command_line(args, repo)
         env = self.environment(env_extra)
@@ -280,7 +283,9 @@ class Git:
         if git_dir is not None and not self.trust_repository_owner:
             _check_owner(git_dir, sub)
         limit = self.timeout if timeout is None else timeout
-        result, timed_out = self._execute(argv, workdir, input, limit or None, env)
+        result, timed_out = self._execute(
+            argv, workdir, input, limit or None, env, pass_fds=pass_fds
+        )
         if timed_out:
             raise GitTimeoutError(
                 f"git {sub} in {where} did not finish within {limit:g} s and was killed: "
@@ -304,6 +309,8 @@ class Git:
         stdin: bytes | None,
         timeout: float | None,
         env: dict[str, str] | None = None,
+        *,
+        pass_fds: Sequence[int] = (),
     ) -> tuple[GitResult, bool]:
         """Run argv in its own process group; the flag says it was killed on timeout."""
         started = time.monotonic()
@@ -316,6 +323,7 @@ class Git:
                 cwd=cwd,
                 env=self.environment() if env is None else env,
                 process_group=0,  # thread-safe, unlike preexec_fn
+                pass_fds=tuple(pass_fds),
             )
         except FileNotFoundError as exc:
             raise GitNotFoundError(

@@ -35,8 +35,13 @@ def _holder(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def repository_lock(git_dir: Path, purpose: str) -> Iterator[None]:
+def repository_lock(git_dir: Path, purpose: str) -> Iterator[int]:
     """Hold the custode lock of ``git_dir`` for the duration of the block.
+
+    Yields the lock's file descriptor: give it to every git started under the lock
+    (``Git.run(pass_fds=...)``). A flock belongs to the open file, so a git that outlives
+    a killed custode (git runs in its own process group) keeps the repository locked
+    until it, and any child it started, has exited.
 
     Raises LockedError at once when another custode holds it (naming the holder), and
     RepositoryError when the lock cannot be created (read-only or vanished repository).
@@ -63,6 +68,6 @@ def repository_lock(git_dir: Path, purpose: str) -> Iterator[None]:
                   "purpose": purpose}  # fmt: skip
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
-        yield
+        yield fd
     finally:
         os.close(fd)  # releases the flock

@@ -221,13 +221,13 @@ def _show_results(app: App, outcome: FleetRun, as_json: bool, seconds: float) ->
         "not_started": [s.relative for s in outcome.not_started],
         "reclaimed_bytes": reclaimed, "seconds": round(seconds, 3),
     }  # fmt: skip
+    for _, _, result in results:  # on stderr in every mode: the final error points here
+        if result.outcome == "failed":
+            app.err.print(f"custode: {result.path}: {result.message}", markup=False)
     if as_json:
         repos = [_result_json(s, p, r) for s, p, r in results]
         app.print_json({"dry_run": False, "summary": summary, "repositories": repos})
         return
-    for _, _, result in results:
-        if result.outcome == "failed":
-            app.err.print(f"custode: {result.path}: {result.message}", markup=False)
     left = f", {len(outcome.not_started)} not started (budget)" if outcome.not_started else ""
     app.out.print(
         f"{counts['ok']} maintained, {counts['skipped']} skipped, {counts['failed']} failed"

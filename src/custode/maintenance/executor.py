@@ -121,8 +121,8 @@ def execute(
     if not plan.tasks:
         why = plan.skipped_reason or "nothing to do"
         return ExecutionResult(str(repo.path), "skipped", why, (), 0, 0, now, 0.0)
-    with repository_lock(repo.git_dir, "maintain"):
-        run = _Run(repo, plan, git, audit, now, limits or PackLimits(), started)
+    with repository_lock(repo.git_dir, "maintain") as lock_fd:
+        run = _Run(repo, plan, git, audit, now, limits or PackLimits(), started, lock_fd)
         return run.run()
 
 
@@ -135,10 +135,13 @@ class _Run:
     now: float
     limits: PackLimits
     started: float
+    lock_fd: int  # inherited by every git, so that one outliving us keeps the lock
     outcomes: list[TaskOutcome] = field(default_factory=list)
 
     def git_run(self, args: list[str], input: bytes | None = None, check: bool = True) -> str:
-        return self.git.run(args, repo=self.repo.git_dir, input=input, check=check).text
+        return self.git.run(
+            args, repo=self.repo.git_dir, input=input, check=check, pass_fds=(self.lock_fd,)
+        ).text
 
     def result(self, outcome: Outcome, message: str, before: int) -> ExecutionResult:
         after = inspect(self.repo).size_bytes
@@ -154,7 +157,7 @@ class _Run:
     def run(self) -> ExecutionResult:
         before = inspect(self.repo).size_bytes
         try:
-            refs_before = snapshot(self.git, self.repo.git_dir)
+            refs_before = snapshot(self.git, self.repo.git_dir, (self.lock_fd,))
         except GitError as exc:
             self.skip_all(self.plan.tasks, "refs could not be listed")
             return self.result("failed", f"cannot list refs: {_line(exc)}", before)
@@ -176,7 +179,7 @@ class _Run:
                 object_failure = f"{task.kind}: {done.message}"
             dropped = dropped or (task.drops_unreachable and done.outcome != "skipped")
         try:
-            refs_after = snapshot(self.git, self.repo.git_dir)
+            refs_after = snapshot(self.git, self.repo.git_dir, (self.lock_fd,))
             loss = compare(refs_before, refs_after, self.missing, dropped)
             if not loss and dropped and (problem := self.connectivity()):
                 loss = [f"connectivity check failed after maintenance: {problem}"]
@@ -292,10 +295,12 @@ def _ago(seconds: float) -> str:
 # --------------------------------------------------------------------------- refs
 
 
-def snapshot(git: Git, git_dir: Path) -> RefSnapshot:
+def snapshot(git: Git, git_dir: Path, pass_fds: tuple[int, ...] = ()) -> RefSnapshot:
     """Every ref with its object id, the symbolic refs' targets, and HEAD."""
     out = git.run(
-        ["for-each-ref", "--format=%(objectname) %(refname) %(symref)"], repo=git_dir
+        ["for-each-ref", "--format=%(objectname) %(refname) %(symref)"],
+        repo=git_dir,
+        pass_fds=pass_fds,
     ).text
     refs: dict[str, str] = {}
     symrefs: dict[str, str] = {}
@@ -305,10 +310,12 @@ def snapshot(git: Git, git_dir: Path) -> RefSnapshot:
         refs[name] = oid
         if target:
             symrefs[name] = target
-    head = git.run(["symbolic-ref", "-q", "HEAD"], repo=git_dir, check=False)
+    head = git.run(["symbolic-ref", "-q", "HEAD"], repo=git_dir, check=False, pass_fds=pass_fds)
     if head.returncode == 0:
         return RefSnapshot("ref:" + head.text.strip(), refs, symrefs)
-    detached = git.run(["rev-parse", "-q", "--verify", "HEAD"], repo=git_dir, check=False)
+    detached = git.run(
+        ["rev-parse", "-q", "--verify", "HEAD"], repo=git_dir, check=False, pass_fds=pass_fds
+    )
     return RefSnapshot(detached.text.strip(), refs, symrefs)
 
 
