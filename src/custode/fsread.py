@@ -61,12 +61,13 @@ class Watch:
         """The entries of ``path`` (none if it does not exist), watching it."""
         try:
             st = os.stat(path)
-        except FileNotFoundError:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except FileNotFoundError:  # never there, or removed by a git at work meanwhile
             return []
         self.paths.append(path)
         self.mtimes.append(st.st_mtime_ns)
-        with os.scandir(path) as it:
-            return list(it)
+        return entries
 
     def file(self, path: str, st: os.stat_result) -> None:
         """Watch a file git may rewrite in place (it does not, but people do)."""

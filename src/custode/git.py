@@ -295,7 +295,8 @@ class Git:
             )
         if check and result.returncode != 0:
             raise GitError(
-                f"git {sub} failed in {where} (exit {result.returncode}): {_cause(result.stderr)}",
+                f"git {sub} failed in {where} (exit {result.returncode}): "
+                f"{_cause(result.stderr, result.stdout)}",
                 args=result.args,
                 returncode=result.returncode,
                 stderr=_tail(result.stderr),
@@ -375,9 +376,13 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _cause(stderr: bytes) -> str:
-    """The line that says why: git's first fatal (later ones follow from it), else the last."""
-    lines = [line.strip() for line in stderr.decode("utf-8", errors="replace").splitlines()]
+def _cause(stderr: bytes, stdout: bytes = b"") -> str:
+    """The line that says why: git's first fatal (later ones follow from it), else the last.
+
+    Some commands (fsck: "missing commit <id>") report on stdout: used when stderr is empty.
+    """
+    text = stderr if stderr.strip() else stdout[-4096:]
+    lines = [line.strip() for line in text.decode("utf-8", errors="replace").splitlines()]
     lines = [line for line in lines if line]
     for prefix in ("fatal:", "error:"):
         if found := next((line for line in lines if line.startswith(prefix)), None):

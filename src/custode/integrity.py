@@ -77,6 +77,10 @@ def check(target: RepoState | Repository, git: Git, *, full: bool) -> CheckResul
     for step in steps(git_dir, full=full):
         try:
             result = git.run(list(step.args), repo=git_dir, check=False)
+            if result.returncode != 0:
+                # fsck lists objects before it reads refs: a push landing in between looks
+                # like a missing commit. Real damage is still there on a second look.
+                result = git.run(list(step.args), repo=git_dir, check=False)
         except GitNotFoundError:
             raise
         except GitError as exc:  # timed out, refused (owner), vanished

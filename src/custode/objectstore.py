@@ -103,7 +103,10 @@ class _Reader:
         count = disk = total = 0
         newest = self.s.newest_mtime
         for e in self.watch.scandir(path):
-            st = e.stat(follow_symlinks=False)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:  # renamed or deleted by a git at work
+                continue
             blocks = st.st_blocks * 512
             total += blocks
             newest = max(newest, st.st_mtime)
@@ -124,7 +127,10 @@ class _Reader:
     def pack_dir(self, path: str) -> None:
         groups: dict[str, dict[str, os.stat_result]] = defaultdict(dict)
         for e in self.watch.scandir(path):
-            st = e.stat(follow_symlinks=False)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:  # renamed or deleted by a git at work
+                continue
             self.account(st)
             name = e.name
             if name == "multi-pack-index":
@@ -149,6 +155,10 @@ class _Reader:
                     self.garbage(st)
 
     def pack(self, path: str, base: str, files: dict[str, os.stat_result]) -> None:
+        try:
+            count = _idx_objects(os.path.join(path, base + ".idx"))
+        except FileNotFoundError:  # deleted by a repack at work since the listing
+            return
         size = files["pack"].st_size + files["idx"].st_size
         s = self.s
         s.packs += 1
@@ -158,7 +168,6 @@ class _Reader:
         s.kept_packs += "keep" in files
         s.cruft_packs += "mtimes" in files
         s.pack_bitmaps += "bitmap" in files
-        count = _idx_objects(os.path.join(path, base + ".idx"))
         if count is None:
             s.problems.append(f"pack index {base}.idx is unreadable or corrupt")
         else:
@@ -170,7 +179,10 @@ class _Reader:
             if e.name == "commit-graphs" and e.is_dir(follow_symlinks=False):
                 self.graph_chain(e.path)
                 continue
-            st = e.stat(follow_symlinks=False)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:  # renamed or deleted by a git at work
+                continue
             self.account(st)
             if e.name == "commit-graph":
                 self.s.commit_graph = True
@@ -184,7 +196,10 @@ class _Reader:
     def graph_chain(self, path: str) -> None:
         chain: list[str] = []
         for e in self.watch.scandir(path):
-            st = e.stat(follow_symlinks=False)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:  # renamed or deleted by a git at work
+                continue
             self.account(st)
             if e.name == "commit-graph-chain":
                 chain = _lines(e.path)
@@ -246,9 +261,13 @@ def _lines(path: str) -> list[str]:
 
 
 def _idx_objects(path: str) -> int | None:
-    """Objects in a pack: the last fan-out entry of its v2 (or v1) index."""
+    """Objects in a pack: the last fan-out entry of its v2 (or v1) index (None: damaged).
+
+    Raises FileNotFoundError when the index is gone."""
     try:
         head = read_prefix(path, 8 + 256 * 4)
+    except FileNotFoundError:
+        raise
     except OSError:
         return None
     if head[:4] == b"\xfftOc":

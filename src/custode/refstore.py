@@ -55,7 +55,10 @@ def read_ref_store(git_dir: str, hexsz: int, watch: Watch) -> RefStore:
             if e.is_dir(follow_symlinks=False):
                 stack.append(e.path)
                 continue
-            st = e.stat(follow_symlinks=False)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:  # renamed or deleted by a git at work
+                continue
             s.size_bytes += st.st_blocks * 512
             s.newest_mtime = max(s.newest_mtime, st.st_mtime)
             rel = os.path.relpath(e.path, git_dir)

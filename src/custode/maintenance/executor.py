@@ -3,9 +3,11 @@
 ``execute`` holds the custode lock of the repository for the whole run and checks the
 safety invariants rather than assuming them:
 
-* **Connectivity first.** When the plan holds a task that can drop objects, ``git fsck
-  --connectivity-only`` runs before *any* task; if it fails, every task is skipped and
-  the repository is left as it was (never "repaired"): the result is failed.
+* **Connectivity first.** When the plan holds a task that can drop objects, a
+  connectivity check (``rev-list --objects --all --reflog --indexed-objects``, which,
+  unlike ``fsck --connectivity-only``, does not race with pushes) runs before *any* task;
+  if it fails, every task is skipped and the repository is left as it was (never
+  "repaired"): the result is failed.
 * **Refs survive.** Refs are listed before and after. Clients may push during
   maintenance, so equality of the whole list would false-alarm; the rule is: HEAD and
   every symbolic ref are unchanged (a push cannot change them), every ref that exists
@@ -196,9 +198,18 @@ class _Run:
         return self.result("ok", f"{ran} task{'s' if ran != 1 else ''} done, refs intact", before)
 
     def connectivity(self) -> str:
-        """'' when ``fsck --connectivity-only`` passes, else its one-line cause."""
+        """'' when every object reachable from refs, reflogs and the index exists.
+
+        ``rev-list --objects`` (what git's own connectivity check after a fetch runs), not
+        ``fsck --connectivity-only``: fsck lists the objects first and reads the refs
+        after, so a push landing in between looks like a missing commit (seen under a
+        push loop, 3 of 60 runs); rev-list reads the refs first and re-reads the packs
+        when an object is not found, and a push writes objects before it moves a ref.
+        """
         try:
-            self.git_run(["fsck", "--connectivity-only", "--no-dangling", "--no-progress"])
+            self.git_run(
+                ["rev-list", "--objects", "--all", "--reflog", "--indexed-objects", "--quiet"]
+            )
         except GitError as exc:
             return _line(exc)
         return ""
@@ -234,9 +245,21 @@ class _Run:
             self.git_run(["worktree", "prune", f"--expire={_ago(args.expire)}"])
             return "ok", "worktrees pruned"
         if isinstance(args, Repack):
+            retried = False
             for command in repack_commands(task.kind, args, self.limits):
-                self.git_run(command)
-            return "ok", f"{task.kind.replace('_', ' ')} done"
+                try:
+                    self.git_run(command)
+                except GitError as exc:
+                    if "bitmap" not in exc.message:
+                        raise
+                    # git 2.39 writes a multi-pack bitmap from the refs it read at the start;
+                    # a push moving a ref meanwhile makes it fail ("could not write
+                    # multi-pack bitmap") after the new packs are safely in place. Once
+                    # more, and the repack is near-instant: the objects are packed now.
+                    self.git_run(command)
+                    retried = True
+            note = " (bitmap retried after a concurrent push)" if retried else ""
+            return "ok", f"{task.kind.replace('_', ' ')} done{note}"
         if isinstance(args, CommitGraph):
             self.git_run(commit_graph_command(args))
             return "ok", "commit-graph written"
