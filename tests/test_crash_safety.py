@@ -37,6 +37,7 @@ from pathlib import Path
 
 import pytest
 
+from custode.maintenance.policy import MaintenancePolicy
 from fixtures.builders import Fleet, git_count_objects
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -299,8 +300,11 @@ def test_kill_9_at_random_points_loses_nothing_and_next_run_completes(  # noqa: 
             )
         for name in NEGLECTED:
             repo = root / name
-            if git_count_objects(repo)["count"] != 0:
-                trial.problems.append(f"after follow-up: {name}: loose objects left")
+            # a repack killed half-way through its prune-packed can leave fewer loose
+            # objects than the threshold: the follow-up rightly leaves those for later
+            loose = git_count_objects(repo)["count"]
+            if loose > MaintenancePolicy().loose_objects:
+                trial.problems.append(f"after follow-up: {name}: {loose} loose objects left")
             if not _commit_graph(repo):
                 trial.problems.append(f"after follow-up: {name}: no commit-graph")
             if problem := _fsck(repo):
