@@ -15,6 +15,7 @@ import re
 import stat
 import struct
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from custode.fsread import Watch, read_all, read_prefix
@@ -70,6 +71,14 @@ class _Reader:
         self.hexsz = hexsz
         self.s = ObjectStore()
 
+    def listing(self, path: str) -> Iterator[tuple[os.DirEntry[str], os.stat_result]]:
+        """Entries of ``path`` with their lstat, minus any a git at work removed meanwhile."""
+        for e in self.watch.scandir(path):
+            try:
+                yield e, e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+
     def account(self, st: os.stat_result) -> None:
         self.s.size_bytes += st.st_blocks * 512
         self.s.newest_mtime = max(self.s.newest_mtime, st.st_mtime)
@@ -102,11 +111,7 @@ class _Reader:
         want = self.hexsz - 2
         count = disk = total = 0
         newest = self.s.newest_mtime
-        for e in self.watch.scandir(path):
-            try:
-                st = e.stat(follow_symlinks=False)
-            except FileNotFoundError:  # renamed or deleted by a git at work
-                continue
+        for e, st in self.listing(path):
             blocks = st.st_blocks * 512
             total += blocks
             newest = max(newest, st.st_mtime)
@@ -126,11 +131,7 @@ class _Reader:
 
     def pack_dir(self, path: str) -> None:
         groups: dict[str, dict[str, os.stat_result]] = defaultdict(dict)
-        for e in self.watch.scandir(path):
-            try:
-                st = e.stat(follow_symlinks=False)
-            except FileNotFoundError:  # renamed or deleted by a git at work
-                continue
+        for e, st in self.listing(path):
             self.account(st)
             name = e.name
             if name == "multi-pack-index":
@@ -195,11 +196,7 @@ class _Reader:
 
     def graph_chain(self, path: str) -> None:
         chain: list[str] = []
-        for e in self.watch.scandir(path):
-            try:
-                st = e.stat(follow_symlinks=False)
-            except FileNotFoundError:  # renamed or deleted by a git at work
-                continue
+        for e, st in self.listing(path):
             self.account(st)
             if e.name == "commit-graph-chain":
                 chain = _lines(e.path)

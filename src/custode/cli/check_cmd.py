@@ -19,8 +19,8 @@ from rich.table import Table
 
 from custode import integrity
 from custode.cli.app import App
-from custode.cli.status_cmd import scan_with_progress
-from custode.errors import EXIT_CODES_HELP, CustodeError, PathNotFoundError, RepositoryError
+from custode.cli.scanning import scan_fleet
+from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
 from custode.git import Git
 from custode.integrity import CheckResult
 from custode.repostate import RepoState
@@ -115,7 +115,7 @@ def check(app: App, roots: tuple[Path, ...], full: bool, as_json: bool) -> None:
     root_paths = app.roots(roots)
     git = Git.from_config(app.config.git)
     git.check_version()
-    found = scan_with_progress(app, root_paths, rescan=False)
+    found = scan_fleet(app, root_paths)
     pairs: list[Pair] = []
     with _progress(app, len(found.states)) as advance:
         for state in found.states:
@@ -139,13 +139,6 @@ def check(app: App, roots: tuple[Path, ...], full: bool, as_json: bool) -> None:
             f"{len(pairs):,} {'repository' if len(pairs) == 1 else 'repositories'} checked"
             f"{' in full' if full else ''}: {counts['ok']:,} ok, {counts['corrupt']:,} corrupt, "
             f"{counts['error']:,} could not be checked ({seconds:.1f}s)"
-        )
-    for problem in found.problems:
-        app.err.print(f"custode: {problem.path}: {problem.message}", markup=False, highlight=False)
-    if not pairs:
-        raise PathNotFoundError(
-            f"no git repositories found under {', '.join(map(str, root_paths))}; "
-            "check the path and discovery.exclude"
         )
     if bad or found.problems:
         parts = []

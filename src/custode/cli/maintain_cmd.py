@@ -18,7 +18,7 @@ from rich.table import Table
 from custode.audit import AuditLog
 from custode.cli.app import App
 from custode.cli.params import DURATION
-from custode.cli.status_cmd import scan_with_progress
+from custode.cli.scanning import scan_fleet
 from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
 from custode.git import Git
 from custode.maintenance.executor import ExecutionResult
@@ -137,7 +137,7 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
     root_paths = app.roots(roots)
     git = Git.from_config(app.config.git)
     version = git.check_version()
-    found = scan_with_progress(app, root_paths, rescan=False)
+    found = scan_fleet(app, root_paths)
     now = time.time()
     last_full = _last_full_repacks(app)
     policy = MaintenancePolicy()

@@ -8,38 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from custode.cli.app import App
-from custode.errors import EXIT_CODES_HELP, CustodeError, PathNotFoundError, RepositoryError
-from custode.fleet import FleetScan, scan
+from custode.cli.scanning import scan_fleet
+from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
 from custode.health import Health, assess
 from custode.repostate import RepoState
 from custode.state import Observation, StateDB
 from custode.units import format_bytes
 
 _STYLE = {"ok": "green", "attention": "yellow", "broken": "bold red"}
-
-
-def scan_with_progress(app: App, roots: list[Path], *, rescan: bool) -> FleetScan:
-    """Scan the fleet, with a progress bar when a person is watching."""
-    cache = None if rescan else app.state_dir() / "scan-cache.pickle"
-    if not app.interactive:
-        return scan(roots, app.config.discovery, cache=cache)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=app.err, transient=True, auto_refresh=False) as bar:
-        task = bar.add_task("reading repositories", total=None)
-
-        def progress(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total, refresh=True)
-
-        return scan(roots, app.config.discovery, progress, cache=cache)
 
 
 def _record(app: App, rows: list[tuple[RepoState, Health]], broken: int) -> None:
@@ -134,7 +113,7 @@ def status(
     again (their state is kept in the state directory); --rescan reads them all.
     """
     root_paths = app.roots(roots)
-    result = scan_with_progress(app, root_paths, rescan=rescan)
+    result = scan_fleet(app, root_paths, rescan=rescan)
     now = time.time()
     rows = [(s, assess(s, app.config.health, now)) for s in result.states]
     counts = {v: sum(1 for _, h in rows if h.verdict == v) for v in ("ok", "attention", "broken")}
@@ -160,13 +139,6 @@ def status(
             f"{len(rows):,} {'repository' if len(rows) == 1 else 'repositories'}: "
             f"{counts['ok']:,} ok, {counts['attention']:,} need attention, "
             f"{counts['broken']:,} broken ({result.seconds:.1f}s)"
-        )
-    for problem in result.problems:
-        app.err.print(f"custode: {problem.path}: {problem.message}", markup=False, highlight=False)
-    if not rows:
-        raise PathNotFoundError(
-            f"no git repositories found under {', '.join(map(str, root_paths))}; "
-            "check the path and discovery.exclude"
         )
     if counts["broken"] or result.problems:
         parts = []
