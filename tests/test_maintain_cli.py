@@ -132,3 +132,42 @@ def test_largest_repository_starts_first(
     assert custode("maintain", "--jobs", "1", neglected).code == 0
     log = AuditLog(Path(isolated_env["XDG_STATE_HOME"]) / "custode" / "audit.jsonl")
     assert next(iter(log.entries())).target == biggest["path"]
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) is not installed")
+def test_read_only_repository_fails_alone_and_loses_nothing(custode: Run, neglected: Path) -> None:
+    import os
+
+    locked = neglected / "loose.git"
+    files_before = sorted(str(p.relative_to(locked)) for p in locked.rglob("*"))
+    modes = {p: p.stat().st_mode for p in [locked, *locked.rglob("*")] if p.is_dir()}
+    for path in modes:
+        path.chmod(0o555)
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:  # root ignores file modes: drop the capability that lets it
+        prefix = ("setpriv", "--inh-caps=-all", "--bounding-set=-dac_override", "--")
+    try:
+        result = custode("maintain", "--json", neglected, prefix=prefix)
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    assert result.code == 3, result.stderr
+    repos = {r["relative"]: r for r in result.json()["repositories"]}
+    assert repos["loose.git"]["outcome"] == "failed"
+    assert "custode needs write access to the repository" in repos["loose.git"]["message"]
+    assert all(repos[n]["outcome"] == "ok" for n in NEGLECTED if n != "loose.git")
+    assert sorted(str(p.relative_to(locked)) for p in locked.rglob("*")) == files_before
+
+
+def test_git_too_old_or_missing(custode: Run, neglected: Path, tmp_path: Path) -> None:
+    old = tmp_path / "git"
+    old.write_text('#!/bin/sh\necho "git version 2.20.1"\n')
+    old.chmod(0o755)
+    for binary, code, message in (
+        (old, 5, "git 2.20.1 is older than 2.30.0, the oldest custode supports: upgrade git"),
+        (tmp_path / "none", 5, "install git or set git.binary in config"),
+    ):
+        config = tmp_path / "config.toml"
+        config.write_text(f'[git]\nbinary = "{binary}"\n')
+        result = custode("--config", config, "maintain", neglected)
+        assert result.code == code and message in result.stderr, result.stderr
