@@ -35,15 +35,27 @@ Runner = Callable[..., ExecutionResult]
 
 
 class Governor:
-    """Says whether another repository may start, from the host's CPU use (psutil)."""
+    """Says whether another repository may start, from the host's CPU use (psutil).
 
-    def __init__(self, share: float, sample: Callable[[], float] | None = None) -> None:
+    psutil measures CPU use since its previous call; a reading over a few milliseconds is
+    noise (0 % or 100 %), so a reading is reused until ``window`` seconds have passed.
+    """
+
+    def __init__(
+        self, share: float, sample: Callable[[], float] | None = None, window: float = 0.5
+    ) -> None:
         self.share = share
         self.sample = sample or (lambda: psutil.cpu_percent(interval=None) / 100)
+        self.window = window
         self.sample()  # psutil measures from the previous call: prime it
+        self.last, self.at = 0.0, float("-inf")  # the first question takes a reading
 
     def may_start(self, running: int) -> bool:
-        return running == 0 or self.sample() < self.share
+        if running == 0:
+            return True
+        if time.monotonic() - self.at >= self.window:
+            self.last, self.at = self.sample(), time.monotonic()
+        return self.last < self.share
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,7 @@ def run_fleet(
     done = [0]
     running = [0]
     lock = threading.Lock()
+    finished = threading.Event()  # wakes the scheduler when a repository is done
     not_started: list[int] = []
 
     def one(i: int) -> ExecutionResult:
@@ -105,6 +118,7 @@ def run_fleet(
             slots.release()
             with lock:
                 running[0] -= 1
+                finished.set()
                 done[0] += 1
                 if progress:
                     progress(done[0], len(busy))
@@ -118,7 +132,8 @@ def run_fleet(
         for i in busy:
             slots.acquire()
             while governor and not spent() and not governor.may_start(running[0]):
-                time.sleep(poll)
+                finished.wait(poll)
+                finished.clear()
             if spent():
                 slots.release()
                 not_started.append(i)
