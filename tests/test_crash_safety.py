@@ -89,6 +89,18 @@ def _git_locks(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*.lock"))
 
 
+def _damage(repo: Path, refs: str, where: str) -> list[str]:
+    """What is wrong with ``repo``: fsck, refs changed since ``refs``, custode lock held."""
+    problems = []
+    if problem := _fsck(repo):
+        problems.append(f"{where}: fsck: {problem}")
+    if _refs(repo) != refs:
+        problems.append(f"{where}: refs changed")
+    if not _lock_free(repo):
+        problems.append(f"{where}: custode lock still held")
+    return problems
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie (a zombie has closed its files, the lock among them)."""
     try:
@@ -268,13 +280,7 @@ def test_kill_9_at_random_points_loses_nothing_and_next_run_completes(  # noqa: 
         # After the crash: fsck clean, refs intact, custode lock free.
         trial.locks_left = [x for x in _git_locks(root) if x not in fixture_locks]
         for name in NEGLECTED:
-            repo = root / name
-            if problem := _fsck(repo):
-                trial.problems.append(f"after kill: {name}: fsck: {problem}")
-            if _refs(repo) != refs[name]:
-                trial.problems.append(f"after kill: {name}: refs changed")
-            if not _lock_free(repo):
-                trial.problems.append(f"after kill: {name}: custode lock still held")
+            trial.problems += _damage(root / name, refs[name], f"after kill: {name}")
 
         # The next run completes; a fresh lock of the killed git may block a task until
         # it is stale, which must be a clear per-repository failure, then pass once aged.
@@ -307,12 +313,7 @@ def test_kill_9_at_random_points_loses_nothing_and_next_run_completes(  # noqa: 
                 trial.problems.append(f"after follow-up: {name}: {loose} loose objects left")
             if not _commit_graph(repo):
                 trial.problems.append(f"after follow-up: {name}: no commit-graph")
-            if problem := _fsck(repo):
-                trial.problems.append(f"after follow-up: {name}: fsck: {problem}")
-            if _refs(repo) != refs[name]:
-                trial.problems.append(f"after follow-up: {name}: refs changed")
-            if not _lock_free(repo):
-                trial.problems.append(f"after follow-up: {name}: custode lock still held")
+            trial.problems += _damage(repo, refs[name], f"after follow-up: {name}")
         shutil.rmtree(root)
 
     lines = [f"full run {typical:.2f}s, seed {SEED}, phases at kill: "

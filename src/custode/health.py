@@ -12,7 +12,7 @@ from typing import Literal
 
 from custode.config import HealthConfig
 from custode.repostate import RepoState
-from custode.units import format_bytes, format_duration
+from custode.units import counted, format_bytes, format_duration
 
 Verdict = Literal["ok", "attention", "broken"]
 Severity = Literal["info", "attention", "broken"]
@@ -31,10 +31,6 @@ class Health:
     reasons: tuple[Reason, ...]
 
 
-def _n(count: int, word: str, plural: str | None = None) -> str:
-    return f"{count:,} {word if count == 1 else plural or word + 's'}"
-
-
 def assess(state: RepoState, policy: HealthConfig, now: float) -> Health:
     reasons: list[Reason] = [Reason("broken", p) for p in state.problems]
 
@@ -42,11 +38,11 @@ def assess(state: RepoState, policy: HealthConfig, now: float) -> Health:
         reasons.append(Reason("attention", text))
 
     if state.loose_objects > policy.loose_objects:
-        attention(f"{_n(state.loose_objects, 'loose object')} (> {policy.loose_objects:,})")
+        attention(f"{counted(state.loose_objects, 'loose object')} (> {policy.loose_objects:,})")
     if state.packs > policy.packs:
-        attention(f"{_n(state.packs, 'pack')} (> {policy.packs:,})")
+        attention(f"{counted(state.packs, 'pack')} (> {policy.packs:,})")
     if state.loose_refs > policy.loose_refs:
-        attention(f"{_n(state.loose_refs, 'loose ref')} (> {policy.loose_refs:,})")
+        attention(f"{counted(state.loose_refs, 'loose ref')} (> {policy.loose_refs:,})")
     has_objects = state.packs > 0 or state.loose_objects > 0
     if has_objects and state.refs > 0 and not state.commit_graph:
         attention("no commit-graph")
@@ -59,27 +55,23 @@ def assess(state: RepoState, policy: HealthConfig, now: float) -> Health:
     if stale:
         oldest = max(now - t.mtime for t in stale)
         attention(
-            f"{_n(len(stale), 'stale lock/temporary file')} (oldest {format_duration(oldest)})"
+            f"{counted(len(stale), 'stale lock/temporary file')} (oldest {format_duration(oldest)})"
         )
     if state.garbage_files:
         attention(
-            f"{_n(state.garbage_files, 'garbage file')} in the object store "
+            f"{counted(state.garbage_files, 'garbage file')} in the object store "
             f"({format_bytes(state.garbage_bytes)})"
         )
     if state.prunable_worktrees:
-        attention(f"{_n(state.prunable_worktrees, 'dead worktree')}")
+        attention(f"{counted(state.prunable_worktrees, 'dead worktree')}")
     if state.gc_log:
         attention("gc.log present: git's last automatic gc failed")
     if state.borrowed_by:
-        reasons.append(
-            Reason(
-                "info",
-                f"objects borrowed by {_n(len(state.borrowed_by), 'repository', 'repositories')}",
-            )
-        )
+        borrowers = counted(len(state.borrowed_by), "repository", "repositories")
+        reasons.append(Reason("info", f"objects borrowed by {borrowers}"))
     if state.alternates:
         reasons.append(
-            Reason("info", f"borrows objects from {_n(len(state.alternates), 'alternate')}")
+            Reason("info", f"borrows objects from {counted(len(state.alternates), 'alternate')}")
         )
     if state.refs == 0 and not state.problems:
         reasons.append(Reason("info", "empty repository"))

@@ -50,3 +50,8 @@ def format_bytes(n: int) -> str:
             return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def counted(count: int, word: str, plural: str | None = None) -> str:
+    """``counted(7412, "loose object")`` → ``7,412 loose objects``."""
+    return f"{count:,} {word if count == 1 else plural or word + 's'}"

@@ -25,6 +25,7 @@ from custode.git import Git
 from custode.integrity import CheckResult
 from custode.repostate import RepoState
 from custode.state import RepositoryResult, StateDB
+from custode.units import counted
 
 _STYLE = {"ok": "green", "corrupt": "bold red", "error": "yellow"}
 FIX = (
@@ -136,7 +137,7 @@ def check(app: App, roots: tuple[Path, ...], full: bool, as_json: bool) -> None:
         if pairs:
             app.out.print(_table(pairs))
         app.out.print(
-            f"{len(pairs):,} {'repository' if len(pairs) == 1 else 'repositories'} checked"
+            f"{counted(len(pairs), 'repository', 'repositories')} checked"
             f"{' in full' if full else ''}: {counts['ok']:,} ok, {counts['corrupt']:,} corrupt, "
             f"{counts['error']:,} could not be checked ({seconds:.1f}s)"
         )

@@ -16,7 +16,7 @@ from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
 from custode.health import Health, assess
 from custode.repostate import RepoState
 from custode.state import Observation, StateDB
-from custode.units import format_bytes
+from custode.units import counted, format_bytes
 
 _STYLE = {"ok": "green", "attention": "yellow", "broken": "bold red"}
 
@@ -136,7 +136,7 @@ def status(
         if shown:
             app.out.print(_table(shown))
         app.out.print(
-            f"{len(rows):,} {'repository' if len(rows) == 1 else 'repositories'}: "
+            f"{counted(len(rows), 'repository', 'repositories')}: "
             f"{counts['ok']:,} ok, {counts['attention']:,} need attention, "
             f"{counts['broken']:,} broken ({result.seconds:.1f}s)"
         )
