@@ -29,9 +29,9 @@ def test_default_config_is_valid_toml_every_key_commented_and_loads_to_defaults(
     data = tomllib.loads(uncommented)
     data["state"].pop("directory")
     assert parse_config(data, source=str(tmp_path / "c.toml")) == Config()
-    for section in ("discovery", "git", "health", "state"):
+    for section in ("discovery", "git", "maintenance", "state"):
         assert f"[{section}]" in text
-    for key in type(Config().health).model_fields:
+    for key in type(Config().maintenance).model_fields:
         assert f"# {key} = " in text
 
 
@@ -43,7 +43,10 @@ def test_default_config_is_valid_toml_every_key_commented_and_loads_to_defaults(
             "discovery.exclud: unknown key; did you mean 'discovery.exclude'?",
         ),
         ("rots = []\n", "rots: unknown key; did you mean 'roots'?"),
-        ("[health]\npacks = 0\n", "health.packs: Input should be greater than or equal to 1"),
+        (
+            "[maintenance]\npacks_min = 0\n",
+            "maintenance.packs_min: Input should be greater than or equal to 1",
+        ),
         ("[git]\ntimeout = '5 parsecs'\n", "git.timeout: '5 parsecs' is not a duration"),
         ("[git]\nionice = 'fast'\n", "git.ionice: Input should be 'none', 'idle' or 'best-effort'"),
         ("[nosuch]\n", "nosuch: unknown key; known keys here: roots, discovery"),
@@ -70,12 +73,13 @@ def test_invalid_toml_names_file_and_line(tmp_path: Path) -> None:
 def test_durations_and_relative_roots(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(
-        "roots = ['repos', '/abs']\n[git]\ntimeout = '30m'\n[health]\nstale_file_age = 7200\n"
+        "roots = ['repos', '/abs']\n[git]\ntimeout = '30m'\n[maintenance]\nstale_lock_age = 7200\ncruft_expiration = 'never'\n"
     )
     config = load_config(path, required=True)
     assert config.roots == [tmp_path / "repos", Path("/abs")]
     assert config.git.timeout == 1800
-    assert config.health.stale_file_age == 7200
+    assert config.maintenance.stale_lock_age == 7200
+    assert config.maintenance.cruft_expiration is None
 
 
 def test_directory_as_config(tmp_path: Path) -> None:

@@ -23,8 +23,8 @@ from custode.maintenance.executor import (
     execute,
     remove_stale_files,
 )
-from custode.maintenance.planner import Plan, StaleFiles, plan
-from custode.maintenance.policy import MaintenancePolicy
+from custode.maintenance.planner import Plan, RepoHistory, StaleFiles, plan
+from custode.maintenance.policy import DAY, MaintenancePolicy
 from custode.objectstore import TempFile
 from custode.repolock import LOCK_NAME, repository_lock
 from custode.repostate import RepoState, inspect, link_borrowers
@@ -47,8 +47,14 @@ def copy(src: Path, tmp_path: Path) -> Repository:
     return bare(dest)
 
 
-def plan_for(state: RepoState, last_full: float | None = None) -> Plan:
-    return plan(state, POLICY, GIT.version(), time.time(), last_full)
+def plan_for(state: RepoState, last_full: float | None = None, *, due: bool = True) -> Plan:
+    """The plan; with ``due`` as for a long-neglected repository (custode first saw it six
+    days ago, so a full repack is due), else as for one fully repacked an hour ago."""
+    now = time.time()
+    seen = now - 6 * DAY if due else None
+    last_full = last_full if due or last_full is not None else now - 3600
+    history = RepoHistory(last_full_repack=last_full, first_seen=seen)
+    return plan(state, POLICY, GIT.version(), time.time(), history)
 
 
 def refs(path: Path) -> str:
@@ -82,13 +88,19 @@ def assert_optimised(repo: Repository, result: ExecutionResult, before: str) -> 
     assert again.tasks == (), again
 
 
+@pytest.mark.parametrize("due", [True, False], ids=["full-due", "cooldown"])
 @pytest.mark.parametrize("name", NEGLECTED)
-def test_each_neglected_fixture_ends_optimised(fleet: Fleet, tmp_path: Path, name: str) -> None:
+def test_each_neglected_fixture_ends_optimised(
+    fleet: Fleet, tmp_path: Path, name: str, due: bool
+) -> None:
     repo = copy(getattr(fleet, name), tmp_path)
     audit = AuditLog(tmp_path / "state" / "audit.jsonl")
     before = refs(repo.git_dir)
-    p = plan_for(inspect(repo))
+    p = plan_for(inspect(repo), due=due)
     assert p.tasks
+    if name == "many_packs":
+        repack = "full_repack" if due else "geometric_repack"
+        assert repack in [t.kind for t in p.tasks], p
     result = execute(repo, p, GIT, audit, now=time.time())
     assert_optimised(repo, result, before)
     assert result.bytes_before > 0 and result.bytes_after > 0

@@ -76,6 +76,26 @@ def test_neglected_repositories_end_optimised(
     assert "maintain.full_repack" in custode("audit", "show", "--json", "--last", "100").stdout
 
 
+def test_unchanged_repositories_are_skipped_until_they_change(
+    custode: Run, neglected: Path
+) -> None:
+    assert custode("maintain", "--json", neglected).code == 0
+    repo = neglected / "many-refs.git"  # gets a new ref below: planned again
+    plans = custode("maintain", "--dry-run", "--json", neglected).json()["repositories"]
+    why = {r["relative"]: r["skipped_reason"] for r in plans}
+    assert why["loose.git"].startswith("nothing to do: unchanged since its last maintenance")
+    assert why["stale.git"] == "nothing to do: already optimised"  # a fresh lock: replanned
+    forced = custode("maintain", "--dry-run", "--json", "--force", neglected).json()
+    assert all(r["skipped_reason"] == "nothing to do: already optimised"
+               for r in forced["repositories"] if r["relative"] != "stale.git")  # fmt: skip
+    subprocess.run(["git", "--git-dir", str(repo), "update-ref", "refs/heads/new", "HEAD"],
+                   check=True)  # fmt: skip
+    plans = custode("maintain", "--dry-run", "--json", neglected).json()["repositories"]
+    why = {r["relative"]: r["skipped_reason"] for r in plans}
+    assert why["many-refs.git"] == "nothing to do: already optimised"  # changed: replanned
+    assert why["loose.git"].startswith("nothing to do: unchanged since")
+
+
 def test_broken_repository_is_left_untouched_and_others_carry_on(
     custode: Run, neglected: Path, fleet: Fleet
 ) -> None:

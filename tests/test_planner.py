@@ -17,6 +17,7 @@ from custode.maintenance.planner import (
     Plan,
     PruneWorktrees,
     Repack,
+    RepoHistory,
     StaleFiles,
     Task,
     plan,
@@ -43,8 +44,9 @@ OPTIMISED = RepoState(
     multi_pack_index=False, midx_packs=0, midx_bitmap=False, commit_graph=True,
     commit_graph_chain=1, commit_graph_changed_paths=True, loose_refs=0, packed_refs=40,
     refs=40, symbolic_refs=0, garbage_files=0, garbage_bytes=0, temp_files=(), alternates=(),
-    borrowed_by=(), superproject=None, worktrees=0, prunable_worktrees=0, gc_log=False,
+    borrowed_by=(), superproject=None, worktrees=0, prunable_worktrees=0, dead_worktree_mtime=0.0, gc_log=False,
     size_bytes=11 * MIB, newest_mtime=NOW - DAY, newest_pack_mtime=NOW - DAY, fingerprint="0" * 32,
+    base_pack_mtime=NOW - 30 * DAY, oldest_cruft_mtime=0.0,
 )  # fmt: skip
 
 
@@ -56,7 +58,8 @@ def state(**changes: Any) -> RepoState:
 def run(
     s: RepoState, *, git: GitVersion = GIT, last_full: float | None = None, **policy: Any
 ) -> Plan:
-    return plan(s, replace(POLICY, **policy), git, NOW, last_full)
+    history = RepoHistory(last_full_repack=last_full)
+    return plan(s, POLICY.model_copy(update=policy), git, NOW, history)
 
 
 def kinds(p: Plan) -> list[str]:
@@ -139,6 +142,50 @@ def test_full_repacks_respect_the_cooldown(last_full: float | None, expected: st
         assert p.tasks[0].args == Repack(True, True, 2) and not p.tasks[0].drops_unreachable
 
 
+def test_without_a_record_the_largest_pack_dates_the_last_full_repack() -> None:
+    """A pack fresh from a push or clone is not rewritten whole at first sight; an old one,
+    or custode's own first visit more than a cooldown ago, makes a full repack due."""
+    fresh = state(packs=3, base_pack_mtime=NOW - HOUR)
+    p = run(fresh)
+    assert kinds(p)[0] == "geometric_repack" and not p.tasks[0].drops_unreachable
+    p = run(state(packs=3, base_pack_mtime=NOW - 6 * DAY))
+    assert kinds(p)[0] == "full_repack"
+    assert "no full repack on record, largest pack written 6d ago" in p.tasks[0].reason
+    seen = RepoHistory(first_seen=NOW - 8 * DAY)  # git freshened the pack meanwhile
+    p = plan(fresh, POLICY, GIT, NOW, seen)
+    assert kinds(p)[0] == "full_repack" and "first maintained 1w1d ago" in p.tasks[0].reason
+    unknown = state(packs=0, pack_bytes=0, loose_objects=3000, base_pack_mtime=0.0)
+    assert kinds(run(unknown))[0] == "full_repack"
+
+
+def test_an_old_cruft_pack_is_expired_by_a_full_repack() -> None:
+    cruft = state(packs=2, cruft_packs=1, oldest_cruft_mtime=NOW - 15 * DAY)
+    p = run(cruft, last_full=NOW - 6 * DAY)
+    assert kinds(p)[0] == "full_repack" and p.tasks[0].drops_unreachable
+    assert "cruft pack 2w1d old: its expired objects go" in p.tasks[0].reason
+    assert run(cruft, last_full=NOW - DAY).tasks == ()  # the cooldown still applies
+    young = replace(cruft, oldest_cruft_mtime=NOW - 13 * DAY)
+    assert run(young, last_full=NOW - 6 * DAY).tasks == ()
+    assert run(cruft, last_full=NOW - 6 * DAY, cruft_expiration=None).tasks == ()
+    assert run(replace(cruft, borrowed_by=("f.git",)), last_full=NOW - 6 * DAY).tasks == ()
+
+
+def test_a_repository_unchanged_since_its_last_maintenance_is_skipped() -> None:
+    neglected = state(loose_objects=9000, loose_refs=500)
+    fp = neglected.fingerprint
+    done = RepoHistory(last_success=NOW - DAY, fingerprint=fp)
+    p = plan(neglected, POLICY, GIT, NOW, done)
+    assert p.tasks == () and p.skipped_reason == (
+        "nothing to do: unchanged since its last maintenance 1d ago"
+    )
+    changed = replace(neglected, fingerprint="1" * 32)
+    assert plan(changed, POLICY, GIT, NOW, done).tasks  # a push since
+    old = RepoHistory(last_success=NOW - 8 * DAY, fingerprint=fp)  # revisit_after: 7d
+    assert plan(neglected, POLICY, GIT, NOW, old).tasks
+    broken = replace(neglected, problems=("HEAD is missing",))
+    assert (plan(broken, POLICY, GIT, NOW, done).skipped_reason or "").startswith("left untouched")
+
+
 def test_geometric_repack_when_too_many_packs_are_outside_the_midx() -> None:
     recent = NOW - DAY
     tracked = state(packs=5, pack_bytes=MIB, multi_pack_index=True, midx_packs=3, midx_bitmap=True)
@@ -165,7 +212,8 @@ def test_a_due_full_repack_replaces_a_partial_one() -> None:
     repack on the next run: when a full repack is due anyway, it is done at once."""
     p = run(state(loose_objects=7412))  # no full repack on record
     assert kinds(p) == ["full_repack", "write_commit_graph"]
-    assert "a full repack is due anyway (no full repack on record)" in p.tasks[0].reason
+    why = "a full repack is due anyway (no full repack on record, largest pack written 4w2d ago)"
+    assert why in p.tasks[0].reason
     p = run(state(loose_objects=7412), last_full=NOW - 6 * DAY)
     assert kinds(p)[0] == "full_repack"
 
@@ -275,8 +323,21 @@ def test_a_held_packed_refs_lock_or_gc_pid_defers_that_work() -> None:
 
 
 def test_dead_worktrees_are_pruned_with_gits_expiry() -> None:
+    """As git: once the index of one is older than the expiry (at once without an index),
+    not every run before that (the prune would do nothing)."""
     prune = task(run(state(prunable_worktrees=2)), "prune_worktrees")
     assert prune.args == PruneWorktrees(90 * DAY) and "2 dead worktrees" in prune.reason
+    old = state(prunable_worktrees=1, dead_worktree_mtime=NOW - 91 * DAY)
+    assert "one unused for 13w" in task(run(old), "prune_worktrees").reason
+    assert run(state(prunable_worktrees=1, dead_worktree_mtime=NOW - DAY)).tasks == ()
+
+
+def test_unchanged_but_time_may_make_stale() -> None:
+    """A lock or dead worktree may turn stale with no change: such repositories are
+    planned on every run, never skipped by their fingerprint."""
+    lock = state(temp_files=(temp("packed-refs.lock", 2 * HOUR),))
+    done = RepoHistory(last_success=NOW - HOUR, fingerprint=lock.fingerprint)
+    assert kinds(plan(lock, POLICY, GIT, NOW, done)) == ["remove_stale_files"]
 
 
 def test_policy_limits_and_validation() -> None:
@@ -286,7 +347,7 @@ def test_policy_limits_and_validation() -> None:
     assert [POLICY.pack_limit(n * MIB) for n in (1, 100, 1024)] == [5, 17, 26]
     assert [POLICY.loose_ref_limit(n) for n in (0, 10, 100, 1000)] == [16, 16, 32, 49]
     for bad in ({"packs_growth": 1.0}, {"stale_lock_age": -1.0}, {"geometric_factor": 1}):
-        with pytest.raises(ValueError, match="maintenance\\."):
+        with pytest.raises(ValueError, match=next(iter(bad))):
             MaintenancePolicy(**bad)
 
 
@@ -323,8 +384,9 @@ LAST = st.none() | st.floats(NOW - 60 * DAY, NOW + DAY)
 def test_property_plans_are_sound(
     s: RepoState, pol: MaintenancePolicy, git: GitVersion, last: float | None
 ) -> None:
-    p = plan(s, pol, git, NOW, last)  # never raises
-    assert p == plan(s, pol, git, NOW, last)  # deterministic
+    h = RepoHistory(last_full_repack=last)
+    p = plan(s, pol, git, NOW, h)  # never raises
+    assert p == plan(s, pol, git, NOW, h)  # deterministic
     assert (p.skipped_reason is None) == bool(p.tasks) and all(t.reason for t in p.tasks)
     assert [ORDER.index(k) for k in kinds(p)] == sorted(ORDER.index(k) for k in kinds(p))
     assert sum(k in REPACKS for k in kinds(p)) <= 1
@@ -364,7 +426,10 @@ def test_the_fixture_fleet(fleet: Fleet) -> None:
     states, now = {s.relative: s for s in found}, time.time()
     plans = {name: plan(s, POLICY, GIT, now) for name, s in states.items()}
     assert REPACKS & set(kinds(plans["loose.git"]))
+    # its packs are a month old: a full repack; a geometric one inside the cooldown
     assert kinds(plans["many-packs.git"])[0] == "full_repack"
+    recent = RepoHistory(last_full_repack=now - DAY)
+    assert kinds(plan(states["many-packs.git"], POLICY, GIT, now, recent))[0] == "geometric_repack"
     assert "pack_refs" in kinds(plans["many-refs.git"])
     stale = task(plans["stale.git"], "remove_stale_files").args
     assert isinstance(stale, StaleFiles)  # not refs/heads/fresh.lock: a running git may own it

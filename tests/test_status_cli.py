@@ -92,12 +92,12 @@ def test_empty_root(custode: Run, tmp_path: Path) -> None:
 
 def test_invalid_config(custode: Run, tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
-    config.write_text("[health]\nloose_object = 5\n")
+    config.write_text("[maintenance]\nloose_object = 5\n")
     result = custode("--config", config, "status", tmp_path)
     assert result.code == 2
     assert result.stderr == (
-        f"custode: config file {config}: health.loose_object: unknown key; "
-        "did you mean 'health.loose_objects'?\n"
+        f"custode: config file {config}: maintenance.loose_object: unknown key; "
+        "did you mean 'maintenance.loose_objects'?\n"
     )
 
 

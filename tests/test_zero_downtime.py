@@ -291,8 +291,11 @@ def _maintain(
     root: Path, env: dict[str, str], index: int, base: Path, args: tuple[str, ...] = ()
 ) -> MaintainRun:
     run_env = dict(env)
-    for name in ("CONFIG", "STATE", "DATA", "CACHE"):  # fresh: no history, no cooldown
+    for name in ("CONFIG", "STATE", "DATA", "CACHE"):  # fresh: no history
         run_env[f"XDG_{name}_HOME"] = str(base / f"run-{index:03d}" / name.lower())
+    config = base / f"run-{index:03d}" / "config" / "custode" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("[maintenance]\nfull_repack_cooldown = 0\n")  # a full repack each run
     start = time.monotonic()
     try:
         proc = subprocess.run(

@@ -12,35 +12,17 @@ import difflib
 import textwrap
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-)
+from pydantic import BaseModel, Field, ValidationError
 
+from custode.configtypes import Duration, Section, is_duration
 from custode.errors import ConfigError
-from custode.units import format_duration, parse_duration
+from custode.maintenance.policy import MaintenancePolicy
+from custode.units import format_duration
 
 
-def _duration(value: object) -> object:
-    if isinstance(value, str):
-        return parse_duration(value)
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
-"""Seconds; written in the file as a number of seconds or a string like "30m" or "14d"."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DiscoveryConfig(_Section):
+class DiscoveryConfig(Section):
     exclude: list[str] = Field(
         default_factory=list,
         description="Glob patterns (matched against paths relative to a root, and against "
@@ -60,7 +42,7 @@ class DiscoveryConfig(_Section):
     )
 
 
-class GitConfig(_Section):
+class GitConfig(Section):
     binary: str = Field(default="git", description="The git executable (a name on PATH or a path).")
     timeout: Duration = Field(
         default=3600.0, description="Longest a single git command may run before it is killed."
@@ -80,33 +62,7 @@ class GitConfig(_Section):
     )
 
 
-class HealthConfig(_Section):
-    loose_objects: int = Field(
-        default=6700,
-        ge=0,
-        description="More loose objects than this needs a repack (git gc --auto uses 6700).",
-    )
-    packs: int = Field(
-        default=50,
-        ge=1,
-        description="More packs than this needs a repack (git's gc.autoPackLimit is 50).",
-    )
-    loose_refs: int = Field(
-        default=1000, ge=0, description="More loose refs than this needs git pack-refs."
-    )
-    commit_graph_chain: int = Field(
-        default=20,
-        ge=1,
-        description="A split commit-graph chain longer than this needs merging.",
-    )
-    stale_file_age: Duration = Field(
-        default=3600.0,
-        description="A lock or temporary file older than this is stale (no running git "
-        "holds one that long).",
-    )
-
-
-class StateConfig(_Section):
+class StateConfig(Section):
     directory: Path | None = Field(
         default=None,
         description="Where the history database and audit log live "
@@ -119,7 +75,7 @@ class StateConfig(_Section):
     )
 
 
-class Config(_Section):
+class Config(Section):
     roots: list[Path] = Field(
         default_factory=list,
         description="Directories holding the repositories to look after. Roots given on the "
@@ -127,7 +83,7 @@ class Config(_Section):
     )
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     git: GitConfig = Field(default_factory=GitConfig)
-    health: HealthConfig = Field(default_factory=HealthConfig)
+    maintenance: MaintenancePolicy = Field(default_factory=MaintenancePolicy)
     state: StateConfig = Field(default_factory=StateConfig)
 
 
@@ -185,12 +141,12 @@ def _describe(exc: ValidationError) -> str:
     return f"{key}: {msg} (got {err.get('input')!r})"
 
 
-def _toml_value(value: Any) -> str:
+def _toml_value(value: Any, duration: bool = False) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
+    if duration and isinstance(value, float):
         return f'"{format_duration(value)}"'
-    if isinstance(value, int):
+    if isinstance(value, int | float):
         return str(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
@@ -222,7 +178,11 @@ def render_default_config() -> str:
         for key, field in type(section).model_fields.items():
             lines += _wrap(field.description or "")
             value = getattr(section, key)
-            shown = '"/path/of/your/choice"' if value is None else _toml_value(value)
+            shown = (
+                '"/path/of/your/choice"'
+                if value is None
+                else _toml_value(value, is_duration(field))
+            )
             lines.append(f"# {key} = {shown}")
         lines.append("")
     return "\n".join(lines)

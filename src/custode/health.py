@@ -1,8 +1,9 @@
 """A repository's health verdict and the reasons for it: a pure function of its state.
 
 ``broken``: git cannot read the repository as it is (missing HEAD, corrupt packed-refs,
-missing alternate); ``attention``: maintenance would help (thresholds come from the
-``[health]`` config); ``ok``: nothing to do. ``info`` reasons explain without judging.
+missing alternate); ``attention``: maintenance would help, by the thresholds of the
+``[maintenance]`` section that ``custode maintain`` plans with; ``ok``: nothing to do.
+``info`` reasons explain without judging.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from custode.config import HealthConfig
+from custode.maintenance.policy import MaintenancePolicy
 from custode.repostate import RepoState
 from custode.units import counted, format_bytes, format_duration
 
@@ -31,27 +32,15 @@ class Health:
     reasons: tuple[Reason, ...]
 
 
-def assess(state: RepoState, policy: HealthConfig, now: float) -> Health:
+def assess(state: RepoState, policy: MaintenancePolicy, now: float) -> Health:
     reasons: list[Reason] = [Reason("broken", p) for p in state.problems]
 
     def attention(text: str) -> None:
         reasons.append(Reason("attention", text))
 
-    if state.loose_objects > policy.loose_objects:
-        attention(f"{counted(state.loose_objects, 'loose object')} (> {policy.loose_objects:,})")
-    if state.packs > policy.packs:
-        attention(f"{counted(state.packs, 'pack')} (> {policy.packs:,})")
-    if state.loose_refs > policy.loose_refs:
-        attention(f"{counted(state.loose_refs, 'loose ref')} (> {policy.loose_refs:,})")
-    has_objects = state.packs > 0 or state.loose_objects > 0
-    if has_objects and state.refs > 0 and not state.commit_graph:
-        attention("no commit-graph")
-    if state.commit_graph_chain > policy.commit_graph_chain:
-        attention(
-            f"commit-graph chain of {state.commit_graph_chain} layers "
-            f"(> {policy.commit_graph_chain})"
-        )
-    stale = [t for t in state.temp_files if now - t.mtime > policy.stale_file_age]
+    for text in _needs_maintenance(state, policy):
+        attention(text)
+    stale = [t for t in state.temp_files if now - t.mtime > policy.stale_age(t.path)]
     if stale:
         oldest = max(now - t.mtime for t in stale)
         attention(
@@ -78,3 +67,32 @@ def assess(state: RepoState, policy: HealthConfig, now: float) -> Health:
     worst = max((_RANK[r.severity] for r in reasons), default=0)
     verdict: Verdict = ("ok", "attention", "broken")[worst]
     return Health(verdict, tuple(reasons))
+
+
+def _needs_maintenance(state: RepoState, policy: MaintenancePolicy) -> list[str]:
+    """What in the object store and refs crosses the ``[maintenance]`` thresholds."""
+    found: list[str] = []
+    if state.loose_objects > policy.loose_objects:
+        found.append(f"{counted(state.loose_objects, 'loose object')} (> {policy.loose_objects:,})")
+    if state.multi_pack_index:
+        packs, where = state.packs - state.midx_packs, " outside the multi-pack-index"
+        limit = policy.untracked_pack_limit(state.pack_bytes)
+    else:
+        packs, where = state.packs - state.cruft_packs - state.kept_packs, ""
+        limit = policy.pack_limit(state.pack_bytes)
+    if packs > limit:
+        found.append(
+            f"{counted(packs, 'pack')}{where} (> {limit:,} for {format_bytes(state.pack_bytes)})"
+        )
+    loose_refs = state.loose_refs - state.symbolic_refs
+    if loose_refs > (limit := policy.loose_ref_limit(state.packed_refs)):
+        found.append(f"{counted(loose_refs, 'loose ref')} (> {limit:,})")
+    has_objects = state.packs > 0 or state.loose_objects > 0
+    if has_objects and state.refs > 0 and not state.commit_graph:
+        found.append("no commit-graph")
+    if state.commit_graph_chain > policy.commit_graph_chain:
+        found.append(
+            f"commit-graph chain of {state.commit_graph_chain} layers "
+            f"(> {policy.commit_graph_chain})"
+        )
+    return found

@@ -47,6 +47,12 @@ class ObjectStore:
     cruft_packs: int = 0
     pack_bitmaps: int = 0
     newest_pack_mtime: float = 0.0
+    #: the mtime of the largest pack that is not a cruft pack: what the last full repack,
+    #: clone or gc wrote (a geometric repack rewrites it rarely); 0.0 with no such pack
+    base_pack_mtime: float = 0.0
+    base_pack_bytes: int = 0
+    #: the mtime of the oldest cruft pack, 0.0 with none
+    oldest_cruft_mtime: float = 0.0
     multi_pack_index: bool = False
     midx_packs: int = 0
     midx_bitmap: bool = False
@@ -167,7 +173,13 @@ class _Reader:
         s.largest_pack_bytes = max(s.largest_pack_bytes, files["pack"].st_size)
         s.newest_pack_mtime = max(s.newest_pack_mtime, files["pack"].st_mtime)
         s.kept_packs += "keep" in files
-        s.cruft_packs += "mtimes" in files
+        if "mtimes" in files:
+            s.cruft_packs += 1
+            mtime = files["pack"].st_mtime
+            s.oldest_cruft_mtime = min(s.oldest_cruft_mtime or mtime, mtime)
+        elif files["pack"].st_size >= s.base_pack_bytes:
+            s.base_pack_bytes = files["pack"].st_size
+            s.base_pack_mtime = files["pack"].st_mtime
         s.pack_bitmaps += "bitmap" in files
         if count is None:
             s.problems.append(f"pack index {base}.idx is unreadable or corrupt")

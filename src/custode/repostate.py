@@ -64,10 +64,15 @@ class RepoState:
     superproject: str | None
     worktrees: int
     prunable_worktrees: int
+    #: git prunes a dead worktree once its index is older than --expire (at once without
+    #: one): the oldest such index mtime, 0.0 when one has none (or no worktree is dead)
+    dead_worktree_mtime: float
     gc_log: bool  # git gc --auto left gc.log: its last background run failed
     size_bytes: int
     newest_mtime: float
     newest_pack_mtime: float
+    base_pack_mtime: float  # the largest non-cruft pack's: when the last full repack ran
+    oldest_cruft_mtime: float  # 0.0 without cruft packs
     fingerprint: str
     problems: tuple[str, ...] = field(default=())
 
@@ -177,10 +182,13 @@ def _assemble(
         superproject=str(repo.superproject) if repo.superproject else None,
         worktrees=rest.worktrees,
         prunable_worktrees=rest.prunable_worktrees,
+        dead_worktree_mtime=rest.dead_worktree_mtime,
         gc_log=rest.gc_log,
         size_bytes=objects.size_bytes + refs.size_bytes + rest.size_bytes,
         newest_mtime=max(objects.newest_mtime, refs.newest_mtime, rest.newest_mtime),
         newest_pack_mtime=objects.newest_pack_mtime,
+        base_pack_mtime=objects.base_pack_mtime,
+        oldest_cruft_mtime=objects.oldest_cruft_mtime,
         fingerprint=fingerprint,
         problems=tuple(problems),
     )
@@ -190,6 +198,7 @@ def _assemble(
 class _Rest:
     worktrees: int = 0
     prunable_worktrees: int = 0
+    dead_worktree_mtime: float = 0.0
     gc_log: bool = False
     size_bytes: int = 0
     newest_mtime: float = 0.0
@@ -240,11 +249,21 @@ def _read_worktrees(path: str, rest: _Rest, watch: Watch) -> None:
         try:
             target = (wt / "gitdir").read_text(encoding="utf-8", errors="replace").strip()
         except OSError:
-            rest.prunable_worktrees += 1
+            _dead_worktree(rest, None)
             continue
         watch.path(os.path.dirname(target))  # the worktree itself lives outside the git dir
         if not target or not os.path.exists(target):
-            rest.prunable_worktrees += 1
+            _dead_worktree(rest, wt / "index")
+
+
+def _dead_worktree(rest: _Rest, index: Path | None) -> None:
+    try:
+        mtime = index.stat().st_mtime if index else 0.0
+    except OSError:
+        mtime = 0.0
+    first = rest.prunable_worktrees == 0
+    rest.prunable_worktrees += 1
+    rest.dead_worktree_mtime = mtime if first else min(rest.dead_worktree_mtime, mtime)
 
 
 def link_borrowers(states: list[RepoState]) -> list[RepoState]:

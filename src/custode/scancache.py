@@ -27,7 +27,7 @@ from custode.discovery import Repository
 from custode.fsread import Watch
 from custode.repostate import RepoState
 
-FORMAT = 1
+FORMAT = 2
 RACY_NS = 2_000_000_000
 log = logging.getLogger(__name__)
 

@@ -57,6 +57,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX observations_latest ON observations (root, repository, id);
     CREATE INDEX runs_started ON runs (started_at);
     """,
+    """
+    CREATE INDEX repository_results_task ON repository_results (task, root, repository, started_at);
+    """,
 )
 
 
@@ -92,6 +95,16 @@ class RepositoryResult:
     started_at: str
     duration_s: float
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskHistory:
+    """The first and the latest result of one task in one repository (times: epoch s)."""
+
+    first: float
+    latest: float
+    outcome: str  # of the latest
+    details: dict[str, Any]  # of the latest
 
 
 @dataclass(frozen=True)
@@ -271,7 +284,21 @@ class StateDB:
             "WHERE task = ? AND outcome = 'ok' GROUP BY root, repository",
             (task,),
         )
-        return {(r[0], r[1]): datetime.fromisoformat(r[2]).timestamp() for r in rows}
+        return {(r[0], r[1]): _epoch(r[2]) for r in rows}
+
+    def task_history(self, task: str) -> dict[tuple[str, str], TaskHistory]:
+        """(root, repository) → the first and the latest result of ``task`` there."""
+        rows = self._conn.execute(
+            "SELECT r.root, r.repository, r.started_at, r.outcome, r.details, f.first "
+            "FROM repository_results r JOIN (SELECT MIN(started_at) AS first, "
+            "MAX(id) AS last FROM repository_results WHERE task = ? "
+            "GROUP BY root, repository) f ON r.id = f.last",
+            (task,),
+        )
+        return {
+            (r[0], r[1]): TaskHistory(_epoch(r[5]), _epoch(r[2]), r[3], json.loads(r[4]))
+            for r in rows
+        }
 
     def latest_fingerprints(self) -> dict[tuple[str, str], tuple[str, str]]:
         """(root, repository) → (fingerprint, verdict) of each repository's last observation.
@@ -329,6 +356,10 @@ class StateDB:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def _dumps(obj: dict[str, Any]) -> str:

@@ -1,13 +1,17 @@
 """``custode maintain``: plan and run what each repository needs.
 
-Not built yet (maintenance issue): the resource governor that adapts concurrency to the
-host's CPU, and skipping repositories unchanged since their last successful maintenance.
+The history database feeds the planner (when each repository was last fully repacked,
+first maintained, and its fingerprint after its last successful maintenance, so an
+unchanged repository is skipped) and receives every task's result plus one ``maintain``
+row per repository maintained.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +25,9 @@ from custode.cli.params import DURATION
 from custode.cli.scanning import scan_fleet
 from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
 from custode.git import Git
-from custode.maintenance.executor import ExecutionResult
+from custode.maintenance.executor import ExecutionResult, PackLimits
 from custode.maintenance.fleetrun import FleetRun, Governor, run_fleet
-from custode.maintenance.planner import Plan, plan
-from custode.maintenance.policy import MaintenancePolicy
+from custode.maintenance.planner import Plan, RepoHistory, plan
 from custode.repostate import RepoState
 from custode.state import RepositoryResult, StateDB
 from custode.units import format_bytes
@@ -65,19 +68,27 @@ def _record(app: App, pairs: list[tuple[RepoState, ExecutionResult]], failed: in
     try:
         with StateDB.open(app.state_dir() / "state.db") as db:
             run = db.begin_run("maintain")
-            rows = [
-                RepositoryResult(
-                    repository=s.relative,
-                    root=s.root,
-                    task=t.kind,
-                    outcome=t.outcome,
-                    started_at=datetime.fromtimestamp(r.started, UTC).isoformat(),
-                    duration_s=t.duration,
-                    details={"reason": t.reason, "message": t.message},
-                )
-                for s, r in pairs
-                for t in r.tasks
-            ]
+            rows = []
+            for s, r in pairs:
+                started = datetime.fromtimestamp(r.started, UTC).isoformat()
+                rows += [
+                    RepositoryResult(
+                        s.relative,
+                        s.root,
+                        t.kind,
+                        t.outcome,
+                        started,
+                        t.duration,
+                        {"reason": t.reason, "message": t.message},
+                    )
+                    for t in r.tasks
+                ]
+                if r.tasks:  # the repository's own row: the fingerprint skip reads it
+                    details = {"message": r.message, "fingerprint": r.fingerprint,
+                               "reclaimed_bytes": r.reclaimed}  # fmt: skip
+                    rows.append(RepositoryResult(
+                        s.relative, s.root, "maintain", r.outcome, started, r.duration, details
+                    ))  # fmt: skip
             db.record_results(run, rows)
             reclaimed = sum(r.reclaimed for _, r in pairs)
             summary = {"repositories": len(pairs), "failed": failed, "reclaimed_bytes": reclaimed}
@@ -86,13 +97,26 @@ def _record(app: App, pairs: list[tuple[RepoState, ExecutionResult]], failed: in
         app.warn(f"maintenance results not recorded in history: {exc}")
 
 
-def _last_full_repacks(app: App) -> dict[tuple[str, str], float]:
+def _history(app: App, use_fingerprints: bool) -> dict[tuple[str, str], RepoHistory]:
+    """What the planner needs from the history database, per (root, repository)."""
     try:
         with StateDB.open(app.state_dir() / "state.db") as db:
-            return db.last_task_times("full_repack")
+            full = db.last_task_times("full_repack")
+            runs = db.task_history("maintain")
     except CustodeError as exc:
-        app.warn(f"history unreadable, treating every repository as never fully repacked: {exc}")
+        app.warn(f"history unreadable, planning every repository afresh: {exc}")
         return {}
+    history: dict[tuple[str, str], RepoHistory] = {}
+    for key in full.keys() | runs.keys():
+        seen = runs.get(key)
+        ok = seen is not None and seen.outcome == "ok" and use_fingerprints
+        history[key] = RepoHistory(
+            last_full_repack=full.get(key),
+            first_seen=seen.first if seen else None,
+            last_success=seen.latest if seen and ok else None,
+            fingerprint=str(seen.details.get("fingerprint", "")) if seen and ok else "",
+        )
+    return history
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -100,8 +124,8 @@ def _last_full_repacks(app: App) -> dict[tuple[str, str], float]:
 @click.option("--dry-run", is_flag=True, help="Show the plan (each task and why); change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
-    "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
-    help="Repositories maintained at the same time.",
+    "--jobs", type=click.IntRange(1, 64), default=None,
+    help="Repositories maintained at the same time [default: maintenance.jobs, 0 = one per CPU].",
 )  # fmt: skip
 @click.option(
     "--budget",
@@ -112,9 +136,14 @@ def _last_full_repacks(app: App) -> dict[tuple[str, str], float]:
 @click.option(
     "--cpu-share",
     type=click.FloatRange(0.05, 1.0),
-    default=0.7,
-    show_default=True,
-    help="Start no further repository while the host's CPU use is above this share.",
+    default=None,
+    help="Start no further repository while the host's CPU use is above this share "
+    "[default: maintenance.cpu_share, 0.7].",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Plan every repository, also those unchanged since their last successful maintenance.",
 )
 @click.pass_obj
 def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
@@ -122,9 +151,10 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
     roots: tuple[Path, ...],
     dry_run: bool,
     as_json: bool,
-    jobs: int,
+    jobs: int | None,
     budget: float | None,
-    cpu_share: float,
+    cpu_share: float | None,
+    force: bool,
 ) -> None:
     """Clean up and optimise every repository under ROOTS that needs it.
 
@@ -139,11 +169,10 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
     version = git.check_version()
     found = scan_fleet(app, root_paths)
     now = time.time()
-    last_full = _last_full_repacks(app)
-    policy = MaintenancePolicy()
+    history = _history(app, use_fingerprints=not force)
+    policy = app.config.maintenance
     plans = [
-        (s, plan(s, policy, version, now, last_full.get((s.root, s.relative))))
-        for s in found.states
+        (s, plan(s, policy, version, now, history.get((s.root, s.relative)))) for s in found.states
     ]
     broken = [(s, p) for s, p in plans if s.problems]
     for state, p in broken:
@@ -153,8 +182,10 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
         _raise_for(0, len(broken), len(plans))
         return
     audit = AuditLog(app.state_dir() / "audit.jsonl")
-    governor = Governor(cpu_share)
-    outcome = _run(app, plans, git, audit, jobs=jobs, budget=budget, governor=governor)
+    governor = Governor(cpu_share or policy.cpu_share)
+    jobs = jobs or policy.jobs or os.cpu_count() or 1
+    outcome = _run(app, plans, git, audit, jobs=jobs, budget=budget, governor=governor,
+                   limits=PackLimits.of(policy))  # fmt: skip
     pairs = [(s, r) for s, _, r in outcome.results]
     failed = sum(1 for _, r in pairs if r.outcome == "failed")
     _record(app, pairs, failed)
@@ -166,19 +197,20 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
 
 def _run(
     app: App, plans: list[tuple[RepoState, Plan]], git: Git, audit: AuditLog, *, jobs: int,
-    budget: float | None, governor: Governor,
+    budget: float | None, governor: Governor, limits: PackLimits,
 ) -> FleetRun:  # fmt: skip
+    go = partial(
+        run_fleet, plans, git, audit, jobs=jobs, budget=budget, governor=governor, limits=limits
+    )
     if not app.interactive:
-        return run_fleet(plans, git, audit, jobs=jobs, budget=budget, governor=governor)
+        return go()
     with Progress(console=app.err, transient=True) as bar:
         task = bar.add_task("maintaining", total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        return run_fleet(
-            plans, git, audit, jobs=jobs, budget=budget, governor=governor, progress=progress
-        )
+        return go(progress=progress)
 
 
 def _raise_for(failed: int, broken: int, total: int) -> None:

@@ -115,7 +115,7 @@ def status(
     root_paths = app.roots(roots)
     result = scan_fleet(app, root_paths, rescan=rescan)
     now = time.time()
-    rows = [(s, assess(s, app.config.health, now)) for s in result.states]
+    rows = [(s, assess(s, app.config.maintenance, now)) for s in result.states]
     counts = {v: sum(1 for _, h in rows if h.verdict == v) for v in ("ok", "attention", "broken")}
     shown = [(s, h) for s, h in rows if h.verdict != "ok"] if problems_only else rows
     if rows:

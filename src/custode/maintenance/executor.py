@@ -49,6 +49,7 @@ from custode.maintenance.planner import (
     StaleFiles,
     Task,
 )
+from custode.maintenance.policy import MaintenancePolicy
 from custode.repolock import repository_lock
 from custode.repostate import inspect
 
@@ -68,6 +69,10 @@ class PackLimits:
 
     window_memory: int = 256 * MIB
     threads: int = max(1, min(4, (os.cpu_count() or 2) // 2))
+
+    @classmethod
+    def of(cls, policy: MaintenancePolicy) -> PackLimits:
+        return cls(policy.pack_window_memory, policy.pack_threads or cls.threads)
 
     def args(self) -> list[str]:
         return [f"--window-memory={self.window_memory}", f"--threads={self.threads}"]
@@ -92,6 +97,7 @@ class ExecutionResult:
     bytes_after: int
     started: float  # ``now`` as given
     duration: float  # seconds
+    fingerprint: str = ""  # the repository's, right after; "" when nothing ran
 
     @property
     def reclaimed(self) -> int:
@@ -146,11 +152,11 @@ class _Run:
         ).text
 
     def result(self, outcome: Outcome, message: str, before: int) -> ExecutionResult:
-        after = inspect(self.repo).size_bytes
+        after = inspect(self.repo)
         elapsed = time.monotonic() - self.started
         return ExecutionResult(
-            str(self.repo.path), outcome, message, tuple(self.outcomes), before, after,
-            self.now, elapsed,
+            str(self.repo.path), outcome, message, tuple(self.outcomes), before,
+            after.size_bytes, self.now, elapsed, after.fingerprint,
         )  # fmt: skip
 
     def skip_all(self, tasks: tuple[Task, ...], why: str) -> None:

@@ -14,6 +14,7 @@ alternates gets no bitmaps: git disables them when it cannot pack every object (
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
@@ -92,6 +93,16 @@ class Task:
 
 
 @dataclass(frozen=True)
+class RepoHistory:
+    """What the history database knows of one repository's maintenance (times: epoch s)."""
+
+    last_full_repack: float | None = None  # custode's last successful full repack
+    first_seen: float | None = None  # custode's first maintenance of it on record
+    last_success: float | None = None  # its last maintenance in which nothing failed
+    fingerprint: str = ""  # the repository's fingerprint right after that maintenance
+
+
+@dataclass(frozen=True)
 class Plan:
     """What one repository needs, in execution order; ``skipped_reason`` iff no task."""
 
@@ -106,15 +117,24 @@ def plan(
     policy: MaintenancePolicy,
     git: GitVersion,
     now: float,
-    last_full_repack: float | None = None,
+    history: RepoHistory | None = None,
 ) -> Plan:
     """The maintenance ``state`` needs under ``policy`` with ``git``, at time ``now``.
 
-    ``last_full_repack`` (a timestamp, from the history) paces full repacks; None means
-    none is known, so one is due.
+    ``history`` skips a repository unchanged since its last successful maintenance (for
+    ``policy.revisit_after``) and paces full repacks; with none on record, the age of the
+    largest pack stands for the time since the last one (a full repack, gc or clone wrote
+    it), so a repository fresh from a push or clone is not rewritten whole at first sight.
     """
     if state.problems:
         return Plan(state.path, skipped_reason="left untouched: " + "; ".join(state.problems))
+    h = history or RepoHistory()
+    timed = state.temp_files or state.prunable_worktrees  # may become stale with no change
+    if h.last_success is not None and h.fingerprint == state.fingerprint and not timed:
+        age = now - h.last_success
+        if 0 <= age <= policy.revisit_after:
+            why = f"unchanged since its last maintenance {_dur(age)} ago"
+            return Plan(state.path, skipped_reason=f"nothing to do: {why}")
     notes: list[str] = []
     if state.borrowed_by:
         notes.append(f"objects borrowed by {_names(state.borrowed_by)}: never pruned")
@@ -128,7 +148,7 @@ def plan(
     else:
         tasks += refs
     gc = _held(state, "gc.pid", policy.stale_gc_pid_age, now)
-    objects = _objects(state, policy, git, now, last_full_repack)
+    objects = _objects(state, policy, git, now, h)
     graph = _commit_graph(state, policy, git, objects)
     if gc and (objects or graph):
         notes.append(f"git gc is running (gc.pid {gc} old): objects are left to it")
@@ -145,18 +165,18 @@ def _cleanup(s: RepoState, p: MaintenancePolicy, now: float) -> list[Task]:
     tasks: list[Task] = []
     ages = {"lock": p.stale_lock_age, "temporary file": p.stale_temp_age}
     ages["gc.pid"] = p.stale_gc_pid_age
-    stale = [t for t in s.temp_files if now - t.mtime > ages[_class(t.path)]]
+    stale = [t for t in s.temp_files if now - t.mtime > p.stale_age(t.path)]
     if stale:
         counts = Counter(_class(t.path) for t in stale)
         parts = [f"{_n(n, c)} older than {_dur(ages[c])}" for c, n in sorted(counts.items())]
         oldest = _dur(max(now - t.mtime for t in stale))
         reason = f"stale: {', '.join(parts)} (oldest {oldest}), too old for a running git to own"
         tasks.append(Task("remove_stale_files", reason, StaleFiles(tuple(stale))))
-    if s.prunable_worktrees > 0:
-        age = _dur(p.worktree_prune_age)
+    idle = now - s.dead_worktree_mtime
+    if s.prunable_worktrees > 0 and idle > p.worktree_prune_age:
         reason = (
-            f"{_n(s.prunable_worktrees, 'dead worktree')} (directory gone); "
-            f"git prunes only those unused for more than {age}"
+            f"{_n(s.prunable_worktrees, 'dead worktree')} (directory gone), one unused for "
+            f"{_dur(idle)} > {_dur(p.worktree_prune_age)}"
         )
         tasks.append(Task("prune_worktrees", reason, PruneWorktrees(p.worktree_prune_age)))
     return tasks
@@ -174,7 +194,7 @@ def _refs(s: RepoState, p: MaintenancePolicy) -> list[Task]:
 
 
 def _objects(
-    s: RepoState, p: MaintenancePolicy, git: GitVersion, now: float, last_full: float | None
+    s: RepoState, p: MaintenancePolicy, git: GitVersion, now: float, h: RepoHistory
 ) -> list[Task]:
     if s.packs <= 0 and s.loose_objects <= 0:
         return []
@@ -185,9 +205,11 @@ def _objects(
     no_bitmap = bitmaps and repackable > 0 and s.pack_bitmaps <= 0 and not s.midx_bitmap
     loose = s.loose_objects > p.loose_objects
     loose_why = f"{s.loose_objects:,} loose objects > {p.loose_objects:,}"
-    age = None if last_full is None else now - last_full
-    due = age is None or age > p.full_repack_cooldown
-    since = "no full repack on record" if age is None else f"last full repack {_dur(age)} ago"
+    age, since = _since_full_repack(s, h, now)
+    due = age > p.full_repack_cooldown
+    cruft_age = now - s.oldest_cruft_mtime if s.cruft_packs > 0 < s.oldest_cruft_mtime else 0.0
+    expire = p.cruft_expiration is not None and not s.borrowed_by
+    cruft_due = expire and cruft_age > (p.cruft_expiration or 0.0) and due
     size = f"{s.pack_bytes / MIB:,.1f} MiB of packs"
     untracked = s.packs - s.midx_packs if s.multi_pack_index else repackable
     ulimit, limit = p.untracked_pack_limit(s.pack_bytes), p.pack_limit(s.pack_bytes)
@@ -198,6 +220,7 @@ def _objects(
     rules: list[tuple[bool, str, str]] = [  # the first that applies decides
         (s.packs <= 0 and loose, "full", f"{loose_why} and no pack yet"),
         (repackable > 1 and due, "full", f"{packs}, {cooldown}"),
+        (cruft_due, "full", f"cruft pack {_dur(cruft_age)} old: its expired objects go"),
         (old and repackable > limit, "full", f"{packs} > {limit} for {size} (git {git})"),
         (old and no_bitmap and due, "full", f"no reachability bitmap, {since}"),
         (no_midx, "geometric", f"{packs} and no multi-pack-index"),
@@ -223,6 +246,21 @@ def _objects(
         why = f"{out}; git {git} cannot write the multi-pack-index while repacking"
         tasks.append(Task("write_midx", why))
     return tasks
+
+
+def _since_full_repack(s: RepoState, h: RepoHistory, now: float) -> tuple[float, str]:
+    """How long since the last full repack, and how that is known."""
+    if h.last_full_repack is not None:
+        age = now - h.last_full_repack
+        return age, f"last full repack {_dur(age)} ago"
+    # a fresh push or clone is one well-packed pack: time to full repack is measured from
+    # it, or from custode's first visit if earlier (git freshens a pack's mtime on writes)
+    known = [(t, what) for t, what in ((s.base_pack_mtime, "largest pack written"),
+             (h.first_seen or 0.0, "first maintained")) if t > 0]  # fmt: skip
+    if not known:
+        return math.inf, "no full repack on record"
+    base, what = min(known)
+    return now - base, f"no full repack on record, {what} {_dur(max(now - base, 0))} ago"
 
 
 def _full(s: RepoState, p: MaintenancePolicy, git: GitVersion, why: str) -> Task:
