@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,6 +309,24 @@ def test_nice_and_ionice_prefix(tmp_path: Path) -> None:
     Git(str(_fake_git(tmp_path, body)), nice=5, ionice="idle").run(["version"], repo=None)
     assert int((tmp_path / "out" / "nice").read_text()) == min(os.nice(0) + 5, 19)
     assert (tmp_path / "out" / "ionice").read_text().strip() in ("idle", "none: prio 0")
+
+
+def test_lowering_the_process_drops_the_wrappers_and_git_inherits(tmp_path: Path) -> None:
+    """In a child interpreter (the test runner keeps its priority): after
+    lower_own_priority, git starts without wrappers and still runs at nice/ionice."""
+    fake = _fake_git(tmp_path, 'nice > "$OUT/nice"; ionice -p $$ > "$OUT/ionice"')
+    code = (
+        "import sys, threading\n"
+        "from custode.git import Git\n"
+        f"git = Git({str(fake)!r}, nice=10, ionice='best-effort')\n"
+        "git.lower_own_priority()\n"
+        "assert git.command_line(['version'])[0] == git.executable(), git.command_line(['version'])\n"
+        "t = threading.Thread(target=git.run, args=(['count-objects'],), kwargs={'repo': None})\n"
+        "t.start(); t.join()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert int((tmp_path / "out" / "nice").read_text()) == max(os.nice(0), 10)
+    assert (tmp_path / "out" / "ionice").read_text().strip() == "best-effort: prio 7"
 
 
 def test_from_config() -> None:

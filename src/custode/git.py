@@ -27,7 +27,10 @@ refused; trusted, ``-c safe.directory`` names it (honoured from git 2.38) and th
 transfer's source, for the git processes that still check.
 
 Each git runs in its own process group under ``nice``/``ionice`` when available; a timeout
-or an interrupt kills the whole group (SIGTERM, then SIGKILL after a grace).
+or an interrupt kills the whole group (SIGTERM, then SIGKILL after a grace). Commands that
+start many gits call ``lower_own_priority`` first: the process itself then runs at that
+priority, which every thread and child inherits, and no wrapper process is needed (two
+fewer execs per git, 1.5 ms each).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+import psutil
 
 from custode.errors import GitError, GitNotFoundError, GitRefusedError, GitTimeoutError
 from custode.gitpolicy import ALLOWLIST, HARDENING, check, positionals
@@ -168,6 +173,22 @@ class Git:
         if ionice != "none" and (tool := shutil.which("ionice")):  # -t: run even if refused
             self._prefix += [tool, "-t", "-c", "3"] if ionice == "idle" else [
                 tool, "-t", "-c", "2", "-n", "7"]  # fmt: skip
+
+    def lower_own_priority(self) -> None:
+        """Lower the calling thread to the runner's nice/ionice, for itself, the threads it
+        starts and every git from then on; call it from the main thread before any other
+        thread starts. Where the kernel refuses, the wrappers stay."""
+        try:
+            if self.nice:
+                now = os.getpriority(os.PRIO_PROCESS, 0)
+                os.setpriority(os.PRIO_PROCESS, 0, max(now, self.nice))
+            if self.ionice == "idle":
+                psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
+            elif self.ionice == "best-effort":
+                psutil.Process().ionice(psutil.IOPRIO_CLASS_BE, 7)
+        except (OSError, psutil.Error, AttributeError):  # AttributeError: not Linux
+            return
+        self._prefix = []
 
     @classmethod
     def from_config(cls, cfg: GitConfig) -> Git:

@@ -55,6 +55,10 @@ def repository_lock(git_dir: Path, purpose: str) -> Iterator[int]:
                 f"cannot lock {git_dir}: {exc.strerror}; custode needs write access to the "
                 "repository to maintain it"
             ) from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise RepositoryError(
+                f"{git_dir} is gone (deleted or moved since it was found); nothing was done"
+            ) from None
         raise RepositoryError(f"cannot lock {git_dir}: {exc.strerror}") from None
     try:
         try:

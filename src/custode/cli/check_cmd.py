@@ -115,6 +115,7 @@ def check(app: App, roots: tuple[Path, ...], full: bool, as_json: bool) -> None:
     started = time.monotonic()
     root_paths = app.roots(roots)
     git = Git.from_config(app.config.git)
+    git.lower_own_priority()  # custode too yields to the clients, before any thread starts
     git.check_version()
     found = scan_fleet(app, root_paths)
     pairs: list[Pair] = []

@@ -166,6 +166,7 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
     started = time.monotonic()
     root_paths = app.roots(roots)
     git = Git.from_config(app.config.git)
+    git.lower_own_priority()  # custode too yields to the clients, before any thread starts
     version = git.check_version()
     found = scan_fleet(app, root_paths)
     now = time.time()

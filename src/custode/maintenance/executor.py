@@ -40,6 +40,7 @@ from typing import Literal
 from custode.audit import AuditLog
 from custode.discovery import Repository
 from custode.errors import GitError
+from custode.fsread import read_prefix
 from custode.git import Git
 from custode.maintenance.planner import (
     CommitGraph,
@@ -109,6 +110,7 @@ class RefSnapshot:
     head: str  # "ref:<target>" or an object id, "" if unreadable
     refs: dict[str, str]  # name -> object id
     symrefs: dict[str, str]  # name -> target
+    verified: bool = False  # every object in ``refs`` was found when it was taken
 
 
 def execute(
@@ -186,15 +188,8 @@ class _Run:
             if done.outcome == "failed" and task.kind in OBJECT_TASKS:
                 object_failure = f"{task.kind}: {done.message}"
             dropped = dropped or (task.drops_unreachable and done.outcome != "skipped")
-        try:
-            refs_after = snapshot(self.git, self.repo.git_dir, (self.lock_fd,))
-            loss = compare(refs_before, refs_after, self.missing, dropped)
-            if not loss and dropped and (problem := self.connectivity()):
-                loss = [f"connectivity check failed after maintenance: {problem}"]
-        except GitError as exc:
-            loss = [f"refs could not be checked after maintenance: {_line(exc)}"]
-        if loss:
-            return self.result("failed", "DATA SAFETY CHECK FAILED: " + "; ".join(loss), before)
+        if problem := self.check_after(refs_before, dropped):
+            return self.result("failed", problem, before)
         failed = [o for o in self.outcomes if o.outcome == "failed"]
         if failed:
             return self.result("failed", f"{failed[0].kind} failed: {failed[0].message}", before)
@@ -202,6 +197,19 @@ class _Run:
             return self.result("skipped", "every task was skipped", before)
         ran = sum(o.outcome == "ok" for o in self.outcomes)
         return self.result("ok", f"{ran} task{'s' if ran != 1 else ''} done, refs intact", before)
+
+    def check_after(self, refs_before: RefSnapshot, dropped: bool) -> str:
+        """'' when the refs and their objects survived (the module docstring's rule)."""
+        if not os.path.isdir(self.repo.git_dir):
+            return "the repository was deleted or moved during maintenance; nothing left to check"
+        try:
+            refs_after = snapshot(self.git, self.repo.git_dir, (self.lock_fd,), verify=True)
+            loss = compare(refs_before, refs_after, self.missing, dropped)
+            if not loss and dropped and (problem := self.connectivity()):
+                loss = [f"connectivity check failed after maintenance: {problem}"]
+        except GitError as exc:
+            loss = [f"refs could not be checked after maintenance: {_line(exc)}"]
+        return "DATA SAFETY CHECK FAILED: " + "; ".join(loss) if loss else ""
 
     def connectivity(self) -> str:
         """'' when every object reachable from refs, reflogs and the index exists.
@@ -234,8 +242,12 @@ class _Run:
             outcome, message = self.dispatch(task)
         except GitError as exc:
             outcome, message = "failed", _line(exc)
+            if any(m in f"{exc} {exc.stderr}" for m in _DISK_FULL):
+                message = _disk_full(message, self.repo.git_dir)
         except OSError as exc:
             outcome, message = "failed", f"{exc.strerror or exc} ({exc.filename or ''})"
+            if exc.errno == errno.ENOSPC:
+                message = _disk_full(message, self.repo.git_dir)
         done = TaskOutcome(task.kind, task.reason, outcome, time.monotonic() - start, message)
         if self.audit is not None:
             details = {"reason": task.reason, "outcome": outcome, "message": message,
@@ -324,13 +336,23 @@ def _ago(seconds: float) -> str:
 # --------------------------------------------------------------------------- refs
 
 
-def snapshot(git: Git, git_dir: Path, pass_fds: tuple[int, ...] = ()) -> RefSnapshot:
-    """Every ref with its object id, the symbolic refs' targets, and HEAD."""
-    out = git.run(
-        ["for-each-ref", "--format=%(objectname) %(refname) %(symref)"],
-        repo=git_dir,
-        pass_fds=pass_fds,
-    ).text
+def snapshot(
+    git: Git, git_dir: Path, pass_fds: tuple[int, ...] = (), *, verify: bool = False
+) -> RefSnapshot:
+    """Every ref with its object id, the symbolic refs' targets, and HEAD (read from its
+    file, as git does). With ``verify`` the listing also reads each ref's object type, so
+    a ref pointing at a missing object fails it; then the plain listing is returned,
+    unverified, and ``compare`` asks the object store which objects are missing."""
+    fields = "%(objectname) %(refname) %(symref)"
+    out = None
+    if verify:
+        listed = git.run(["for-each-ref", f"--format=%(objecttype) {fields}"], repo=git_dir,
+                         pass_fds=pass_fds, check=False)  # fmt: skip
+        if listed.returncode == 0:
+            out = "".join(line.partition(" ")[2] + "\n" for line in listed.text.splitlines())
+    verified = out is not None
+    if out is None:
+        out = git.run(["for-each-ref", f"--format={fields}"], repo=git_dir, pass_fds=pass_fds).text
     refs: dict[str, str] = {}
     symrefs: dict[str, str] = {}
     for line in out.splitlines():
@@ -339,13 +361,14 @@ def snapshot(git: Git, git_dir: Path, pass_fds: tuple[int, ...] = ()) -> RefSnap
         refs[name] = oid
         if target:
             symrefs[name] = target
-    head = git.run(["symbolic-ref", "-q", "HEAD"], repo=git_dir, check=False, pass_fds=pass_fds)
-    if head.returncode == 0:
-        return RefSnapshot("ref:" + head.text.strip(), refs, symrefs)
-    detached = git.run(
-        ["rev-parse", "-q", "--verify", "HEAD"], repo=git_dir, check=False, pass_fds=pass_fds
-    )
-    return RefSnapshot(detached.text.strip(), refs, symrefs)
+    try:
+        head = read_prefix(str(git_dir / "HEAD"), 4096).decode("utf-8", "replace")
+    except OSError:
+        head = ""
+    head = head.split("\n", 1)[0].strip()
+    if head.startswith("ref:"):
+        head = "ref:" + head[4:].strip()
+    return RefSnapshot(head, refs, symrefs, verified)
 
 
 def compare(
@@ -362,7 +385,8 @@ def compare(
         if after.symrefs.get(name) != target:
             now = after.symrefs.get(name) or after.refs.get(name) or "gone"
             problems.append(f"symbolic ref {name} -> {target} is now {now}")
-    gone = missing(set(before.refs.values()) | set(after.refs.values()))
+    current, earlier = set(after.refs.values()), set(before.refs.values())
+    gone = missing(earlier - current if after.verified else earlier | current)
     for name, oid in sorted(after.refs.items()):
         if oid in gone:
             problems.append(f"{name} points at missing object {oid}")
@@ -429,6 +453,18 @@ def _remove_one(git_dir: Path, rel: str, mtime: float, now: float) -> str | None
         return None
     finally:
         os.close(fd)
+
+
+_DISK_FULL = ("No space left on device", "Out of diskspace")  # strerror, git's own words
+
+
+def _disk_full(message: str, git_dir: Path) -> str:
+    if not any(m in message for m in _DISK_FULL):
+        message += " (No space left on device)"
+    return (
+        f"{message}: free disk space on the filesystem holding {git_dir} and run custode "
+        "maintain again (git wrote to temporary files first: nothing was lost)"
+    )
 
 
 def _line(exc: GitError) -> str:
