@@ -70,7 +70,10 @@ def test_released_on_exit_and_on_error(git_dir: Path) -> None:
 def test_vanished_repository(tmp_path: Path) -> None:
     gone = tmp_path / "gone.git"
     with (
-        pytest.raises(RepositoryError, match=r"cannot lock .*gone\.git: No such file"),
+        pytest.raises(
+            RepositoryError,
+            match=r"gone\.git is gone \(deleted or moved since it was found\); nothing was done",
+        ),
         repository_lock(gone, "maintain"),
     ):
         pass
