@@ -1,0 +1,1 @@
+"""Backup and restore: git-native, encrypted, verified backups of the fleet."""

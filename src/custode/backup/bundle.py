@@ -1,0 +1,197 @@
+"""Git-native backup files: refs captured at one moment, and a bundle of the objects they
+need beyond a parent backup, with the pack index beside it for restores at copy speed.
+
+Capture: one ``for-each-ref`` gives every ref with its object id (symbolic refs with their
+targets); HEAD is read from its file. The objects come from ``pack-objects --revs`` fed the
+captured ids, not ref names, so a push landing meanwhile cannot slip into (or out of) the
+backup: it is exactly the captured state. ``^<oid>`` lines exclude a parent backup's tips
+that still exist here (one a force-push or a deleted branch made unreachable is simply not
+excluded, so the chain never depends on a vanished object). The pack is not thin: it holds
+no delta against an object outside it, so it can be installed as it is.
+
+The bundle is git's own format (gitformat-bundle: ``# v2 git bundle`` for SHA-1, ``# v3``
+with ``@object-format=sha256``), the prerequisites being the excluded tips, then the pack
+bytes; plain ``git fetch``/``git clone`` read it (the disaster-recovery path). custode
+restores faster: the pack is copied out of the bundle beside its stored ``.idx`` into
+``objects/pack/`` (no ``index-pack`` hashing every object), then the refs are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from custode.errors import IntegrityError
+from custode.fsread import read_prefix
+from custode.git import Git
+
+_SYMREF = "ref:"
+
+
+@dataclass(frozen=True)
+class Refs:
+    """A repository's refs at one moment."""
+
+    head: str  # "ref:refs/heads/main", an object id (detached), or "" (unreadable)
+    refs: dict[str, str]  # name -> object id
+    symrefs: dict[str, str] = field(default_factory=dict)  # name -> target (not HEAD)
+
+    def tips(self) -> set[str]:
+        return set(self.refs.values())
+
+    def to_json(self) -> dict[str, object]:
+        return {"head": self.head, "refs": self.refs, "symrefs": self.symrefs}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Refs:
+        head, refs, symrefs = data.get("head"), data.get("refs"), data.get("symrefs", {})
+        if not isinstance(head, str) or not isinstance(refs, dict) or not isinstance(symrefs, dict):
+            raise IntegrityError("refs record is malformed (head, refs, symrefs)")
+        return cls(head, {str(k): str(v) for k, v in refs.items()},
+                   {str(k): str(v) for k, v in symrefs.items()})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PackFiles:
+    """A written bundle and the index of the pack inside it."""
+
+    bundle: Path
+    index: Path
+    pack_name: str  # pack-<hash>: the name its .pack/.idx take in objects/pack
+    header_bytes: int  # where the pack starts inside the bundle
+    prerequisites: tuple[str, ...]
+
+
+def capture(git: Git, git_dir: Path) -> Refs:
+    """Every ref with its object id, symbolic refs with their targets, and HEAD."""
+    out = git.run(
+        ["for-each-ref", "--format=%(objectname) %(refname) %(symref)"], repo=git_dir
+    ).text
+    refs: dict[str, str] = {}
+    symrefs: dict[str, str] = {}
+    for line in out.splitlines():
+        oid, _, rest = line.partition(" ")
+        name, _, target = rest.partition(" ")
+        if target:
+            symrefs[name] = target
+        else:
+            refs[name] = oid
+    try:
+        head = read_prefix(str(git_dir / "HEAD"), 4096).decode("utf-8", "replace")
+    except OSError:
+        head = ""
+    head = head.split("\n", 1)[0].strip()
+    if head.startswith(_SYMREF):
+        head = _SYMREF + head[len(_SYMREF) :].strip()
+    return Refs(head, refs, symrefs)
+
+
+def existing_commits(git: Git, git_dir: Path, oids: set[str]) -> set[str]:
+    """Which of ``oids`` the repository has as commits (a bundle's prerequisites must be
+    commits; an excluded tag's objects are simply sent again, they are few)."""
+    if not oids:
+        return set()
+    data = "".join(f"{oid}\n" for oid in sorted(oids)).encode()
+    fmt = "--batch-check=%(objectname) %(objecttype)"
+    out = git.run(["cat-file", fmt], repo=git_dir, input=data).text
+    return {oid for oid, _, kind in (line.partition(" ") for line in out.splitlines())
+            if kind == "commit"}  # fmt: skip
+
+
+def write_bundle(
+    git: Git, git_dir: Path, refs: Refs, exclude: set[str], out_dir: Path, *, object_format: str
+) -> PackFiles | None:
+    """Write ``bundle`` and ``index`` into ``out_dir`` for ``refs`` minus what ``exclude``
+    reaches (only tips the repository still has are used); None when no object is new.
+    A tip the parent already had is in the chain: it is not sent again."""
+    tips = sorted(refs.tips() - exclude)
+    if not tips:
+        return None
+    have = sorted(existing_commits(git, git_dir, exclude))
+    revs = "".join(f"{oid}\n" for oid in tips) + "".join(f"^{oid}\n" for oid in have)
+    base = out_dir / "pack"
+    done = git.run(
+        ["pack-objects", "--revs", "--delta-base-offset", "--quiet", str(base)],
+        repo=git_dir, input=revs.encode(),
+    ).text.strip()  # fmt: skip
+    pack, index = Path(f"{base}-{done}.pack"), Path(f"{base}-{done}.idx")
+    if _pack_objects(pack) == 0:
+        pack.unlink()
+        index.unlink()
+        return None
+    header = _header(refs, have, object_format)
+    bundle = out_dir / "bundle"
+    with bundle.open("wb") as out, pack.open("rb") as src:
+        out.write(header)
+        shutil.copyfileobj(src, out, 1 << 20)
+    pack.unlink()
+    final_index = out_dir / "index"
+    os.replace(index, final_index)
+    return PackFiles(bundle, final_index, f"pack-{done}", len(header), tuple(have))
+
+
+def _header(refs: Refs, prerequisites: list[str], object_format: str) -> bytes:
+    lines = ["# v2 git bundle"] if object_format == "sha1" else [
+        "# v3 git bundle", f"@object-format={object_format}"]  # fmt: skip
+    lines += [f"-{oid}" for oid in prerequisites]
+    lines += [f"{oid} {name}" for name, oid in sorted(refs.refs.items())]
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _pack_objects(pack: Path) -> int:
+    with pack.open("rb") as f:
+        head = f.read(12)
+    if len(head) < 12 or head[:4] != b"PACK":
+        raise IntegrityError(f"{pack} is not a pack")
+    return int.from_bytes(head[8:12], "big")
+
+
+def install_pack(
+    bundle: Path, header_bytes: int, index: Path, pack_name: str, git_dir: Path
+) -> None:
+    """Copy the pack out of ``bundle`` and its ``index`` into ``git_dir``'s objects/pack
+    (the index last, so git never sees an index without its pack)."""
+    pack_dir = git_dir / "objects" / "pack"
+    with bundle.open("rb") as src:
+        src.seek(header_bytes)
+        if src.read(4) != b"PACK":
+            raise IntegrityError(f"{bundle}: no pack at byte {header_bytes}")
+        src.seek(header_bytes)
+        _copy_into(src, pack_dir / f"{pack_name}.pack")
+    with index.open("rb") as src:
+        _copy_into(src, pack_dir / f"{pack_name}.idx")
+
+
+def _copy_into(src: BinaryIO, dest: Path) -> None:
+    tmp = dest.with_name(f"tmp_{dest.name}")
+    with tmp.open("wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, dest)
+
+
+def write_refs(git: Git, git_dir: Path, refs: Refs) -> None:
+    """Set every ref of ``refs`` (then pack them) and HEAD in the restored repository."""
+    lines = "".join(f"update {name} {oid}\n" for name, oid in sorted(refs.refs.items()))
+    if lines:
+        git.run(["update-ref", "--stdin"], repo=git_dir, input=lines.encode())
+    for name, target in sorted(refs.symrefs.items()):
+        git.run(["symbolic-ref", name, target], repo=git_dir)
+    if refs.head.startswith(_SYMREF):
+        git.run(["symbolic-ref", "HEAD", refs.head[len(_SYMREF) :]], repo=git_dir)
+    elif refs.head:
+        git.run(["update-ref", "--no-deref", "HEAD", refs.head], repo=git_dir)
+    git.run(["pack-refs", "--all", "--prune"], repo=git_dir)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,300 @@
+"""Where encrypted backup files live: one small interface, a local directory implementation.
+
+Keys are '/'-separated relative strings (``hosts/web1/repos/org/a.git/<id>/pack.age``).
+Every store gives these guarantees:
+
+* Atomic writes: a reader sees the whole file or nothing, never a partial one.
+* Never rewritten in place: ``put`` refuses a key that already exists.
+* Concurrent writers are safe: of two writers racing on one key exactly one wins; the
+  other gets an "already exists" error and the content stays whole.
+* Hostile-store hardening (``LocalStore``): symlinks inside the store are never followed
+  (every path step is opened relative to its parent with ``O_NOFOLLOW``), ``list`` does not
+  descend into them, and keys cannot escape the root. A failed write (disk full included)
+  leaves no temp file and no partial key behind.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import unquote, urlsplit
+
+from custode.errors import PathNotFoundError, StateError, UsageError
+
+TMP_PREFIX = ".tmp-"
+MAX_KEY_LEN = 1024
+_CHUNK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a valid store key, else raise ``UsageError`` saying why."""
+    why = ""
+    if not key:
+        why = "it is empty"
+    elif len(key) > MAX_KEY_LEN:
+        why = f"it is longer than {MAX_KEY_LEN} characters"
+    elif "\\" in key or "\0" in key:
+        why = "it contains a backslash or NUL"
+    elif key.startswith("/"):
+        why = "it is absolute"
+    elif any(seg in ("", ".", "..") for seg in key.split("/")):
+        why = "it has an empty, '.' or '..' segment"
+    elif any(seg.startswith(TMP_PREFIX) for seg in key.split("/")):
+        why = f"a segment starts with {TMP_PREFIX!r}, reserved for temp files"
+    if why:
+        raise UsageError(f"invalid store key {key!r}: {why}; use a relative '/'-separated key")
+    return key
+
+
+class Store(Protocol):
+    """A place for backup files. See the module docstring for the guarantees."""
+
+    url: str
+
+    def put(self, key: str, src: Path) -> None: ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str, dst: BinaryIO) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def size(self, key: str) -> int | None: ...
+    def list(self, prefix: str) -> Iterator[str]: ...
+    def delete(self, key: str) -> None: ...
+
+
+class LocalStore:
+    """A store in a local directory: files 0o600, directories 0o700."""
+
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        self.root = Path(os.path.abspath(root))
+        self.url = self.root.as_uri()
+        if not self.root.exists() and create:
+            try:
+                self.root.mkdir(mode=0o700, parents=True)
+            except OSError as e:
+                raise PathNotFoundError(
+                    f"cannot create store directory {self.root}: {e.strerror}; "
+                    "create it or choose another path"
+                ) from e
+        if not self.root.exists():
+            raise PathNotFoundError(
+                f"store directory {self.root} does not exist; create it or choose another path"
+            )
+        if not self.root.is_dir():
+            raise PathNotFoundError(
+                f"store path {self.root} is not a directory; choose a directory for the store"
+            )
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PathNotFoundError(
+                f"store directory {self.root} is not writable; fix its permissions "
+                "(chmod u+rwx) or choose another path"
+            )
+
+    # -- path walking: every step relative to its parent fd, never through a symlink -----
+
+    def _walk(self, key: str, *, create: bool) -> tuple[int | None, str]:
+        """Open the directory holding ``key``; return (fd, file name), fd None if missing."""
+        *dirs, name = check_key(key).split("/")
+        fd = os.open(self.root, _DIR_FLAGS)
+        try:
+            for seg in dirs:
+                if create:
+                    with suppress(FileExistsError):
+                        os.mkdir(seg, 0o700, dir_fd=fd)
+                        os.fsync(fd)
+                try:
+                    nfd = os.open(seg, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    os.close(fd)
+                    return None, name
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise StateError(
+                            f"store key {key!r} in {self.url} crosses {seg!r}, which is a "
+                            "symlink or not a directory; remove it from the store"
+                        ) from e
+                    raise
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, name
+
+    def _open_key(self, key: str) -> int | None:
+        fd, name = self._walk(key, create=False)
+        if fd is None:
+            return None
+        try:
+            kfd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StateError(
+                    f"store key {key!r} in {self.url} is a symlink; remove it from the store"
+                ) from e
+            raise
+        finally:
+            os.close(fd)
+        if not stat.S_ISREG(os.fstat(kfd).st_mode):
+            os.close(kfd)
+            raise StateError(f"store key {key!r} in {self.url} is not a regular file")
+        return kfd
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def put(self, key: str, src: Path) -> None:
+        try:
+            f = open(src, "rb")  # noqa: SIM115  (closed below, after the copy)
+        except OSError as e:
+            raise PathNotFoundError(f"cannot read {src}: {e.strerror}; check the path") from e
+
+        def write(out: BinaryIO) -> None:
+            while chunk := f.read(_CHUNK):
+                out.write(chunk)
+
+        with f:
+            self._put(key, write)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        def write(out: BinaryIO) -> None:
+            out.write(data)
+
+        self._put(key, write)
+
+    def _put(self, key: str, write: Callable[[BinaryIO], None]) -> None:
+        fd: int | None = None
+        tmp = ""
+        try:
+            fd, name = self._walk(key, create=True)
+            assert fd is not None  # noqa: S101  (create=True makes every directory)
+            if _lexists(name, fd):  # cheap early refusal; os.link below is the real guard
+                raise StateError(self._exists_msg(key))
+            tmp = TMP_PREFIX + secrets.token_hex(8)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            with os.fdopen(os.open(tmp, flags, 0o600, dir_fd=fd), "wb") as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(tmp, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+            except FileExistsError as e:
+                raise StateError(self._exists_msg(key)) from e
+            os.fsync(fd)
+        except OSError as e:
+            if e.errno in _NO_SPACE:
+                raise StateError(
+                    f"store {self.url} is out of space writing {key!r}; free space and retry"
+                ) from e
+            raise
+        finally:
+            if fd is not None:
+                if tmp:
+                    with suppress(FileNotFoundError):
+                        os.unlink(tmp, dir_fd=fd)
+                os.close(fd)
+
+    def _exists_msg(self, key: str) -> str:
+        return (
+            f"store key {key!r} already exists in {self.url}; backups are never rewritten "
+            "in place, write a new key"
+        )
+
+    def delete(self, key: str) -> None:
+        fd, name = self._walk(key, create=False)
+        if fd is None:
+            return
+        try:
+            with suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=fd)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, key: str, dst: BinaryIO) -> None:
+        kfd = self._open_key(key)
+        if kfd is None:
+            raise StateError(f"store key {key!r} not found in {self.url}")
+        with os.fdopen(kfd, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                dst.write(chunk)
+
+    def get_bytes(self, key: str) -> bytes:
+        kfd = self._open_key(key)
+        if kfd is None:
+            raise StateError(f"store key {key!r} not found in {self.url}")
+        with os.fdopen(kfd, "rb") as f:
+            return f.read()
+
+    def size(self, key: str) -> int | None:
+        kfd = self._open_key(key)
+        if kfd is None:
+            return None
+        try:
+            return os.fstat(kfd).st_size
+        finally:
+            os.close(kfd)
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Every key starting with ``prefix`` (a string prefix, as in S3), sorted."""
+        base = prefix.rpartition("/")[0]
+        try:
+            fd = (
+                self._walk(f"{base}/x", create=False)[0] if base else os.open(self.root, _DIR_FLAGS)
+            )
+        except StateError:
+            return  # the prefix crosses a symlink: nothing under it is part of the store
+        if fd is None:
+            return
+        found: builtins.list[str] = []
+        self._scan(fd, base + "/" if base else "", found)
+        yield from sorted(k for k in found if k.startswith(prefix))
+
+    def _scan(self, fd: int, at: str, found: builtins.list[str]) -> None:
+        try:
+            with os.scandir(fd) as it:
+                entries = [
+                    (e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False))
+                    for e in it
+                ]
+            for name, is_dir, is_file in entries:
+                if name.startswith(TMP_PREFIX) or "\\" in name:
+                    continue
+                if is_file:
+                    found.append(at + name)
+                elif is_dir:
+                    with suppress(OSError):
+                        sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                        self._scan(sub, at + name + "/", found)
+        finally:
+            os.close(fd)
+
+
+def _lexists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def open_store(url: str) -> Store:
+    """A store for a plain path or ``file://`` URL; other schemes are a usage error."""
+    if "://" not in url:
+        return LocalStore(Path(url))
+    parts = urlsplit(url)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
+        return LocalStore(Path(unquote(parts.path)))
+    if parts.scheme == "s3":
+        raise UsageError(f"store {url}: S3 stores are not supported yet; use a local directory")
+    raise UsageError(f"store {url}: unsupported URL; use a directory path or a file:// URL")
