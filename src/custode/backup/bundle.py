@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from custode.errors import IntegrityError
-from custode.fsread import read_prefix
 from custode.git import Git
-
-_SYMREF = "ref:"
+from custode.refsnapshot import SYMREF_PREFIX as _SYMREF
+from custode.refsnapshot import snapshot
 
 
 @dataclass(frozen=True)
@@ -68,26 +67,8 @@ class PackFiles:
 
 def capture(git: Git, git_dir: Path) -> Refs:
     """Every ref with its object id, symbolic refs with their targets, and HEAD."""
-    out = git.run(
-        ["for-each-ref", "--format=%(objectname) %(refname) %(symref)"], repo=git_dir
-    ).text
-    refs: dict[str, str] = {}
-    symrefs: dict[str, str] = {}
-    for line in out.splitlines():
-        oid, _, rest = line.partition(" ")
-        name, _, target = rest.partition(" ")
-        if target:
-            symrefs[name] = target
-        else:
-            refs[name] = oid
-    try:
-        head = read_prefix(str(git_dir / "HEAD"), 4096).decode("utf-8", "replace")
-    except OSError:
-        head = ""
-    head = head.split("\n", 1)[0].strip()
-    if head.startswith(_SYMREF):
-        head = _SYMREF + head[len(_SYMREF) :].strip()
-    return Refs(head, refs, symrefs)
+    snap = snapshot(git, git_dir)
+    return Refs(snap.head, snap.direct(), snap.symrefs)
 
 
 def existing_commits(git: Git, git_dir: Path, oids: set[str]) -> set[str]:

@@ -40,7 +40,6 @@ from typing import Literal
 from custode.audit import AuditLog
 from custode.discovery import Repository
 from custode.errors import GitError
-from custode.fsread import read_prefix
 from custode.git import Git
 from custode.maintenance.planner import (
     CommitGraph,
@@ -51,6 +50,7 @@ from custode.maintenance.planner import (
     Task,
 )
 from custode.maintenance.policy import MaintenancePolicy
+from custode.refsnapshot import RefSnapshot, snapshot
 from custode.repolock import repository_lock
 from custode.repostate import inspect
 
@@ -103,14 +103,6 @@ class ExecutionResult:
     @property
     def reclaimed(self) -> int:
         return self.bytes_before - self.bytes_after
-
-
-@dataclass(frozen=True)
-class RefSnapshot:
-    head: str  # "ref:<target>" or an object id, "" if unreadable
-    refs: dict[str, str]  # name -> object id
-    symrefs: dict[str, str]  # name -> target
-    verified: bool = False  # every object in ``refs`` was found when it was taken
 
 
 def execute(
@@ -334,41 +326,6 @@ def _ago(seconds: float) -> str:
 
 
 # --------------------------------------------------------------------------- refs
-
-
-def snapshot(
-    git: Git, git_dir: Path, pass_fds: tuple[int, ...] = (), *, verify: bool = False
-) -> RefSnapshot:
-    """Every ref with its object id, the symbolic refs' targets, and HEAD (read from its
-    file, as git does). With ``verify`` the listing also reads each ref's object type, so
-    a ref pointing at a missing object fails it; then the plain listing is returned,
-    unverified, and ``compare`` asks the object store which objects are missing."""
-    fields = "%(objectname) %(refname) %(symref)"
-    out = None
-    if verify:
-        listed = git.run(["for-each-ref", f"--format=%(objecttype) {fields}"], repo=git_dir,
-                         pass_fds=pass_fds, check=False)  # fmt: skip
-        if listed.returncode == 0:
-            out = "".join(line.partition(" ")[2] + "\n" for line in listed.text.splitlines())
-    verified = out is not None
-    if out is None:
-        out = git.run(["for-each-ref", f"--format={fields}"], repo=git_dir, pass_fds=pass_fds).text
-    refs: dict[str, str] = {}
-    symrefs: dict[str, str] = {}
-    for line in out.splitlines():
-        oid, _, rest = line.partition(" ")
-        name, _, target = rest.partition(" ")
-        refs[name] = oid
-        if target:
-            symrefs[name] = target
-    try:
-        head = read_prefix(str(git_dir / "HEAD"), 4096).decode("utf-8", "replace")
-    except OSError:
-        head = ""
-    head = head.split("\n", 1)[0].strip()
-    if head.startswith("ref:"):
-        head = "ref:" + head[4:].strip()
-    return RefSnapshot(head, refs, symrefs, verified)
 
 
 def compare(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from custode.git import FEATURES, GitVersion
-from custode.maintenance.policy import MIB, MaintenancePolicy
+from custode.maintenance.policy import MIB, MaintenancePolicy, stale_kind
 from custode.objectstore import TempFile
 from custode.repostate import RepoState
 from custode.units import format_duration as _dur
@@ -163,11 +163,10 @@ def plan(
 
 def _cleanup(s: RepoState, p: MaintenancePolicy, now: float) -> list[Task]:
     tasks: list[Task] = []
-    ages = {"lock": p.stale_lock_age, "temporary file": p.stale_temp_age}
-    ages["gc.pid"] = p.stale_gc_pid_age
     stale = [t for t in s.temp_files if now - t.mtime > p.stale_age(t.path)]
     if stale:
-        counts = Counter(_class(t.path) for t in stale)
+        counts = Counter(stale_kind(t.path) for t in stale)
+        ages = {stale_kind(t.path): p.stale_age(t.path) for t in stale}
         parts = [f"{_n(n, c)} older than {_dur(ages[c])}" for c, n in sorted(counts.items())]
         oldest = _dur(max(now - t.mtime for t in stale))
         reason = f"stale: {', '.join(parts)} (oldest {oldest}), too old for a running git to own"
@@ -317,13 +316,6 @@ def _held(s: RepoState, path: str, age: float, now: float) -> str:
     """How old ``path`` is if it exists and is not stale (a running git holds it), else ''."""
     ages = [now - t.mtime for t in s.temp_files if t.path == path and not now - t.mtime > age]
     return _dur(max(0.0, min(ages))) if ages else ""
-
-
-def _class(path: str) -> str:
-    name = path.rsplit("/", 1)[-1]
-    if name == "gc.pid":
-        return "gc.pid"
-    return "lock" if name.endswith(".lock") else "temporary file"
 
 
 def _has(git: GitVersion, feature: str) -> bool:

@@ -185,10 +185,10 @@ class MaintenancePolicy(Section):
 
     def stale_age(self, path: str) -> float:
         """How old the lock or temporary file ``path`` must be to be stale."""
-        name = path.rsplit("/", 1)[-1]
-        if name == "gc.pid":
+        kind = stale_kind(path)
+        if kind == "gc.pid":
             return self.stale_gc_pid_age
-        return self.stale_lock_age if name.endswith(".lock") else self.stale_temp_age
+        return self.stale_lock_age if kind == "lock" else self.stale_temp_age
 
     def untracked_pack_limit(self, pack_bytes: int) -> int:
         """Packs outside the multi-pack-index tolerated for ``pack_bytes`` of packs."""
@@ -201,6 +201,14 @@ class MaintenancePolicy(Section):
     def loose_ref_limit(self, packed_refs: int) -> int:
         """Loose refs tolerated beside ``packed_refs`` packed ones."""
         return _scaled(self.loose_refs_min, packed_refs, self.loose_refs_growth)
+
+
+def stale_kind(path: str) -> str:
+    """What a lock or temporary file is, for its stale age: gc.pid, lock, temporary file."""
+    name = path.rsplit("/", 1)[-1]
+    if name == "gc.pid":
+        return "gc.pid"
+    return "lock" if name.endswith(".lock") else "temporary file"
 
 
 def _scaled(minimum: int, value: float, growth: float) -> int:
