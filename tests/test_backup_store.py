@@ -16,13 +16,19 @@ import pytest
 from custode.backup.store import LocalStore, Store, check_key, open_store
 from custode.errors import ExitCode, PathNotFoundError, StateError, UsageError
 
-STORE_KINDS = ["local"]  # add "s3" here once an S3 store exists
+STORE_KINDS = ["local", "s3"]
 
 
 @pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "local":
         return LocalStore(tmp_path / "store")
+    if request.param == "s3":  # a fresh bucket on a local moto server (tests/fixtures/s3server.py)
+        from custode.backup.s3store import S3Store
+
+        server = request.getfixturevalue("s3_env")
+        bucket = request.getfixturevalue("s3_bucket")
+        return S3Store(f"s3://{bucket}/backups", endpoint_url=server.endpoint)
     raise AssertionError(request.param)
 
 
@@ -328,7 +334,12 @@ def test_open_store_plain_path_and_file_url(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("url", "match"),
-    [("s3://bucket/prefix", "S3 stores are not supported yet"), ("ftp://h/x", "unsupported")],
+    [
+        ("ftp://h/x", "unsupported"),
+        ("s3://", "invalid S3 URL"),
+        ("s3://bucket/a/../b", "invalid store key"),
+        ("s3://bucket/p?x=1", "invalid S3 URL"),
+    ],
 )
 def test_open_store_rejects_other_schemes(url: str, match: str) -> None:
     with pytest.raises(UsageError, match=match) as e:

@@ -1,5 +1,7 @@
 """Where encrypted backup files live: one small interface, a local directory implementation.
 
+``open_store`` also opens S3-compatible stores (``s3store.S3Store``, loaded only when used).
+
 Keys are '/'-separated relative strings (``hosts/web1/repos/org/a.git/<id>/pack.age``).
 Every store gives these guarantees:
 
@@ -288,13 +290,20 @@ def _lexists(name: str, dir_fd: int) -> bool:
     return True
 
 
-def open_store(url: str) -> Store:
-    """A store for a plain path or ``file://`` URL; other schemes are a usage error."""
+def open_store(url: str, *, s3_endpoint: str | None = None, s3_region: str | None = None) -> Store:
+    """A store for a plain path, a ``file://`` or an ``s3://BUCKET[/PREFIX]`` URL.
+
+    ``s3_endpoint`` and ``s3_region`` override the AWS environment and config for S3.
+    """
     if "://" not in url:
         return LocalStore(Path(url))
     parts = urlsplit(url)
     if parts.scheme == "file" and parts.netloc in ("", "localhost"):
         return LocalStore(Path(unquote(parts.path)))
     if parts.scheme == "s3":
-        raise UsageError(f"store {url}: S3 stores are not supported yet; use a local directory")
-    raise UsageError(f"store {url}: unsupported URL; use a directory path or a file:// URL")
+        from custode.backup.s3store import S3Store  # noqa: PLC0415  (boto3 only when used)
+
+        return S3Store(url, endpoint_url=s3_endpoint, region=s3_region)
+    raise UsageError(
+        f"store {url}: unsupported URL; use a directory path, a file:// or an s3:// URL"
+    )
