@@ -42,6 +42,7 @@ def _backup(repo: Path, out: Path, parent: Refs | None, fmt: str) -> tuple[Refs,
 def _restore_by_copy(chain: list[PackFiles], refs: Refs, dest: Path, fmt: str) -> None:
     run_git(None, "init", "-q", "--bare", f"--object-format={fmt}", dest)
     for files in chain:
+        assert files.index is not None
         install_pack(files.bundle, files.header_bytes, files.index, files.pack_name, dest)
     write_refs(GIT, dest, refs)
 
@@ -65,7 +66,8 @@ def test_an_incremental_chain_restores_exactly_by_copy_and_by_plain_git(
     refs2, inc = _backup(repo, tmp_path / "b2", refs1, fmt)
     assert inc is not None and inc.prerequisites
     state2 = _state(repo)
-    assert _backup(repo, tmp_path / "b3", refs2, fmt)[1] is None  # nothing new: no bundle
+    same = _backup(repo, tmp_path / "b3", refs2, fmt)[1]  # nothing new: refs over an empty pack
+    assert same is not None and same.index is None and same.pack_name == ""
 
     for label, chain, refs, state in (("at-1", [full], refs1, state1),
                                       ("at-2", [full, inc], refs2, state2)):  # fmt: skip

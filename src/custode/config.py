@@ -75,6 +75,63 @@ class StateConfig(Section):
     )
 
 
+class BackupConfig(Section):
+    store: str | None = Field(
+        default=None,
+        description="Where backups go: a directory, a file:// URL, or s3://BUCKET/PREFIX "
+        "(default: $XDG_DATA_HOME/custode/backups).",
+    )
+    recipients: list[str] = Field(
+        default_factory=list,
+        description="age public keys (age1...) backups are encrypted to. The host needs no "
+        "secret to back up. Default: the public key of the identity file below, which is "
+        "generated on first use if it does not exist.",
+    )
+    identity: Path | None = Field(
+        default=None,
+        description="The age identity (secret key) file used to restore and verify "
+        "(default: $XDG_CONFIG_HOME/custode/identity.txt). Keep a copy somewhere else.",
+    )
+    host: str | None = Field(
+        default=None,
+        description="The name of this host in the store, so several hosts can share one "
+        "(default: the host name).",
+    )
+    full_every: int = Field(
+        default=30, ge=1,
+        description="Start a new chain with a full backup after this many incremental ones "
+        "(bounds restore time).",
+    )  # fmt: skip
+    full_after: Duration = Field(
+        default=30 * 86400.0,
+        description="Start a new chain with a full backup once the chain's first is this old.",
+    )
+    jobs: int = Field(
+        default=0, ge=0, description="Repositories backed up or restored at once (0: one per CPU)."
+    )
+    scratch: Path | None = Field(
+        default=None,
+        description="Where bundles are written before encryption (default: "
+        "$XDG_STATE_HOME/custode/scratch); needs room for the largest repository.",
+    )
+    s3_endpoint: str | None = Field(
+        default=None,
+        description="S3 endpoint URL for s3:// stores other than AWS (else AWS_ENDPOINT_URL).",
+    )
+    s3_region: str | None = Field(
+        default=None, description="S3 region for s3:// stores (else AWS_REGION)."
+    )
+    keep_last: int = Field(default=0, ge=-1, description="forget: keep the last N snapshots.")
+    keep_hourly: int = Field(default=0, ge=-1, description="forget: keep N hourly snapshots.")
+    keep_daily: int = Field(default=14, ge=-1, description="forget: keep N daily snapshots.")
+    keep_weekly: int = Field(default=8, ge=-1, description="forget: keep N weekly snapshots.")
+    keep_monthly: int = Field(default=12, ge=-1, description="forget: keep N monthly snapshots.")
+    keep_yearly: int = Field(default=0, ge=-1, description="forget: keep N yearly snapshots.")
+    keep_within: Duration = Field(
+        default=0.0, description="forget: keep every snapshot this close to the newest."
+    )
+
+
 class Config(Section):
     roots: list[Path] = Field(
         default_factory=list,
@@ -85,6 +142,7 @@ class Config(Section):
     git: GitConfig = Field(default_factory=GitConfig)
     maintenance: MaintenancePolicy = Field(default_factory=MaintenancePolicy)
     state: StateConfig = Field(default_factory=StateConfig)
+    backup: BackupConfig = Field(default_factory=BackupConfig)
 
 
 def load_config(path: Path, *, required: bool) -> Config:
@@ -178,11 +236,8 @@ def render_default_config() -> str:
         for key, field in type(section).model_fields.items():
             lines += _wrap(field.description or "")
             value = getattr(section, key)
-            shown = (
-                '"/path/of/your/choice"'
-                if value is None
-                else _toml_value(value, is_duration(field))
-            )
+            placeholder = '"/path/of/your/choice"' if "Path" in str(field.annotation) else '"..."'
+            shown = placeholder if value is None else _toml_value(value, is_duration(field))
             lines.append(f"# {key} = {shown}")
         lines.append("")
     return "\n".join(lines)

@@ -59,8 +59,8 @@ class PackFiles:
     """A written bundle and the index of the pack inside it."""
 
     bundle: Path
-    index: Path
-    pack_name: str  # pack-<hash>: the name its .pack/.idx take in objects/pack
+    index: Path | None  # None: the pack holds no object (only the refs changed)
+    pack_name: str  # pack-<hash>: the name its .pack/.idx take in objects/pack ("" if empty)
     header_bytes: int  # where the pack starts inside the bundle
     prerequisites: tuple[str, ...]
 
@@ -72,11 +72,12 @@ def capture(git: Git, git_dir: Path) -> Refs:
 
 
 def existing_commits(git: Git, git_dir: Path, oids: set[str]) -> set[str]:
-    """Which of ``oids`` the repository has as commits (a bundle's prerequisites must be
-    commits; an excluded tag's objects are simply sent again, they are few)."""
+    """The commits ``oids`` name (tags peeled) that the repository still has: a bundle's
+    prerequisites must be commits; an excluded tag object is simply sent again, it is small,
+    but the history under it is not."""
     if not oids:
         return set()
-    data = "".join(f"{oid}\n" for oid in sorted(oids)).encode()
+    data = "".join(f"{oid}^{{}}\n" for oid in sorted(oids)).encode()
     fmt = "--batch-check=%(objectname) %(objecttype)"
     out = git.run(["cat-file", fmt], repo=git_dir, input=data).text
     return {oid for oid, _, kind in (line.partition(" ") for line in out.splitlines())
@@ -86,33 +87,48 @@ def existing_commits(git: Git, git_dir: Path, oids: set[str]) -> set[str]:
 def write_bundle(
     git: Git, git_dir: Path, refs: Refs, exclude: set[str], out_dir: Path, *, object_format: str
 ) -> PackFiles | None:
-    """Write ``bundle`` and ``index`` into ``out_dir`` for ``refs`` minus what ``exclude``
-    reaches (only tips the repository still has are used); None when no object is new.
-    A tip the parent already had is in the chain: it is not sent again."""
+    """Write ``bundle`` (and ``index``) into ``out_dir`` for ``refs`` minus what ``exclude``
+    reaches (only tips the repository still has are used). A tip the parent already had is
+    in the chain: it is not sent again. With no new object the bundle still records the
+    refs (a deleted branch), over an empty pack and without index; None when there is no
+    ref at all (an empty repository)."""
+    if not refs.refs:
+        return None
     tips = sorted(refs.tips() - exclude)
-    if not tips:
-        return None
     have = sorted(existing_commits(git, git_dir, exclude))
-    revs = "".join(f"{oid}\n" for oid in tips) + "".join(f"^{oid}\n" for oid in have)
-    base = out_dir / "pack"
-    done = git.run(
-        ["pack-objects", "--revs", "--delta-base-offset", "--quiet", str(base)],
-        repo=git_dir, input=revs.encode(),
-    ).text.strip()  # fmt: skip
-    pack, index = Path(f"{base}-{done}.pack"), Path(f"{base}-{done}.idx")
-    if _pack_objects(pack) == 0:
-        pack.unlink()
-        index.unlink()
-        return None
     header = _header(refs, have, object_format)
     bundle = out_dir / "bundle"
-    with bundle.open("wb") as out, pack.open("rb") as src:
+    pack = index = None
+    if tips:
+        revs = "".join(f"{oid}\n" for oid in tips) + "".join(f"^{oid}\n" for oid in have)
+        base = out_dir / "pack"
+        done = git.run(
+            ["pack-objects", "--revs", "--delta-base-offset", "--quiet", str(base)],
+            repo=git_dir, input=revs.encode(),
+        ).text.strip()  # fmt: skip
+        pack, index = Path(f"{base}-{done}.pack"), Path(f"{base}-{done}.idx")
+        if _pack_objects(pack) == 0:
+            pack.unlink()
+            index.unlink()
+            pack = index = None
+    with bundle.open("wb") as out:
         out.write(header)
-        shutil.copyfileobj(src, out, 1 << 20)
-    pack.unlink()
+        if pack is None:
+            out.write(_empty_pack(object_format))
+        else:
+            with pack.open("rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            pack.unlink()
+    if index is None or pack is None:
+        return PackFiles(bundle, None, "", len(header), tuple(have))
     final_index = out_dir / "index"
     os.replace(index, final_index)
-    return PackFiles(bundle, final_index, f"pack-{done}", len(header), tuple(have))
+    return PackFiles(bundle, final_index, pack.stem, len(header), tuple(have))
+
+
+def _empty_pack(object_format: str) -> bytes:
+    body = b"PACK" + (2).to_bytes(4, "big") + (0).to_bytes(4, "big")
+    return body + hashlib.new(object_format, body).digest()
 
 
 def _header(refs: Refs, prerequisites: list[str], object_format: str) -> bytes:

@@ -24,6 +24,11 @@ COMMANDS = {
     "doctor": "custode.cli.doctor_cmd:doctor",
     "maintain": "custode.cli.maintain_cmd:maintain",
     "check": "custode.cli.check_cmd:check",
+    "backup": "custode.cli.backup_cmd:backup",
+    "snapshots": "custode.cli.snapshots_cmd:snapshots",
+    "restore": "custode.cli.restore_cmd:restore",
+    "verify": "custode.cli.verify_cmd:verify_cmd",
+    "forget": "custode.cli.forget_cmd:forget",
 }
 
 

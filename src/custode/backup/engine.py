@@ -1,0 +1,266 @@
+"""Back up one repository into a store: refs at one moment, the bundle of what is new since
+the parent backup, the non-object files and LFS objects, then the manifest (data first).
+
+* Nothing changed (same refs, same files, same LFS objects) → no new file at all: the
+  snapshot points at the parent's manifest again.
+* Refs changed → one new bundle, excluding the parent's tips that still exist (a deleted
+  branch or a force-push only shrinks the exclusion; nothing usable → a full bundle).
+* The chain is cut (a full bundle) once it is ``full_every`` bundles long or its first
+  bundle is older than ``full_after``: restore time stays bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from custode.backup.bundle import Refs, capture, write_bundle
+from custode.backup.crypto import Recipient
+from custode.backup.extras import build_tar, lfs_objects
+from custode.backup.manifest import (
+    Entry,
+    FileRef,
+    Link,
+    RepoManifest,
+    Snapshot,
+    backup_prefix,
+    id_time,
+    lfs_key,
+    new_id,
+    repo_prefix,
+    salted_digest,
+)
+from custode.backup.store import Store
+from custode.backup.streams import put_bytes, put_file
+from custode.errors import CustodeError, IntegrityError, StateError
+from custode.git import Git
+
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    host: str
+    recipients: Sequence[Recipient]
+    scratch: Path
+    full_every: int = 30  # bundles in a chain before a full one
+    full_after: float = 30 * 86400.0  # seconds since the chain's first bundle
+
+
+@dataclass
+class RepoBackup:
+    repository: str
+    root: str
+    outcome: str  # "new", "unchanged" or "failed"
+    manifest: RepoManifest | None = None
+    full: bool = False
+    bytes_added: int = 0
+    files_added: int = 0
+    seconds: float = 0.0
+    message: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def manifests_by_repo(store: Store, host: str) -> dict[str, list[str]]:
+    """Every manifest key under the host, grouped by repository directory, oldest first."""
+    out: dict[str, list[str]] = {}
+    for key in store.list(f"hosts/{host}/repos/"):
+        if key.endswith("/manifest.json"):
+            repo_dir = key.rsplit("/", 2)[0] + "/"
+            out.setdefault(repo_dir, []).append(key)
+    return out
+
+
+def read_manifest(store: Store, key: str) -> RepoManifest:
+    return RepoManifest.from_bytes(store.get_bytes(key), key)
+
+
+def latest_usable(
+    store: Store, keys: list[str], repository: str, warn: Warn
+) -> RepoManifest | None:
+    """The newest manifest of ``repository`` that reads cleanly (a damaged one is skipped)."""
+    for key in reversed(keys):
+        try:
+            manifest = read_manifest(store, key)
+        except (IntegrityError, StateError) as exc:
+            warn(f"{repository}: ignoring an unusable earlier backup: {exc}")
+            continue
+        if manifest.repository == repository:
+            return manifest
+    return None
+
+
+def backup_repository(
+    store: Store, git: Git, settings: BackupSettings, *, repository: str, root: str,
+    git_dir: Path, bare: bool, object_format: str, manifests: list[str],
+) -> RepoBackup:  # fmt: skip
+    """Back up one repository; failures come back as a ``failed`` result, never raised."""
+    started = time.monotonic()
+    result = RepoBackup(repository, root, "failed")
+    work = settings.scratch / f"{repository.replace('/', '_')[:60]}-{new_id()}"
+    try:
+        work.mkdir(parents=True)
+        _backup(store, git, settings, result, git_dir, bare, object_format, manifests, work)
+    except CustodeError as exc:
+        result.outcome, result.message = "failed", exc.message
+    except OSError as exc:
+        result.outcome = "failed"
+        result.message = f"{exc.strerror or exc} ({exc.filename or git_dir})"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        result.seconds = time.monotonic() - started
+    return result
+
+
+def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
+    store: Store, git: Git, settings: BackupSettings, result: RepoBackup, git_dir: Path,
+    bare: bool, object_format: str, manifests: list[str], work: Path,
+) -> None:  # fmt: skip
+    if not git_dir.is_dir():
+        raise StateError(f"{git_dir} is gone (deleted or moved since it was found)")
+    repository, host = result.repository, settings.host
+    parent = latest_usable(store, manifests, repository, result.warnings.append)
+    if parent is not None and (parent.object_format != object_format or parent.bare != bare):
+        parent = None
+    refs = capture(git, git_dir)
+    tar = build_tar(git_dir)
+    lfs = lfs_objects(git_dir)
+    if parent is not None and _unchanged(parent, refs, tar, lfs):
+        result.outcome, result.manifest = "unchanged", parent
+        return
+    now = datetime.now(UTC)
+    backup_id = new_id(now)
+    own = backup_prefix(host, repository, backup_id)
+    chain: list[Link] = list(parent.chain) if parent else []
+    refs_changed = parent is None or salted_digest(parent.backup_id, refs.to_json()) != (
+        parent.refs_digest
+    )
+    if refs_changed:
+        full = parent is None or _chain_is_long(chain, settings, now)
+        if full:
+            chain = []
+        exclude = set() if full or parent is None else set(parent.tips)
+        files = write_bundle(git, git_dir, refs, exclude, work, object_format=object_format)
+        if files is None:  # no ref at all: nothing to bundle, nothing earlier is needed
+            chain = []
+        else:
+            bundle = _put(store, own + "bundle.age", files.bundle, settings, work, result)
+            index = None
+            if files.index is not None:
+                index = _put(store, own + "index.age", files.index, settings, work, result)
+            chain.append(Link(backup_id, bundle, index, files.pack_name, files.header_bytes,
+                              _objects(files.index), files.prerequisites))  # fmt: skip
+        result.full = len(chain) <= 1
+    refs_file = put_bytes(store, own + "refs.age", _refs_bytes(refs), settings.recipients)
+    result.bytes_added += refs_file.size
+    files_digest = salted_digest(backup_id, tar.hex())
+    if parent is not None and salted_digest(parent.backup_id, tar.hex()) == parent.files_digest:
+        files_ref = parent.files
+    else:
+        files_ref = put_bytes(store, own + "files.age", tar, settings.recipients)
+        result.bytes_added += files_ref.size
+        result.files_added += 1
+    known = parent.lfs_oids() if parent else {}
+    lfs_refs = []
+    for oid, path in sorted(lfs.items()):
+        key = lfs_key(host, oid)
+        ref = known.get(oid) or _stored(store, key)
+        lfs_refs.append(ref or _put(store, key, path, settings, work, result))
+    manifest = RepoManifest(
+        host, repository, backup_id, now.isoformat(timespec="seconds"),
+        parent.backup_id if parent else None, object_format, bare,
+        tuple(sorted(refs.tips())), salted_digest(backup_id, refs.to_json()),
+        len(refs.refs) + len(refs.symrefs), refs_file, files_ref, files_digest, tuple(chain),
+        tuple(lfs_refs),
+    )  # fmt: skip
+    data = manifest.to_bytes()
+    store.put_bytes(manifest.manifest_key, data)  # last: the backup exists from here on
+    result.bytes_added += len(data)
+    result.outcome, result.manifest = "new", manifest
+
+
+def write_snapshot(
+    store: Store, host: str, created: datetime, results: Sequence[RepoBackup]
+) -> Snapshot | None:
+    """Group one run's repository backups into a snapshot, written last: it is visible only
+    once every file it needs is stored. None when no repository was backed up."""
+    entries = tuple(
+        Entry(r.repository, r.root, r.manifest.manifest_key)
+        for r in results
+        if r.manifest is not None
+    )
+    if not entries:
+        return None
+    failed = {r.repository: r.message for r in results if r.outcome == "failed"}
+    finished = datetime.now(UTC).isoformat(timespec="seconds")
+    snap = Snapshot(host, new_id(created), created.isoformat(timespec="seconds"), finished,
+                    entries, failed)  # fmt: skip
+    store.put_bytes(snap.key, snap.to_bytes())
+    return snap
+
+
+def _unchanged(parent: RepoManifest, refs: Refs, tar: bytes, lfs: dict[str, Path]) -> bool:
+    salt = parent.backup_id
+    return (
+        salted_digest(salt, refs.to_json()) == parent.refs_digest
+        and salted_digest(salt, tar.hex()) == parent.files_digest
+        and set(lfs) == set(parent.lfs_oids())
+    )
+
+
+def _stored(store: Store, key: str) -> FileRef | None:
+    """The record of an LFS object another repository already stored (hashed as it is)."""
+    if store.size(key) is None:
+        return None
+    data = store.get_bytes(key)
+    return FileRef(key, len(data), hashlib.sha256(data).hexdigest())
+
+
+def _chain_is_long(chain: list[Link], settings: BackupSettings, now: datetime) -> bool:
+    if not chain:
+        return True
+    if len(chain) >= settings.full_every:
+        return True
+    return (now - id_time(chain[0].backup_id)).total_seconds() >= settings.full_after
+
+
+def _put(  # noqa: PLR0917
+    store: Store, key: str, src: Path, settings: BackupSettings, work: Path, result: RepoBackup
+) -> FileRef:
+    ref = put_file(store, key, src, settings.recipients, work)
+    result.bytes_added += ref.size
+    result.files_added += 1
+    return ref
+
+
+def _objects(index: Path | None) -> int:
+    """The object count of a pack index (v2: fan-out table's last entry)."""
+    if index is None:
+        return 0
+    with index.open("rb") as f:
+        head = f.read(8 + 256 * 4)
+    if head[:4] != b"\xfftOc" or len(head) < 8 + 256 * 4:
+        raise IntegrityError(f"{index} is not a version 2 pack index")
+    return int.from_bytes(head[-4:], "big")
+
+
+def _refs_bytes(refs: Refs) -> bytes:
+    return (json.dumps(refs.to_json(), sort_keys=True, indent=1) + "\n").encode()
+
+
+__all__ = [
+    "BackupSettings",
+    "RepoBackup",
+    "backup_repository",
+    "latest_usable",
+    "manifests_by_repo",
+    "read_manifest",
+    "repo_prefix",
+    "write_snapshot",
+]

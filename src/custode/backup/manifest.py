@@ -1,0 +1,363 @@
+"""Plaintext, versioned, checksummed records of what the store holds, and where.
+
+Store layout (every key under ``hosts/<host>/``, so several hosts share one store)::
+
+    hosts/<host>/repos/<repo-key>/<backup-id>/manifest.json   one repository backup
+    hosts/<host>/repos/<repo-key>/<backup-id>/{bundle,index,refs,files}.age
+    hosts/<host>/lfs/<oid[:2]>/<oid>.age                        LFS objects, shared
+    hosts/<host>/snapshots/<snapshot-id>.json                    one run, written last
+    hosts/<host>/locks/<lock-id>.json                            running backup / prune
+
+A repository manifest lists the whole chain of bundles a restore needs, oldest first,
+each with the size and SHA-256 of its stored (encrypted) file: restoring needs exactly
+one manifest, and retention knows every file a kept snapshot depends on. Ref names stay
+encrypted (``refs.age``); the manifest carries only the tips' object ids (what the next
+incremental backup excludes, readable without the secret key) and a digest of the refs,
+salted with the backup id, to tell whether anything changed.
+
+Manifests and snapshots are JSON with a ``checksum`` over their canonical form, and are
+validated field by field on reading: a store is treated as possibly hostile, so every key
+a manifest names must be a plain relative key inside its own host's namespace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from custode.backup.store import check_key
+from custode.errors import IntegrityError, UsageError
+
+MANIFEST_FORMAT = "custode-backup/1"
+SNAPSHOT_FORMAT = "custode-snapshot/1"
+LOCK_FORMAT = "custode-lock/1"
+_ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")
+_HEX = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_LFS_KEY = re.compile(r"^hosts/[^/]+/lfs/([0-9a-f]{2})/\1[0-9a-f]{62}\.age$")
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def new_id(now: datetime | None = None) -> str:
+    """A unique id that sorts by time: UTC to the microsecond plus 32 random bits (two
+    backups of one repository in one second must still sort in the order they were made)."""
+    when = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{when:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}"
+
+
+def id_time(ident: str) -> datetime:
+    return datetime.strptime(ident[:22], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
+
+
+def check_host(host: str) -> str:
+    if not _HOST.match(host):
+        raise UsageError(
+            f"host name {host!r} cannot name a store namespace; set backup.host to letters, "
+            "digits, '.', '_' or '-'"
+        )
+    return host
+
+
+def repo_key(repository: str) -> str:
+    """The store directory name of a repository (its relative path may hold anything)."""
+    return hashlib.sha256(repository.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+
+def host_prefix(host: str) -> str:
+    return f"hosts/{host}/"
+
+
+def repo_prefix(host: str, repository: str) -> str:
+    return f"hosts/{host}/repos/{repo_key(repository)}/"
+
+
+def backup_prefix(host: str, repository: str, backup_id: str) -> str:
+    return f"{repo_prefix(host, repository)}{backup_id}/"
+
+
+def lfs_key(host: str, oid: str) -> str:
+    return f"hosts/{host}/lfs/{oid[:2]}/{oid}.age"
+
+
+def lfs_oid(key: str) -> str:
+    return key.rsplit("/", 1)[1].removesuffix(".age")
+
+
+def snapshot_key(host: str, snapshot_id: str) -> str:
+    return f"hosts/{host}/snapshots/{snapshot_id}.json"
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def salted_digest(salt: str, obj: Any) -> str:
+    return hashlib.sha256(salt.encode() + b"\n" + canonical(obj)).hexdigest()
+
+
+def _seal(body: dict[str, Any]) -> bytes:
+    body = dict(body)
+    body["checksum"] = hashlib.sha256(canonical(body)).hexdigest()
+    return json.dumps(body, sort_keys=True, indent=1).encode() + b"\n"
+
+
+def _open(data: bytes, what: str, fmt: str) -> dict[str, Any]:
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IntegrityError(f"{what} is not valid JSON ({exc}); the file is damaged") from None
+    if not isinstance(body, dict):
+        raise IntegrityError(f"{what} is not a JSON object; the file is damaged")
+    found = body.pop("checksum", None)
+    if found != hashlib.sha256(canonical(body)).hexdigest():
+        raise IntegrityError(f"{what} fails its checksum; the file is damaged or was edited")
+    if body.get("format") != fmt:
+        raise IntegrityError(
+            f"{what} has format {body.get('format')!r}, this custode reads {fmt!r}; "
+            "upgrade custode to read it"
+        )
+    return body
+
+
+class _Reader:
+    """Typed field access that turns every malformed value into one IntegrityError."""
+
+    def __init__(self, body: dict[str, Any], what: str) -> None:
+        self.body, self.what = body, what
+
+    def bad(self, name: str, why: str) -> IntegrityError:
+        return IntegrityError(f"{self.what}: field {name!r} {why}; the file is damaged")
+
+    def text(self, name: str, pattern: re.Pattern[str] | None = None, src: Any = None) -> str:
+        value = (self.body if src is None else src).get(name)
+        if not isinstance(value, str) or (pattern is not None and not pattern.match(value)):
+            raise self.bad(name, "is missing or malformed")
+        return value
+
+    def opt_text(self, name: str, pattern: re.Pattern[str], src: Any = None) -> str | None:
+        value = (self.body if src is None else src).get(name)
+        return None if value is None else self.text(name, pattern, src)
+
+    def num(self, name: str, src: Any = None) -> int:
+        value = (self.body if src is None else src).get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise self.bad(name, "is not a non-negative integer")
+        return value
+
+    def items(self, name: str, src: Any = None) -> list[Any]:
+        value = (self.body if src is None else src).get(name)
+        if not isinstance(value, list):
+            raise self.bad(name, "is not a list")
+        return value
+
+    def key(self, name: str, prefix: str, src: Any) -> str:
+        value = self.text(name, None, src)
+        try:
+            check_key(value)
+        except UsageError:
+            raise self.bad(name, f"names an invalid store key {value!r}") from None
+        if not value.startswith(prefix):
+            raise self.bad(name, f"names {value!r}, outside {prefix}")
+        return value
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A stored file: its key, and the size and SHA-256 of its stored (encrypted) bytes."""
+
+    key: str
+    size: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "size": self.size, "sha256": self.sha256}
+
+    @classmethod
+    def read(cls, r: _Reader, src: Any, prefix: str) -> FileRef:
+        if not isinstance(src, dict):
+            raise r.bad("file", "is not an object")
+        return cls(r.key("key", prefix, src), r.num("size", src), r.text("sha256", _SHA256, src))
+
+
+@dataclass(frozen=True)
+class Link:
+    """One bundle of a chain: the objects new since its prerequisites, and the refs then."""
+
+    backup_id: str
+    bundle: FileRef
+    index: FileRef | None  # None: the bundle's pack holds no object
+    pack_name: str  # pack-<hash> (empty without index)
+    header_bytes: int
+    objects: int
+    prerequisites: tuple[str, ...]
+
+    def files(self) -> list[FileRef]:
+        return [self.bundle] + ([self.index] if self.index else [])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backup_id": self.backup_id, "bundle": self.bundle.to_json(),
+            "index": self.index.to_json() if self.index else None, "pack_name": self.pack_name,
+            "header_bytes": self.header_bytes, "objects": self.objects,
+            "prerequisites": list(self.prerequisites),
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RepoManifest:
+    host: str
+    repository: str  # path relative to its root: the repository's identity
+    backup_id: str
+    created: str
+    parent: str | None
+    object_format: str
+    bare: bool
+    tips: tuple[str, ...]
+    refs_digest: str
+    refs_count: int
+    refs: FileRef
+    files: FileRef
+    files_digest: str
+    chain: tuple[Link, ...]
+    lfs: tuple[FileRef, ...] = ()  # LFS objects, shared by every backup of the host
+    key: str = field(default="", compare=False)  # where it was read from
+
+    @property
+    def manifest_key(self) -> str:
+        return backup_prefix(self.host, self.repository, self.backup_id) + "manifest.json"
+
+    def file_refs(self) -> list[FileRef]:
+        """Every stored file this backup needs."""
+        out = [self.refs, self.files]
+        for link in self.chain:
+            out += link.files()
+        return out + list(self.lfs)
+
+    def lfs_oids(self) -> dict[str, FileRef]:
+        return {lfs_oid(ref.key): ref for ref in self.lfs}
+
+    def to_bytes(self) -> bytes:
+        return _seal({
+            "format": MANIFEST_FORMAT, "host": self.host, "repository": self.repository,
+            "backup_id": self.backup_id, "created": self.created, "parent": self.parent,
+            "object_format": self.object_format, "bare": self.bare, "tips": list(self.tips),
+            "refs_digest": self.refs_digest, "refs_count": self.refs_count,
+            "refs": self.refs.to_json(), "files": self.files.to_json(),
+            "files_digest": self.files_digest, "chain": [c.to_json() for c in self.chain],
+            "lfs": [ref.to_json() for ref in self.lfs],
+        })  # fmt: skip
+
+    @classmethod
+    def from_bytes(cls, data: bytes, key: str) -> RepoManifest:
+        what = f"manifest {key}"
+        r = _Reader(_open(data, what, MANIFEST_FORMAT), what)
+        host = r.text("host", _HOST)
+        repository = r.text("repository")
+        if not repository or "\0" in repository:
+            raise r.bad("repository", "is empty")
+        backup_id = r.text("backup_id", _ID)
+        own = backup_prefix(host, repository, backup_id)
+        if key and key != own + "manifest.json":
+            raise IntegrityError(f"{what} describes {own}manifest.json; it was moved or forged")
+        repos = f"hosts/{host}/repos/{repo_key(repository)}/"
+        chain = []
+        for item in r.items("chain"):
+            if not isinstance(item, dict):
+                raise r.bad("chain", "holds a non-object")
+            index = item.get("index")
+            chain.append(Link(
+                r.text("backup_id", _ID, item), FileRef.read(r, item.get("bundle"), repos),
+                None if index is None else FileRef.read(r, index, repos),
+                r.text("pack_name", re.compile(r"^(pack-[0-9a-f]{40,64})?$"), item),
+                r.num("header_bytes", item), r.num("objects", item),
+                tuple(_oids(r, r.items("prerequisites", item), "prerequisites")),
+            ))  # fmt: skip
+        fmt = r.text("object_format", re.compile(r"^(sha1|sha256)$"))
+        bare = r.body.get("bare")
+        if not isinstance(bare, bool):
+            raise r.bad("bare", "is not true or false")
+        lfs = [FileRef.read(r, item, f"hosts/{host}/lfs/") for item in r.items("lfs")]
+        if not all(_LFS_KEY.match(ref.key) for ref in lfs):
+            raise r.bad("lfs", "names a file that is not an LFS object")
+        return cls(
+            host, repository, backup_id, r.text("created"),
+            r.opt_text("parent", _ID), fmt, bare,
+            tuple(_oids(r, r.items("tips"), "tips")), r.text("refs_digest", _SHA256),
+            r.num("refs_count"), FileRef.read(r, r.body.get("refs"), own),
+            FileRef.read(r, r.body.get("files"), repos), r.text("files_digest", _SHA256),
+            tuple(chain), tuple(lfs), key or own + "manifest.json",
+        )  # fmt: skip
+
+
+def _oids(r: _Reader, values: list[Any], name: str) -> list[str]:
+    if not all(isinstance(v, str) and _HEX.match(v) for v in values):
+        raise r.bad(name, "holds a malformed object id")
+    return values
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One repository in a snapshot."""
+
+    repository: str
+    root: str
+    manifest: str  # the key of its RepoManifest
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    host: str
+    snapshot_id: str
+    created: str  # ISO-8601 UTC, when the run started
+    finished: str
+    entries: tuple[Entry, ...]
+    failed: dict[str, str] = field(default_factory=dict)  # repository -> error
+
+    @property
+    def key(self) -> str:
+        return snapshot_key(self.host, self.snapshot_id)
+
+    @property
+    def time(self) -> datetime:
+        return datetime.fromisoformat(self.created)
+
+    def entry(self, repository: str) -> Entry | None:
+        return next((e for e in self.entries if e.repository == repository), None)
+
+    def to_bytes(self) -> bytes:
+        return _seal({
+            "format": SNAPSHOT_FORMAT, "host": self.host, "snapshot_id": self.snapshot_id,
+            "created": self.created, "finished": self.finished, "failed": self.failed,
+            "repositories": [{"repository": e.repository, "root": e.root,
+                              "manifest": e.manifest} for e in self.entries],
+        })  # fmt: skip
+
+    @classmethod
+    def from_bytes(cls, data: bytes, key: str) -> Snapshot:
+        what = f"snapshot {key}"
+        r = _Reader(_open(data, what, SNAPSHOT_FORMAT), what)
+        host, sid = r.text("host", _HOST), r.text("snapshot_id", _ID)
+        if key and key != snapshot_key(host, sid):
+            raise IntegrityError(f"{what} describes {snapshot_key(host, sid)}; it was moved")
+        created = r.text("created")
+        try:
+            datetime.fromisoformat(created)
+        except ValueError:
+            raise r.bad("created", "is not a time") from None
+        entries = []
+        for item in r.items("repositories"):
+            if not isinstance(item, dict):
+                raise r.bad("repositories", "holds a non-object")
+            repository = r.text("repository", None, item)
+            manifest = r.key("manifest", repo_prefix(host, repository), item)
+            entries.append(Entry(repository, r.text("root", None, item), manifest))
+        failed = r.body.get("failed", {})
+        if not isinstance(failed, dict):
+            raise r.bad("failed", "is not an object")
+        return cls(host, sid, created, r.text("finished"), tuple(entries),
+                   {str(k): str(v) for k, v in failed.items()})  # fmt: skip

@@ -1,0 +1,241 @@
+"""Restore one repository from its manifest, at copy speed, never half-way.
+
+The repository is assembled in a hidden sibling of its destination
+(``.custode-restore-…``): ``git init`` without templates, the kept files, each bundle's
+pack streamed out of its decrypted bundle straight into ``objects/pack`` beside its stored
+index (no ``index-pack``), the LFS objects (each checked against its id), then the refs
+(``update-ref`` refuses a ref whose object is missing). Only then is it renamed into
+place, so an error, a full disk or a kill leaves no directory that looks like a valid
+repository. Destinations are checked to stay inside the target directory.
+
+A working copy comes back as its ``.git`` with an empty work tree: checking files out runs
+the filters its (restored, untrusted) config names, which custode never does. Its owner
+runs ``git reset --hard`` there after a look at the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from custode.backup.bundle import Refs, write_refs
+from custode.backup.crypto import Identity
+from custode.backup.extras import extract, lfs_path
+from custode.backup.manifest import FileRef, Link, RepoManifest, lfs_oid
+from custode.backup.store import Store
+from custode.backup.streams import decrypt_to
+from custode.errors import GitError, IntegrityError, StateError, UsageError
+from custode.git import Git
+
+HIDDEN = ".custode-restore-"
+_REF = re.compile(r"^refs/[^\0\\]+$")
+_NO_SPACE = (28, 122)  # ENOSPC, EDQUOT
+
+
+@dataclass
+class Restored:
+    repository: str
+    path: Path
+    seconds: float
+    bytes: int
+    bare: bool = True
+
+
+def destination(target: Path, repository: str) -> Path:
+    """``target/repository``, refusing anything that would leave ``target``."""
+    parts = repository.split("/")
+    if (
+        repository.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+        or ("\0" in repository or "\\" in repository)
+    ):
+        raise IntegrityError(
+            f"backup names repository {repository!r}, which is not a plain relative path; "
+            "refusing to restore it"
+        )
+    dest = target.joinpath(*parts)
+    real_target = os.path.realpath(target)
+    real_parent = os.path.realpath(dest.parent) if dest.parent.exists() else None
+    at = target
+    for part in parts:
+        at = at / part
+        if at.is_symlink():
+            raise UsageError(
+                f"{at} is a symlink; refusing to restore {repository} through it (remove it)"
+            )
+    if real_parent is not None and os.path.commonpath([real_target, real_parent]) != real_target:
+        raise UsageError(f"{dest} lies outside {target}; refusing to restore there")
+    return dest
+
+
+def occupied(dest: Path) -> bool:
+    """True when ``dest`` exists and is not an empty directory."""
+    try:
+        return any(os.scandir(dest))
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError:
+        return True
+
+
+def restore_repository(
+    store: Store, manifest: RepoManifest, identities: Sequence[Identity], git: Git,
+    dest: Path, *, force: bool = False,
+) -> Restored:  # fmt: skip
+    """Restore ``manifest`` at ``dest``; an occupied ``dest`` needs ``force`` (replaced)."""
+    started = time.monotonic()
+    if occupied(dest) and not force:
+        raise UsageError(
+            f"{dest} is not empty; restore elsewhere with --to, or pass --force to replace it"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f"{HIDDEN}{secrets.token_hex(4)}-{dest.name}"
+    try:
+        size = _assemble(store, manifest, identities, git, tmp)
+        _swap(tmp, dest)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in _NO_SPACE:
+            raise StateError(
+                f"disk full restoring {manifest.repository} into {dest.parent}; nothing was "
+                "left there; free space and restore again"
+            ) from None
+        raise StateError(
+            f"cannot restore {manifest.repository} into {dest}: {exc.strerror or exc}"
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Restored(manifest.repository, dest, time.monotonic() - started, size, manifest.bare)
+
+
+def _swap(tmp: Path, dest: Path) -> None:
+    if not dest.exists() and not dest.is_symlink():
+        os.rename(tmp, dest)
+        return
+    if dest.is_dir() and not dest.is_symlink() and not any(os.scandir(dest)):
+        dest.rmdir()
+        os.rename(tmp, dest)
+        return
+    old = dest.parent / f"{HIDDEN}old-{secrets.token_hex(4)}-{dest.name}"
+    os.rename(dest, old)
+    os.rename(tmp, dest)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
+
+
+def _assemble(
+    store: Store, m: RepoManifest, identities: Sequence[Identity], git: Git, tmp: Path
+) -> int:
+    args = ["init", "-q", "--template=", f"--object-format={m.object_format}"]
+    git.run([*args, *(["--bare"] if m.bare else []), str(tmp)], repo=None, cwd=tmp.parent)
+    git_dir = tmp if m.bare else tmp / ".git"
+    files = io.BytesIO()
+    decrypt_to(store, m.files, files, identities)
+    extract(files.getvalue(), git_dir)
+    size = 0
+    for link in m.chain:
+        size += _install(store, link, identities, git_dir)
+    for ref in m.lfs:
+        size += _lfs(store, ref, identities, git_dir)
+    plain = io.BytesIO()
+    decrypt_to(store, m.refs, plain, identities)
+    refs = _parse_refs(plain.getvalue(), m)
+    try:
+        write_refs(git, git_dir, refs)
+    except GitError as exc:
+        raise IntegrityError(
+            f"{m.repository}: the refs of backup {m.backup_id} cannot be set ({exc.message}); "
+            "the backup is incomplete or damaged"
+        ) from None
+    return size
+
+
+class _SkipHeader:
+    """Writes a decrypted bundle's pack to a file, dropping (and checking) its header."""
+
+    def __init__(self, out: io.BufferedWriter, header_bytes: int) -> None:
+        self.out, self.skip, self.head = out, header_bytes, b""
+
+    def write(self, data: bytes) -> int:
+        n = len(data)
+        if self.skip:
+            take = min(self.skip, n)
+            self.head += data[:take]
+            data, self.skip = data[take:], self.skip - take
+            if not self.skip and not self.head.startswith((b"# v2 git bundle\n",
+                                                           b"# v3 git bundle\n")):  # fmt: skip
+                raise IntegrityError("the decrypted file is not a git bundle")
+        if data:
+            self.out.write(data)
+        return n
+
+
+def _install(store: Store, link: Link, identities: Sequence[Identity], git_dir: Path) -> int:
+    if link.index is None:
+        return 0  # only refs changed: the bundle's pack is empty
+    pack_dir = git_dir / "objects" / "pack"
+    pack_dir.mkdir(parents=True, exist_ok=True)
+    tmp_pack, tmp_idx = (
+        pack_dir / f"tmp_{link.pack_name}.pack",
+        pack_dir / f"tmp_{link.pack_name}.idx",
+    )
+    with tmp_pack.open("wb") as out:
+        decrypt_to(store, link.bundle, _SkipHeader(out, link.header_bytes), identities)  # type: ignore[arg-type]
+        out.flush()
+        os.fsync(out.fileno())
+    with tmp_pack.open("rb") as f:
+        if f.read(4) != b"PACK":
+            raise IntegrityError(f"{link.bundle.key}: no pack after the bundle header")
+    with tmp_idx.open("wb") as out:
+        decrypt_to(store, link.index, out, identities)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp_pack, pack_dir / f"{link.pack_name}.pack")
+    os.replace(tmp_idx, pack_dir / f"{link.pack_name}.idx")
+    return link.bundle.size + link.index.size
+
+
+def _lfs(store: Store, ref: FileRef, identities: Sequence[Identity], git_dir: Path) -> int:
+    oid = lfs_oid(ref.key)
+    path = lfs_path(git_dir, oid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"tmp-{oid}")
+    digest = hashlib.sha256()
+
+    class _Hash:
+        def __init__(self, out: io.BufferedWriter) -> None:
+            self.out = out
+
+        def write(self, data: bytes) -> int:
+            digest.update(data)
+            return self.out.write(data)
+
+    with tmp.open("wb") as out:
+        decrypt_to(store, ref, _Hash(out), identities)  # type: ignore[arg-type]
+    if digest.hexdigest() != oid:
+        raise IntegrityError(f"LFS object {ref.key} does not match its id; it is damaged")
+    os.replace(tmp, path)
+    return ref.size
+
+
+def _parse_refs(data: bytes, m: RepoManifest) -> Refs:
+    try:
+        refs = Refs.from_json(json.loads(data.decode("utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise IntegrityError(f"{m.refs.key}: refs are not valid JSON; damaged") from None
+    bad = [n for n in list(refs.refs) + list(refs.symrefs) if not _REF.match(n)]
+    if bad:
+        raise IntegrityError(f"{m.refs.key}: refs hold a name outside refs/: {bad[0]!r}")
+    return refs

@@ -1,0 +1,78 @@
+"""Which snapshots to keep: restic's ``forget`` policy, bucket by bucket.
+
+Snapshots are walked newest first. Each ``keep_*`` rule with a count left keeps a
+snapshot when its bucket (the hour, day, ISO week, month or year it was taken in; for
+``last``, the snapshot itself) differs from the last bucket that rule kept, and — as
+restic does since 0.16 — also keeps the oldest snapshot while the rule has counts left.
+``keep_within`` keeps everything taken within that duration of the newest snapshot.
+A count of -1 means unlimited. Buckets use UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from custode.backup.manifest import Snapshot
+
+
+@dataclass(frozen=True)
+class Policy:
+    last: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+    within: float = 0.0  # seconds
+
+    def empty(self) -> bool:
+        return not any((self.last, self.hourly, self.daily, self.weekly, self.monthly,
+                        self.yearly, self.within))  # fmt: skip
+
+
+@dataclass
+class Decision:
+    keep: list[Snapshot] = field(default_factory=list)
+    remove: list[Snapshot] = field(default_factory=list)
+    reasons: dict[str, list[str]] = field(default_factory=dict)  # snapshot id -> rules
+
+
+_BUCKETS: dict[str, Callable[[datetime, int], object]] = {
+    "last": lambda t, n: n,
+    "hourly": lambda t, n: (t.year, t.month, t.day, t.hour),
+    "daily": lambda t, n: (t.year, t.month, t.day),
+    "weekly": lambda t, n: t.isocalendar()[:2],
+    "monthly": lambda t, n: (t.year, t.month),
+    "yearly": lambda t, n: t.year,
+}
+
+
+def apply(policy: Policy, snapshots: Sequence[Snapshot]) -> Decision:
+    newest_first = sorted(snapshots, key=lambda s: (s.created, s.snapshot_id), reverse=True)
+    counts = {name: getattr(policy, name) for name in _BUCKETS}
+    last: dict[str, object] = {}
+    decision = Decision()
+    if not newest_first:
+        return decision
+    horizon = newest_first[0].time - timedelta(seconds=policy.within)
+    for nr, snap in enumerate(newest_first):
+        why = []
+        for name, bucket in _BUCKETS.items():
+            if counts[name] == 0:
+                continue
+            value = bucket(snap.time, nr)
+            if name not in last or value != last[name] or nr == len(newest_first) - 1:
+                why.append(name if name == "last" else f"{name} {value}")
+                last[name] = value
+                if counts[name] > 0:
+                    counts[name] -= 1
+        if policy.within and snap.time > horizon:
+            why.append("within")
+        if why:
+            decision.keep.append(snap)
+            decision.reasons[snap.snapshot_id] = why
+        else:
+            decision.remove.append(snap)
+    return decision

@@ -1,0 +1,215 @@
+"""``custode backup``: an encrypted, incremental, git-native snapshot of every repository."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from custode.backup.engine import (
+    BackupSettings,
+    RepoBackup,
+    backup_repository,
+    manifests_by_repo,
+    write_snapshot,
+)
+from custode.backup.locks import store_lock
+from custode.backup.manifest import Snapshot, repo_prefix
+from custode.backup.store import Store
+from custode.cli import backup_common as bc
+from custode.cli.app import App
+from custode.cli.scanning import scan_fleet
+from custode.errors import EXIT_CODES_HELP, RepositoryError
+from custode.git import Git
+from custode.repostate import RepoState
+from custode.state import RepositoryResult
+from custode.units import format_bytes
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
+@bc.store_option
+@click.option(
+    "--recipient",
+    "recipient",
+    multiple=True,
+    metavar="AGE_PUBLIC_KEY",
+    help="Encrypt to this age public key (repeatable) [default: backup.recipients, else the "
+    "public key of the identity file].",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Repositories backed up at once [default: backup.jobs, 0 = one per CPU].",
+)
+@bc.json_option
+@click.pass_obj
+def backup(  # noqa: PLR0917
+    app: App,
+    roots: tuple[Path, ...],
+    store_url: str | None,
+    recipient: tuple[str, ...],
+    jobs: int | None,
+    as_json: bool,
+) -> None:
+    """Back up every repository under ROOTS into the store, as one snapshot.
+
+    Each repository's refs are captured at one moment, and only the objects new since its
+    previous backup are stored (an unchanged repository stores nothing). Everything is
+    encrypted with age to public keys: restoring needs the matching identity.
+    """
+    started = time.monotonic()
+    cfg = app.config.backup
+    keys = bc.recipients(app, recipient)
+    store = bc.open_app_store(app, store_url)
+    host = bc.host(app, None)
+    git = Git.from_config(app.config.git)
+    git.lower_own_priority()
+    git.check_version()
+    found = scan_fleet(app, app.roots(roots))
+    settings = BackupSettings(host, keys, bc.scratch(app), cfg.full_every, cfg.full_after)
+    created = datetime.now(UTC)
+    with store_lock(store, host, exclusive=False, purpose="custode backup"):
+        results = _run(app, store, git, settings, found.states, jobs=bc.jobs(app, jobs))
+        snap = write_snapshot(store, host, created, results)
+    seconds = time.monotonic() - started
+    _report(app, store, snap, results, seconds=seconds, as_json=as_json)
+    failed = [r for r in results if r.outcome == "failed"]
+    if failed:
+        raise RepositoryError(
+            f"backup failed for {len(failed)} of {len(results)} repositories; see the messages "
+            "above (the others are in the snapshot)"
+        )
+
+
+def _run(
+    app: App,
+    store: Store,
+    git: Git,
+    settings: BackupSettings,
+    states: list[RepoState],
+    *,
+    jobs: int,
+) -> list[RepoBackup]:
+    by_dir = manifests_by_repo(store, settings.host)
+    results: list[RepoBackup] = []
+    todo: list[RepoState] = []
+    seen: dict[str, str] = {}
+    for s in states:
+        if s.problems:
+            results.append(
+                RepoBackup(s.relative, s.root, "failed", message="; ".join(p for p in s.problems))
+            )
+        elif s.relative in seen:
+            results.append(
+                RepoBackup(
+                    s.relative,
+                    s.root,
+                    "failed",
+                    message=(
+                        f"another root ({seen[s.relative]}) holds a repository at the same "
+                        "relative path; back the roots up under different backup.host names"
+                    ),
+                )
+            )
+        else:
+            seen[s.relative] = s.root
+            todo.append(s)
+
+    def one(s: RepoState) -> RepoBackup:
+        return backup_repository(
+            store,
+            git,
+            settings,
+            repository=s.relative,
+            root=s.root,
+            git_dir=Path(s.git_dir),
+            bare=s.bare,
+            object_format=s.object_format,
+            manifests=by_dir.get(repo_prefix(settings.host, s.relative), []),
+        )
+
+    with bc.progress_bar(app, "backing up") as tick, ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(one, s) for s in todo]
+        for n, future in enumerate(as_completed(futures), start=1):
+            results.append(future.result())
+            tick(n, len(futures))
+    results.sort(key=lambda r: r.repository)
+    for r in results:
+        for warning in r.warnings:
+            app.warn(warning)
+        if r.outcome == "failed":
+            app.err.print(f"custode: {r.repository}: {r.message}", markup=False, highlight=False)
+    return results
+
+
+def _report(
+    app: App,
+    store: Store,
+    snap: Snapshot | None,
+    results: list[RepoBackup],
+    *,
+    seconds: float,
+    as_json: bool,
+) -> None:
+    counts = {o: sum(1 for r in results if r.outcome == o) for o in ("new", "unchanged", "failed")}
+    added = sum(r.bytes_added for r in results)
+    summary = {
+        "snapshot": snap.snapshot_id if snap else None,
+        "store": store.url,
+        "host": snap.host if snap else None,
+        "repositories": len(results),
+        **counts,
+        "full": sum(1 for r in results if r.full and r.outcome == "new"),
+        "bytes_added": added,
+        "seconds": round(seconds, 3),
+    }
+    started = datetime.now(UTC).isoformat()
+    rows = [
+        RepositoryResult(
+            r.repository,
+            r.root,
+            "backup",
+            "failed" if r.outcome == "failed" else "ok",
+            started,
+            r.seconds,
+            {
+                "snapshot": summary["snapshot"],
+                "change": r.outcome,
+                "backup_id": r.manifest.backup_id if r.manifest else None,
+                "full": r.full,
+                "bytes_added": r.bytes_added,
+                "message": r.message,
+            },
+        )
+        for r in results
+    ]
+    bc.record(app, "backup", rows, "partial" if counts["failed"] else "ok", summary)
+    bc.audit(app, "backup", store.url, summary)
+    if as_json:
+        repos = [
+            {
+                "repository": r.repository,
+                "root": r.root,
+                "outcome": r.outcome,
+                "full": r.full,
+                "bytes_added": r.bytes_added,
+                "seconds": round(r.seconds, 3),
+                "backup_id": r.manifest.backup_id if r.manifest else None,
+                "message": r.message,
+            }
+            for r in results
+        ]
+        app.print_json({"summary": summary, "repositories": repos})
+        return
+    name = f"snapshot {snap.snapshot_id}" if snap else "no snapshot"
+    app.out.print(
+        f"{name}: {counts['new']} new, {counts['unchanged']} unchanged, {counts['failed']} "
+        f"failed; {format_bytes(added)} added to {store.url} in {seconds:.1f}s",
+        markup=False,
+        highlight=False,
+    )

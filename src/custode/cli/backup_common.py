@@ -1,0 +1,143 @@
+"""What the backup commands share: the store, the host, keys, scratch space, records."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from custode import paths
+from custode.audit import AuditLog
+from custode.backup.crypto import (
+    Identity,
+    Recipient,
+    generate_identity,
+    load_identity,
+    parse_recipient,
+    public_key,
+)
+from custode.backup.manifest import check_host
+from custode.backup.store import Store, open_store
+from custode.cli.app import App
+from custode.errors import CustodeError
+from custode.state import RepositoryResult, StateDB
+
+store_option = click.option(
+    "--store", "store_url", metavar="URL",
+    help="Backup store: a directory, file:// or s3://BUCKET/PREFIX [default: backup.store, "
+    "else $XDG_DATA_HOME/custode/backups].",
+)  # fmt: skip
+host_option = click.option(
+    "--host", "host_name", metavar="NAME",
+    help="Whose backups: the host name they were made under [default: backup.host, else "
+    "this host's name].",
+)  # fmt: skip
+identity_option = click.option(
+    "--identity", "identity_path", type=click.Path(path_type=Path, dir_okay=False),
+    help="age identity (secret key) file [default: backup.identity, else "
+    "$XDG_CONFIG_HOME/custode/identity.txt].",
+)  # fmt: skip
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def store_url(app: App, given: str | None) -> str:
+    return given or app.config.backup.store or str(paths.data_dir() / "backups")
+
+
+def open_app_store(app: App, given: str | None, *, create: bool = True) -> Store:
+    cfg = app.config.backup
+    url = store_url(app, given)
+    if "://" not in url and not create and not Path(url).exists():
+        from custode.errors import PathNotFoundError
+
+        raise PathNotFoundError(
+            f"store directory {url} does not exist; pass --store with the store that holds "
+            "the backups"
+        )
+    return open_store(url, s3_endpoint=cfg.s3_endpoint, s3_region=cfg.s3_region)
+
+
+def host(app: App, given: str | None) -> str:
+    name = given or app.config.backup.host or socket.gethostname().split(".")[0]
+    return check_host(name)
+
+
+def identity_path(app: App, given: Path | None) -> Path:
+    return given or app.config.backup.identity or paths.config_dir() / "identity.txt"
+
+
+def recipients(app: App, given: tuple[str, ...]) -> list[Recipient]:
+    """--recipient, else backup.recipients, else the identity file's public key (the file
+    is generated on first use, with a notice to keep a copy elsewhere)."""
+    keys = list(given) or list(app.config.backup.recipients)
+    if keys:
+        return [parse_recipient(k) for k in keys]
+    path = identity_path(app, None)
+    if not path.exists():
+        public = generate_identity(path)
+        app.err.print(
+            f"custode: created the backup key {path} (public key {public}); keep a copy of "
+            "it somewhere else: without it no backup can be restored",
+            markup=False, highlight=False,
+        )  # fmt: skip
+    return [load_identity(path).to_public()]
+
+
+def identities(app: App, given: Path | None) -> list[Identity]:
+    return [load_identity(identity_path(app, given))]
+
+
+def describe_identity(identity: Identity) -> str:
+    return public_key(identity)
+
+
+def scratch(app: App) -> Path:
+    base = app.config.backup.scratch or app.state_dir() / "scratch"
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return base
+
+
+def jobs(app: App, given: int | None) -> int:
+    return given or app.config.backup.jobs or os.cpu_count() or 1
+
+
+def audit(app: App, action: str, target: str, details: dict[str, Any]) -> None:
+    try:
+        AuditLog(app.state_dir() / "audit.jsonl").append(action, target, details)
+    except CustodeError as exc:
+        app.warn(f"{action} not written to the audit log: {exc}")
+
+
+def record(
+    app: App, command: str, rows: list[RepositoryResult], status: str, summary: dict[str, Any]
+) -> None:
+    try:
+        with StateDB.open(app.state_dir() / "state.db") as db:
+            run = db.begin_run(command)
+            db.record_results(run, rows)
+            db.finish_run(run, status, summary)
+    except CustodeError as exc:
+        app.warn(f"{command} results not recorded in history: {exc}")
+
+
+@contextmanager
+def progress_bar(app: App, what: str) -> Iterator[Callable[[int, int], None]]:
+    """A callback (done, total) drawing a bar on a terminal; a no-op otherwise."""
+    if not app.interactive:
+        yield lambda done, total: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=app.err, transient=True) as bar:
+        task = bar.add_task(what, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update

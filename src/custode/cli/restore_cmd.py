@@ -1,0 +1,192 @@
+"""``custode restore``: repositories back from a snapshot, each at its relative path."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from custode.backup.catalog import choose, load
+from custode.backup.engine import read_manifest
+from custode.backup.manifest import Entry
+from custode.backup.restore import Restored, destination, occupied, restore_repository
+from custode.cli import backup_common as bc
+from custode.cli.app import App
+from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError, UsageError
+from custode.git import Git
+from custode.state import RepositoryResult
+from custode.units import format_bytes
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.argument("repositories", nargs=-1)
+@bc.store_option
+@bc.host_option
+@bc.identity_option
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory to restore into; each repository goes to its path relative to "
+    "its root below it.",
+)
+@click.option(
+    "--at",
+    "at",
+    metavar="SNAPSHOT|TIME",
+    help="A snapshot id (or prefix), or the latest snapshot at or before a time "
+    "such as 2026-11-20 or 2026-11-20T14:00 [default: the latest].",
+)
+@click.option("--force", is_flag=True, help="Replace repositories that exist at the destination.")
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Repositories restored at once [default: backup.jobs, 0 = one per CPU].",
+)
+@bc.json_option
+@click.pass_obj
+def restore(  # noqa: PLR0917
+    app: App,
+    repositories: tuple[str, ...],
+    store_url: str | None,
+    host_name: str | None,
+    identity_path: Path | None,
+    target: Path,
+    at: str | None,
+    force: bool,
+    jobs: int | None,
+    as_json: bool,
+) -> None:
+    """Restore REPOSITORIES (all when none is named) from a snapshot into --to.
+
+    Each repository is assembled beside its destination and moved into place only when
+    complete: an error never leaves a half-restored repository behind.
+    """
+    started = time.monotonic()
+    keys = bc.identities(app, identity_path)
+    store = bc.open_app_store(app, store_url, create=False)
+    host = bc.host(app, host_name)
+    snap = choose(load(store, host, app.warn), at, store.url, host)
+    entries = _select(snap.entries, repositories, snap.snapshot_id)
+    target = target.absolute()
+    dests = {e.repository: destination(target, e.repository) for e in entries}
+    busy = [str(d) for d in dests.values() if occupied(d)]
+    if busy and not force:
+        raise UsageError(
+            f"{busy[0]} is not empty{f' (and {len(busy) - 1} more)' if len(busy) > 1 else ''}; "
+            "restore into an empty --to, or pass --force to replace"
+        )
+    git = Git.from_config(app.config.git)
+    git.check_version()
+
+    def one(e: Entry) -> Restored:
+        manifest = read_manifest(store, e.manifest)
+        return restore_repository(store, manifest, keys, git, dests[e.repository], force=force)
+
+    done: list[Restored] = []
+    failed: dict[str, str] = {}
+    with bc.progress_bar(app, "restoring") as tick, ThreadPoolExecutor(bc.jobs(app, jobs)) as pool:
+        futures = {pool.submit(one, e): e for e in entries}
+        for n, future in enumerate(as_completed(futures), start=1):
+            e = futures[future]
+            try:
+                done.append(future.result())
+            except CustodeError as exc:
+                failed[e.repository] = exc.message
+                app.err.print(
+                    f"custode: {e.repository}: {exc.message}", markup=False, highlight=False
+                )
+            tick(n, len(futures))
+    seconds = time.monotonic() - started
+    size = sum(r.bytes for r in done)
+    summary = {
+        "snapshot": snap.snapshot_id,
+        "host": host,
+        "store": store.url,
+        "to": str(target),
+        "restored": len(done),
+        "failed": len(failed),
+        "bytes": size,
+        "seconds": round(seconds, 3),
+    }
+    now = datetime.now(UTC).isoformat()
+    rows = [
+        RepositoryResult(
+            r.repository,
+            str(target),
+            "restore",
+            "ok",
+            now,
+            r.seconds,
+            {"snapshot": snap.snapshot_id},
+        )
+        for r in done
+    ]
+    rows += [
+        RepositoryResult(
+            name,
+            str(target),
+            "restore",
+            "failed",
+            now,
+            0.0,
+            {"snapshot": snap.snapshot_id, "message": msg},
+        )
+        for name, msg in failed.items()
+    ]
+    bc.record(app, "restore", rows, "partial" if failed else "ok", summary)
+    bc.audit(app, "restore", str(target), summary)
+    if as_json:
+        app.print_json(
+            {
+                "summary": summary,
+                "failed": failed,
+                "repositories": [
+                    {
+                        "repository": r.repository,
+                        "path": str(r.path),
+                        "seconds": round(r.seconds, 3),
+                    }
+                    for r in done
+                ],
+            }
+        )
+    else:
+        app.out.print(
+            f"restored {len(done)} repositories from snapshot {snap.snapshot_id} into {target} "
+            f"({format_bytes(size)} read) in {seconds:.1f}s",
+            markup=False,
+            highlight=False,
+        )
+    worktrees = [r for r in done if not r.bare]
+    if worktrees:
+        app.err.print(
+            f"custode: {len(worktrees)} working copies were restored without checking files "
+            f"out (custode never runs a repository's filters); run git reset --hard in each, "
+            f"e.g. git -C {worktrees[0].path} reset --hard",
+            markup=False,
+            highlight=False,
+        )
+    if failed:
+        raise RepositoryError(
+            f"{len(failed)} of {len(entries)} repositories were not restored; see the "
+            "messages above (nothing was left in their place)"
+        )
+
+
+def _select(entries: tuple[Entry, ...], names: tuple[str, ...], snapshot: str) -> list[Entry]:
+    if not names:
+        return list(entries)
+    known = {e.repository: e for e in entries}
+    missing = [n for n in names if n.strip("/") not in known]
+    if missing:
+        raise UsageError(
+            f"snapshot {snapshot} holds no repository {missing[0]!r}; "
+            "name repositories by their path relative to their root (see custode snapshots --json)"
+        )
+    return [known[n.strip("/")] for n in names]
