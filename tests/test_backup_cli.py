@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -253,3 +254,51 @@ def test_disaster_recovery_with_only_age_and_git(
     assert (out / "HEAD").read_text() == (main / "HEAD").read_text()
     run_git(out, "fsck", "--strict")
     assert json.loads((tmp_path / "recovered.git.refs.json").read_text())["head"].startswith("ref:")
+
+
+def test_round_trip_through_an_s3_store(
+    custode: Run, root: Path, tmp_path: Path, keys: tuple[str, Path], s3_bucket: str
+) -> None:
+    pub, identity = keys
+    aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    store = f"s3://{s3_bucket}/backups"
+    first = custode("backup", root, "--store", store, "--recipient", pub, "--json", env=aws)
+    assert first.code == 0, first.stderr
+    assert first.json()["summary"]["new"] == 4
+    again = custode("backup", root, "--store", store, "--recipient", pub, "--json", env=aws)
+    assert again.code == 0 and again.json()["summary"]["unchanged"] == 4
+    out = tmp_path / "out"
+    restored = custode("restore", "--store", store, "--identity", identity, "--to", out, env=aws)
+    assert restored.code == 0, restored.stderr
+    assert state_of(out / "org" / "main.git") == state_of(root / "org" / "main.git")
+    for level in ("quick", "full", "drill"):
+        checked = custode("verify", "--store", store, "--identity", identity, "--level", level,
+                          env=aws)  # fmt: skip
+        assert checked.code == 0, (level, checked.stderr)
+    missing = custode("snapshots", "--store", f"s3://{s3_bucket}-missing", env=aws)
+    assert missing.code == 4 and f"{s3_bucket}-missing" in missing.stderr
+
+
+def test_two_backups_at_once_into_one_store_are_both_whole(
+    root: Path, tmp_path: Path, keys: tuple[str, Path], isolated_env: dict[str, str]
+) -> None:
+    """Two custode processes back up the same repositories into one store at the same
+    time: both snapshots appear and both restore exactly."""
+    pub, identity = keys
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "custode", "backup", str(root), "--store", str(store),
+           "--recipient", pub, "--json"]  # fmt: skip
+    procs = [subprocess.Popen(cmd, env=isolated_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
+    snapshots = [json.loads(out)["summary"]["snapshot"] for out, _ in outputs]
+    for snap in snapshots:
+        dest = tmp_path / f"out-{snap}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "custode", "restore", "--store", str(store), "--identity",
+             str(identity), "--to", str(dest), "--at", snap],
+            env=isolated_env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert state_of(dest / "org" / "main.git") == state_of(root / "org" / "main.git")
