@@ -23,7 +23,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,9 +89,14 @@ def occupied(dest: Path) -> bool:
 
 def restore_repository(
     store: Store, manifest: RepoManifest, identities: Sequence[Identity], git: Git,
-    dest: Path, *, force: bool = False,
+    dest: Path, *, force: bool = False, check: Callable[[Path], None] | None = None,
 ) -> Restored:  # fmt: skip
-    """Restore ``manifest`` at ``dest``; an occupied ``dest`` needs ``force`` (replaced)."""
+    """Restore ``manifest`` at ``dest``; an occupied ``dest`` needs ``force`` (replaced).
+
+    ``check`` gets the assembled git dir once objects and refs are in, before the kept
+    files (config, hooks) are: a drill's fsck and ref comparison run there, under git's
+    defaults rather than the backed-up config (whose ``core.worktree``, say, may name a
+    directory that does not exist yet)."""
     started = time.monotonic()
     if occupied(dest) and not force:
         raise UsageError(
@@ -100,7 +105,7 @@ def restore_repository(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f"{HIDDEN}{secrets.token_hex(4)}-{dest.name}"
     try:
-        size = _assemble(store, manifest, identities, git, tmp)
+        size = _assemble(store, manifest, identities, git, tmp, check)
         _swap(tmp, dest)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -135,15 +140,13 @@ def _swap(tmp: Path, dest: Path) -> None:
         old.unlink()
 
 
-def _assemble(
-    store: Store, m: RepoManifest, identities: Sequence[Identity], git: Git, tmp: Path
-) -> int:
+def _assemble(  # noqa: PLR0917
+    store: Store, m: RepoManifest, identities: Sequence[Identity], git: Git, tmp: Path,
+    check: Callable[[Path], None] | None,
+) -> int:  # fmt: skip
     args = ["init", "-q", "--template=", f"--object-format={m.object_format}"]
     git.run([*args, *(["--bare"] if m.bare else []), str(tmp)], repo=None, cwd=tmp.parent)
     git_dir = tmp if m.bare else tmp / ".git"
-    files = io.BytesIO()
-    decrypt_to(store, m.files, files, identities)
-    extract(files.getvalue(), git_dir)
     size = 0
     for link in m.chain:
         size += _install(store, link, identities, git_dir)
@@ -159,6 +162,12 @@ def _assemble(
             f"{m.repository}: the refs of backup {m.backup_id} cannot be set ({exc.message}); "
             "the backup is incomplete or damaged"
         ) from None
+    if check is not None:
+        check(git_dir)
+    # last: the backed-up config (and hooks) take effect only in the finished repository
+    files = io.BytesIO()
+    decrypt_to(store, m.files, files, identities)
+    extract(files.getvalue(), git_dir)
     return size
 
 

@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from custode.backup.bundle import Refs
@@ -229,9 +230,9 @@ class _Verifier:
             started = time.monotonic()
             try:
                 dest = work / "repo"
-                restore_repository(self.store, m, self.identities, self.git, dest)
+                checked = partial(_compare, self.store, m, self.identities, self.git)
+                restore_repository(self.store, m, self.identities, self.git, dest, check=checked)
                 seconds = time.monotonic() - started
-                _compare(self.store, m, self.identities, self.git, dest)
                 self.report.drills.append(Drill(m.repository, latest.snapshot_id, True, seconds))
             except CustodeError as exc:
                 took = time.monotonic() - started
@@ -247,9 +248,8 @@ class _Null:
 
 
 def _compare(
-    store: Store, m: RepoManifest, identities: Sequence[Identity], git: Git, dest: Path
+    store: Store, m: RepoManifest, identities: Sequence[Identity], git: Git, git_dir: Path
 ) -> None:
-    git_dir = dest if m.bare else dest / ".git"
     fsck = git.run(["fsck", "--no-progress", "--no-dangling"], repo=git_dir,
                    check=False)  # fmt: skip
     if fsck.returncode != 0:

@@ -90,18 +90,21 @@ def restore(  # noqa: PLR0917
 
     done: list[Restored] = []
     failed: dict[str, str] = {}
+    n = 0
     with bc.progress_bar(app, "restoring") as tick, ThreadPoolExecutor(bc.jobs(app, jobs)) as pool:
-        futures = {pool.submit(one, e): e for e in entries}
-        for n, future in enumerate(as_completed(futures), start=1):
-            e = futures[future]
-            try:
-                done.append(future.result())
-            except CustodeError as exc:
-                failed[e.repository] = exc.message
-                app.err.print(
-                    f"custode: {e.repository}: {exc.message}", markup=False, highlight=False
-                )
-            tick(n, len(futures))
+        for wave in _waves(entries):  # a repository inside another comes after it
+            futures = {pool.submit(one, e): e for e in wave}
+            for future in as_completed(futures):
+                e = futures[future]
+                try:
+                    done.append(future.result())
+                except CustodeError as exc:
+                    failed[e.repository] = exc.message
+                    app.err.print(
+                        f"custode: {e.repository}: {exc.message}", markup=False, highlight=False
+                    )
+                n += 1
+                tick(n, len(entries))
     seconds = time.monotonic() - started
     size = sum(r.bytes for r in done)
     summary = {
@@ -190,3 +193,19 @@ def _select(entries: tuple[Entry, ...], names: tuple[str, ...], snapshot: str) -
             "name repositories by their path relative to their root (see custode snapshots --json)"
         )
     return [known[n.strip("/")] for n in names]
+
+
+def _waves(entries: list[Entry]) -> list[list[Entry]]:
+    """Entries grouped so that one nested in another's path (a submodule's git dir in its
+    superproject's .git, a working copy inside another's work tree) is restored after it:
+    the outer repository's restore replaces its whole destination."""
+    names = {e.repository for e in entries}
+
+    def depth(name: str) -> int:
+        parts = name.split("/")
+        return sum(1 for i in range(1, len(parts)) if "/".join(parts[:i]) in names)
+
+    waves: dict[int, list[Entry]] = {}
+    for e in entries:
+        waves.setdefault(depth(e.repository), []).append(e)
+    return [waves[k] for k in sorted(waves)]
