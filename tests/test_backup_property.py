@@ -106,8 +106,7 @@ def _run(work: Path, ops: list[tuple]) -> None:
             assert snap is not None
             captured[snap.snapshot_id] = _state(repo)
         elif kind == "forget":
-            catalog = load(store, "h")
-            forget(store, "h", catalog, arg, do_prune=True)
+            forget(store, "h", arg, do_prune=True)
     catalog = load(store, "h")
     assert not catalog.damaged
     event(f"{len(catalog.snapshots)} snapshots remain")

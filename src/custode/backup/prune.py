@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from custode.backup.catalog import Catalog
+from custode.backup.catalog import Catalog, load
 from custode.backup.engine import read_manifest
 from custode.backup.locks import store_lock
 from custode.backup.retention import Decision, Policy, apply
@@ -76,24 +76,28 @@ class Forgotten:
 
 
 def forget(
-    store: Store, host: str, catalog: Catalog, policy: Policy, *, do_prune: bool,
-    dry_run: bool = False, progress: Callable[[int, int], None] | None = None,
+    store: Store, host: str, policy: Policy, *, do_prune: bool, dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None, warn: Callable[[str], None] | None = None,
 ) -> Forgotten:  # fmt: skip
     """Remove the snapshots ``policy`` does not keep, then (``do_prune``) every file no
-    remaining snapshot needs, under the store's exclusive lock."""
-    decision = apply(policy, catalog.snapshots)
-    out = Forgotten(decision)
-    kept = Catalog(decision.keep, catalog.damaged)
+    remaining snapshot needs and every abandoned partial write. The snapshots are read
+    under the lock (exclusive to prune), so a backup finishing meanwhile is either seen
+    whole or has not started."""
     if dry_run:
+        catalog = load(store, host, warn)
+        out = Forgotten(apply(policy, catalog.snapshots))
         if do_prune:
-            plan = plan_prune(store, host, kept)
+            plan = plan_prune(store, host, Catalog(out.decision.keep, catalog.damaged))
             out.pruned_files, out.pruned_bytes = len(plan.remove), plan.remove_bytes
         return out
     with store_lock(store, host, exclusive=do_prune, purpose="custode forget"):
-        for snap in decision.remove:
+        catalog = load(store, host, warn)
+        out = Forgotten(apply(policy, catalog.snapshots))
+        for snap in out.decision.remove:
             store.delete(snap.key)
         if do_prune:
-            plan = plan_prune(store, host, kept)
+            plan = plan_prune(store, host, Catalog(out.decision.keep, catalog.damaged))
             out.pruned_bytes = plan.remove_bytes
             out.pruned_files = prune(store, plan, progress)
+            out.pruned_files += store.remove_abandoned(f"hosts/{host}/")
     return out

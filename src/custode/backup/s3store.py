@@ -274,6 +274,24 @@ class S3Store:
             raise self._error(e, "list", None) from e
         yield from sorted(k for k in found if _is_store_key(k))
 
+    def remove_abandoned(self, prefix: str) -> int:
+        """Abort the multipart uploads a killed writer left under ``prefix`` (invisible, but
+        billed); call only while no writer can be at work there."""
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self._key(prefix)
+        )
+        removed = 0
+        try:
+            for page in pages:
+                for upload in page.get("Uploads", ()):
+                    self._client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    removed += 1
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, "clean up", None) from e
+        return removed
+
     # -- errors -----------------------------------------------------------------------------
 
     def _call(self, what: str, key: str | None, fn: Callable[..., _T], **kwargs: Any) -> _T:

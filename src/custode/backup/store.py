@@ -69,6 +69,7 @@ class Store(Protocol):
     def size(self, key: str) -> int | None: ...
     def list(self, prefix: str) -> Iterator[str]: ...
     def delete(self, key: str) -> None: ...
+    def remove_abandoned(self, prefix: str) -> int: ...
 
 
 class LocalStore:
@@ -261,6 +262,37 @@ class LocalStore:
         found: builtins.list[str] = []
         self._scan(fd, base + "/" if base else "", found)
         yield from sorted(k for k in found if k.startswith(prefix))
+
+    def remove_abandoned(self, prefix: str) -> int:
+        """Delete the temp files of writes that never finished (a killed writer) under the
+        directory ``prefix``; call only while no writer can be at work there."""
+        base = prefix.rstrip("/")
+        try:
+            fd = (
+                self._walk(f"{base}/x", create=False)[0] if base else os.open(self.root, _DIR_FLAGS)
+            )
+        except StateError:
+            return 0
+        if fd is None:
+            return 0
+        return self._sweep(fd)
+
+    def _sweep(self, fd: int) -> int:
+        removed = 0
+        try:
+            with os.scandir(fd) as it:
+                entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+            for name, is_dir in entries:
+                if name.startswith(TMP_PREFIX) and not is_dir:
+                    with suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=fd)
+                        removed += 1
+                elif is_dir:
+                    with suppress(OSError):
+                        removed += self._sweep(os.open(name, _DIR_FLAGS, dir_fd=fd))
+        finally:
+            os.close(fd)
+        return removed
 
     def _scan(self, fd: int, at: str, found: builtins.list[str]) -> None:
         try:

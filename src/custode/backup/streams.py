@@ -120,8 +120,11 @@ def decrypt_to(store: Store, ref: FileRef, sink: BinaryIO, identities: Sequence[
     if failure:
         raise failure[0]
     check(ref, tee.size, tee.digest.hexdigest())  # damage is named before a decrypt error
-    if decrypt_error is not None:
-        raise decrypt_error
+    if decrypt_error is not None:  # the bytes are the ones stored: the key is wrong
+        raise IntegrityError(
+            f"cannot decrypt {ref.key}: the file is intact but not encrypted to this identity; "
+            "give the identity file of the key the backups were made with (--identity)"
+        ) from None
 
 
 def require(store: Store, ref: FileRef) -> None:

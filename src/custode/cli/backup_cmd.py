@@ -71,9 +71,12 @@ def backup(  # noqa: PLR0917
     git.lower_own_priority()
     git.check_version()
     found = scan_fleet(app, app.roots(roots))
-    settings = BackupSettings(host, keys, bc.scratch(app), cfg.full_every, cfg.full_after)
     created = datetime.now(UTC)
-    with store_lock(store, host, exclusive=False, purpose="custode backup"):
+    with (
+        store_lock(store, host, exclusive=False, purpose="custode backup"),
+        bc.scratch(app) as scratch,
+    ):
+        settings = BackupSettings(host, keys, scratch, cfg.full_every, cfg.full_after)
         results = _run(app, store, git, settings, found.states, jobs=bc.jobs(app, jobs))
         snap = write_snapshot(store, host, created, results)
     seconds = time.monotonic() - started

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,10 +100,31 @@ def describe_identity(identity: Identity) -> str:
     return public_key(identity)
 
 
-def scratch(app: App) -> Path:
+@contextmanager
+def scratch(app: App) -> Iterator[Path]:
+    """This run's own scratch directory (``run-<pid>-…``), removed afterwards; those of
+    runs that were killed (their process is gone) are removed first."""
     base = app.config.backup.scratch or app.state_dir() / "scratch"
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return base
+    for old in base.glob("run-*"):
+        pid = old.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    mine = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=base))
+    try:
+        yield mine
+    finally:
+        shutil.rmtree(mine, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def jobs(app: App, given: int | None) -> int:
@@ -141,3 +165,27 @@ def progress_bar(app: App, what: str) -> Iterator[Callable[[int, int], None]]:
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def check_identity(app: App, store: Store, manifest_key: str, keys: list[Identity],
+                   given: Path | None) -> None:  # fmt: skip
+    """Fail once, naming the identity file, when it cannot open the backups (rather than
+    once per repository)."""
+    from custode.backup.engine import read_manifest
+    from custode.backup.streams import decrypt_to
+    from custode.errors import IntegrityError, UsageError
+
+    try:
+        manifest = read_manifest(store, manifest_key)
+    except CustodeError:
+        return  # a damaged manifest is reported for its own repository
+    sink = io.BytesIO()
+    try:
+        decrypt_to(store, manifest.refs, sink, keys)
+    except IntegrityError as exc:
+        if "not encrypted to this identity" in exc.message:
+            path = identity_path(app, given)
+            raise UsageError(
+                f"identity {path} cannot decrypt these backups (they were encrypted to "
+                "another key); give the matching identity with --identity"
+            ) from None

@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 import click
 from rich.table import Table
 
-from custode.backup.catalog import load
 from custode.backup.manifest import Snapshot
 from custode.backup.prune import forget as forget_snapshots
 from custode.backup.retention import Policy
@@ -107,10 +106,10 @@ def forget(  # noqa: PLR0917
         )
     store = bc.open_app_store(app, store_url, create=False)
     host = bc.host(app, host_name)
-    catalog = load(store, host, app.warn)
     with bc.progress_bar(app, "pruning") as tick:
-        done = forget_snapshots(store, host, catalog, policy, do_prune=do_prune, dry_run=dry_run,
-                      progress=tick)  # fmt: skip
+        done = forget_snapshots(
+            store, host, policy, do_prune=do_prune, dry_run=dry_run, progress=tick, warn=app.warn
+        )
     decision = done.decision
     removed_files, removed_bytes = done.pruned_files, done.pruned_bytes
     summary = {

@@ -73,6 +73,8 @@ def restore(  # noqa: PLR0917
     host = bc.host(app, host_name)
     snap = choose(load(store, host, app.warn), at, store.url, host)
     entries = _select(snap.entries, repositories, snap.snapshot_id)
+    if entries:
+        bc.check_identity(app, store, entries[0].manifest, keys, identity_path)
     target = target.absolute()
     dests = {e.repository: destination(target, e.repository) for e in entries}
     busy = [str(d) for d in dests.values() if occupied(d)]

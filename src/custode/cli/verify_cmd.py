@@ -55,14 +55,17 @@ def verify_cmd(  # noqa: PLR0917
     host = bc.host(app, host_name)
     git = Git.from_config(app.config.git)
     catalog = load(store, host)
-    with bc.progress_bar(app, f"verifying ({level})") as tick:
+    if keys and catalog.snapshots and catalog.snapshots[-1].entries:
+        bc.check_identity(app, store, catalog.snapshots[-1].entries[0].manifest, keys,
+                          identity_path)  # fmt: skip
+    with bc.progress_bar(app, f"verifying ({level})") as tick, bc.scratch(app) as scratch:
         report = verify(
             store,
             catalog,
             level,
             git=git,
             identities=keys,
-            scratch=bc.scratch(app),
+            scratch=scratch,
             sample=sample,
             progress=lambda phase, done, total: tick(done, total),
         )
