@@ -326,3 +326,38 @@ def test_every_repository_of_the_fixture_fleet_round_trips(
         assert state_of(dest_git) == state_of(source), repo["relative"]
         assert not (dest_git / "objects" / "info" / "alternates").exists()
         run_git(dest_git, "fsck", "--no-dangling")
+
+
+def test_unchanged_repositories_are_skipped_unread_and_any_change_is_seen(
+    custode: Run, root: Path, tmp_path: Path, keys: tuple[str, Path]
+) -> None:
+    """The second backup trusts the history database for repositories whose fingerprint
+    and kept files are unchanged; a hook edit, a new LFS object or a ref update is seen."""
+    pub, identity = keys
+    store, main = tmp_path / "store", root / "org" / "main.git"
+    backup(custode, root, store, pub)
+
+    def outcomes() -> dict[str, str]:
+        done = backup(custode, root, store, pub)["repositories"]
+        return {r["repository"]: r["outcome"] for r in done}
+
+    assert set(outcomes().values()) == {"unchanged"}
+    (main / "hooks" / "pre-receive").write_text("#!/bin/sh\nexit 1\n")
+    assert outcomes()["org/main.git"] == "new"
+    blob = b"another large file\n"
+    oid = hashlib.sha256(blob).hexdigest()
+    (main / "lfs" / "objects" / oid[:2] / oid[2:4]).mkdir(parents=True)
+    (main / "lfs" / "objects" / oid[:2] / oid[2:4] / oid).write_bytes(blob)
+    assert outcomes()["org/main.git"] == "new"
+    run_git(root / "sha256.git", "update-ref", "refs/heads/copy", "refs/heads/main")
+    changed = outcomes()
+    assert changed["sha256.git"] == "new" and changed["org/main.git"] == "unchanged"
+    elsewhere = custode("backup", root, "--store", tmp_path / "other", "--recipient", pub,
+                        "--json")  # fmt: skip
+    assert elsewhere.json()["summary"]["new"] == 4  # another store: nothing is assumed
+    out = tmp_path / "out"
+    result = custode("restore", "--store", store, "--identity", identity, "--to", out)
+    assert result.code == 0, result.stderr
+    assert (out / "org/main.git/hooks/pre-receive").read_text() == "#!/bin/sh\nexit 1\n"
+    assert (out / "org/main.git/lfs/objects" / oid[:2] / oid[2:4] / oid).read_bytes() == blob
+    assert state_of(out / "sha256.git") == state_of(root / "sha256.git")

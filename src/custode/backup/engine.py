@@ -65,6 +65,13 @@ class RepoBackup:
     seconds: float = 0.0
     message: str = ""
     warnings: list[str] = field(default_factory=list)
+    manifest_key: str = ""  # set with ``manifest``, or alone when history showed no change
+    fingerprint: str = ""  # the repository's fingerprint and kept-files stamp before it began
+    stamp: str = ""
+
+    @property
+    def backup_id(self) -> str | None:
+        return self.manifest_key.rsplit("/", 2)[1] if self.manifest_key else None
 
 
 def manifests_by_repo(store: Store, host: str) -> dict[str, list[str]]:
@@ -132,7 +139,7 @@ def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
     tar = build_tar(git_dir)
     lfs = lfs_objects(git_dir)
     if parent is not None and _unchanged(parent, refs, tar, lfs):
-        result.outcome, result.manifest = "unchanged", parent
+        result.outcome, result.manifest, result.manifest_key = "unchanged", parent, parent.key
         return
     now = datetime.now(UTC)
     backup_id = new_id(now)
@@ -166,12 +173,7 @@ def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
         files_ref = put_bytes(store, own + "files.age", tar, settings.recipients)
         result.bytes_added += files_ref.size
         result.files_added += 1
-    known = parent.lfs_oids() if parent else {}
-    lfs_refs = []
-    for oid, path in sorted(lfs.items()):
-        key = lfs_key(host, oid)
-        ref = known.get(oid) or _stored(store, key)
-        lfs_refs.append(ref or _put(store, key, path, settings, work, result))
+    lfs_refs = _store_lfs(store, settings, parent, lfs, work, result)
     manifest = RepoManifest(
         host, repository, backup_id, now.isoformat(timespec="seconds"),
         parent.backup_id if parent else None, object_format, bare,
@@ -183,6 +185,7 @@ def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
     store.put_bytes(manifest.manifest_key, data)  # last: the backup exists from here on
     result.bytes_added += len(data)
     result.outcome, result.manifest = "new", manifest
+    result.manifest_key = manifest.manifest_key
 
 
 def write_snapshot(
@@ -190,11 +193,7 @@ def write_snapshot(
 ) -> Snapshot | None:
     """Group one run's repository backups into a snapshot, written last: it is visible only
     once every file it needs is stored. None when no repository was backed up."""
-    entries = tuple(
-        Entry(r.repository, r.root, r.manifest.manifest_key)
-        for r in results
-        if r.manifest is not None
-    )
+    entries = tuple(Entry(r.repository, r.root, r.manifest_key) for r in results if r.manifest_key)
     if not entries:
         return None
     failed = {r.repository: r.message for r in results if r.outcome == "failed"}
@@ -212,6 +211,20 @@ def _unchanged(parent: RepoManifest, refs: Refs, tar: bytes, lfs: dict[str, Path
         and salted_digest(salt, tar.hex()) == parent.files_digest
         and set(lfs) == set(parent.lfs_oids())
     )
+
+
+def _store_lfs(  # noqa: PLR0917
+    store: Store, settings: BackupSettings, parent: RepoManifest | None, lfs: dict[str, Path],
+    work: Path, result: RepoBackup,
+) -> list[FileRef]:  # fmt: skip
+    """Each LFS object's stored record: the parent's, another repository's, or a new one."""
+    known = parent.lfs_oids() if parent else {}
+    refs = []
+    for oid, path in sorted(lfs.items()):
+        key = lfs_key(settings.host, oid)
+        ref = known.get(oid) or _stored(store, key)
+        refs.append(ref or _put(store, key, path, settings, work, result))
+    return refs
 
 
 def _stored(store: Store, key: str) -> FileRef | None:

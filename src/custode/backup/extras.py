@@ -15,6 +15,7 @@ named by its id, and checked against it on restore.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -128,3 +129,30 @@ def lfs_objects(git_dir: Path) -> dict[str, Path]:
 
 def lfs_path(git_dir: Path, oid: str) -> Path:
     return git_dir / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+
+
+def stamp(git_dir: Path) -> str:
+    """A digest of the kept files' and LFS objects' metadata (names, sizes, mtimes, inodes):
+    equal stamps mean nothing a backup keeps besides refs and objects has changed. Costs a
+    few ``stat`` calls (plus one per LFS directory)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in KEPT:
+        _stamp(digest, git_dir / name, name, depth=2)
+    _stamp(digest, git_dir / "lfs" / "objects", "lfs", depth=3)
+    return digest.hexdigest()
+
+
+def _stamp(digest: hashlib.blake2b, path: Path, label: str, depth: int) -> None:
+    try:
+        st = path.lstat()
+    except OSError:
+        digest.update(f"{label} -\n".encode())
+        return
+    digest.update(f"{label} {st.st_mode} {st.st_ino} {st.st_size} {st.st_mtime_ns}\n".encode())
+    if stat.S_ISDIR(st.st_mode) and depth > 0:
+        try:
+            names = sorted(os.listdir(path))
+        except OSError:
+            return
+        for child in names:
+            _stamp(digest, path / child, f"{label}/{child}", depth - 1)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import click
 
+from custode.backup import extras
 from custode.backup.engine import (
     BackupSettings,
     RepoBackup,
     backup_repository,
-    manifests_by_repo,
     write_snapshot,
 )
 from custode.backup.locks import store_lock
@@ -22,10 +22,10 @@ from custode.backup.store import Store
 from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.cli.scanning import scan_fleet
-from custode.errors import EXIT_CODES_HELP, RepositoryError
+from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
 from custode.git import Git
 from custode.repostate import RepoState
-from custode.state import RepositoryResult
+from custode.state import RepositoryResult, StateDB, TaskHistory
 from custode.units import format_bytes
 
 
@@ -80,7 +80,8 @@ def backup(  # noqa: PLR0917
         results = _run(app, store, git, settings, found.states, jobs=bc.jobs(app, jobs))
         snap = write_snapshot(store, host, created, results)
     seconds = time.monotonic() - started
-    _report(app, store, snap, results, seconds=seconds, as_json=as_json)
+    digest = bc.recipients_digest(keys)
+    _report(app, store, snap, results, seconds=seconds, as_json=as_json, recipients=digest)
     failed = [r for r in results if r.outcome == "failed"]
     if failed:
         raise RepositoryError(
@@ -98,7 +99,6 @@ def _run(
     *,
     jobs: int,
 ) -> list[RepoBackup]:
-    by_dir = manifests_by_repo(store, settings.host)
     results: list[RepoBackup] = []
     todo: list[RepoState] = []
     seen: dict[str, str] = {}
@@ -123,8 +123,29 @@ def _run(
             seen[s.relative] = s.root
             todo.append(s)
 
+    history = _history(app)
+    recipients = bc.recipients_digest(settings.recipients)
+
     def one(s: RepoState) -> RepoBackup:
-        return backup_repository(
+        started = time.monotonic()
+        stamp = extras.stamp(Path(s.git_dir))
+        before = history.get((s.root, s.relative))
+        known = {"store": store.url, "host": settings.host, "fingerprint": s.fingerprint,
+                 "stamp": stamp, "recipients": recipients}  # fmt: skip
+        if (
+            before is not None
+            and before.outcome == "ok"
+            and s.fingerprint
+            and all(before.details.get(k) == v for k, v in known.items())
+        ):
+            key = str(before.details.get("manifest", ""))
+            if key and store.size(key) is not None:  # nothing changed since: no git, no read
+                return RepoBackup(s.relative, s.root, "unchanged", manifest_key=key,
+                                  fingerprint=s.fingerprint, stamp=stamp,
+                                  seconds=time.monotonic() - started)  # fmt: skip
+        manifests = [k for k in store.list(repo_prefix(settings.host, s.relative))
+                     if k.endswith("/manifest.json")]  # fmt: skip
+        result = backup_repository(
             store,
             git,
             settings,
@@ -133,8 +154,10 @@ def _run(
             git_dir=Path(s.git_dir),
             bare=s.bare,
             object_format=s.object_format,
-            manifests=by_dir.get(repo_prefix(settings.host, s.relative), []),
+            manifests=manifests,
         )
+        result.fingerprint, result.stamp = s.fingerprint, stamp
+        return result
 
     with bc.progress_bar(app, "backing up") as tick, ThreadPoolExecutor(jobs) as pool:
         futures = [pool.submit(one, s) for s in todo]
@@ -158,6 +181,7 @@ def _report(
     *,
     seconds: float,
     as_json: bool,
+    recipients: str,
 ) -> None:
     counts = {o: sum(1 for r in results if r.outcome == o) for o in ("new", "unchanged", "failed")}
     added = sum(r.bytes_added for r in results)
@@ -183,10 +207,17 @@ def _report(
             {
                 "snapshot": summary["snapshot"],
                 "change": r.outcome,
-                "backup_id": r.manifest.backup_id if r.manifest else None,
+                "backup_id": r.backup_id,
                 "full": r.full,
                 "bytes_added": r.bytes_added,
                 "message": r.message,
+                # what the next backup compares to skip an unchanged repository unread
+                "store": store.url,
+                "host": snap.host if snap else None,
+                "manifest": r.manifest_key,
+                "fingerprint": r.fingerprint,
+                "stamp": r.stamp,
+                "recipients": recipients,
             },
         )
         for r in results
@@ -202,7 +233,7 @@ def _report(
                 "full": r.full,
                 "bytes_added": r.bytes_added,
                 "seconds": round(r.seconds, 3),
-                "backup_id": r.manifest.backup_id if r.manifest else None,
+                "backup_id": r.backup_id,
                 "message": r.message,
             }
             for r in results
@@ -216,3 +247,12 @@ def _report(
         markup=False,
         highlight=False,
     )
+
+
+def _history(app: App) -> dict[tuple[str, str], TaskHistory]:
+    try:
+        with StateDB.open(app.state_dir() / "state.db") as db:
+            return db.task_history("backup")
+    except CustodeError as exc:
+        app.warn(f"history unreadable, reading every repository afresh: {exc}")
+        return {}

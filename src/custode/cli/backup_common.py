@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,8 @@ def check_identity(app: App, store: Store, manifest_key: str, keys: list[Identit
                 f"identity {path} cannot decrypt these backups (they were encrypted to "
                 "another key); give the matching identity with --identity"
             ) from None
+
+
+def recipients_digest(keys: Sequence[Recipient]) -> str:
+    """Which keys backups are encrypted to (a change makes every repository read afresh)."""
+    return hashlib.sha256("\n".join(sorted(str(k) for k in keys)).encode()).hexdigest()[:16]
