@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -361,3 +362,32 @@ def test_unchanged_repositories_are_skipped_unread_and_any_change_is_seen(
     assert (out / "org/main.git/hooks/pre-receive").read_text() == "#!/bin/sh\nexit 1\n"
     assert (out / "org/main.git/lfs/objects" / oid[:2] / oid[2:4] / oid).read_bytes() == blob
     assert state_of(out / "sha256.git") == state_of(root / "sha256.git")
+
+
+def test_backup_writes_nothing_into_repositories_and_scratch_may_be_another_filesystem(
+    custode: Run, root: Path, tmp_path: Path, keys: tuple[str, Path]
+) -> None:
+    """Bundles are built in the scratch directory, never staged in a repository (so a
+    scratch directory on another filesystem works, and the scan cache stays valid)."""
+    pub, identity = keys
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem at /dev/shm")
+    scratch = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        config = tmp_path / "custode.toml"
+        config.write_text(f'[backup]\nscratch = "{scratch}"\n')
+        packs = root / "org" / "main.git" / "objects" / "pack"
+        before = sorted(packs.iterdir()), packs.stat().st_mtime_ns
+        result = custode("--config", config, "backup", root, "--store", tmp_path / "store",
+                         "--recipient", pub)  # fmt: skip
+        assert result.code == 0, result.stderr
+        assert (sorted(packs.iterdir()), packs.stat().st_mtime_ns) == before
+        assert list(scratch.iterdir()) == []
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    out = tmp_path / "out"
+    restored = custode("restore", "--store", tmp_path / "store", "--identity", identity,
+                       "--to", out)  # fmt: skip
+    assert restored.code == 0, restored.stderr
+    assert state_of(out / "org" / "main.git") == state_of(root / "org" / "main.git")

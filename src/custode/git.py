@@ -47,7 +47,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import psutil
 
@@ -283,8 +283,12 @@ class Git:
         cwd: Path | None = None,
         env_extra: Mapping[str, str] | None = None,
         pass_fds: Sequence[int] = (),
+        stdout: BinaryIO | None = None,
     ) -> GitResult:
         """Run ``git <args>`` on ``repo`` (a git dir or a working copy; None for none).
+
+        ``stdout``, an open file, receives git's output directly (a pack of any size) at
+        its current position; the result's ``stdout`` is then empty.
 
         git runs in ``cwd``, by default the git dir. ``timeout`` is in seconds (default the
         instance's; 0 for none). ``pass_fds`` are inherited by git and its children: pass
@@ -305,7 +309,7 @@ class Git:
             _check_owner(git_dir, sub)
         limit = self.timeout if timeout is None else timeout
         result, timed_out = self._execute(
-            argv, workdir, input, limit or None, env, pass_fds=pass_fds
+            argv, workdir, input, limit or None, env, pass_fds=pass_fds, stdout=stdout
         )
         if timed_out:
             raise GitTimeoutError(
@@ -333,6 +337,7 @@ class Git:
         env: dict[str, str] | None = None,
         *,
         pass_fds: Sequence[int] = (),
+        stdout: BinaryIO | None = None,
     ) -> tuple[GitResult, bool]:
         """Run argv in its own process group; the flag says it was killed on timeout."""
         started = time.monotonic()
@@ -340,7 +345,7 @@ class Git:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
-                stdout=subprocess.PIPE,
+                stdout=subprocess.PIPE if stdout is None else stdout,
                 stderr=subprocess.PIPE,
                 cwd=cwd,
                 env=self.environment() if env is None else env,
@@ -370,7 +375,8 @@ class Git:
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
-        result = GitResult(tuple(argv), proc.returncode, out, err, time.monotonic() - started)
+        took = time.monotonic() - started
+        result = GitResult(tuple(argv), proc.returncode, out or b"", err or b"", took)
         return result, timed_out
 
 

@@ -98,32 +98,33 @@ def write_bundle(
     have = sorted(existing_commits(git, git_dir, exclude))
     header = _header(refs, have, object_format)
     bundle = out_dir / "bundle"
-    pack = index = None
+    pack = out_dir / "objects.pack"
+    objects = 0
     if tips:
         revs = "".join(f"{oid}\n" for oid in tips) + "".join(f"^{oid}\n" for oid in have)
-        base = out_dir / "pack"
-        done = git.run(
-            ["pack-objects", "--revs", "--delta-base-offset", "--quiet", str(base)],
-            repo=git_dir, input=revs.encode(),
-        ).text.strip()  # fmt: skip
-        pack, index = Path(f"{base}-{done}.pack"), Path(f"{base}-{done}.idx")
-        if _pack_objects(pack) == 0:
-            pack.unlink()
-            index.unlink()
-            pack = index = None
+        # --stdout into the scratch directory: written by name, git would stage the pack
+        # in the repository's own objects/pack and fail to move it to another filesystem
+        with pack.open("wb") as out:
+            git.run(["pack-objects", "--revs", "--stdout", "--delta-base-offset", "--quiet"],
+                    repo=git_dir, input=revs.encode(), stdout=out)  # fmt: skip
+        objects = _pack_objects(pack)
     with bundle.open("wb") as out:
         out.write(header)
-        if pack is None:
+        if objects == 0:
             out.write(_empty_pack(object_format))
         else:
             with pack.open("rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
-            pack.unlink()
-    if index is None or pack is None:
+    if objects == 0:
+        pack.unlink(missing_ok=True)
         return PackFiles(bundle, None, "", len(header), tuple(have))
-    final_index = out_dir / "index"
-    os.replace(index, final_index)
-    return PackFiles(bundle, final_index, pack.stem, len(header), tuple(have))
+    index = out_dir / "index"
+    # outside any repository (no collision check against the source's objects, which all
+    # exist there): hashes each object once, like the idx pack-objects would have written
+    name = git.run(["index-pack", f"--object-format={object_format}", "-o", str(index),
+                    str(pack)], repo=None, cwd=out_dir).text.strip()  # fmt: skip
+    pack.unlink()
+    return PackFiles(bundle, index, f"pack-{name.split()[-1]}", len(header), tuple(have))
 
 
 def _empty_pack(object_format: str) -> bytes:
