@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from custode.backup.bundle import Refs, write_refs
+from custode.backup.bundle import Refs
 from custode.backup.crypto import Identity
 from custode.backup.extras import extract, lfs_path
 from custode.backup.manifest import FileRef, Link, RepoManifest, lfs_oid
@@ -35,9 +35,10 @@ from custode.backup.store import Store
 from custode.backup.streams import decrypt_to
 from custode.errors import GitError, IntegrityError, StateError, UsageError
 from custode.git import Git
+from custode.refsnapshot import SYMREF_PREFIX
 
 HIDDEN = ".custode-restore-"
-_REF = re.compile(r"^refs/[^\0\\]+$")
+_OID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _NO_SPACE = (28, 122)  # ENOSPC, EDQUOT
 
 
@@ -155,12 +156,13 @@ def _assemble(  # noqa: PLR0917
     plain = io.BytesIO()
     decrypt_to(store, m.refs, plain, identities)
     refs = _parse_refs(plain.getvalue(), m)
-    try:
-        write_refs(git, git_dir, refs)
+    _write_refs(git_dir, refs)
+    try:  # one git: every ref's object must be there (for-each-ref fails on a missing one)
+        git.run(["for-each-ref", "--format=%(objecttype)"], repo=git_dir)
     except GitError as exc:
         raise IntegrityError(
-            f"{m.repository}: the refs of backup {m.backup_id} cannot be set ({exc.message}); "
-            "the backup is incomplete or damaged"
+            f"{m.repository}: the refs of backup {m.backup_id} name objects it lacks "
+            f"({exc.message}); the backup is incomplete or damaged"
         ) from None
     if check is not None:
         check(git_dir)
@@ -239,12 +241,60 @@ def _lfs(store: Store, ref: FileRef, identities: Sequence[Identity], git_dir: Pa
     return ref.size
 
 
+def _write_refs(git_dir: Path, refs: Refs) -> None:
+    """Write the refs as git stores them (gitrepository-layout): one sorted packed-refs
+    file, a file per symbolic ref, HEAD. Names were checked by ``_parse_refs``; files are
+    created, never followed through a symlink."""
+    lines = ["# pack-refs with: sorted \n"]
+    ordered = sorted(refs.refs.items(), key=lambda kv: kv[0].encode())  # git's byte order
+    lines += [f"{oid} {name}\n" for name, oid in ordered]
+    _create(git_dir / "packed-refs", "".join(lines))
+    for name, target in sorted(refs.symrefs.items()):
+        path = git_dir.joinpath(*name.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create(path, f"ref: {target}\n")
+    if refs.head.startswith(SYMREF_PREFIX):
+        _create(git_dir / "HEAD", f"ref: {refs.head[len(SYMREF_PREFIX) :]}\n", replace=True)
+    elif refs.head:
+        _create(git_dir / "HEAD", f"{refs.head}\n", replace=True)
+
+
+def _create(path: Path, text: str, *, replace: bool = False) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(tmp, flags, 0o644), "w", encoding="utf-8") as out:
+        out.write(text)
+    if replace:
+        os.replace(tmp, path)
+    else:
+        os.link(tmp, path)  # refuses an existing name
+        tmp.unlink()
+
+
 def _parse_refs(data: bytes, m: RepoManifest) -> Refs:
     try:
         refs = Refs.from_json(json.loads(data.decode("utf-8")))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise IntegrityError(f"{m.refs.key}: refs are not valid JSON; damaged") from None
-    bad = [n for n in list(refs.refs) + list(refs.symrefs) if not _REF.match(n)]
+    names = [*refs.refs, *refs.symrefs, *refs.symrefs.values()]
+    if refs.head.startswith(SYMREF_PREFIX):
+        names.append(refs.head[len(SYMREF_PREFIX) :])
+    elif refs.head and not _OID.match(refs.head):
+        raise IntegrityError(f"{m.refs.key}: HEAD is neither a ref nor an object id")
+    bad = [n for n in names if not valid_ref_name(n)]
     if bad:
-        raise IntegrityError(f"{m.refs.key}: refs hold a name outside refs/: {bad[0]!r}")
+        raise IntegrityError(f"{m.refs.key}: refs hold an invalid name: {bad[0]!r}")
+    if any(not _OID.match(oid) for oid in refs.refs.values()):
+        raise IntegrityError(f"{m.refs.key}: refs hold a malformed object id")
     return refs
+
+
+def valid_ref_name(name: str) -> bool:
+    """git check-ref-format's rules, for a full name under refs/."""
+    if not name.startswith("refs/") or name.endswith(("/", ".", ".lock")):
+        return False
+    if "//" in name or ".." in name or "@{" in name:
+        return False
+    if any(c in name for c in " ~^:?*[\\") or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return False
+    return all(part and not part.startswith(".") for part in name.split("/"))
