@@ -9,22 +9,28 @@ store=$1 repo=$2 identity=$3 dest=$4
 host=${5:-$(ls "$store/hosts" | head -n 1)}
 # 1. the repository's directory is the first 24 hex digits of the SHA-256 of its path
 dir="$store/hosts/$host/repos/$(printf %s "$repo" | sha256sum | cut -c1-24)"
-# 2. its latest backup (backup ids sort by time); the manifest is plain JSON
-latest=$(ls "$dir" | sort | tail -n 1)
+# 2. its latest backup with a manifest (backup ids sort by time; the manifest, written
+#    last, is one line of plain JSON)
+latest=
+for id in $(ls "$dir" | sort -r); do
+  if [ -f "$dir/$id/manifest.json" ]; then latest=$id; break; fi
+done
+[ -n "$latest" ] || { echo "no backup of $repo in $dir" >&2; exit 1; }
 manifest="$dir/$latest/manifest.json"
-format=$(sed -n 's/^ "object_format": "\(.*\)",$/\1/p' "$manifest")
-bare=$(sed -n 's/^ "bare": \(.*\),$/\1/p' "$manifest")
+field() { grep -o "\"$1\":[^,}]*" "$manifest" | head -n 1 | cut -d: -f2 | tr -d '"'; }
+format=$(field object_format)
+bare=$(field bare)
 # 3. a new repository, then every bundle of the chain in order (oldest first)
 git init -q --bare --object-format="$format" "$dest"
-for key in $(grep -o '"key": "[^"]*/bundle.age"' "$manifest" | cut -d'"' -f4); do
+for key in $(grep -o '"key":"[^"]*/bundle.age"' "$manifest" | cut -d'"' -f4); do
   age -d -i "$identity" -o "$dest/restore.bundle" "$store/$key"
   git -C "$dest" bundle verify -q restore.bundle
   git -C "$dest" fetch -q --prune restore.bundle '+refs/*:refs/*'
   rm "$dest/restore.bundle"
 done
-# 4. HEAD (and any other symbolic ref) from the decrypted refs record
+# 4. HEAD from the decrypted refs record (JSON: head, refs, symrefs)
 age -d -i "$identity" -o "$dest.refs.json" "$dir/$latest/refs.age"
-head=$(sed -n 's/^ "head": "ref:\(.*\)",$/\1/p' "$dest.refs.json")
+head=$(grep -o '"head":"ref:[^"]*"' "$dest.refs.json" | cut -d'"' -f4 | cut -c5-)
 [ -n "$head" ] && git -C "$dest" symbolic-ref HEAD "$head"
 # config, hooks, description and info/ are in files.age, a tar:
 #   age -d -i "$identity" "$store/<key of "files" in the manifest>" | tar -x -C "$dest"

@@ -8,6 +8,8 @@ Random choices are seeded; the seed is printed (set ``CUSTODE_FAULT_SEED`` to re
 """
 
 import dataclasses
+import hashlib
+import json
 import os
 import random
 import shlex
@@ -31,6 +33,7 @@ from custode.backup.manifest import (
     FileRef,
     RepoManifest,
     Snapshot,
+    canonical,
     new_id,
     repo_prefix,
 )
@@ -572,7 +575,7 @@ def test_a_damaged_manifest_is_named_and_only_its_repository_fails(
     (manifest,) = store.glob(f"{repo_prefix(host, 'a.git')}*/manifest.json")
     key = manifest.relative_to(store).as_posix()
     data = manifest.read_bytes()
-    at = data.index(b'"created": "') + len(b'"created": "')
+    at = data.index(b'"created":"') + len(b'"created":"')
     manifest.write_bytes(data[:at] + (b"1" if data[at : at + 1] != b"1" else b"2") + data[at + 1 :])
     result = custode("verify", "--store", store, "--identity", keys[1], "--level", "full")
     assert result.code == 6
@@ -670,11 +673,16 @@ def test_forged_store_keys_with_dot_dot_are_refused(
     )
     assert files_under(out) == [] and leftovers(out) == []
 
-    bad_entry = f"{repo_prefix(host, 'a.git')}../{other[len('hosts/' + host + '/repos/') :]}{m.backup_id}/manifest.json"
-    snap2 = Snapshot(host, new_id(), now, now, (Entry("a.git", str(root), bad_entry),))
-    local.put_bytes(snap2.key, snap2.to_bytes())
+    # a snapshot names each backup by id, from which the key follows: an id that climbs
+    # out (re-sealed with a valid checksum) makes the snapshot damaged, never a path
+    snap2 = Snapshot(host, new_id(), now, now, (Entry("a.git", str(root), m.manifest_key),))
+    body = json.loads(snap2.to_bytes())
+    del body["checksum"]
+    body["repositories"][0][2] = f"../{other[len('hosts/' + host + '/repos/') :]}{m.backup_id}"
+    body["checksum"] = hashlib.sha256(canonical(body)).hexdigest()
+    local.put_bytes(snap2.key, canonical(body))
     listed = custode("snapshots", "--store", store, "--json").json()
-    assert snap2.key in listed["damaged"] and "invalid store key" in listed["damaged"][snap2.key]
+    assert snap2.key in listed["damaged"] and "malformed entry" in listed["damaged"][snap2.key]
     result = restore(custode, store, keys[1], out, "--at", snap2.snapshot_id)
     assert result.code == 2
     assert f"no snapshot {snap2.snapshot_id!r}" in result.stderr

@@ -12,7 +12,6 @@ the parent backup, the non-object files and LFS objects, then the manifest (data
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from custode.backup.manifest import (
     RepoManifest,
     Snapshot,
     backup_prefix,
+    canonical,
     id_time,
     lfs_key,
     new_id,
@@ -264,7 +264,7 @@ def _objects(index: Path | None) -> int:
 
 
 def _refs_bytes(refs: Refs) -> bytes:
-    return (json.dumps(refs.to_json(), sort_keys=True, indent=1) + "\n").encode()
+    return canonical(refs.to_json()) + b"\n"
 
 
 __all__ = [

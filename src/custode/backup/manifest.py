@@ -103,7 +103,7 @@ def salted_digest(salt: str, obj: Any) -> str:
 def _seal(body: dict[str, Any]) -> bytes:
     body = dict(body)
     body["checksum"] = hashlib.sha256(canonical(body)).hexdigest()
-    return json.dumps(body, sort_keys=True, indent=1).encode() + b"\n"
+    return canonical(body) + b"\n"  # one line: every run writes one, size counts
 
 
 def _open(data: bytes, what: str, fmt: str) -> dict[str, Any]:
@@ -308,6 +308,10 @@ class Entry:
     root: str
     manifest: str  # the key of its RepoManifest
 
+    @property
+    def backup_id(self) -> str:
+        return self.manifest.rsplit("/", 2)[1]
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -330,11 +334,14 @@ class Snapshot:
         return next((e for e in self.entries if e.repository == repository), None)
 
     def to_bytes(self) -> bytes:
+        roots = sorted({e.root for e in self.entries})
+        index = {root: n for n, root in enumerate(roots)}
         return _seal({
             "format": SNAPSHOT_FORMAT, "host": self.host, "snapshot_id": self.snapshot_id,
             "created": self.created, "finished": self.finished, "failed": self.failed,
-            "repositories": [{"repository": e.repository, "root": e.root,
-                              "manifest": e.manifest} for e in self.entries],
+            "roots": roots,
+            # [path relative to its root, index in roots, backup id]: ~60 bytes a repository
+            "repositories": [[e.repository, index[e.root], e.backup_id] for e in self.entries],
         })  # fmt: skip
 
     @classmethod
@@ -349,13 +356,21 @@ class Snapshot:
             datetime.fromisoformat(created)
         except ValueError:
             raise r.bad("created", "is not a time") from None
+        roots = r.items("roots")
+        if not all(isinstance(root, str) for root in roots):
+            raise r.bad("roots", "holds a non-string")
         entries = []
         for item in r.items("repositories"):
-            if not isinstance(item, dict):
-                raise r.bad("repositories", "holds a non-object")
-            repository = r.text("repository", None, item)
-            manifest = r.key("manifest", repo_prefix(host, repository), item)
-            entries.append(Entry(repository, r.text("root", None, item), manifest))
+            ok = isinstance(item, list) and len(item) == 3
+            repository, at, backup_id = item if ok else ("", -1, "")
+            if not (
+                isinstance(repository, str) and repository and "\0" not in repository
+                and isinstance(at, int) and 0 <= at < len(roots)
+                and isinstance(backup_id, str) and _ID.match(backup_id)
+            ):  # fmt: skip
+                raise r.bad("repositories", f"holds a malformed entry {str(item)[:80]!r}")
+            manifest = backup_prefix(host, repository, backup_id) + "manifest.json"
+            entries.append(Entry(repository, roots[at], manifest))
         failed = r.body.get("failed", {})
         if not isinstance(failed, dict):
             raise r.bad("failed", "is not an object")
