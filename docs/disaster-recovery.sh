@@ -32,8 +32,9 @@ done
 age -d -i "$identity" -o "$dest.refs.json" "$dir/$latest/refs.age"
 head=$(grep -o '"head":"ref:[^"]*"' "$dest.refs.json" | cut -d'"' -f4 | cut -c5-)
 [ -n "$head" ] && git -C "$dest" symbolic-ref HEAD "$head"
-# config, hooks, description and info/ are in files.age, a tar:
-#   age -d -i "$identity" "$store/<key of "files" in the manifest>" | tar -x -C "$dest"
+# 5. config, hooks, description and info/: files.age, a gzipped tar
+files=$(grep -o '"files":{[^}]*}' "$manifest" | grep -o '"key":"[^"]*"' | cut -d'"' -f4)
+age -d -i "$identity" "$store/$files" | tar -xz -C "$dest"
 # a working copy ("bare": false): clone it from $dest, or move $dest to DIR/.git,
 # set core.bare=false and run git reset --hard.
 echo "restored $repo into $dest (bare: $bare)"

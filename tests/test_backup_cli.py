@@ -253,6 +253,8 @@ def test_disaster_recovery_with_only_age_and_git(
     assert got == "".join(line + "\n" for line in want.splitlines()
                           if "refs/remotes/origin/HEAD" not in line)  # fmt: skip
     assert (out / "HEAD").read_text() == (main / "HEAD").read_text()
+    assert (out / "hooks" / "pre-receive").read_bytes() == (main / "hooks/pre-receive").read_bytes()
+    assert run_git(out, "config", "custom.key").strip() == "kept"
     run_git(out, "fsck", "--strict")
     assert json.loads((tmp_path / "recovered.git.refs.json").read_text())["head"].startswith("ref:")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from custode.backup.bundle import Refs, capture, write_bundle
 from custode.backup.crypto import Recipient
-from custode.backup.extras import build_tar, lfs_objects
+from custode.backup.extras import build_tar, compress, lfs_objects
 from custode.backup.manifest import (
     Entry,
     FileRef,
@@ -36,7 +36,7 @@ from custode.backup.manifest import (
     repo_prefix,
     salted_digest,
 )
-from custode.backup.store import Store
+from custode.backup.store import KeyExistsError, Store
 from custode.backup.streams import put_bytes, put_file
 from custode.errors import CustodeError, IntegrityError, StateError
 from custode.git import Git
@@ -170,7 +170,7 @@ def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
     if parent is not None and salted_digest(parent.backup_id, tar.hex()) == parent.files_digest:
         files_ref = parent.files
     else:
-        files_ref = put_bytes(store, own + "files.age", tar, settings.recipients)
+        files_ref = put_bytes(store, own + "files.age", compress(tar), settings.recipients)
         result.bytes_added += files_ref.size
         result.files_added += 1
     lfs_refs = _store_lfs(store, settings, parent, lfs, work, result)
@@ -223,7 +223,14 @@ def _store_lfs(  # noqa: PLR0917
     for oid, path in sorted(lfs.items()):
         key = lfs_key(settings.host, oid)
         ref = known.get(oid) or _stored(store, key)
-        refs.append(ref or _put(store, key, path, settings, work, result))
+        if ref is None:
+            try:
+                ref = _put(store, key, path, settings, work, result)
+            except KeyExistsError:  # a concurrent backup stored it first: same content
+                ref = _stored(store, key)
+        if ref is None:
+            raise StateError(f"LFS object {key} vanished from {store.url} while stored")
+        refs.append(ref)
     return refs
 
 

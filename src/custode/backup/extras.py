@@ -16,6 +16,7 @@ named by its id, and checked against it on restore.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -54,9 +55,7 @@ def _add(tar: tarfile.TarFile, git_dir: Path, name: str) -> None:
         return
     entry = tarfile.TarInfo(name)
     entry.mtime = 0
-    if stat.S_ISDIR(info.st_mode):
-        entry.type, entry.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(entry)
+    if stat.S_ISDIR(info.st_mode):  # no entry of its own: an empty directory is no change
         for child in sorted(os.listdir(path)):
             _add(tar, git_dir, f"{name}/{child}")
     elif stat.S_ISREG(info.st_mode) and info.st_size <= MAX_FILE:
@@ -67,10 +66,17 @@ def _add(tar: tarfile.TarFile, git_dir: Path, name: str) -> None:
         tar.addfile(entry, io.BytesIO(data))
 
 
+def compress(tar: bytes) -> bytes:
+    """What is stored: the tar gzipped (its 10 KiB record padding is mostly zeros), with
+    no timestamp, so equal files give equal bytes. ``tar -xz`` reads it."""
+    return gzip.compress(tar, mtime=0)
+
+
 def extract(data: bytes, git_dir: Path) -> None:
-    """Write the files of a tar made by ``build_tar`` into ``git_dir``, strictly."""
+    """Write the files of a tar made by ``build_tar`` (gzipped or not) into ``git_dir``,
+    strictly."""
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
             members = tar.getmembers()
             for m in members:
                 parts = m.name.split("/")
@@ -86,8 +92,9 @@ def extract(data: bytes, git_dir: Path) -> None:
                 target = git_dir / m.name
                 _no_symlink_on_the_way(git_dir, m.name)
                 if m.isdir():
-                    target.mkdir(mode=0o755, exist_ok=True)
+                    target.mkdir(mode=0o755, parents=True, exist_ok=True)
                     continue
+                target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
                 src = tar.extractfile(m)
                 if src is None:
                     raise IntegrityError(f"backup files: {m.name!r} is unreadable")

@@ -41,7 +41,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 )
 from s3transfer.exceptions import RetriesExceededError  # type: ignore[import-untyped]
 
-from custode.backup.store import check_key
+from custode.backup.store import KeyExistsError, check_key
 from custode.errors import CustodeError, PathNotFoundError, StateError, UsageError
 
 _MIB = 1 << 20
@@ -141,7 +141,7 @@ class S3Store:
 
     def _refuse_existing(self, key: str) -> None:
         if self.size(key) is not None:
-            raise StateError(self._exists_msg(key))
+            raise KeyExistsError(self._exists_msg(key))
 
     def _put_object(self, key: str, body: BinaryIO | bytes) -> None:
         def put() -> object:
@@ -203,7 +203,7 @@ class S3Store:
                     time.sleep(0.1 * 2**attempt)
                     continue
                 if code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                    raise StateError(self._exists_msg(key)) from e
+                    raise KeyExistsError(self._exists_msg(key)) from e
                 raise self._error(e, "write", key) from e
             except BotoCoreError as e:
                 raise self._error(e, "write", key) from e

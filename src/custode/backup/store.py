@@ -37,6 +37,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
+class KeyExistsError(StateError):
+    """``put`` refused: the key exists (another writer may have just won the race)."""
+
+
 def check_key(key: str) -> str:
     """Return ``key`` if it is a valid store key, else raise ``UsageError`` saying why."""
     why = ""
@@ -180,7 +184,7 @@ class LocalStore:
             fd, name = self._walk(key, create=True)
             assert fd is not None  # noqa: S101  (create=True makes every directory)
             if _lexists(name, fd):  # cheap early refusal; os.link below is the real guard
-                raise StateError(self._exists_msg(key))
+                raise KeyExistsError(self._exists_msg(key))
             tmp = TMP_PREFIX + secrets.token_hex(8)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             with os.fdopen(os.open(tmp, flags, 0o600, dir_fd=fd), "wb") as out:
@@ -190,7 +194,7 @@ class LocalStore:
             try:
                 os.link(tmp, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
             except FileExistsError as e:
-                raise StateError(self._exists_msg(key)) from e
+                raise KeyExistsError(self._exists_msg(key)) from e
             os.fsync(fd)
         except OSError as e:
             if e.errno in _NO_SPACE:
