@@ -208,6 +208,12 @@ def test_a_chain_is_cut_by_a_full_backup_after_full_every(
         repos = {r["repository"]: r for r in result.json()["repositories"]}
         fulls.append(repos["org/main.git"]["full"])
     assert fulls == [True, False, True, False]
+    config.write_text('[backup]\nfull_after = "0s"\n')  # every chain already too old
+    fast_import(main, history_stream("refs/heads/main", 1, start=310, parent="refs/heads/main^0"))
+    result = custode("--config", config, "backup", root, "--store", store, "--recipient", pub,
+                     "--json")  # fmt: skip
+    repos = {r["repository"]: r for r in result.json()["repositories"]}
+    assert repos["org/main.git"]["full"] and repos["org/main.git"]["outcome"] == "new"
 
 
 def test_no_config_generates_a_key_and_uses_the_default_store(
