@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 from custode.configtypes import Duration, Section, is_duration
 from custode.errors import ConfigError
 from custode.maintenance.policy import MaintenancePolicy
+from custode.monitoring.config import MonitoringConfig
 from custode.units import format_duration
 
 
@@ -143,6 +144,7 @@ class Config(Section):
     maintenance: MaintenancePolicy = Field(default_factory=MaintenancePolicy)
     state: StateConfig = Field(default_factory=StateConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
 
 def load_config(path: Path, *, required: bool) -> Config:

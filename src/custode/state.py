@@ -60,6 +60,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX repository_results_task ON repository_results (task, root, repository, started_at);
     """,
+    """
+    CREATE TABLE host_samples (
+        id INTEGER PRIMARY KEY, taken_at TEXT NOT NULL, cpu_ratio REAL NOT NULL,
+        memory_ratio REAL NOT NULL, load1 REAL NOT NULL
+    );
+    CREATE INDEX host_samples_taken ON host_samples (taken_at);
+    """,
 )
 
 
@@ -105,6 +112,20 @@ class TaskHistory:
     latest: float
     outcome: str  # of the latest
     details: dict[str, Any]  # of the latest
+
+
+@dataclass(frozen=True)
+class LatestResult:
+    """The latest result of one task in one repository, and when it last succeeded."""
+
+    task: str
+    root: str
+    repository: str
+    at: float  # epoch seconds
+    outcome: str
+    duration_s: float
+    details: dict[str, Any]
+    last_ok: float | None
 
 
 @dataclass(frozen=True)
@@ -300,6 +321,51 @@ class StateDB:
             for r in rows
         }
 
+    def record_host_sample(self, cpu_ratio: float, memory_ratio: float, load1: float) -> None:
+        """One sample of the host's resource use (for reports against the 70% target)."""
+        with self._transaction():
+            self._conn.execute(
+                "INSERT INTO host_samples (taken_at, cpu_ratio, memory_ratio, load1) "
+                "VALUES (?, ?, ?, ?)",
+                (utcnow(), cpu_ratio, memory_ratio, load1),
+            )
+
+    def host_samples(self, since: str) -> list[tuple[str, float, float, float]]:
+        rows = self._conn.execute(
+            "SELECT taken_at, cpu_ratio, memory_ratio, load1 FROM host_samples "
+            "WHERE taken_at >= ? ORDER BY taken_at",
+            (since,),
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def latest_results(self, tasks: Iterable[str]) -> list[LatestResult]:
+        """For each (task, root, repository): its latest result and its latest success."""
+        names = sorted(set(tasks))
+        if not names:
+            return []
+        marks = ",".join("?" * len(names))
+        rows = self._conn.execute(  # only "?" placeholders are formatted in
+            "SELECT r.task, r.root, r.repository, r.started_at, r.outcome, r.duration_s, "  # noqa: S608
+            "r.details, f.last_ok FROM repository_results r JOIN (SELECT MAX(id) AS last, "
+            "MAX(CASE WHEN outcome = 'ok' THEN started_at END) AS last_ok "
+            f"FROM repository_results WHERE task IN ({marks}) "
+            "GROUP BY task, root, repository) f ON r.id = f.last",
+            names,
+        )
+        return [
+            LatestResult(
+                r[0],
+                r[1],
+                r[2],
+                _epoch(r[3]),
+                r[4],
+                r[5],
+                json.loads(r[6]),
+                _epoch(r[7]) if r[7] else None,
+            )
+            for r in rows
+        ]
+
     def latest_fingerprints(self) -> dict[tuple[str, str], tuple[str, str]]:
         """(root, repository) → (fingerprint, verdict) of each repository's last observation.
 
@@ -326,6 +392,7 @@ class StateDB:
                 "(SELECT id FROM runs WHERE started_at < ?)",
                 (cutoff,),
             )
+            self._conn.execute("DELETE FROM host_samples WHERE taken_at < ?", (cutoff,))
             cur = self._conn.execute(
                 "DELETE FROM runs WHERE started_at < ? AND id NOT IN "
                 "(SELECT DISTINCT run_id FROM observations)",

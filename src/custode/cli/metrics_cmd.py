@@ -1,0 +1,57 @@
+"""``custode metrics``: the Prometheus exposition once, to stdout or a textfile."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from custode.cli.app import App
+from custode.errors import EXIT_CODES_HELP, PathNotFoundError
+from custode.monitoring.exporter import Exporter
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--textfile",
+    "textfile_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Write DIR/custode.prom atomically (node_exporter's textfile collector) instead "
+    "of printing.",
+)
+@click.option("--no-probes", is_flag=True, help="Skip the timed git probes.")
+@click.pass_obj
+def metrics(app: App, roots: tuple[Path, ...], textfile_dir: Path | None, no_probes: bool) -> None:
+    """Print every custode metric in the Prometheus text format, once.
+
+    For a scrape target that stays up, see custode serve.
+    """
+    exporter = Exporter(roots=app.roots(roots), config=app.config, state_dir=app.state_dir(),
+                        probes=not no_probes)  # fmt: skip
+    for root in exporter.roots:
+        if not root.is_dir():
+            raise PathNotFoundError(f"root {root} is not a directory; check the path")
+    exporter.refresh()
+    if exporter.last_error:
+        raise PathNotFoundError(f"cannot read the fleet: {exporter.last_error}")
+    text = exporter.exposition()
+    if textfile_dir is None:
+        click.echo(text.decode(), nl=False)
+        return
+    if not textfile_dir.is_dir():
+        raise PathNotFoundError(
+            f"textfile directory {textfile_dir} does not exist; create it or point --textfile "
+            "at node_exporter's --collector.textfile.directory"
+        )
+    fd, tmp = tempfile.mkstemp(prefix=".custode.prom.", dir=textfile_dir)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, textfile_dir / "custode.prom")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus metrics of the fleet, git operation timings, alerts."""

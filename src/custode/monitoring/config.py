@@ -1,0 +1,40 @@
+"""The ``[monitoring]`` config section: exposition, cardinality bound, probes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from custode.configtypes import Duration, Section
+
+
+class MonitoringConfig(Section):
+    listen: str = Field(
+        default="127.0.0.1:9877",
+        description="Where custode serve answers /metrics and /healthz (HOST:PORT).",
+    )
+    web_config: Path | None = Field(
+        default=None,
+        description="A Prometheus exporter-toolkit web config (TLS, basic auth) for serve.",
+    )
+    refresh_interval: Duration = Field(
+        default=60.0,
+        description="How often serve rereads the fleet and history (scrapes answer from the "
+        "last refresh).",
+    )
+    max_repository_series: int = Field(
+        default=2000, ge=0,
+        description="Export per-repository series up to this many repositories; above it, "
+        "fleet-wide histograms and the worst repositories only.",
+    )  # fmt: skip
+    worst: int = Field(
+        default=10, ge=1, description="How many worst repositories to export per measure."
+    )
+    probe_repositories: int = Field(
+        default=20, ge=0,
+        description="Repositories probed per refresh (timed read-only git operations), in turn.",
+    )  # fmt: skip
+    probe_budget: Duration = Field(
+        default=5.0, description="Longest the probes of one refresh may take together."
+    )
