@@ -175,7 +175,11 @@ def parse_config(data: dict[str, Any], *, source: str) -> Config:
         raise ConfigError(f"config file {source}: {_describe(exc)}") from None
     base = Path(source).parent
     roots = [r if r.is_absolute() else base / r for r in (p.expanduser() for p in config.roots)]
-    return config.model_copy(update={"roots": roots})
+    update: dict[str, Any] = {"roots": roots}
+    web = config.monitoring.web_config
+    if web is not None and not web.expanduser().is_absolute():  # as the roots: beside the file
+        update["monitoring"] = config.monitoring.model_copy(update={"web_config": base / web})
+    return config.model_copy(update=update)
 
 
 def _describe(exc: ValidationError) -> str:
