@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 from custode.configtypes import Duration, Section, is_duration
 from custode.errors import ConfigError
 from custode.maintenance.policy import MaintenancePolicy
+from custode.monitoring.alerts import AlertingConfig
 from custode.monitoring.config import MonitoringConfig
 from custode.units import format_duration
 
@@ -145,6 +146,7 @@ class Config(Section):
     state: StateConfig = Field(default_factory=StateConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    alerting: AlertingConfig = Field(default_factory=AlertingConfig)
 
 
 def load_config(path: Path, *, required: bool) -> Config:
@@ -242,6 +244,10 @@ def render_default_config() -> str:
         for key, field in type(section).model_fields.items():
             lines += _wrap(field.description or "")
             value = getattr(section, key)
+            if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+                lines.append(f"# {key}: {len(value)} built in (see the documentation); "
+                             f"setting [[{name}.{key}]] replaces them all")  # fmt: skip
+                continue
             placeholder = '"/path/of/your/choice"' if "Path" in str(field.annotation) else '"..."'
             shown = placeholder if value is None else _toml_value(value, is_duration(field))
             lines.append(f"# {key} = {shown}")

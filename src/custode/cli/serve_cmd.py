@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import signal
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -58,10 +59,20 @@ def serve(app: App, roots: tuple[Path, ...], listen: str | None, web_config: Pat
     web_path = web_config or cfg.web_config
     watcher = WebConfigWatcher(load_web_config(web_path)) if web_path is not None else None
 
+    from custode.monitoring.alerting import AlertEngine
     from custode.monitoring.exporter import Exporter  # heavy: only once the flags are valid
+    from custode.monitoring.notify import Notifier
 
     exporter = Exporter(roots=root_paths, config=app.config, state_dir=app.state_dir())
     refresher = Refresher(exporter, cfg.refresh_interval)
+    notifier = Notifier.from_config(app.config.alerting, interval=refresher.interval)
+    engine = AlertEngine(app.config.alerting, notifier)
+    exporter.register(engine)
+
+    def alert() -> None:
+        engine.evaluate(exporter.samples(), time.time())
+
+    refresher.after.append(alert)
     metrics = MetricsApp(exporter, refresher.health, watcher.current if watcher else None)
     try:
         server = MetricsServer((host, port), metrics, web=watcher)

@@ -13,7 +13,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -90,6 +95,17 @@ class OperationHistograms:
             for (root, repository, operation), (n, t) in sorted(self._per_repo.items()):
                 count.add_metric([root, repository, operation], n)
                 seconds.add_metric([root, repository, operation], t)
+        p95 = GaugeMetricFamily(
+            "custode_git_operation_p95_seconds",
+            "custode's estimate of the 95th percentile of each operation's duration, from "
+            "the histogram buckets since start (for alert rules evaluated inside custode).",
+            labels=["operation", "source"],
+        )
+        for operation, source in sorted(self._series):
+            value = self.quantile(operation, source, 0.95)
+            if value is not None:
+                p95.add_metric([operation, source], value)
         yield hist
+        yield p95
         yield count
         yield seconds

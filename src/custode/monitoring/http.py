@@ -64,6 +64,7 @@ class Refresher:
         self._succeeded = False
         self._error = ""
         self._thread: threading.Thread | None = None
+        self.after: list[Callable[[], None]] = []  # run after each refresh (alert rules)
 
     def start(self) -> None:
         self._started = self._clock()
@@ -87,6 +88,11 @@ class Refresher:
             self._error = error
             if not error:
                 self._last_ok, self._succeeded = self._clock(), True
+        for hook in self.after:
+            try:
+                hook()
+            except Exception:  # an alerting bug must not stop the metrics
+                log.exception("after-refresh step failed")
 
     def health(self) -> str | None:
         """None when healthy, else the reason (one line)."""
