@@ -1,0 +1,113 @@
+"""Every PromQL query shipped in deploy/ (the Grafana dashboard's panels, the Prometheus
+rules) runs against a real Prometheus scraping ``custode serve`` and returns data."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fixtures.builders import Fleet
+from fixtures.cli import CliResult
+from test_serve import free_port, prometheus_binary
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+VARIABLES = {"$instance": ".*", "$source": ".*", "$__rate_interval": "1m"}
+CONDITION = re.compile(r"^(?P<query>.*?)\s*(==|!=|>=|<=|>|<)\s*[-+0-9.e]+\s*$", re.S)
+
+
+def shipped_queries() -> Iterator[tuple[str, str]]:
+    board = json.loads((DEPLOY / "grafana" / "custode-dashboard.json").read_text())
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for name, value in VARIABLES.items():
+                expr = expr.replace(name, value)
+            yield f"dashboard: {panel['title']}", expr
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "custode-rules.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            yield f"rule: {rule.get('alert') or rule.get('record')}", rule["expr"].strip()
+
+
+def as_data_query(expr: str) -> str:
+    """A condition (``X > 0.7``) is empty while nothing is wrong: its left side must not be."""
+    match = CONDITION.match(expr)
+    return match.group("query") if match else expr
+
+
+def query(port: int, expr: str) -> dict:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.load(r)
+
+
+def test_every_shipped_query_returns_data_from_a_real_prometheus(
+    custode: Callable[..., CliResult], fleet_copy: Fleet, tmp_path: Path, isolated_env: dict[str, str]
+) -> None:
+    binary = prometheus_binary()
+    root = fleet_copy.root
+    store = tmp_path / "store"
+    for args in (("maintain", root), ("check", root), ("backup", root, "--store", store),
+                 ("verify", "--store", store, "--level", "drill", "--sample", "2")):  # fmt: skip
+        assert custode(*args).code in (0, 3), args
+    config = tmp_path / "custode.toml"
+    config.write_text("[monitoring]\nrefresh_interval = 1\nprobe_repositories = 5\n")
+    serve_port = free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "custode", "--config", str(config), "serve", "--listen",
+         f"127.0.0.1:{serve_port}", str(root)],
+        env=isolated_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    prom_config = tmp_path / "prometheus.yml"
+    prom_config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files: ['{DEPLOY / 'prometheus' / 'custode-rules.yml'}']\n"
+        "scrape_configs:\n  - job_name: custode\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{serve_port}']\n"
+    )
+    port = free_port()
+    log = (tmp_path / "prometheus.log").open("w")
+    prometheus = subprocess.Popen(
+        [binary, f"--config.file={prom_config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        missing: list[str] = ["(not asked yet)"]
+        while missing and time.monotonic() < deadline:
+            time.sleep(1)
+            missing = []
+            for where, expr in shipped_queries():
+                try:
+                    answer = query(port, as_data_query(expr))
+                except OSError as exc:
+                    missing.append(f"{where}: {exc}")
+                    continue
+                assert answer["status"] == "success", (where, expr, answer)
+                if not answer["data"]["result"]:
+                    missing.append(f"{where}: {expr}")
+        assert not missing, "queries without data:\n" + "\n".join(missing)
+        for where, expr in shipped_queries():  # the conditions themselves run too
+            assert query(port, expr)["status"] == "success", (where, expr)
+    finally:
+        for process in (prometheus, serve):
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
