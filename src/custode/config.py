@@ -21,6 +21,7 @@ from custode.errors import ConfigError
 from custode.maintenance.policy import MaintenancePolicy
 from custode.monitoring.alerts import AlertingConfig
 from custode.monitoring.config import MonitoringConfig
+from custode.monitoring.trace2config import Trace2Config
 from custode.units import format_duration
 
 
@@ -147,6 +148,7 @@ class Config(Section):
     backup: BackupConfig = Field(default_factory=BackupConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     alerting: AlertingConfig = Field(default_factory=AlertingConfig)
+    trace2: Trace2Config = Field(default_factory=Trace2Config)
 
 
 def load_config(path: Path, *, required: bool) -> Config:

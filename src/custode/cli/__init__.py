@@ -29,6 +29,7 @@ COMMANDS = {
     "restore": "custode.cli.restore_cmd:restore",
     "verify": "custode.cli.verify_cmd:verify_cmd",
     "forget": "custode.cli.forget_cmd:forget",
+    "trace2": "custode.cli.trace2_cmd:trace2",
     "serve": "custode.cli.serve_cmd:serve",
     "metrics": "custode.cli.metrics_cmd:metrics",
 }

@@ -8,10 +8,12 @@ stop it cleanly with exit status 0.
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,6 +21,10 @@ from custode.cli.app import App
 from custode.errors import EXIT_CODES_HELP, PathNotFoundError, UsageError
 from custode.monitoring.http import MetricsApp, MetricsServer, Refresher, parse_listen, serve_until
 from custode.monitoring.webconfig import WebConfigWatcher, load_web_config
+
+if TYPE_CHECKING:
+    from custode.monitoring.exporter import Exporter
+    from custode.monitoring.trace2 import Trace2Listener
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -36,8 +42,17 @@ from custode.monitoring.webconfig import WebConfigWatcher, load_web_config
     "client_ca_file, client_auth_type, min_version) and basic_auth_users (name: bcrypt "
     "hash). Default: monitoring.web_config.",
 )
+@click.option(
+    "--trace2/--no-trace2",
+    "trace2",
+    default=True,
+    show_default=True,
+    help="Listen for git's trace2 events on trace2.socket (see custode trace2 enable).",
+)
 @click.pass_obj
-def serve(app: App, roots: tuple[Path, ...], listen: str | None, web_config: Path | None) -> None:
+def serve(
+    app: App, roots: tuple[Path, ...], listen: str | None, web_config: Path | None, trace2: bool
+) -> None:
     """Serve metrics of the repositories under ROOTS (default: roots from config).
 
     /metrics is the Prometheus text format; /healthz answers "ok", or 503 and the reason
@@ -81,11 +96,39 @@ def serve(app: App, roots: tuple[Path, ...], listen: str | None, web_config: Pat
             f"cannot listen on {address}: {_reason(exc)}; choose another {where}"
         ) from None
 
+    listener = _trace2_listener(app, exporter) if trace2 else None
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     app.err.print(f"serving metrics on {server.url}/metrics", markup=False, highlight=False)
-    serve_until(server, refresher, stop)
+    try:
+        serve_until(server, refresher, stop)
+    finally:
+        if listener is not None:
+            listener.stop()
+
+
+def _trace2_listener(app: App, exporter: Exporter) -> Trace2Listener:
+    """Start listening for trace2 events (errors name the socket and the fix)."""
+    from custode.monitoring.trace2 import Trace2Listener
+    from custode.monitoring.trace2config import default_socket
+
+    cfg = app.config.trace2
+
+    def repository_of(path: str) -> tuple[str, str] | None:
+        real = os.path.realpath(path)
+        for r in exporter.view().repositories:
+            if real in (os.path.realpath(r.state.path), os.path.realpath(r.state.git_dir)):
+                return r.state.root, r.state.relative
+        return None
+
+    listener = Trace2Listener(
+        cfg.socket or default_socket(app.state_dir()), exporter.histograms,
+        repository_of=repository_of, max_buffer=cfg.max_buffer, mode=cfg.socket_mode,
+    )  # fmt: skip
+    listener.start()
+    exporter.register(listener)
+    return listener
 
 
 def _reason(exc: OSError) -> str:
