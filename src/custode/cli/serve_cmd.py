@@ -115,12 +115,19 @@ def _trace2_listener(app: App, exporter: Exporter) -> Trace2Listener:
 
     cfg = app.config.trace2
 
+    index: dict[str, tuple[str, str]] = {}
+    seen: list[object] = [None]
+
     def repository_of(path: str) -> tuple[str, str] | None:
-        real = os.path.realpath(path)
-        for r in exporter.view().repositories:
-            if real in (os.path.realpath(r.state.path), os.path.realpath(r.state.git_dir)):
-                return r.state.root, r.state.relative
-        return None
+        view = exporter.view()
+        if view is not seen[0]:  # a new refresh: index its repositories by path once
+            index.clear()
+            for r in view.repositories:
+                where = (r.state.root, r.state.relative)
+                index[os.path.realpath(r.state.path)] = where
+                index[os.path.realpath(r.state.git_dir)] = where
+            seen[0] = view
+        return index.get(os.path.realpath(path))
 
     listener = Trace2Listener(
         cfg.socket or default_socket(app.state_dir()), exporter.histograms,
