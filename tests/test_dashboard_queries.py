@@ -54,7 +54,10 @@ def query(port: int, expr: str) -> dict:
 
 
 def test_every_shipped_query_returns_data_from_a_real_prometheus(
-    custode: Callable[..., CliResult], fleet_copy: Fleet, tmp_path: Path, isolated_env: dict[str, str]
+    custode: Callable[..., CliResult],
+    fleet_copy: Fleet,
+    tmp_path: Path,
+    isolated_env: dict[str, str],
 ) -> None:
     binary = prometheus_binary()
     root = fleet_copy.root
