@@ -135,6 +135,19 @@ class BackupConfig(Section):
     )
 
 
+class RunConfig(Section):
+    drill_sample: int = Field(
+        default=3, ge=0,
+        description="Repositories custode run restores in its restore drill (chosen at random "
+        "each night, so the whole fleet is drilled in turn); 0 skips the drill.",
+    )  # fmt: skip
+    report_directory: Path | None = Field(
+        default=None,
+        description="Where custode run writes each night's HTML report (default: "
+        "$XDG_STATE_HOME/custode/reports).",
+    )
+
+
 class Config(Section):
     roots: list[Path] = Field(
         default_factory=list,
@@ -149,6 +162,7 @@ class Config(Section):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     alerting: AlertingConfig = Field(default_factory=AlertingConfig)
     trace2: Trace2Config = Field(default_factory=Trace2Config)
+    run: RunConfig = Field(default_factory=RunConfig)
 
 
 def load_config(path: Path, *, required: bool) -> Config:

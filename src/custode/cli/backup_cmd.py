@@ -64,13 +64,13 @@ def backup(  # noqa: PLR0917
     """
     started = time.monotonic()
     cfg = app.config.backup
-    keys = bc.recipients(app, recipient)
-    store = bc.open_app_store(app, store_url)
     host = bc.host(app, None)
     git = Git.from_config(app.config.git)
     git.lower_own_priority()
     git.check_version()
     found = scan_fleet(app, app.roots(roots))
+    keys = bc.recipients(app, recipient)  # after the scan: no key made for a wrong root
+    store = bc.open_app_store(app, store_url)
     created = datetime.now(UTC)
     with (
         store_lock(store, host, exclusive=False, purpose="custode backup"),

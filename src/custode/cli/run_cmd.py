@@ -1,0 +1,207 @@
+"""``custode run``: one unattended cycle — maintain, check, back up, verify (quick, plus a
+restore drill of a few repositories), forget, report — and one verdict.
+
+Each stage is the command of the same name, run in this process with ``--json``; its
+summary is collected and its messages still go to stderr. A stage that fails does not stop
+the next (a failed maintenance is no reason to skip the backup), except that nothing is
+verified or forgotten in a store the backup could not reach. The exit status is the worst
+stage's; the history database gets one ``run`` row with every stage's outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from custode.cli.app import App
+from custode.errors import EXIT_CODES_HELP, CustodeError, ExitCode, PathNotFoundError
+from custode.state import StateDB
+
+#: worst first: the exit status of a run is the first of these any stage ended with
+SEVERITY = (ExitCode.INTEGRITY, ExitCode.ERROR, ExitCode.GIT, ExitCode.NOT_FOUND,
+            ExitCode.LOCKED, ExitCode.USAGE, ExitCode.PARTIAL, ExitCode.OK)  # fmt: skip
+
+
+@dataclass
+class Stage:
+    name: str
+    code: int = 0
+    seconds: float = 0.0
+    message: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+    skipped: str = ""
+
+    @property
+    def outcome(self) -> str:
+        if self.skipped:
+            return "skipped"
+        return {0: "ok", int(ExitCode.PARTIAL): "partial"}.get(self.code, "failed")
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--drill",
+    "drill",
+    type=click.IntRange(0),
+    default=None,
+    help="Repositories restored in the restore drill [default: run.drill_sample].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary of every stage.")
+@click.pass_context
+def run(ctx: click.Context, roots: tuple[Path, ...], drill: int | None, as_json: bool) -> None:
+    """One nightly cycle on every repository under ROOTS: maintain, check, back up, verify
+    (quick, and a restore drill of a few repositories), forget old snapshots, report.
+
+    Works with no config at all: history under $XDG_STATE_HOME/custode, backups under
+    $XDG_DATA_HOME/custode/backups, and an age key created at first use in
+    $XDG_CONFIG_HOME/custode (keep a copy elsewhere).
+    """
+    app: App = ctx.obj
+    started = time.monotonic()
+    root_paths = tuple(app.roots(roots))  # fail early, once, when no root is known
+    for root in root_paths:
+        if not root.is_dir():
+            raise PathNotFoundError(f"root {root} is not a directory; check the path")
+    cfg = app.config.run
+    sample = cfg.drill_sample if drill is None else drill
+    stages = [_stage(ctx, "maintain", "custode.cli.maintain_cmd:maintain", roots=root_paths)]
+    stages.append(_stage(ctx, "check", "custode.cli.check_cmd:check", roots=root_paths))
+    backup = _stage(ctx, "backup", "custode.cli.backup_cmd:backup", roots=root_paths)
+    stages.append(backup)
+    reached = backup.summary.get("snapshot") is not None
+    why = "" if reached else "the backup reached no store"
+    stages.append(_stage(ctx, "verify", "custode.cli.verify_cmd:verify_cmd", skip=why,
+                         level="quick"))  # fmt: skip
+    if sample:
+        stages.append(_stage(ctx, "drill", "custode.cli.verify_cmd:verify_cmd", skip=why,
+                             level="drill", sample=sample))  # fmt: skip
+    policy = app.config.backup
+    keeps = (policy.keep_last, policy.keep_hourly, policy.keep_daily, policy.keep_weekly,
+             policy.keep_monthly, policy.keep_yearly, policy.keep_within)  # fmt: skip
+    stages.append(_stage(ctx, "forget", "custode.cli.forget_cmd:forget",
+                         skip=why or ("" if any(keeps) else "no retention policy in backup.keep_*"),
+                         do_prune=True))  # fmt: skip
+    stages += _report_stage(ctx, cfg.report_directory or app.state_dir() / "reports")
+    seconds = time.monotonic() - started
+    code = _worst(stages)
+    _record(app, stages, code, seconds)
+    _show(app, stages, code, seconds, as_json=as_json)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+def _stage(ctx: click.Context, name: str, target: str, *, skip: str = "", **params: Any) -> Stage:
+    """Run one command with --json in this process; its JSON becomes the stage's summary."""
+    stage = Stage(name, skipped=skip)
+    if skip:
+        return stage
+    import importlib
+
+    module, attr = target.split(":")
+    command: click.Command = getattr(importlib.import_module(module), attr)
+    if "as_json" in {p.name for p in command.params}:
+        params["as_json"] = True
+    out = io.StringIO()
+    started = time.monotonic()
+    try:
+        with contextlib.redirect_stdout(out):
+            ctx.invoke(command, **params)
+    except CustodeError as exc:
+        stage.code, stage.message = int(exc.exit_code), exc.message
+        click.echo(f"custode: {name}: {exc.message}", err=True)
+    except click.exceptions.Exit as exc:
+        stage.code = exc.exit_code
+    stage.seconds = time.monotonic() - started
+    with contextlib.suppress(ValueError):
+        parsed = json.loads(out.getvalue() or "{}")
+        summary = parsed.get("summary", parsed) if isinstance(parsed, dict) else {}
+        stage.summary = summary if isinstance(summary, dict) else {}
+    return stage
+
+
+def _report_stage(ctx: click.Context, directory: Path) -> list[Stage]:
+    """The report of the last day, as HTML in ``directory`` (when custode has reports)."""
+    import importlib.util
+
+    if importlib.util.find_spec("custode.cli.report_cmd") is None:
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"custode-report-{time.strftime('%Y-%m-%d')}.html"
+    stage = _stage(ctx, "report", "custode.cli.report_cmd:report", since=86400.0,
+                   format="html", output=target)  # fmt: skip
+    stage.summary.setdefault("file", str(target))
+    return [stage]
+
+
+def _worst(stages: list[Stage]) -> int:
+    codes = {s.code for s in stages}
+    return int(next((c for c in SEVERITY if int(c) in codes), ExitCode.ERROR))
+
+
+def _record(app: App, stages: list[Stage], code: int, seconds: float) -> None:
+    summary = {"code": code, "seconds": round(seconds, 3),
+               "stages": [{"name": s.name, "outcome": s.outcome, "code": s.code,
+                           "seconds": round(s.seconds, 3), "message": s.message or s.skipped}
+                          for s in stages]}  # fmt: skip
+    try:
+        with StateDB.open(app.state_dir() / "state.db") as db:
+            run_id = db.begin_run("run")
+            status = "ok" if code == 0 else "partial" if code == ExitCode.PARTIAL else "failed"
+            db.finish_run(run_id, status, summary)
+    except CustodeError as exc:
+        app.warn(f"run not recorded in history: {exc}")
+
+
+_FACTS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "maintain": lambda s: f"{s.get('maintained', 0)} maintained, {s.get('failed', 0)} failed",
+    "check": lambda s: (
+        f"{s.get('repositories', 0)} checked, {s.get('corrupt', 0)} corrupt, "
+        f"{s.get('error', 0)} not checkable"
+    ),
+    "backup": lambda s: (
+        f"snapshot {s.get('snapshot')}: {s.get('new', 0)} new, "
+        f"{s.get('unchanged', 0)} unchanged, {s.get('failed', 0)} failed"
+    ),
+    "verify": lambda s: f"{s.get('problems', 0)} problems in {s.get('files', 0)} files",
+    "drill": lambda s: (
+        f"{s.get('drills', 0)} restored, {s.get('drills_failed', 0)} failed, "
+        f"slowest {s.get('drill_seconds_max', 0)}s"
+    ),
+    "forget": lambda s: (
+        f"{len(s.get('removed', []))} snapshots removed, {s.get('pruned_files', 0)} files pruned"
+    ),
+    "report": lambda s: str(s.get("file", "")),
+}
+
+
+def _show(app: App, stages: list[Stage], code: int, seconds: float, *, as_json: bool) -> None:
+    if as_json:
+        rows = [{"name": s.name, "outcome": s.outcome, "code": s.code,
+                 "seconds": round(s.seconds, 3), "message": s.message or s.skipped,
+                 "summary": s.summary} for s in stages]  # fmt: skip
+        app.print_json({"code": code, "seconds": round(seconds, 3), "stages": rows})
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("stage", "outcome", "seconds", "what happened"):
+        table.add_column(column, justify="right" if column == "seconds" else "left")
+    for s in stages:
+        facts = s.skipped or s.message or (_FACTS[s.name](s.summary) if s.summary else "")
+        table.add_row(s.name, s.outcome, f"{s.seconds:.1f}", facts)
+    app.out.print(table)
+    verdict = "ok" if code == 0 else f"exit {code}"
+    where = [f"history in {app.state_dir()}"]
+    store = next((s.summary.get("store") for s in stages if s.name == "backup"), None)
+    if store:
+        where.append(f"backups in {store}")
+    app.out.print(f"run: {verdict} in {seconds:.1f}s; {'; '.join(where)}", markup=False,
+                  highlight=False)  # fmt: skip
