@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,8 +28,9 @@ from custode.errors import EXIT_CODES_HELP, CustodeError, ExitCode, PathNotFound
 from custode.state import StateDB
 
 #: worst first: the exit status of a run is the first of these any stage ended with
-SEVERITY = (ExitCode.INTEGRITY, ExitCode.ERROR, ExitCode.GIT, ExitCode.NOT_FOUND,
-            ExitCode.LOCKED, ExitCode.USAGE, ExitCode.PARTIAL, ExitCode.OK)  # fmt: skip
+SEVERITY = (ExitCode.INTERRUPTED, ExitCode.INTEGRITY, ExitCode.ERROR, ExitCode.GIT,
+            ExitCode.NOT_FOUND, ExitCode.LOCKED, ExitCode.USAGE, ExitCode.PARTIAL,
+            ExitCode.OK)  # fmt: skip
 
 
 @dataclass
@@ -39,9 +41,12 @@ class Stage:
     message: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
     skipped: str = ""
+    interrupted: bool = False
 
     @property
     def outcome(self) -> str:
+        if self.interrupted:
+            return "interrupted"
         if self.skipped:
             return "skipped"
         return {0: "ok", int(ExitCode.PARTIAL): "partial"}.get(self.code, "failed")
@@ -74,30 +79,40 @@ def run(ctx: click.Context, roots: tuple[Path, ...], drill: int | None, as_json:
             raise PathNotFoundError(f"root {root} is not a directory; check the path")
     cfg = app.config.run
     sample = cfg.drill_sample if drill is None else drill
-    stages = [_stage(ctx, "maintain", "custode.cli.maintain_cmd:maintain", roots=root_paths)]
-    stages.append(_stage(ctx, "check", "custode.cli.check_cmd:check", roots=root_paths))
-    backup = _stage(ctx, "backup", "custode.cli.backup_cmd:backup", roots=root_paths)
-    stages.append(backup)
-    reached = backup.summary.get("snapshot") is not None
-    why = "" if reached else "the backup reached no store"
-    stages.append(_stage(ctx, "verify", "custode.cli.verify_cmd:verify_cmd", skip=why,
-                         level="quick"))  # fmt: skip
-    if sample:
-        stages.append(_stage(ctx, "drill", "custode.cli.verify_cmd:verify_cmd", skip=why,
-                             level="drill", sample=sample))  # fmt: skip
     policy = app.config.backup
     keeps = (policy.keep_last, policy.keep_hourly, policy.keep_daily, policy.keep_weekly,
              policy.keep_monthly, policy.keep_yearly, policy.keep_within)  # fmt: skip
-    stages.append(_stage(ctx, "forget", "custode.cli.forget_cmd:forget",
-                         skip=why or ("" if any(keeps) else "no retention policy in backup.keep_*"),
-                         do_prune=True))  # fmt: skip
-    stages += _report_stage(ctx, cfg.report_directory or app.state_dir() / "reports")
+    signal.signal(signal.SIGTERM, _interrupt)  # a stop request: finish cleanly, record
+    stages: list[Stage] = []
+
+    def go(name: str, target: str, *, skip: str = "", **params: Any) -> Stage:
+        if stages and stages[-1].interrupted:
+            skip = "the run was interrupted"
+        stage = _stage(ctx, name, target, skip=skip, **params)
+        stages.append(stage)
+        return stage
+
+    go("maintain", "custode.cli.maintain_cmd:maintain", roots=root_paths)
+    go("check", "custode.cli.check_cmd:check", roots=root_paths)
+    backup = go("backup", "custode.cli.backup_cmd:backup", roots=root_paths)
+    why = "" if backup.summary.get("snapshot") is not None else "the backup reached no store"
+    go("verify", "custode.cli.verify_cmd:verify_cmd", skip=why, level="quick")
+    if sample:
+        go("drill", "custode.cli.verify_cmd:verify_cmd", skip=why, level="drill", sample=sample)
+    go("forget", "custode.cli.forget_cmd:forget", do_prune=True,
+       skip=why or ("" if any(keeps) else "no retention policy in backup.keep_*"))  # fmt: skip
+    if not stages[-1].interrupted:
+        stages += _report_stage(ctx, cfg.report_directory or app.state_dir() / "reports")
     seconds = time.monotonic() - started
     code = _worst(stages)
     _record(app, stages, code, seconds)
     _show(app, stages, code, seconds, as_json=as_json)
     if code:
         raise click.exceptions.Exit(code)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _stage(ctx: click.Context, name: str, target: str, *, skip: str = "", **params: Any) -> Stage:
@@ -121,6 +136,9 @@ def _stage(ctx: click.Context, name: str, target: str, *, skip: str = "", **para
         click.echo(f"custode: {name}: {exc.message}", err=True)
     except click.exceptions.Exit as exc:
         stage.code = exc.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        stage.code, stage.interrupted = int(ExitCode.INTERRUPTED), True
+        stage.message = "interrupted (SIGTERM or SIGINT); later stages skipped"
     stage.seconds = time.monotonic() - started
     with contextlib.suppress(ValueError):
         parsed = json.loads(out.getvalue() or "{}")
@@ -156,7 +174,8 @@ def _record(app: App, stages: list[Stage], code: int, seconds: float) -> None:
     try:
         with StateDB.open(app.state_dir() / "state.db") as db:
             run_id = db.begin_run("run")
-            status = "ok" if code == 0 else "partial" if code == ExitCode.PARTIAL else "failed"
+            status = {0: "ok", int(ExitCode.PARTIAL): "partial",
+                      int(ExitCode.INTERRUPTED): "interrupted"}.get(code, "failed")  # fmt: skip
             db.finish_run(run_id, status, summary)
     except CustodeError as exc:
         app.warn(f"run not recorded in history: {exc}")
