@@ -22,6 +22,7 @@ from custode.maintenance.policy import MaintenancePolicy
 from custode.monitoring.alerts import AlertingConfig
 from custode.monitoring.config import MonitoringConfig
 from custode.monitoring.trace2config import Trace2Config
+from custode.scheduler import ScheduleConfig
 from custode.units import format_duration
 
 
@@ -163,6 +164,7 @@ class Config(Section):
     alerting: AlertingConfig = Field(default_factory=AlertingConfig)
     trace2: Trace2Config = Field(default_factory=Trace2Config)
     run: RunConfig = Field(default_factory=RunConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
 
 
 def load_config(path: Path, *, required: bool) -> Config:

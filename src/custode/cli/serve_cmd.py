@@ -8,6 +8,8 @@ stop it cleanly with exit status 0.
 from __future__ import annotations
 
 import errno
+import fcntl
+import logging
 import os
 import signal
 import threading
@@ -18,13 +20,22 @@ from typing import TYPE_CHECKING
 import click
 
 from custode.cli.app import App
-from custode.errors import EXIT_CODES_HELP, PathNotFoundError, UsageError
+from custode.errors import (
+    EXIT_CODES_HELP,
+    CustodeError,
+    LockedError,
+    PathNotFoundError,
+    UsageError,
+)
 from custode.monitoring.http import MetricsApp, MetricsServer, Refresher, parse_listen, serve_until
 from custode.monitoring.webconfig import WebConfigWatcher, load_web_config
+
+log = logging.getLogger("custode")
 
 if TYPE_CHECKING:
     from custode.monitoring.exporter import Exporter
     from custode.monitoring.trace2 import Trace2Listener
+    from custode.scheduler import Scheduler
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -49,10 +60,18 @@ if TYPE_CHECKING:
     show_default=True,
     help="Listen for git's trace2 events on trace2.socket (see custode trace2 enable).",
 )
+@click.option(
+    "--schedule/--no-schedule",
+    "schedule",
+    default=True,
+    show_default=True,
+    help="Run the jobs of [schedule] (the nightly cycle, drills, reports).",
+)
 @click.pass_obj
-def serve(
-    app: App, roots: tuple[Path, ...], listen: str | None, web_config: Path | None, trace2: bool
-) -> None:
+def serve(  # noqa: PLR0917
+    app: App, roots: tuple[Path, ...], listen: str | None, web_config: Path | None, trace2: bool,
+    schedule: bool,
+) -> None:  # fmt: skip
     """Serve metrics of the repositories under ROOTS (default: roots from config).
 
     /metrics is the Prometheus text format; /healthz answers "ok", or 503 and the reason
@@ -62,6 +81,8 @@ def serve(
     """
     cfg = app.config.monitoring
     root_paths = app.roots(roots)
+    lock = _lock_state_dir(app)  # held (open) for the life of the process
+    del lock
     for root in root_paths:
         if not root.is_dir():
             raise PathNotFoundError(f"root {root} is not a directory; check the path")
@@ -97,15 +118,67 @@ def serve(
         ) from None
 
     listener = _trace2_listener(app, exporter) if trace2 else None
+    scheduler = _scheduler(app, root_paths) if schedule else None
+    if scheduler is not None:
+        exporter.register(scheduler)
+        scheduler.start()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: _reload(app, root_paths, scheduler))
     app.err.print(f"serving metrics on {server.url}/metrics", markup=False, highlight=False)
     try:
         serve_until(server, refresher, stop)
     finally:
+        if scheduler is not None:
+            scheduler.stop()  # the running job ends its step cleanly (or is killed late)
         if listener is not None:
             listener.stop()
+
+
+def _lock_state_dir(app: App) -> int:
+    """One serve per state directory: an flock the kernel drops when serve dies."""
+    state = app.state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state / "serve.pid", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise LockedError(
+            f"custode serve (pid {other}) already uses the state directory {state}; stop it "
+            "or give this one another state.directory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _scheduler(app: App, roots: list[Path]) -> Scheduler:
+    from custode.scheduler import Scheduler, jobs_from
+
+    cfg = app.config
+    reports = cfg.run.report_directory or app.state_dir() / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    return Scheduler(jobs_from(cfg.schedule, roots, reports), config_path=app.config_path,
+                     grace=cfg.schedule.stop_grace)  # fmt: skip
+
+
+def _reload(app: App, roots: list[Path], scheduler: Scheduler | None) -> None:
+    """SIGHUP: reread the config; the schedule changes at once, jobs read it when they
+    start. A config that no longer loads is reported and the old one kept."""
+    from custode.scheduler import jobs_from
+
+    try:
+        fresh = App(config_path=app.config_path).config
+    except CustodeError as exc:
+        log.warning("config not reloaded: %s", exc.message)
+        return
+    if scheduler is not None:
+        reports = fresh.run.report_directory or app.state_dir() / "reports"
+        scheduler.replace(jobs_from(fresh.schedule, roots, reports), fresh.schedule.stop_grace)
+    log.warning("config reloaded (the schedule; metrics and alert settings need a restart)")
 
 
 def _trace2_listener(app: App, exporter: Exporter) -> Trace2Listener:
