@@ -16,7 +16,7 @@ def test_readme_has_two_quick_start_commands_near_the_top() -> None:
     readme = (TOP / "README.md").read_text()
     assert readme.index("## Quick start") < 1500
     run, tests = _commands()
-    assert "custode status" in run
+    assert "custode run" in run
     assert "pytest" in tests
 
 

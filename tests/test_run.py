@@ -32,7 +32,7 @@ def test_a_fresh_home_runs_the_whole_cycle_then_a_second_run_is_fast_and_consist
     first = custode("run", "--json", root)
     assert first.code == 0, first.stderr
     done = stages(first)
-    assert [n for n in done if n != "report"] == STAGES
+    assert list(done) == [*STAGES, "report"]
     assert all(s["outcome"] == "ok" for s in done.values()), done
     assert done["maintain"]["summary"]["maintained"] >= 3
     assert done["backup"]["summary"]["new"] == 4
@@ -50,6 +50,8 @@ def test_a_fresh_home_runs_the_whole_cycle_then_a_second_run_is_fast_and_consist
     assert again["backup"]["summary"]["unchanged"] == 4 and again["backup"]["summary"]["new"] == 0
     assert again["backup"]["summary"]["bytes_added"] < 4096
     assert second.json()["seconds"] < first.json()["seconds"]
+    report = Path(done["report"]["summary"]["file"])
+    assert report.is_file() and "<svg" in report.read_text()
     listed = custode("snapshots", "--json").json()["snapshots"]
     assert len(listed) == 2
     table = custode("run", root)

@@ -32,6 +32,7 @@ COMMANDS = {
     "trace2": "custode.cli.trace2_cmd:trace2",
     "serve": "custode.cli.serve_cmd:serve",
     "metrics": "custode.cli.metrics_cmd:metrics",
+    "report": "custode.cli.report_cmd:report",
     "run": "custode.cli.run_cmd:run",
 }
 

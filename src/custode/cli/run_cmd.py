@@ -148,15 +148,11 @@ def _stage(ctx: click.Context, name: str, target: str, *, skip: str = "", **para
 
 
 def _report_stage(ctx: click.Context, directory: Path) -> list[Stage]:
-    """The report of the last day, as HTML in ``directory`` (when custode has reports)."""
-    import importlib.util
-
-    if importlib.util.find_spec("custode.cli.report_cmd") is None:
-        return []
+    """The report of the last day, as one HTML file in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"custode-report-{time.strftime('%Y-%m-%d')}.html"
-    stage = _stage(ctx, "report", "custode.cli.report_cmd:report", since=86400.0,
-                   format="html", output=target)  # fmt: skip
+    stage = _stage(ctx, "report", "custode.cli.report_cmd:report", since=86400.0, fmt="html",
+                   output=target)  # fmt: skip
     stage.summary.setdefault("file", str(target))
     return [stage]
 
