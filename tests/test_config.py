@@ -89,3 +89,13 @@ def test_durations_and_relative_roots(tmp_path: Path) -> None:
 def test_directory_as_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is a directory"):
         load_config(tmp_path, required=True)
+
+
+def test_the_configuration_reference_is_generated_from_the_model() -> None:
+    """docs/configuration.md is `custode init --reference`: regenerate it after a change."""
+    from custode.config import render_reference
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    assert doc.read_text() == render_reference() + "\n", (
+        "docs/configuration.md is stale: run custode init --reference > docs/configuration.md"
+    )

@@ -271,3 +271,41 @@ def render_default_config() -> str:
             lines.append(f"# {key} = {shown}")
         lines.append("")
     return "\n".join(lines)
+
+
+def render_reference() -> str:
+    """The configuration reference in Markdown (docs/configuration.md), from the model."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from custode's config model (`custode init --reference`); a test keeps",
+        "this file equal to it. One TOML file: `--config FILE`, else `$CUSTODE_CONFIG`, else",
+        "`$XDG_CONFIG_HOME/custode/config.toml`. Every key is optional; durations accept",
+        "`90s`, `30m`, `2h`, `14d`, `2w`. `custode init` writes the file with every key",
+        "commented out at its default.",
+        "",
+    ]
+    defaults = Config()
+    top: list[str] = []
+    for name, field in Config.model_fields.items():
+        value = getattr(defaults, name)
+        if not isinstance(value, BaseModel):
+            top.append(f"| `{name}` | `{_toml_value(value)}` | {field.description or ''} |")
+    lines += ["## Top level", "", "| key | default | meaning |", "|---|---|---|", *top, ""]
+    for name in Config.model_fields:
+        section = getattr(defaults, name)
+        if not isinstance(section, BaseModel):
+            continue
+        lines += [f"## `[{name}]`", "", "| key | default | meaning |", "|---|---|---|"]
+        for key, sub in type(section).model_fields.items():
+            value = getattr(section, key)
+            if value is None:
+                shown = "unset"
+            elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+                shown = f"{len(value)} built in"
+            else:
+                shown = f"`{_toml_value(value, is_duration(sub))}`"
+            text = (sub.description or "").replace("|", "\\|")
+            lines.append(f"| `{key}` | {shown} | {text} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -10,7 +10,7 @@ import click
 
 from custode import paths
 from custode.cli.app import App
-from custode.config import render_default_config
+from custode.config import render_default_config, render_reference
 from custode.errors import EXIT_CODES_HELP, ConfigError
 
 
@@ -30,9 +30,13 @@ def write_atomically(path: Path, text: str) -> None:
 
 @click.command(epilog=EXIT_CODES_HELP)
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
+@click.option("--reference", is_flag=True, help="Print the configuration reference (Markdown).")
 @click.pass_obj
-def init(app: App, force: bool) -> None:
+def init(app: App, force: bool, reference: bool) -> None:
     """Write a commented default config (to --config, or $XDG_CONFIG_HOME/custode/config.toml)."""
+    if reference:
+        click.echo(render_reference())
+        return
     path = app.config_path or paths.default_config_file()
     if path.exists() and not force:
         raise ConfigError(f"config file {path} already exists; pass --force to overwrite it")
