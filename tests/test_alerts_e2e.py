@@ -142,3 +142,11 @@ def test_custode_serve_sends_the_alert_to_a_real_alertmanager_and_resolves_it(
         serve.terminate()
         serve.wait(timeout=30)
     assert serve.returncode == 0
+    # and the history keeps it: the report counts it fired and resolved
+    report = custode("report", "--since", "1h", "--format", "json")
+    assert report.code == 0, report.stderr
+    alerts = report.json()["alerts"]
+    assert alerts["recorded"]
+    (count,) = [a for a in alerts["counts"] if a["name"] == "CustodeIntegrityCheckFailed"]
+    assert (count["fired"], count["resolved"], count["firing_now"]) == (1, 1, 0)
+    assert {e["subject"] for e in alerts["events"]} == {"loose.git"}

@@ -67,6 +67,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX host_samples_taken ON host_samples (taken_at);
     """,
+    """
+    CREATE TABLE alert_events (
+        id INTEGER PRIMARY KEY, at TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,
+        severity TEXT NOT NULL, labels TEXT NOT NULL, value REAL NOT NULL
+    );
+    CREATE INDEX alert_events_at ON alert_events (at);
+    """,
 )
 
 
@@ -330,6 +337,25 @@ class StateDB:
                 (utcnow(), cpu_ratio, memory_ratio, load1),
             )
 
+    def record_alert_event(
+        self, name: str, state: str, severity: str, labels: dict[str, str], value: float
+    ) -> None:
+        """An alert instance started firing (``firing``) or stopped (``resolved``)."""
+        with self._transaction():
+            self._conn.execute(
+                "INSERT INTO alert_events (at, name, state, severity, labels, value) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (utcnow(), name, state, severity, _dumps(labels), value),
+            )
+
+    def alert_events(self, since: str) -> list[tuple[str, str, str, str, dict[str, str], float]]:
+        rows = self._conn.execute(
+            "SELECT at, name, state, severity, labels, value FROM alert_events "
+            "WHERE at >= ? ORDER BY at",
+            (since,),
+        )
+        return [(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
+
     def host_samples(self, since: str) -> list[tuple[str, float, float, float]]:
         rows = self._conn.execute(
             "SELECT taken_at, cpu_ratio, memory_ratio, load1 FROM host_samples "
@@ -393,6 +419,7 @@ class StateDB:
                 (cutoff,),
             )
             self._conn.execute("DELETE FROM host_samples WHERE taken_at < ?", (cutoff,))
+            self._conn.execute("DELETE FROM alert_events WHERE at < ?", (cutoff,))
             cur = self._conn.execute(
                 "DELETE FROM runs WHERE started_at < ? AND id NOT IN "
                 "(SELECT DISTINCT run_id FROM observations)",

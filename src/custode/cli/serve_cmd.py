@@ -105,8 +105,12 @@ def serve(  # noqa: PLR0917
     engine = AlertEngine(app.config.alerting, notifier)
     exporter.register(engine)
 
+    from custode.monitoring.alerthistory import AlertHistory
+
+    history = AlertHistory(app.state_dir() / "state.db")
+
     def alert() -> None:
-        engine.evaluate(exporter.samples(), time.time())
+        history.record(engine.evaluate(exporter.samples(), time.time()))
 
     refresher.after.append(alert)
     metrics = MetricsApp(exporter, refresher.health, watcher.current if watcher else None)

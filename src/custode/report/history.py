@@ -18,6 +18,9 @@ from typing import Any
 from custode.errors import IntegrityError
 from custode.report.model import (
     ALERTS_NOT_RECORDED,
+    AlertCount,
+    AlertEvent,
+    Alerts,
     BackupBucket,
     BackupRun,
     Backups,
@@ -163,9 +166,47 @@ class _Builder:
             checks=self._checks(),
             backups=backups,
             drills=self._drills(),
-            alerts=ALERTS_NOT_RECORDED,
+            alerts=self._alerts(),
             resources=self._resources(),
         )
+
+    def _alerts(self) -> Alerts:
+        if self.db is None:
+            return ALERTS_NOT_RECORDED
+        events = self._q(
+            "SELECT at, name, state, severity, labels FROM alert_events "
+            "WHERE at >= ? AND at <= ? ORDER BY at", self.since, self.until,
+        )  # fmt: skip
+        before = self._q("SELECT name, state, labels FROM alert_events WHERE at < ? ORDER BY at",
+                         self.since)  # fmt: skip
+        firing: dict[tuple[str, str], str] = {}  # (name, labels) -> severity, at the start
+        for name, state, labels in before:
+            if state == "firing":
+                firing[name, labels] = ""
+            else:
+                firing.pop((name, labels), None)
+        counts: dict[tuple[str, str], list[int]] = {}
+        out = []
+        for at, name, state, severity, labels in events:
+            c = counts.setdefault((name, severity), [0, 0])
+            c[0 if state == "firing" else 1] += 1
+            if state == "firing":
+                firing[name, labels] = severity
+            else:
+                firing.pop((name, labels), None)
+            fields = json.loads(labels)
+            subject = fields.get("repository") or fields.get("mountpoint") or fields.get(
+                "operation", "")  # fmt: skip
+            out.append(AlertEvent(at, name, state, severity, str(subject)))
+        now_firing: dict[str, int] = defaultdict(int)
+        for name, _ in firing:
+            now_firing[name] += 1
+        table = tuple(AlertCount(name, severity, f, r, now_firing.get(name, 0))
+                      for (name, severity), (f, r) in sorted(counts.items()))  # fmt: skip
+        note = (
+            "" if events else "No alert fired in this window (alerts are recorded by custode serve)"
+        )
+        return Alerts(True, note, table, tuple(reversed(out))[:200])
 
     def _command_runs(self) -> tuple[CommandRuns, ...]:
         by: dict[str, list[tuple[str, str]]] = defaultdict(list)

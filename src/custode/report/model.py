@@ -203,9 +203,29 @@ class Drills:
 
 
 @dataclass(frozen=True)
+class AlertCount:
+    name: str
+    severity: str
+    fired: int  # instances that started firing in the window
+    resolved: int
+    firing_now: int  # still firing at the end of the window
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    at: str
+    name: str
+    state: str  # firing or resolved
+    severity: str
+    subject: str  # the repository (or filesystem, operation) it is about
+
+
+@dataclass(frozen=True)
 class Alerts:
     recorded: bool
     note: str
+    counts: tuple[AlertCount, ...] = ()
+    events: tuple[AlertEvent, ...] = ()  # newest first, at most 200
 
 
 @dataclass(frozen=True)
@@ -258,6 +278,5 @@ class Report:
 
 ALERTS_NOT_RECORDED = Alerts(
     recorded=False,
-    note="Not recorded: custode serve sends alerts to Alertmanager or a webhook but does "
-    "not keep them in the history database; see Alertmanager for their history",
+    note="No history database: alerts are recorded there by custode serve",
 )
