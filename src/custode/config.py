@@ -22,6 +22,7 @@ from custode.maintenance.policy import MaintenancePolicy
 from custode.monitoring.alerts import AlertingConfig
 from custode.monitoring.config import MonitoringConfig
 from custode.monitoring.trace2config import Trace2Config
+from custode.report.email import EmailConfig
 from custode.scheduler import ScheduleConfig
 from custode.units import format_duration
 
@@ -165,6 +166,7 @@ class Config(Section):
     trace2: Trace2Config = Field(default_factory=Trace2Config)
     run: RunConfig = Field(default_factory=RunConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    email: EmailConfig = Field(default_factory=EmailConfig)
 
 
 def load_config(path: Path, *, required: bool) -> Config:

@@ -202,11 +202,16 @@ class Scheduler:
         yield upcoming
 
 
-def jobs_from(schedule: ScheduleConfig, roots: Sequence[Path], report_dir: Path) -> list[Job]:
+def jobs_from(
+    schedule: ScheduleConfig, roots: Sequence[Path], report_dir: Path, *, email: bool = False
+) -> list[Job]:
+    """The jobs of ``schedule``; with ``email`` the report job also mails the report."""
     root_args = [str(r) for r in roots]
+    mail = ["--email"] if email else []
     return [
         Job("cycle", schedule.cycle, ["run", *root_args]),
         Job("drill", schedule.drill, ["verify", "--level", "drill"]),
         Job("report", schedule.report, ["report", "--since", "1d", "--format", "html",
-                                        "-o", str(report_dir / "custode-report-daily.html")]),
+                                        "-o", str(report_dir / "custode-report-daily.html"),
+                                        *mail]),
     ]  # fmt: skip

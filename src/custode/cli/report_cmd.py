@@ -9,7 +9,7 @@ import click
 
 from custode.cli.app import App
 from custode.cli.params import DURATION
-from custode.errors import EXIT_CODES_HELP, PathNotFoundError
+from custode.errors import EXIT_CODES_HELP, PathNotFoundError, UsageError
 
 _SUFFIXES = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md", ".json": "json"}
 
@@ -28,20 +28,32 @@ _SUFFIXES = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md", ".
     "-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
     help="Write the report to FILE atomically instead of printing it.",
 )  # fmt: skip
+@click.option(
+    "--email", "email", is_flag=True,
+    help="Also send the report by email, HTML with a Markdown alternative, as [email] "
+    "configures (smtp_host, sender, recipients).",
+)  # fmt: skip
 @click.pass_obj
-def report(app: App, since: float, fmt: str | None, output: Path | None) -> None:
+def report(app: App, since: float, fmt: str | None, output: Path | None, email: bool) -> None:
     """Report from the history database: fleet summary, repositories needing attention and
     why, maintenance and space reclaimed, backup freshness and sizes, restore-drill times
     against the 5-minute target, alerts, and host resource use against the 70% target.
 
     Reads only what custode status, maintain, check, backup, verify, metrics and serve
     recorded; it never scans the fleet. An empty history gives a report that says so.
+    With --email the report is written or printed first, then sent.
     """
-    from custode.report import build, render
+    from custode.report.history import build
     from custode.report.model import Targets
+    from custode.report.render import render
     from custode.state import StateDB
 
     fmt = fmt or (_SUFFIXES.get(output.suffix.lower(), "md") if output else "md")
+    if email and app.config.email.smtp_host is None:
+        raise UsageError(
+            "--email needs a mail server: set email.smtp_host, email.sender and "
+            "email.recipients in the config"
+        )
     targets = Targets(resource_ratio=app.config.maintenance.cpu_share)
     path = app.state_dir() / "state.db"
     now = time.time()
@@ -53,7 +65,28 @@ def report(app: App, since: float, fmt: str | None, output: Path | None) -> None
     text = render(model, fmt)
     if output is None:
         click.echo(text, nl=False)
-        return
+    else:
+        _write(app, output, text)
+    if email:
+        _send(app, html=text if fmt == "html" else render(model, "html"),
+              markdown=text if fmt == "md" else render(model, "md"))  # fmt: skip
+
+
+def _send(app: App, *, html: str, markdown: str) -> None:
+    import socket
+
+    from custode.report.email import send_report
+
+    cfg = app.config.email
+    host = app.config.backup.host or socket.gethostname().split(".")[0]
+    send_report(cfg, html, markdown, host=host)
+    app.err.print(
+        f"sent the report to {', '.join(cfg.recipients)} via {cfg.smtp_host}:{cfg.smtp_port}",
+        markup=False, highlight=False,
+    )  # fmt: skip
+
+
+def _write(app: App, output: Path, text: str) -> None:
     from custode.cli.init_cmd import write_atomically
 
     try:

@@ -165,8 +165,8 @@ def _scheduler(app: App, roots: list[Path]) -> Scheduler:
     cfg = app.config
     reports = cfg.run.report_directory or app.state_dir() / "reports"
     reports.mkdir(parents=True, exist_ok=True)
-    return Scheduler(jobs_from(cfg.schedule, roots, reports), config_path=app.config_path,
-                     grace=cfg.schedule.stop_grace)  # fmt: skip
+    jobs = jobs_from(cfg.schedule, roots, reports, email=cfg.email.smtp_host is not None)
+    return Scheduler(jobs, config_path=app.config_path, grace=cfg.schedule.stop_grace)
 
 
 def _reload(app: App, roots: list[Path], scheduler: Scheduler | None) -> None:
@@ -181,7 +181,8 @@ def _reload(app: App, roots: list[Path], scheduler: Scheduler | None) -> None:
         return
     if scheduler is not None:
         reports = fresh.run.report_directory or app.state_dir() / "reports"
-        scheduler.replace(jobs_from(fresh.schedule, roots, reports), fresh.schedule.stop_grace)
+        jobs = jobs_from(fresh.schedule, roots, reports, email=fresh.email.smtp_host is not None)
+        scheduler.replace(jobs, fresh.schedule.stop_grace)
     log.warning("config reloaded (the schedule; metrics and alert settings need a restart)")
 
 
