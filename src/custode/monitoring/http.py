@@ -274,7 +274,11 @@ def serve_until(server: MetricsServer, refresher: Refresher, stop: threading.Eve
     thread = threading.Thread(target=server.serve_forever, args=(0.5,), name="custode-http")
     thread.start()
     try:
-        stop.wait()
+        # wake up now and then: a signal delivered to another thread (the kernel picks any
+        # thread when the main one has one pending, e.g. SIGCHLD from a job) runs its Python
+        # handler only once the main thread executes again
+        while not stop.wait(0.5):
+            pass
     finally:
         server.shutdown()
         thread.join()
