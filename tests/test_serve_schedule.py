@@ -101,11 +101,16 @@ def test_scheduled_cycles_run_a_failing_job_does_not_stop_it_and_sighup_reloads(
     wait_for("the failed job in /metrics",  # counted once the child has exited
              lambda: 'custode_job_runs_total{job="cycle",outcome="failed"}' in daemon.metrics())  # fmt: skip
     assert daemon.proc.poll() is None
-    # SIGHUP: no more cycles scheduled
-    config.write_text(config.read_text().replace(f'cycle = "{EVERY_2S}"', 'cycle = ""'))
+    # SIGHUP: no more cycles scheduled, and a new alert rule
+    text = config.read_text().replace(f'cycle = "{EVERY_2S}"', 'cycle = ""')
+    config.write_text(text + '[[alerting.rules]]\nname = "Reloaded"\n'
+                      'expr = "custode_build_info == 1"\nfor = "0s"\nseverity = "info"\n')  # fmt: skip
     daemon.proc.send_signal(signal.SIGHUP)
     wait_for("the reloaded schedule",
              lambda: 'job_next_start_timestamp_seconds{job="cycle"}' not in daemon.metrics())  # fmt: skip
+    wait_for("the reloaded alert rule",
+             lambda: 'custode_alerts_firing{alertname="Reloaded",severity="info"} 1.0'
+             in daemon.metrics())  # fmt: skip
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(timeout=90) == 0
 

@@ -33,6 +33,9 @@ from custode.monitoring.webconfig import WebConfigWatcher, load_web_config
 log = logging.getLogger("custode")
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from custode.config import Config
     from custode.monitoring.exporter import Exporter
     from custode.monitoring.trace2 import Trace2Listener
     from custode.scheduler import Scheduler
@@ -95,24 +98,11 @@ def serve(  # noqa: PLR0917
     web_path = web_config or cfg.web_config
     watcher = WebConfigWatcher(load_web_config(web_path)) if web_path is not None else None
 
-    from custode.monitoring.alerting import AlertEngine
     from custode.monitoring.exporter import Exporter  # heavy: only once the flags are valid
-    from custode.monitoring.notify import Notifier
 
     exporter = Exporter(roots=root_paths, config=app.config, state_dir=app.state_dir())
     refresher = Refresher(exporter, cfg.refresh_interval)
-    notifier = Notifier.from_config(app.config.alerting, interval=refresher.interval)
-    engine = AlertEngine(app.config.alerting, notifier)
-    exporter.register(engine)
-
-    from custode.monitoring.alerthistory import AlertHistory
-
-    history = AlertHistory(app.state_dir() / "state.db")
-
-    def alert() -> None:
-        history.record(engine.evaluate(exporter.samples(), time.time()))
-
-    refresher.after.append(alert)
+    reload_alerts = _alerting(app, exporter, refresher)
     metrics = MetricsApp(exporter, refresher.health, watcher.current if watcher else None)
     try:
         server = MetricsServer((host, port), metrics, web=watcher)
@@ -129,7 +119,7 @@ def serve(  # noqa: PLR0917
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: _reload(app, root_paths, scheduler))
+    signal.signal(signal.SIGHUP, lambda *_: _reload(app, root_paths, scheduler, reload_alerts))
     app.err.print(f"serving metrics on {server.url}/metrics", markup=False, highlight=False)
     try:
         serve_until(server, refresher, stop)
@@ -138,6 +128,30 @@ def serve(  # noqa: PLR0917
             scheduler.stop()  # the running job ends its step cleanly (or is killed late)
         if listener is not None:
             listener.stop()
+
+
+def _alerting(app: App, exporter: Exporter, refresher: Refresher) -> Callable[[Config], None]:
+    """Alert rules evaluated after each refresh, sent on and recorded in history; returns
+    what a config reload calls."""
+    from custode.monitoring.alerthistory import AlertHistory
+    from custode.monitoring.alerting import AlertEngine
+    from custode.monitoring.notify import Notifier
+
+    notifier = Notifier.from_config(app.config.alerting, interval=refresher.interval)
+    engine = AlertEngine(app.config.alerting, notifier)
+    exporter.register(engine)
+    history = AlertHistory(app.state_dir() / "state.db")
+
+    def alert() -> None:
+        history.record(engine.evaluate(exporter.samples(), time.time()))
+
+    refresher.after.append(alert)
+
+    def reload(fresh: Config) -> None:
+        sink = Notifier.from_config(fresh.alerting, interval=refresher.interval)
+        engine.reconfigure(fresh.alerting, sink)
+
+    return reload
 
 
 def _lock_state_dir(app: App) -> int:
@@ -169,9 +183,13 @@ def _scheduler(app: App, roots: list[Path]) -> Scheduler:
     return Scheduler(jobs, config_path=app.config_path, grace=cfg.schedule.stop_grace)
 
 
-def _reload(app: App, roots: list[Path], scheduler: Scheduler | None) -> None:
-    """SIGHUP: reread the config; the schedule changes at once, jobs read it when they
-    start. A config that no longer loads is reported and the old one kept."""
+def _reload(
+    app: App, roots: list[Path], scheduler: Scheduler | None,
+    reload_alerts: Callable[[Config], None],
+) -> None:  # fmt: skip
+    """SIGHUP: reread the config; the schedule and the alert rules and destinations change
+    at once, jobs read it when they start. A config that no longer loads is reported and
+    the old one kept."""
     from custode.scheduler import jobs_from
 
     try:
@@ -183,7 +201,8 @@ def _reload(app: App, roots: list[Path], scheduler: Scheduler | None) -> None:
         reports = fresh.run.report_directory or app.state_dir() / "reports"
         jobs = jobs_from(fresh.schedule, roots, reports, email=fresh.email.smtp_host is not None)
         scheduler.replace(jobs, fresh.schedule.stop_grace)
-    log.warning("config reloaded (the schedule; metrics and alert settings need a restart)")
+    reload_alerts(fresh)
+    log.warning("config reloaded (schedule, alerts; listen and metrics settings need a restart)")
 
 
 def _trace2_listener(app: App, exporter: Exporter) -> Trace2Listener:

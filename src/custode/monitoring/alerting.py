@@ -73,6 +73,12 @@ class AlertEngine:
         self._instances: dict[tuple[str, tuple[tuple[str, str], ...]], _Instance] = {}
         self.evaluations = 0
 
+    def reconfigure(self, config: AlertingConfig, notifier: AlertSink | None) -> None:
+        """New rules and destinations (a config reload): instances of rules that are gone
+        resolve at the next evaluation."""
+        with self._lock:
+            self.config, self.notifier = config, notifier
+
     def evaluate(self, samples: Iterable[Metric], now: float) -> list[Alert]:
         """Evaluate every rule at ``now`` (Unix time) and notify the sink.
 
