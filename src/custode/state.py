@@ -74,6 +74,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alert_events_at ON alert_events (at);
     """,
+    """
+    ALTER TABLE observations ADD COLUMN reasons TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 
@@ -96,6 +99,7 @@ class Observation:
     size_bytes: int
     fingerprint: str
     observed_at: str = field(default_factory=utcnow)
+    reasons: str = ""  # the health verdict's reasons, "; "-joined (for reports)
 
 
 @dataclass(frozen=True)

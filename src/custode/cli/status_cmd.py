@@ -62,6 +62,7 @@ def _observation(s: RepoState, h: Health) -> Observation:
         loose_refs=s.loose_refs,
         size_bytes=s.size_bytes,
         fingerprint=s.fingerprint,
+        reasons="; ".join(r.text for r in h.reasons),
     )
 
 

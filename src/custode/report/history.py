@@ -140,8 +140,8 @@ class _Builder:
         observed = {
             (r[0], r[1]): r[2:]
             for r in self._q(
-                "SELECT root, repository, verdict, size_bytes, loose_objects, packs, observed_at "
-                "FROM observations WHERE id IN "
+                "SELECT root, repository, verdict, size_bytes, loose_objects, packs, observed_at, "
+                "reasons FROM observations WHERE id IN "
                 "(SELECT MAX(id) FROM observations GROUP BY root, repository)"
             )
         }
@@ -257,12 +257,13 @@ class _Builder:
         # latest observation is what the latest status run saw: "since" the observation.
         seen = self._q("SELECT MAX(started_at) FROM runs WHERE command = 'status'")
         last_status = _epoch(seen[0][0]) if seen and seen[0][0] else 0.0
-        for key, (verdict, *_, at) in observed.items():
+        for key, (verdict, *_, at, why) in observed.items():
             done = latest["maintain"].get(key)
             if verdict == "attention" and done and done.outcome == "ok" and done.at > last_status:
                 continue  # maintained after status last looked; attention means "maintain it"
             if verdict in ("attention", "broken"):
-                reasons[key].append(f"custode status: {verdict} since {_said(_epoch(at))}")
+                said = f"custode status: {verdict} since {_said(_epoch(at))}"
+                reasons[key].append(f"{said}: {why}" if why else said)
         checks = {**latest["check"]}
         for key, res in latest["check-full"].items():
             if key not in checks or res.at > checks[key].at:
