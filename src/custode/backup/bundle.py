@@ -12,22 +12,19 @@ no delta against an object outside it, so it can be installed as it is.
 The bundle is git's own format (gitformat-bundle: ``# v2 git bundle`` for SHA-1, ``# v3``
 with ``@object-format=sha256``), the prerequisites being the excluded tips, then the pack
 bytes; plain ``git fetch``/``git clone`` read it (the disaster-recovery path). custode
-restores faster: the pack is copied out of the bundle beside its stored ``.idx`` into
-``objects/pack/`` (no ``index-pack`` hashing every object), then the refs are written.
+restores faster (``custode.backup.restore``): the pack is copied out of the bundle beside
+its stored ``.idx`` into ``objects/pack/`` (no ``index-pack`` hashing every object).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from custode.errors import IntegrityError
 from custode.git import Git
-from custode.refsnapshot import SYMREF_PREFIX as _SYMREF
 from custode.refsnapshot import snapshot
 
 
@@ -146,45 +143,6 @@ def _pack_objects(pack: Path) -> int:
     if len(head) < 12 or head[:4] != b"PACK":
         raise IntegrityError(f"{pack} is not a pack")
     return int.from_bytes(head[8:12], "big")
-
-
-def install_pack(
-    bundle: Path, header_bytes: int, index: Path, pack_name: str, git_dir: Path
-) -> None:
-    """Copy the pack out of ``bundle`` and its ``index`` into ``git_dir``'s objects/pack
-    (the index last, so git never sees an index without its pack)."""
-    pack_dir = git_dir / "objects" / "pack"
-    with bundle.open("rb") as src:
-        src.seek(header_bytes)
-        if src.read(4) != b"PACK":
-            raise IntegrityError(f"{bundle}: no pack at byte {header_bytes}")
-        src.seek(header_bytes)
-        _copy_into(src, pack_dir / f"{pack_name}.pack")
-    with index.open("rb") as src:
-        _copy_into(src, pack_dir / f"{pack_name}.idx")
-
-
-def _copy_into(src: BinaryIO, dest: Path) -> None:
-    tmp = dest.with_name(f"tmp_{dest.name}")
-    with tmp.open("wb") as out:
-        shutil.copyfileobj(src, out, 1 << 20)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, dest)
-
-
-def write_refs(git: Git, git_dir: Path, refs: Refs) -> None:
-    """Set every ref of ``refs`` (then pack them) and HEAD in the restored repository."""
-    lines = "".join(f"update {name} {oid}\n" for name, oid in sorted(refs.refs.items()))
-    if lines:
-        git.run(["update-ref", "--stdin"], repo=git_dir, input=lines.encode())
-    for name, target in sorted(refs.symrefs.items()):
-        git.run(["symbolic-ref", name, target], repo=git_dir)
-    if refs.head.startswith(_SYMREF):
-        git.run(["symbolic-ref", "HEAD", refs.head[len(_SYMREF) :]], repo=git_dir)
-    elif refs.head:
-        git.run(["update-ref", "--no-deref", "HEAD", refs.head], repo=git_dir)
-    git.run(["pack-refs", "--all", "--prune"], repo=git_dir)
 
 
 def sha256_file(path: Path) -> str:

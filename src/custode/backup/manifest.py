@@ -68,10 +68,6 @@ def repo_key(repository: str) -> str:
     return hashlib.sha256(repository.encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
-def host_prefix(host: str) -> str:
-    return f"hosts/{host}/"
-
-
 def repo_prefix(host: str, repository: str) -> str:
     return f"hosts/{host}/repos/{repo_key(repository)}/"
 
@@ -329,9 +325,6 @@ class Snapshot:
     @property
     def time(self) -> datetime:
         return datetime.fromisoformat(self.created)
-
-    def entry(self, repository: str) -> Entry | None:
-        return next((e for e in self.entries if e.repository == repository), None)
 
     def to_bytes(self) -> bytes:
         roots = sorted({e.root for e in self.entries})

@@ -156,7 +156,7 @@ def _assemble(  # noqa: PLR0917
     plain = io.BytesIO()
     decrypt_to(store, m.refs, plain, identities)
     refs = _parse_refs(plain.getvalue(), m)
-    _write_refs(git_dir, refs)
+    write_refs(git_dir, refs)
     try:  # one git: every ref's object must be there (for-each-ref fails on a missing one)
         git.run(["for-each-ref", "--format=%(objecttype)"], repo=git_dir)
     except GitError as exc:
@@ -241,7 +241,7 @@ def _lfs(store: Store, ref: FileRef, identities: Sequence[Identity], git_dir: Pa
     return ref.size
 
 
-def _write_refs(git_dir: Path, refs: Refs) -> None:
+def write_refs(git_dir: Path, refs: Refs) -> None:
     """Write the refs as git stores them (gitrepository-layout): one sorted packed-refs
     file, a file per symbolic ref, HEAD. Names were checked by ``_parse_refs``; files are
     created, never followed through a symlink."""

@@ -70,22 +70,6 @@ def check(ref: FileRef, size: int, sha256: str) -> None:
         )
 
 
-def get_verified(store: Store, ref: FileRef, sink: BinaryIO) -> None:
-    """Copy the stored bytes of ``ref`` into ``sink``, checking size and SHA-256."""
-    digest = hashlib.sha256()
-    size = 0
-
-    class _Tee:
-        def write(self, data: bytes) -> int:
-            nonlocal size
-            digest.update(data)
-            size += len(data)
-            return sink.write(data)
-
-    store.get(ref.key, _Tee())  # type: ignore[arg-type]
-    check(ref, size, digest.hexdigest())
-
-
 def decrypt_to(store: Store, ref: FileRef, sink: BinaryIO, identities: Sequence[Identity]) -> None:
     """Decrypt the stored file ``ref`` into ``sink``, checking the ciphertext on the way.
 

@@ -24,7 +24,6 @@ from custode.backup.crypto import (
     generate_identity,
     load_identity,
     parse_recipient,
-    public_key,
 )
 from custode.backup.manifest import check_host
 from custode.backup.store import Store, open_store
@@ -95,10 +94,6 @@ def recipients(app: App, given: tuple[str, ...]) -> list[Recipient]:
 
 def identities(app: App, given: Path | None) -> list[Identity]:
     return [load_identity(identity_path(app, given))]
-
-
-def describe_identity(identity: Identity) -> str:
-    return public_key(identity)
 
 
 @contextmanager
