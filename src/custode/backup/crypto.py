@@ -13,7 +13,6 @@ memory use does not grow with the size of the file.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +20,8 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import pyrage  # type: ignore[import-untyped]
 
-from custode.errors import IntegrityError, PathNotFoundError, UsageError
+from custode.errors import IntegrityError, UsageError
+from custode.secretfile import read_secret
 
 if TYPE_CHECKING:
 
@@ -81,29 +81,10 @@ def public_key(identity: Identity) -> str:
 
 def load_identity(path: Path) -> Identity:
     """Read an age identity file written by ``age-keygen``; refused unless mode is 0600-like."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # fstat below checks what was opened
-    except FileNotFoundError:
-        raise PathNotFoundError(
-            f"identity file {path} does not exist: give the path of an age identity file "
-            "(create one with 'age-keygen -o FILE')"
-        ) from None
-    except OSError as exc:
-        raise UsageError(
-            f"cannot open identity file {path}: {exc.strerror}: check the path and its permissions"
-        ) from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UsageError(f"identity file {path} is not a regular file: give an age key file")
-        if info.st_mode & 0o077:
-            raise UsageError(
-                f"identity file {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}): run 'chmod 600 {path}'"
-            )
-        data = handle.read(_MAX_IDENTITY_FILE + 1)
-    if len(data) > _MAX_IDENTITY_FILE:
-        raise UsageError(f"identity file {path} is too large to be an age key file")
+    data = read_secret(
+        path, "identity file", limit=_MAX_IDENTITY_FILE, expected="an age key file",
+        missing="give the path of an age identity file (create one with 'age-keygen -o FILE')",
+    )  # fmt: skip
     try:
         lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError:

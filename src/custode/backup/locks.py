@@ -21,18 +21,9 @@ from datetime import UTC, datetime
 from custode.backup.manifest import LOCK_FORMAT, id_time, new_id
 from custode.backup.store import Store
 from custode.errors import CustodeError, LockedError
+from custode.secretfile import process_alive
 
 STALE_AFTER = 24 * 3600.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _stale(store: Store, key: str, now: datetime) -> bool:
@@ -44,7 +35,9 @@ def _stale(store: Store, key: str, now: datetime) -> bool:
     if (now - when).total_seconds() > STALE_AFTER:
         return True
     same_machine = info.get("machine") == socket.gethostname()
-    return bool(same_machine and isinstance(info.get("pid"), int) and not _alive(info["pid"]))
+    return bool(
+        same_machine and isinstance(info.get("pid"), int) and not process_alive(info["pid"])
+    )
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from custode.backup.manifest import check_host
 from custode.backup.store import Store, open_store
 from custode.cli.app import App
 from custode.errors import CustodeError
+from custode.secretfile import process_alive
 from custode.state import RepositoryResult, StateDB
 
 store_option = click.option(
@@ -104,23 +105,13 @@ def scratch(app: App) -> Iterator[Path]:
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
     for old in base.glob("run-*"):
         pid = old.name.split("-")[1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     mine = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=base))
     try:
         yield mine
     finally:
         shutil.rmtree(mine, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def jobs(app: App, given: int | None) -> int:

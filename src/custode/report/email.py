@@ -10,11 +10,9 @@ age identity, and never appears in the config, a log line or an error message.
 
 from __future__ import annotations
 
-import os
 import smtplib
 import socket
 import ssl
-import stat
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -24,7 +22,8 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from custode.configtypes import Duration, Section
-from custode.errors import CustodeError, ExitCode, PathNotFoundError, UsageError
+from custode.errors import CustodeError, ExitCode, UsageError
+from custode.secretfile import read_secret
 
 _MAX_PASSWORD_FILE = 4096
 
@@ -136,29 +135,11 @@ class EmailAuthError(EmailError):
 
 def read_password(path: Path) -> str:
     """The password in ``path``; refused unless only its owner can read it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # fstat below checks what was opened
-    except FileNotFoundError:
-        raise PathNotFoundError(
-            f"email.password_file {path} does not exist; write the SMTP password into it "
-            f"and run 'chmod 600 {path}'"
-        ) from None
-    except OSError as exc:
-        raise UsageError(
-            f"cannot open email.password_file {path}: {exc.strerror}; check its permissions"
-        ) from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UsageError(f"email.password_file {path} is not a regular file; give a file")
-        if info.st_mode & 0o077:
-            raise UsageError(
-                f"email.password_file {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}): run 'chmod 600 {path}'"
-            )
-        data = handle.read(_MAX_PASSWORD_FILE + 1)
-    if len(data) > _MAX_PASSWORD_FILE:
-        raise UsageError(f"email.password_file {path} is too large to hold a password")
+    data = read_secret(
+        path, "email.password_file", limit=_MAX_PASSWORD_FILE,
+        expected="a file holding the SMTP password",
+        missing=f"write the SMTP password into it and run 'chmod 600 {path}'",
+    )  # fmt: skip
     try:
         password = data.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:
