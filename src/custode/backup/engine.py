@@ -136,19 +136,23 @@ def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
     if parent is not None and (parent.object_format != object_format or parent.bare != bare):
         parent = None
     refs = capture(git, git_dir)
-    tar = build_tar(git_dir)
+    refs_json, tar = refs.to_json(), build_tar(git_dir)
+    tar_hex = tar.hex()  # what the files digest is of
     lfs = lfs_objects(git_dir)
-    if parent is not None and _unchanged(parent, refs, tar, lfs):
+    same_refs = parent is not None and salted_digest(parent.backup_id, refs_json) == (
+        parent.refs_digest
+    )
+    same_files = parent is not None and salted_digest(parent.backup_id, tar_hex) == (
+        parent.files_digest
+    )
+    if parent is not None and same_refs and same_files and set(lfs) == set(parent.lfs_oids()):
         result.outcome, result.manifest, result.manifest_key = "unchanged", parent, parent.key
         return
     now = datetime.now(UTC)
     backup_id = new_id(now)
     own = backup_prefix(host, repository, backup_id)
     chain: list[Link] = list(parent.chain) if parent else []
-    refs_changed = parent is None or salted_digest(parent.backup_id, refs.to_json()) != (
-        parent.refs_digest
-    )
-    if refs_changed:
+    if not same_refs:
         full = parent is None or _chain_is_long(chain, settings, now)
         if full:
             chain = []
@@ -166,8 +170,7 @@ def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
         result.full = len(chain) <= 1
     refs_file = put_bytes(store, own + "refs.age", _refs_bytes(refs), settings.recipients)
     result.bytes_added += refs_file.size
-    files_digest = salted_digest(backup_id, tar.hex())
-    if parent is not None and salted_digest(parent.backup_id, tar.hex()) == parent.files_digest:
+    if parent is not None and same_files:
         files_ref = parent.files
     else:
         files_ref = put_bytes(store, own + "files.age", compress(tar), settings.recipients)
@@ -177,9 +180,9 @@ def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
     manifest = RepoManifest(
         host, repository, backup_id, now.isoformat(timespec="seconds"),
         parent.backup_id if parent else None, object_format, bare,
-        tuple(sorted(refs.tips())), salted_digest(backup_id, refs.to_json()),
-        len(refs.refs) + len(refs.symrefs), refs_file, files_ref, files_digest, tuple(chain),
-        tuple(lfs_refs),
+        tuple(sorted(refs.tips())), salted_digest(backup_id, refs_json),
+        len(refs.refs) + len(refs.symrefs), refs_file, files_ref,
+        salted_digest(backup_id, tar_hex), tuple(chain), tuple(lfs_refs),
     )  # fmt: skip
     data = manifest.to_bytes()
     store.put_bytes(manifest.manifest_key, data)  # last: the backup exists from here on
@@ -202,15 +205,6 @@ def write_snapshot(
                     entries, failed)  # fmt: skip
     store.put_bytes(snap.key, snap.to_bytes())
     return snap
-
-
-def _unchanged(parent: RepoManifest, refs: Refs, tar: bytes, lfs: dict[str, Path]) -> bool:
-    salt = parent.backup_id
-    return (
-        salted_digest(salt, refs.to_json()) == parent.refs_digest
-        and salted_digest(salt, tar.hex()) == parent.files_digest
-        and set(lfs) == set(parent.lfs_oids())
-    )
 
 
 def _store_lfs(  # noqa: PLR0917
