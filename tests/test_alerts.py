@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -35,21 +33,13 @@ from custode.monitoring.alerts import (
     render,
 )
 from custode.monitoring.notify import Notifier
+from fixtures.system import need, stop
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "prometheus" / "custode-rules.yml"
 RULE_TESTS = DEPLOY / "prometheus" / "custode-rules.test.yml"
 DASHBOARD = DEPLOY / "grafana" / "custode-dashboard.json"
 NOW = 1_700_000_000.0
-
-
-def need(program: str) -> str:
-    path = shutil.which(program)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{program} is missing in CI (.ci/run installs it)")
-        pytest.skip(f"{program} is not installed")
-    return path
 
 
 def gauge(name: str, *series: tuple[dict[str, str], float]) -> Metric:
@@ -606,7 +596,12 @@ def test_a_bug_in_delivery_is_logged_not_raised(caplog: pytest.LogCaptureFixture
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [need("promtool"), *args], check=False, capture_output=True, text=True, timeout=120, cwd=cwd
+        [need("promtool", package="prometheus"), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
     )
 
 
@@ -676,7 +671,7 @@ def test_dashboard_uses_the_datasource_variable_everywhere_and_valid_promql(
 
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("prometheus-alertmanager") or need("alertmanager")
+    binary = need("prometheus-alertmanager", "alertmanager", package="prometheus-alertmanager")
     config = tmp_path / "alertmanager.yml"
     config.write_text('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
     port = free_port()
@@ -709,12 +704,7 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=10)
         log.close()
 
 

@@ -37,9 +37,9 @@ class Sink:
         self.sent.append(list(alerts))
 
 
-def test_corrupted_repository_fires_and_repaired_resolves(
-    custode: Run, fleet: Fleet, tmp_path: Path, isolated_env: dict[str, str]
-) -> None:
+def corrupted(fleet: Fleet, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A root of packed.git and loose.git, loose.git missing its tip commit's tree (moved
+    to ``aside``; moving it back repairs it): (root, the object's path, aside)."""
     root = tmp_path / "root"
     for name in ("packed.git", "loose.git"):
         shutil.copytree(fleet.root / name, root / name, symlinks=True)
@@ -47,7 +47,14 @@ def test_corrupted_repository_fires_and_repaired_resolves(
     tree = run_git(broken, "rev-parse", "refs/heads/main^{tree}").strip()
     obj = broken / "objects" / tree[:2] / tree[2:]
     aside = tmp_path / "object"
-    obj.rename(aside)  # the tip commit's tree is missing
+    obj.rename(aside)
+    return root, obj, aside
+
+
+def test_corrupted_repository_fires_and_repaired_resolves(
+    custode: Run, fleet: Fleet, tmp_path: Path, isolated_env: dict[str, str]
+) -> None:
+    root, obj, aside = corrupted(fleet, tmp_path)
 
     exporter = Exporter(
         roots=[root],
@@ -94,14 +101,7 @@ def test_custode_serve_sends_the_alert_to_a_real_alertmanager_and_resolves_it(
     """The whole path: custode serve refreshes, evaluates the shipped rules and posts to
     Alertmanager's v2 API; Alertmanager shows the alert for the corrupted repository as
     active, and no longer once the repository is repaired and checked again."""
-    root = tmp_path / "root"
-    for name in ("packed.git", "loose.git"):
-        shutil.copytree(fleet.root / name, root / name, symlinks=True)
-    broken = root / "loose.git"
-    tree = run_git(broken, "rev-parse", "refs/heads/main^{tree}").strip()
-    obj = broken / "objects" / tree[:2] / tree[2:]
-    aside = tmp_path / "object"
-    obj.rename(aside)
+    root, obj, aside = corrupted(fleet, tmp_path)
     assert custode("check", root).code == 3
     config = tmp_path / "custode.toml"
     config.write_text(

@@ -42,6 +42,7 @@ from custode.backup.verify import verify
 from custode.git import Git
 from fixtures.builders import fast_import, history_stream, run_git
 from fixtures.cli import CliResult
+from fixtures.system import unshare_prefix
 
 pytestmark = pytest.mark.integration
 Run = Callable[..., CliResult]
@@ -731,24 +732,13 @@ def test_an_occupied_destination_needs_force(
     assert leftovers(out) == []
 
 
-def _unshare() -> list[str] | None:
-    """A command prefix giving a private mount namespace (to mount a small tmpfs), or None."""
-    if not shutil.which("unshare"):
-        return None
-    prefix = ["unshare", "--mount", "--propagation", "private"]
-    if os.geteuid() != 0:
-        prefix[1:1] = ["--user", "--map-root-user"]
-    probe = subprocess.run([*prefix, "true"], capture_output=True, check=False)
-    return prefix if probe.returncode == 0 else None
-
-
 def test_disk_full_during_restore_leaves_nothing_that_looks_like_a_repository(
     custode: Run, keys: tuple[str, Path], tmp_path: Path, isolated_env: dict[str, str]
 ) -> None:
     """A 1 MiB tmpfs as --to; big.git holds 3 MiB of random data, small.git a few KiB. The
     big one fails with a disk-full message and leaves nothing behind, the small one is
     restored."""
-    prefix = _unshare()
+    prefix = unshare_prefix()
     if prefix is None:
         pytest.skip("cannot create a mount namespace here (unshare refused)")
     rng = seeded("disk full")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,8 @@ import yaml
 
 from fixtures.builders import Fleet
 from fixtures.cli import CliResult
-from test_serve import free_port, prometheus_binary
+from fixtures.system import need, stop
+from test_serve import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -59,7 +59,7 @@ def test_every_shipped_query_returns_data_from_a_real_prometheus(
     tmp_path: Path,
     isolated_env: dict[str, str],
 ) -> None:
-    binary = prometheus_binary()
+    binary = need("prometheus", package="prometheus")
     root = fleet_copy.root
     store = tmp_path / "store"
     for args in (("maintain", root), ("check", root), ("backup", root, "--store", store),
@@ -106,11 +106,6 @@ def test_every_shipped_query_returns_data_from_a_real_prometheus(
         for where, expr in shipped_queries():  # the conditions themselves run too
             assert query(port, expr)["status"] == "success", (where, expr)
     finally:
-        for process in (prometheus, serve):
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(prometheus)
+        stop(serve)
         log.close()

@@ -26,6 +26,8 @@ import jinja2
 import pytest
 import yaml
 
+from fixtures.system import need
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,15 +73,11 @@ ROLE_DEFAULTS = {
 }
 
 
-def need(program: str) -> str:
-    """The program's path; skipped when missing, failed when missing in CI."""
-    beside = Path(sys.executable).parent / program  # ansible-core comes with the test extra
-    path = str(beside) if beside.is_file() else shutil.which(program)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{program} is missing in CI")
-        pytest.skip(f"{program} is not installed")
-    return path
+def tool(program: str, package: str) -> str:
+    """The program's path: beside this Python first (ansible-core comes with the test
+    extra), else on PATH."""
+    beside = Path(sys.executable).parent / program
+    return str(beside) if beside.is_file() else need(program, package=package)
 
 
 class _MultiDict(dict[str, Any]):
@@ -191,11 +189,7 @@ def test_role_templates_match_the_units(name: str) -> None:
 @pytest.mark.parametrize("source", ["deploy", "role"])
 def test_systemd_analyze_verify(tmp_path: Path, source: str) -> None:
     """systemd's own parser: no unknown key, no bad value, every unit loads."""
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:  # the tests above read the units without it
-        if os.environ.get("CI") == "true":
-            pytest.fail("systemd-analyze is missing (apt install systemd; .ci/run does)")
-        pytest.skip("systemd-analyze is not installed (the units are checked by parsing)")
+    analyze = need("systemd-analyze", package="systemd")  # else: the tests above parse them
     true = shutil.which("true")
     assert true is not None
     if source == "deploy":
@@ -262,7 +256,7 @@ def test_scrape_config(tmp_path: Path) -> None:
     (tls_job,) = yaml.safe_load(tls.read_text())["scrape_configs"]
     assert tls_job["scheme"] == "https"
     assert tls_job["basic_auth"]["password_file"]
-    promtool = need("promtool")
+    promtool = tool("promtool", "prometheus")
     for file in (path, tls):
         result = subprocess.run(
             [promtool, "check", "config", str(file)],
@@ -346,7 +340,7 @@ def _scratch_playbook(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_ansible_syntax_check(tmp_path: Path) -> None:
-    playbook_bin = need("ansible-playbook")
+    playbook_bin = tool("ansible-playbook", "ansible-core")
     playbook, _ = _scratch_playbook(tmp_path)
     for inventory, book in (
         (DEPLOY / "ansible" / "inventory.example", DEPLOY / "ansible" / "site.yml"),
@@ -365,7 +359,7 @@ def test_ansible_syntax_check(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ansible_role_installs_into_a_prefix(tmp_path: Path) -> None:
-    playbook_bin = need("ansible-playbook")
+    playbook_bin = tool("ansible-playbook", "ansible-core")
     playbook, prefix = _scratch_playbook(tmp_path)
     result = subprocess.run(
         [playbook_bin, "-i", "localhost,", str(playbook)],

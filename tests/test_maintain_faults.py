@@ -3,7 +3,6 @@ up during a repack. Each fails alone with a clear message, the others carry on, 
 is lost, and the next run completes."""
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ from custode.maintenance.planner import RepoHistory, plan
 from custode.maintenance.policy import DAY, MaintenancePolicy
 from custode.repostate import inspect
 from fixtures.builders import Fleet, git_refs, run_git
+from fixtures.system import unshare_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -66,24 +66,13 @@ def test_repositories_deleted_before_and_during_their_turn(fleet: Fleet, tmp_pat
     run_git(root / "kept.git", "fsck", "--strict")
 
 
-def _unshare() -> list[str] | None:
-    """A command prefix giving a private mount namespace (to mount a small tmpfs), or None."""
-    if not shutil.which("unshare"):
-        return None
-    prefix = ["unshare", "--mount", "--propagation", "private"]
-    if os.geteuid() != 0:
-        prefix[1:1] = ["--user", "--map-root-user"]
-    probe = subprocess.run([*prefix, "true"], capture_output=True, check=False)
-    return prefix if probe.returncode == 0 else None
-
-
 def test_disk_full_during_a_repack_fails_alone_and_loses_nothing(
     fleet: Fleet, tmp_path: Path, isolated_env: dict[str, str]
 ) -> None:
     """A 1 MiB tmpfs holds one repository and a filler leaving 8 KiB: its repack hits
     ENOSPC. custode names the repository and the fix, maintains the other root, leaves
     refs and objects intact; with the space freed, the next run completes."""
-    prefix = _unshare()
+    prefix = unshare_prefix()
     if prefix is None:
         pytest.skip("cannot create a mount namespace here (unshare refused)")
     mnt, other, out = tmp_path / "small", tmp_path / "other", tmp_path / "out"

@@ -1,7 +1,6 @@
 """``custode metrics``: the exposition promtool accepts, with git's own counts."""
 
 import os
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fixtures.builders import Fleet, git_count_objects, run_git
 from fixtures.cli import CliResult
+from fixtures.system import need
 
 pytestmark = pytest.mark.integration
 Run = Callable[..., CliResult]
@@ -28,19 +28,10 @@ def value(found: dict, name: str, **labels: str) -> float:
     return found[name, frozenset(labels.items())]
 
 
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is missing (apt install prometheus)")
-        pytest.skip("promtool is not installed (apt install prometheus)")
-    return path
-
-
 def test_exposition_passes_promtool_and_counts_equal_gits(custode: Run, fleet: Fleet) -> None:
     result = custode("metrics", fleet.root)
     assert result.code == 0, result.stderr
-    check = subprocess.run([promtool(), "check", "metrics"], input=result.stdout,
+    check = subprocess.run([need("promtool", package="prometheus"), "check", "metrics"], input=result.stdout,
                            capture_output=True, text=True, check=False)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
     found = samples(result.stdout)

@@ -4,7 +4,6 @@ in headless Chromium; plus the model's windows and targets on a hand-made histor
 
 import os
 import re
-import shutil
 import struct
 import subprocess
 import time
@@ -19,6 +18,7 @@ from custode.report.render import fmt_bytes, fmt_ratio, fmt_seconds, render
 from custode.state import Observation, RepositoryResult, StateDB, utcnow
 from fixtures.builders import Fleet
 from fixtures.cli import CliResult
+from fixtures.system import need
 
 Run = Callable[..., CliResult]
 RESOURCE = re.compile(r"https?://|<script|<link|<iframe|<img|@import|url\(", re.IGNORECASE)
@@ -131,18 +131,8 @@ def test_report_from_real_history_carries_the_same_facts_in_every_format(
     render_in_chromium(html_path, tmp_path)
 
 
-def chromium() -> str | None:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing (.ci/run installs it)")
-        pytest.skip("chromium is not installed")
-    return found
-
-
 def render_in_chromium(page: Path, tmp_path: Path) -> None:
-    binary = chromium()
-    assert binary is not None
+    binary = need("chromium", "chromium-browser", package="chromium")
     shot = tmp_path / "report.png"
     common = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
               f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,2000"]  # fmt: skip

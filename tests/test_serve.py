@@ -33,6 +33,7 @@ from custode.errors import ConfigError
 from custode.monitoring.http import CONTENT_TYPE, MetricsApp, MetricsServer, Refresher, parse_listen
 from custode.monitoring.webconfig import BasicAuth, WebConfigWatcher, load_web_config
 from fixtures.builders import Fleet
+from fixtures.system import need, stop
 
 integration = pytest.mark.integration
 PASSWORD = "s3cret pass"  # noqa: S105 (a test password)
@@ -648,24 +649,13 @@ def test_missing_root(isolated_env: dict[str, str], tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- a real Prometheus
 
 
-def prometheus_binary() -> str:
-    path = shutil.which("prometheus") or (
-        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
-    )
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("prometheus is missing (apt install prometheus)")
-        pytest.skip("prometheus is not installed (apt install prometheus)")
-    return path
-
-
 @integration
 @pytest.mark.slow
 @pytest.mark.parametrize("secure", [False, True], ids=["http", "tls+basic-auth"])
 def test_a_real_prometheus_scrapes_it(
     serve: Callable[..., Serving], fleet: Fleet, tmp_path: Path, certs: Certs, secure: bool
 ) -> None:
-    binary = prometheus_binary()
+    binary = need("prometheus", package="prometheus")
     scrape = ""
     args: list[str | Path] = [fleet.root]
     if secure:
@@ -713,11 +703,6 @@ def test_a_real_prometheus_scrapes_it(
         assert f'"repository":"packed.git","root":"{fleet.root}"' in last
         assert '"job":"custode"' in last
     finally:
-        prometheus.send_signal(signal.SIGTERM)
-        try:
-            prometheus.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            prometheus.kill()
-            prometheus.wait()
+        stop(prometheus)
         log.close()
     assert served.stop() == 0
