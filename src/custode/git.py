@@ -52,14 +52,14 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 import psutil
 
 from custode.errors import GitError, GitNotFoundError, GitRefusedError, GitTimeoutError
-from custode.gitpolicy import ALLOWLIST, HARDENING, check, positionals
+from custode.gitpolicy import ALLOWLIST, DISTRUST_DERIVED, HARDENING, check, positionals
 
 if TYPE_CHECKING:
     from custode.config import GitConfig
 
 __all__ = [
-    "ALLOWLIST", "FEATURES", "HARDENING", "MINIMUM_VERSION", "Git", "GitResult", "GitVersion",
-    "git_dir_of",
+    "ALLOWLIST", "DISTRUST_DERIVED", "FEATURES", "HARDENING", "MINIMUM_VERSION", "Git",
+    "GitResult", "GitVersion", "git_dir_of",
 ]  # fmt: skip
 
 IoNice = Literal["none", "idle", "best-effort"]
@@ -217,9 +217,22 @@ class Git:
             env[key] = value
         return env
 
-    def command_line(self, args: Sequence[str], repo: Path | None = None) -> list[str]:
-        """The full argv ``run`` starts for ``args`` (checked against the allowlist)."""
+    def command_line(
+        self,
+        args: Sequence[str],
+        repo: Path | None = None,
+        config: Sequence[tuple[str, str]] = (),
+    ) -> list[str]:
+        """The full argv ``run`` starts for ``args`` (checked against the allowlist).
+
+        ``config`` adds ``-c key=value`` pairs after the hardening; none may name a key the
+        hardening sets (GitRefusedError).
+        """
         args = [os.fspath(a) for a in args]
+        hardened = {key.lower() for key, _ in HARDENING}
+        for key, _ in config:
+            if key.lower() in hardened or key.lower().startswith("safe."):
+                raise GitRefusedError(f"refusing to set {key} for git: the runner fixes it")
         rule = check(args)
         git = self.executable()
         hardening = [f"{key}={value}" for key, value in HARDENING]
@@ -233,8 +246,9 @@ class Git:
             trusted += extra
             pack = [*hardening, *(f"safe.directory={path}" for path in extra)]
             injected.append("--upload-pack=" + shlex.join([git, *_dash_c(pack), "upload-pack"]))
-        config = [*hardening, *(f"safe.directory={path}" for path in trusted)]
-        cmd = [*self._prefix, git, "--no-pager", *_dash_c(config)]
+        asked = [f"{key}={value}" for key, value in config]
+        options = [*hardening, *asked, *(f"safe.directory={path}" for path in trusted)]
+        cmd = [*self._prefix, git, "--no-pager", *_dash_c(options)]
         if repo is not None:
             cmd.append(f"--git-dir={git_dir_of(repo)}")
         return [*cmd, args[0], *injected, *args[1:]]
@@ -284,8 +298,12 @@ class Git:
         env_extra: Mapping[str, str] | None = None,
         pass_fds: Sequence[int] = (),
         stdout: BinaryIO | None = None,
+        config: Sequence[tuple[str, str]] = (),
     ) -> GitResult:
         """Run ``git <args>`` on ``repo`` (a git dir or a working copy; None for none).
+
+        ``config``: extra ``-c`` pairs, e.g. ``DISTRUST_DERIVED`` for a walk that decides
+        what may be dropped or whether a backup is complete.
 
         ``stdout``, an open file, receives git's output directly (a pack of any size) at
         its current position; the result's ``stdout`` is then empty.
@@ -296,7 +314,7 @@ class Git:
         it. Raises GitRefusedError, GitNotFoundError, GitTimeoutError, and GitError for a
         non-zero exit when ``check``.
         """
-        argv = self.command_line(args, repo)
+        argv = self.command_line(args, repo, config)
         env = self.environment(env_extra)
         self.check_version()
         sub = os.fspath(args[0])

@@ -38,6 +38,16 @@ HARDENING: tuple[tuple[str, str], ...] = (
     ("log.showSignature", "false"),  # ...and free of signature checks
 )
 
+#: ``-c`` options for a git whose answer decides whether objects may be dropped or whether a
+#: backup is complete: caches of the truth (commit-graph, reachability bitmaps, the
+#: multi-pack-index) can lie, so such walks read the objects themselves. Pass as
+#: ``Git.run(..., config=DISTRUST_DERIVED)``.
+DISTRUST_DERIVED: tuple[tuple[str, str], ...] = (
+    ("core.commitGraph", "false"),  # parents and trees from the commits, not the graph
+    ("pack.useBitmaps", "false"),  # object lists from a walk, not from a .bitmap
+    ("core.multiPackIndex", "false"),  # objects found through each pack's own .idx
+)
+
 STOP = ("--", "--end-of-options")  # what follows is paths or revisions, not options
 
 
