@@ -16,7 +16,16 @@ import pytest
 
 from custode.config import GitConfig
 from custode.errors import GitError, GitNotFoundError, GitRefusedError, GitTimeoutError
-from custode.git import FEATURES, MINIMUM_VERSION, Git, GitResult, GitVersion, git_dir_of
+from custode.git import (
+    ALLOWLIST,
+    FEATURES,
+    MINIMUM_VERSION,
+    NO_PROTOCOL,
+    Git,
+    GitResult,
+    GitVersion,
+    git_dir_of,
+)
 from fixtures.builders import git_env, run_git
 
 REAL = GitVersion.parse(
@@ -159,9 +168,11 @@ def test_child_environment_is_built_from_scratch(
     assert set(env) - shell_own <= {
         "PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "GIT_TERMINAL_PROMPT", "GIT_PAGER",
         "PAGER", "GIT_EDITOR", "GIT_NO_REPLACE_OBJECTS", "GIT_PROTOCOL_FROM_USER",
-        "GIT_TRACE2_EVENT",
+        "GIT_ALLOW_PROTOCOL", "GIT_NO_LAZY_FETCH", "GIT_TRACE2_EVENT",
     }  # fmt: skip
     assert env["LANG"] == env["LC_ALL"] == "C"
+    # no transport, not even one a repository allows itself, and no lazy fetch
+    assert env["GIT_ALLOW_PROTOCOL"] == NO_PROTOCOL and env["GIT_NO_LAZY_FETCH"] == "1"
     assert env["GIT_TERMINAL_PROMPT"] == "0" and env["GIT_PAGER"] == "cat"
     assert env["PATH"] == os.environ["PATH"]
 
@@ -261,6 +272,10 @@ def test_missing_repository(tmp_path: Path) -> None:
         ["fetch", "--upload-pack=evil", "/tmp"],
         ["fetch", "--all"],
         ["ls-remote", "ssh://example.com/x.git"],
+        ["ls-remote", "/tmp"],  # custode never transfers: not even from a local path
+        ["fetch", "/tmp", "+refs/heads/*:refs/heads/*"],
+        ["clone", "--mirror", "/tmp", "/tmp/dest"],
+        ["push", "/tmp", "main"],
     ],
 )
 def test_refused_before_anything_runs(args: list[str]) -> None:
@@ -277,18 +292,17 @@ def test_options_after_double_dash_are_paths() -> None:
     assert argv[-4:] == ["log", "--format=%H", "--", "-p"]
 
 
-def test_transfers_get_our_own_upload_pack(tmp_path: Path) -> None:
-    argv = Git().command_line(["fetch", str(tmp_path), "main"], tmp_path)
-    at = argv.index("fetch")
-    assert argv[at + 1].startswith("--upload-pack=") and "core.hooksPath=/dev/null" in argv[at + 1]
-    assert argv[at + 2 :] == [str(tmp_path), "main"]
+def test_transfers_are_not_on_the_allowlist() -> None:
+    for sub in ("clone", "fetch", "ls-remote", "push", "upload-pack", "remote"):
+        assert sub not in ALLOWLIST, f"custode never transfers, but {sub} is allowed"
 
 
 def test_every_command_line_is_hardened() -> None:
     argv = Git(nice=None, ionice="none").command_line(["count-objects", "-v"], None)
     assert argv[0] == shutil.which("git") and argv[1] == "--no-pager"
     pairs = {argv[i + 1] for i, word in enumerate(argv) if word == "-c"}
-    assert {"core.hooksPath=/dev/null", "core.fsmonitor=false", "protocol.allow=never"} <= pairs
+    assert {"core.hooksPath=/dev/null", "core.fsmonitor=false", "protocol.allow=never",
+            "protocol.file.allow=never"} <= pairs  # fmt: skip
     assert argv[-2:] == ["count-objects", "-v"]
 
 
@@ -488,11 +502,6 @@ def test_trusted_owner_works(foreign: tuple[Path, Path], tmp_path: Path) -> None
     assert f"safe.directory={wc}" in git.command_line(["rev-parse", "HEAD"], wc)
     for path in (wc, bare):
         assert len(git.run(["rev-parse", "HEAD"], repo=path).text.strip()) == 40
-        # upload-pack in the source checks ownership itself: our --upload-pack trusts it.
-        dest = tmp_path / f"mirror-of-{path.name}"
-        git.run(["clone", "--mirror", str(path), str(dest)], repo=None)
-        git.run(["fetch", str(path), "+refs/heads/*:refs/heads/*"], repo=dest)
-    with pytest.raises(GitError, match=r"dubious ownership"):
-        Git(trust_repository_owner=False).run(
-            ["clone", "--mirror", str(bare), str(tmp_path / "refused.git")], repo=None
-        )
+        bundle = tmp_path / f"{path.name}.bundle"
+        git.run(["bundle", "create", str(bundle), "--all"], repo=path)
+        git.run(["bundle", "verify", str(bundle)], repo=path)

@@ -6,14 +6,19 @@ of its choosing. Four layers see to that:
 * **Environment** built from scratch (PATH, HOME, TMPDIR, the C locale, ``_FIXED_ENV``):
   inherited ``GIT_*`` variables (GIT_DIR, GIT_CONFIG_PARAMETERS...) and secrets never pass.
 * **Command-line config** (``gitpolicy.HARDENING``), which outranks the repository's: no hooks,
-  fsmonitor, pager, askpass, credential helper, ssh, gpg or alternate-refs program; only
-  the file transport; no automatic gc or maintenance.
+  fsmonitor, pager, askpass, credential helper, ssh, gpg or alternate-refs program; no
+  transport; no automatic gc or maintenance.
 * **A subcommand allowlist** (``gitpolicy.ALLOWLIST``). Filters, textconv and diff drivers are named
   per driver and cannot be switched off wholesale, so only commands that never run them
   without a work tree are allowed, minus the options that would (``log -p``...). Aliases
   cannot shadow these builtins.
-* **Transfers** (clone, fetch, ls-remote) take an absolute local path and always get our
-  own hardened ``--upload-pack``: the source's side runs with a clean config otherwise.
+* **No transport, not even a lazy fetch.** No transfer command is allowed, and the lazy
+  fetch a partial clone starts for a missing object (a ``git fetch`` from its promisor
+  remote, which would run that remote's ``uploadpack`` or helper) inherits the environment
+  and the ``-c`` options, which refuse every protocol: ``GIT_ALLOW_PROTOCOL`` names none
+  that can exist, and it overrides a repository's ``protocol.<name>.allow``, which our
+  ``protocol.allow`` does not (see ``gitpolicy``). ``GIT_NO_LAZY_FETCH`` stops the fetch
+  before it starts where git honours it (the May 2024 security releases on: 2.39.4...).
 
 The repository goes in as ``--git-dir=<git dir>`` (given a bare repository, a ``.git``
 directory or a working copy), never ``-C``: no discovery, so neither custode's cwd nor a
@@ -23,8 +28,8 @@ Callers put ``--`` before paths.
 
 An explicit ``--git-dir`` skips git's "dubious ownership" check, so the runner applies
 ``trust_repository_owner`` itself: untrusted, a repository owned by another user is
-refused; trusted, ``-c safe.directory`` names it (honoured from git 2.38) and the
-transfer's source, for the git processes that still check.
+refused; trusted, ``-c safe.directory`` names it (honoured from git 2.38), for the git
+processes that still check.
 
 Each git runs in its own process group under ``nice``/``ionice`` when available; a timeout
 or an interrupt kills the whole group (SIGTERM, then SIGKILL after a grace). Commands that
@@ -38,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -52,14 +56,14 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 import psutil
 
 from custode.errors import GitError, GitNotFoundError, GitRefusedError, GitTimeoutError
-from custode.gitpolicy import ALLOWLIST, DISTRUST_DERIVED, HARDENING, check, positionals
+from custode.gitpolicy import ALLOWLIST, DISTRUST_DERIVED, HARDENING, check
 
 if TYPE_CHECKING:
     from custode.config import GitConfig
 
 __all__ = [
-    "ALLOWLIST", "DISTRUST_DERIVED", "FEATURES", "HARDENING", "MINIMUM_VERSION", "Git",
-    "GitResult", "GitVersion", "git_dir_of",
+    "ALLOWLIST", "DISTRUST_DERIVED", "FEATURES", "HARDENING", "MINIMUM_VERSION", "NO_PROTOCOL",
+    "Git", "GitResult", "GitVersion", "git_dir_of",
 ]  # fmt: skip
 
 IoNice = Literal["none", "idle", "best-effort"]
@@ -107,9 +111,15 @@ FEATURES: dict[str, GitVersion] = {
     "repack-max-cruft-size": GitVersion(2, 43),  # repack --max-cruft-size
 }
 
+#: The only protocol GIT_ALLOW_PROTOCOL allows (it must allow one to be a list at all): no
+#: transport or remote helper has this name, nor can an alias (``git remote-<name>``): '_'
+#: is not allowed in a config key, and a name with no '.' cannot match one in a subsection.
+NO_PROTOCOL = "custode_allows_no_transport"
+
 _FIXED_ENV = {
     "LANG": "C", "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "PAGER": "cat",
     "GIT_EDITOR": "false", "GIT_NO_REPLACE_OBJECTS": "1", "GIT_PROTOCOL_FROM_USER": "0",
+    "GIT_ALLOW_PROTOCOL": NO_PROTOCOL, "GIT_NO_LAZY_FETCH": "1",
 }  # fmt: skip
 _KEPT_ENV = ("PATH", "HOME", "TMPDIR")
 
@@ -233,25 +243,16 @@ class Git:
         for key, _ in config:
             if key.lower() in hardened or key.lower().startswith("safe."):
                 raise GitRefusedError(f"refusing to set {key} for git: the runner fixes it")
-        rule = check(args)
+        check(args)
         git = self.executable()
         hardening = [f"{key}={value}" for key, value in HARDENING]
         trusted = _trusted_paths(repo) if repo is not None and self.trust_repository_owner else []
-        injected: list[str] = []
-        if rule.local_source:  # our own upload-pack: hardened, trusting the source if we may
-            source = Path(positionals(args)[0])
-            extra = (
-                _trusted_paths(source) if self.trust_repository_owner and source.is_dir() else []
-            )
-            trusted += extra
-            pack = [*hardening, *(f"safe.directory={path}" for path in extra)]
-            injected.append("--upload-pack=" + shlex.join([git, *_dash_c(pack), "upload-pack"]))
         asked = [f"{key}={value}" for key, value in config]
         options = [*hardening, *asked, *(f"safe.directory={path}" for path in trusted)]
         cmd = [*self._prefix, git, "--no-pager", *_dash_c(options)]
         if repo is not None:
             cmd.append(f"--git-dir={git_dir_of(repo)}")
-        return [*cmd, args[0], *injected, *args[1:]]
+        return [*cmd, *args]
 
     def version(self) -> GitVersion:
         """git's version, asked once per instance."""

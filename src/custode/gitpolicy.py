@@ -4,12 +4,23 @@ Filters, textconv and diff drivers are named per driver in a repository's config
 be switched off wholesale, so custode runs only git commands that never run them without a
 work tree, minus the options that would (``log -p``...). Aliases cannot shadow builtins.
 ``check`` returns the rule for a command line or raises GitRefusedError saying why not.
+
+No transport at all: custode never clones, fetches or lists a remote (a restore copies
+packs), so no transfer command is allowed and every protocol is refused, the local one
+too. That matters beyond transfers: in a partial clone, any command that meets a missing
+object (``rev-list``, ``pack-objects``, ``cat-file``...) starts ``git fetch`` from the
+promisor remote, and that remote's config (``uploadpack``, ``vcs``, a ``url.*`` rewrite,
+an included file) names the program the transport runs. The fetch inherits our ``-c``
+options and environment, so it dies at the protocol check instead, before any program
+starts, and the command fails: the repository is reported, never repaired by fetching.
+A repository's ``protocol.<name>.allow`` outranks our ``protocol.allow`` (git reads the
+per-protocol key first, whoever set it), so the runner also sets ``GIT_ALLOW_PROTOCOL``,
+which overrides all such config (``custode.git``).
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,8 +39,8 @@ HARDENING: tuple[tuple[str, str], ...] = (
     ("gpg.openpgp.program", "false"),
     ("gpg.ssh.program", "false"),
     ("gpg.x509.program", "false"),
-    ("protocol.allow", "never"),  # no transport (ext::, ssh, http) but the local one
-    ("protocol.file.allow", "always"),
+    ("protocol.allow", "never"),  # no transport: not ext::, ssh, http or a remote helper...
+    ("protocol.file.allow", "never"),  # ...nor the local one, which runs an uploadpack program
     ("gc.auto", "0"),  # no gc --auto (nor its pre-auto-gc hook) behind our back
     ("maintenance.auto", "false"),
     ("submodule.recurse", "false"),
@@ -57,7 +68,6 @@ class Rule:
     actions: tuple[str, ...] = ()  # if any, the first argument must be one of them
     refuse: tuple[str, ...] = ()  # options refused (also with =value or an attached value)
     require: tuple[str, ...] = ()  # at least one of these options must be given
-    local_source: bool = False  # first positional: an absolute path to a repository/bundle
 
 
 _DIFFS = (
@@ -67,11 +77,10 @@ _DIFFS = (
     "--function-context", "--word-diff", "--color-words", "--check", "--binary", "-S", "-G",
     "--pickaxe-regex", "-L", "--follow", "--textconv", "--ext-diff", "--show-signature",
 )  # fmt: skip
-_TRANSFER = ("--upload-pack", "-u", "--exec", "--recurse-submodules", "--recursive")
 
 #: The only git subcommands custode runs. None of them runs hooks (disabled anyway),
 #: filters, textconv or diff drivers without a work tree; refused options are those that
-#: would, or that reach beyond a local path.
+#: would. No clone, fetch, ls-remote or push: custode never transfers objects.
 ALLOWLIST: dict[str, Rule] = {
     "version": Rule("prints git's version"),
     "rev-parse": Rule("parses names and paths"),
@@ -110,12 +119,6 @@ ALLOWLIST: dict[str, Rule] = {
     "config": Rule("reads config, writes only to a named file", refuse=("--edit", "-e"),
                     require=("--get", "--get-all", "--get-regexp", "--get-urlmatch", "--list",
                              "-l", "--file", "-f", "--blob")),
-    "clone": Rule("without a checkout, from a local path", local_source=True,
-                   require=("--bare", "--mirror", "--no-checkout", "-n"),
-                   refuse=(*_TRANSFER, "--bundle-uri")),
-    "fetch": Rule("from a local path or bundle", local_source=True,
-                   refuse=(*_TRANSFER, "--all", "--multiple")),
-    "ls-remote": Rule("of a local path", local_source=True, refuse=_TRANSFER),
 }  # fmt: skip
 
 
@@ -123,17 +126,6 @@ def _matches(arg: str, option: str) -> bool:
     if arg == option or arg.startswith(option + "="):
         return True
     return len(option) == 2 and not arg.startswith("--") and arg.startswith(option)
-
-
-def positionals(args: Sequence[str]) -> list[str]:
-    """The arguments after the subcommand that are not options (all of them after --)."""
-    out: list[str] = []
-    for i, arg in enumerate(args[1:], 1):
-        if arg in STOP:
-            return out + list(args[i + 1 :])
-        if not arg.startswith("-"):
-            out.append(arg)
-    return out
 
 
 def check(args: Sequence[str]) -> Rule:
@@ -158,11 +150,4 @@ def check(args: Sequence[str]) -> Rule:
             raise refuse(why, f"{sub} {arg}")
     if rule.require and not any(_matches(a, r) for a in options for r in rule.require):
         raise refuse(f"it needs one of {', '.join(rule.require)} ({rule.why})")
-    if rule.local_source:
-        source = next(iter(positionals(args)), "")
-        if not os.path.isabs(source) or not os.path.exists(source):
-            raise refuse(
-                "the source must be an absolute path to a local repository or bundle "
-                "(write option values as --option=value)"
-            )
     return rule
