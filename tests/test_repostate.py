@@ -151,3 +151,32 @@ def test_unreadable_repository_gets_a_broken_placeholder(fleet: Fleet) -> None:
     assert state.problems == ("cannot read repository: Permission denied",)
     assert state.path == str(fleet.packed) and state.object_format == "unknown"
     assert state.refs == state.packs == state.size_bytes == 0
+
+
+def test_partial_clones_are_recognised_without_git(tmp_path: Path, fleet: Fleet) -> None:
+    """Each thing that makes git treat a repository as a partial clone, and near misses."""
+    marks = {
+        "extension.git": "[extensions]\n\tpartialClone = origin\n",
+        "promisor.git": '[remote "origin"]\n\turl = /elsewhere\n\tpromisor = true\n',
+        "old-style.git": "[remote.origin]\n\tpromisor\n",  # a bare key is true
+        "not-promisor.git": '[remote "origin"]\n\turl = /elsewhere\n\tpromisor = false\n',
+        "comment.git": "# promisor = true, partialClone\n",
+        "pack.git": "",
+        "plain.git": "",
+    }
+    for name, text in marks.items():
+        shutil.copytree(fleet.packed, tmp_path / name, symlinks=True)
+        with (tmp_path / name / "config").open("a") as config:
+            config.write(text)
+    pack = next((tmp_path / "pack.git" / "objects" / "pack").glob("*.pack"))
+    pack.with_suffix(".promisor").write_text("")
+    s = _states(tmp_path)
+    assert s["extension.git"].partial_clone == "extensions.partialClone = origin"
+    assert s["promisor.git"].partial_clone == "remote.origin.promisor = true"
+    assert s["old-style.git"].partial_clone == "remote.origin.promisor = true"
+    assert s["pack.git"].partial_clone == "1 promisor pack"
+    for name in ("extension.git", "promisor.git", "old-style.git", "pack.git"):
+        assert [p for p in s[name].problems if p.startswith("partial clone (")], name
+        assert "never fetches" in s[name].problems[-1] and "full clone" in s[name].problems[-1]
+    for name in ("not-promisor.git", "comment.git", "plain.git"):
+        assert s[name].partial_clone == "" and s[name].problems == (), name

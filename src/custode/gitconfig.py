@@ -4,8 +4,9 @@ custode needs three or four facts per repository on the fast path (bare or not, 
 object format, the repository format version) for ten thousand repositories in
 seconds, so a git process per repository is out. This reader understands the syntax
 git writes (sections, subsections, quoted values, comments, continuation lines) and
-ignores what it cannot parse; ``include`` directives are not followed (the keys read
-here are meaningless in included files). Keys are returned lower-cased as
+ignores what it cannot parse; ``include`` directives are not followed (git reads
+``core.bare`` and ``extensions.*`` from this file alone; a promisor remote in an included
+file is missed, which the git runner makes harmless). Keys are returned lower-cased as
 ``section.key`` or ``section.subsection.key`` (subsection case kept).
 """
 

@@ -1,9 +1,10 @@
 """A repository's health verdict and the reasons for it: a pure function of its state.
 
 ``broken``: git cannot read the repository as it is (missing HEAD, corrupt packed-refs,
-missing alternate); ``attention``: maintenance would help, by the thresholds of the
-``[maintenance]`` section that ``custode maintain`` plans with; ``ok``: nothing to do.
-``info`` reasons explain without judging.
+missing alternate; a partial clone, as custode never fetches what it lacks);
+``attention``: maintenance would help, by the thresholds of the ``[maintenance]`` section
+that ``custode maintain`` plans with; ``ok``: nothing to do. ``info`` reasons explain
+without judging.
 """
 
 from __future__ import annotations

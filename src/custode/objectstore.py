@@ -44,6 +44,7 @@ class ObjectStore:
     packed_objects: int = 0
     largest_pack_bytes: int = 0
     kept_packs: int = 0
+    promisor_packs: int = 0  # fetched from a promisor remote: a partial clone's
     cruft_packs: int = 0
     pack_bitmaps: int = 0
     newest_pack_mtime: float = 0.0
@@ -173,6 +174,7 @@ class _Reader:
         s.largest_pack_bytes = max(s.largest_pack_bytes, files["pack"].st_size)
         s.newest_pack_mtime = max(s.newest_pack_mtime, files["pack"].st_mtime)
         s.kept_packs += "keep" in files
+        s.promisor_packs += "promisor" in files
         if "mtimes" in files:
             s.cruft_packs += 1
             mtime = files["pack"].st_mtime

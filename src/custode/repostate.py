@@ -19,8 +19,10 @@ from custode.discovery import Repository
 from custode.fsread import Watch, read_all
 from custode.objectstore import ObjectStore, TempFile, read_object_store
 from custode.refstore import RefStore, read_ref_store
+from custode.units import counted
 
 HEXSZ = {"sha1": 40, "sha256": 64}
+_READ_KEYS = ("objectformat", "partialclone", "promisor")  # lower-case words of keys we read
 _OWN = {"objects", "refs", "packed-refs", "HEAD", "modules"}  # read elsewhere, or not ours
 
 
@@ -74,6 +76,9 @@ class RepoState:
     base_pack_mtime: float  # the largest non-cruft pack's: when the last full repack ran
     oldest_cruft_mtime: float  # 0.0 without cruft packs
     fingerprint: str
+    #: what makes it a partial clone ("" if nothing does): objects it lacks live on a
+    #: promisor remote, and custode never fetches (git would run the remote's programs)
+    partial_clone: str = ""
     problems: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
@@ -110,7 +115,8 @@ def inspect(repo: Repository, watch: Watch | None = None) -> RepoState:
         problems.append(f"cannot read config: {exc.strerror}")
         text = ""
     # parsing is only needed when the file can name a non-default value we read
-    config = gitconfig.parse(text) if "objectformat" in text.lower() else {}
+    lowered = text.lower()
+    config = gitconfig.parse(text) if any(w in lowered for w in _READ_KEYS) else {}
     fmt = _object_format(config)
     if fmt not in HEXSZ:
         problems.append(f"unknown object format {fmt!r}")
@@ -121,6 +127,13 @@ def inspect(repo: Repository, watch: Watch | None = None) -> RepoState:
     for alternate in objects.alternates:
         watch.path(alternate)
     problems += refs.problems + objects.problems
+    partial = _partial_clone(config, objects)
+    if partial:
+        problems.append(
+            f"partial clone ({partial}): custode never fetches the objects it lacks, and "
+            "does not maintain or back up what it cannot see; make it a full clone to have "
+            "custode look after it"
+        )
     digest = hashlib.blake2b(digest_size=16)
     for part in (*refs.signature, *objects.signature):
         digest.update(part.encode())
@@ -133,7 +146,25 @@ def inspect(repo: Repository, watch: Watch | None = None) -> RepoState:
         rest=rest,
         problems=problems,
         fingerprint=digest.hexdigest(),
+        partial_clone=partial,
     )
+
+
+def _partial_clone(config: dict[str, str], objects: ObjectStore) -> str:
+    """What makes the repository a partial clone, as git sees it, or "" if nothing does.
+
+    ``extensions.partialClone`` is read only from this file (git reads extensions without
+    includes); a promisor remote set in an included file is missed here, but git still
+    cannot fetch through the runner: the repository then fails where it needs an object.
+    """
+    if remote := config.get("extensions.partialclone"):
+        return f"extensions.partialClone = {remote}"
+    for key, value in config.items():
+        if key.startswith("remote.") and key.endswith(".promisor") and gitconfig.is_true(value):
+            return f"{key} = true"
+    if objects.promisor_packs:
+        return counted(objects.promisor_packs, "promisor pack")
+    return ""
 
 
 def _assemble(
@@ -145,6 +176,7 @@ def _assemble(
     rest: _Rest,
     problems: list[str],
     fingerprint: str,
+    partial_clone: str = "",
 ) -> RepoState:
     return RepoState(
         path=str(repo.path),
@@ -190,6 +222,7 @@ def _assemble(
         base_pack_mtime=objects.base_pack_mtime,
         oldest_cruft_mtime=objects.oldest_cruft_mtime,
         fingerprint=fingerprint,
+        partial_clone=partial_clone,
         problems=tuple(problems),
     )
 

@@ -27,7 +27,7 @@ from custode.discovery import Repository
 from custode.fsread import Watch
 from custode.repostate import RepoState
 
-FORMAT = 2
+FORMAT = 3  # 3: RepoState.partial_clone
 RACY_NS = 2_000_000_000
 log = logging.getLogger(__name__)
 
