@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -68,7 +69,7 @@ def _record(app: App, pairs: list[Pair], full: bool, bad: int) -> None:
                         outcome="ok" if r.ok else "failed",
                         started_at=datetime.fromtimestamp(started, UTC).isoformat(),
                         duration_s=r.duration,
-                        details={"verdict": r.verdict, "findings": list(r.findings)},
+                        details=_details(r),
                     )
                     for s, r, started in pairs
                 ],
@@ -86,11 +87,12 @@ def _table(pairs: list[Pair]) -> Table:
     table.add_column("time", justify="right")
     table.add_column("findings", overflow="fold")
     for state, result, _ in pairs:
+        note = result.warnings.summary()
         table.add_row(
             state.relative,
             f"[{_STYLE[result.verdict]}]{result.verdict}[/]",
             f"{result.duration:.1f}s",
-            "\n".join(result.findings),
+            "\n".join([*result.findings, *([f"[dim]note: {escape(note)}[/]"] if note else [])]),
         )
     return table
 
@@ -100,7 +102,7 @@ def _table(pairs: list[Pair]) -> Table:
 @click.option(
     "--full",
     is_flag=True,
-    help="Also parse and hash every object (strict fsck) and verify the commit-graph and "
+    help="Also parse and hash every object (full fsck) and verify the commit-graph and "
     "multi-pack-index. Slower: reads every pack in full.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -110,7 +112,9 @@ def check(app: App, roots: tuple[Path, ...], full: bool, as_json: bool) -> None:
 
     By default checks connectivity: every object the refs need is present and readable.
     Changes nothing: a corrupt repository is reported, never repaired. Exits 3 when any
-    repository is corrupt or could not be checked.
+    repository is corrupt or could not be checked. Format warnings (objects that old tools
+    wrote oddly, e.g. a bad time zone; git's message ids) are reported, not counted as
+    damage.
     """
     started = time.monotonic()
     root_paths = app.roots(roots)
@@ -127,12 +131,13 @@ def check(app: App, roots: tuple[Path, ...], full: bool, as_json: bool) -> None:
                 advance()
     counts = {v: sum(1 for _, r, _ in pairs if r.verdict == v) for v in ("ok", "corrupt", "error")}
     bad = counts["corrupt"] + counts["error"]
+    warned = sum(1 for _, r, _ in pairs if r.warnings.total)
     if pairs:
         _record(app, pairs, full, bad)
     seconds = time.monotonic() - started
     if as_json:
-        summary = {"repositories": len(pairs), **counts, "full": full,
-                   "seconds": round(seconds, 3)}  # fmt: skip
+        summary = {"repositories": len(pairs), **counts, "with_format_warnings": warned,
+                   "full": full, "seconds": round(seconds, 3)}  # fmt: skip
         app.print_json({"summary": summary, "repositories": [_json(s, r) for s, r, _ in pairs]})
     else:
         if pairs:
@@ -142,6 +147,11 @@ def check(app: App, roots: tuple[Path, ...], full: bool, as_json: bool) -> None:
             f"{' in full' if full else ''}: {counts['ok']:,} ok, {counts['corrupt']:,} corrupt, "
             f"{counts['error']:,} could not be checked ({seconds:.1f}s)"
         )
+        if warned:
+            app.out.print(
+                f"{counted(warned, 'repository', 'repositories')} with format warnings in "
+                "historical objects: information, not damage (see docs/operations.md)"
+            )
     if bad or found.problems:
         parts = []
         if counts["corrupt"]:
@@ -162,5 +172,15 @@ def _json(state: RepoState, result: CheckResult) -> dict[str, Any]:
         "relative": state.relative,
         "verdict": result.verdict,
         "findings": list(result.findings),
+        "warnings": result.warnings.to_json(),
         "seconds": round(result.duration, 3),
     }
+
+
+def _details(result: CheckResult) -> dict[str, Any]:
+    """The history record: the verdict and findings, and format warnings if there are any
+    (``ok`` outcome and verdict still mean sound)."""
+    details: dict[str, Any] = {"verdict": result.verdict, "findings": list(result.findings)}
+    if result.warnings.total:
+        details["warnings"] = result.warnings.to_json()
+    return details
