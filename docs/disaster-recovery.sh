@@ -22,6 +22,9 @@ format=$(field object_format)
 bare=$(field bare)
 # 3. a new repository, then every bundle of the chain in order (oldest first)
 git init -q --bare --object-format="$format" "$dest"
+# a shallow repository: its shallow commits (in the manifest's chain) before any fetch
+grep -o '"shallow":\[[^]]*\]' "$manifest" | tail -n 1 | tr -c '0-9a-f' '\n' \
+  | grep -E '^[0-9a-f]{40}([0-9a-f]{24})?$' > "$dest/shallow" || rm "$dest/shallow"
 for key in $(grep -o '"key":"[^"]*/bundle.age"' "$manifest" | cut -d'"' -f4); do
   age -d -i "$identity" -o "$dest/restore.bundle" "$store/$key"
   git -C "$dest" bundle verify -q restore.bundle
@@ -32,6 +35,8 @@ done
 age -d -i "$identity" -o "$dest.refs.json" "$dir/$latest/refs.age"
 head=$(grep -o '"head":"ref:[^"]*"' "$dest.refs.json" | cut -d'"' -f4 | cut -c5-)
 [ -n "$head" ] && git -C "$dest" symbolic-ref HEAD "$head"
+detached=$(grep -o '"head":"[0-9a-f]*"' "$dest.refs.json" | cut -d'"' -f4)
+[ -n "$detached" ] && git -C "$dest" update-ref --no-deref HEAD "$detached"
 # 5. config, hooks, description and info/: files.age, a gzipped tar
 files=$(grep -o '"files":{[^}]*}' "$manifest" | grep -o '"key":"[^"]*"' | cut -d'"' -f4)
 age -d -i "$identity" "$store/$files" | tar -xz -C "$dest"

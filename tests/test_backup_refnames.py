@@ -2,7 +2,7 @@
 
 import pytest
 
-from custode.backup.restore import valid_ref_name
+from custode.backup.roots import valid_ref_name
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,9 @@ the parent backup, the non-object files and LFS objects, then the manifest (data
 * Refs changed → one new bundle, excluding the parent's tips that still exist (a deleted
   branch or a force-push only shrinks the exclusion; nothing usable → a full bundle).
 * The chain is cut (a full bundle) once it is ``full_every`` bundles long or its first
-  bundle is older than ``full_after``: restore time stays bounded.
+  bundle is older than ``full_after``: restore time stays bounded. It is cut too when a
+  shallow repository's ``shallow`` file changed (deepened, or made complete): excluding
+  the parent's tips would then exclude history the chain never held.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from custode.backup.manifest import (
     repo_prefix,
     salted_digest,
 )
+from custode.backup.roots import read_shallow
 from custode.backup.store import KeyExistsError, Store
 from custode.backup.streams import put_bytes, put_file
 from custode.errors import CustodeError, IntegrityError, StateError
@@ -136,11 +139,15 @@ def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
     if parent is not None and (parent.object_format != object_format or parent.bare != bare):
         parent = None
     refs = capture(git, git_dir)
+    shallow = read_shallow(git_dir)
     refs_json, tar = refs.to_json(), build_tar(git_dir)
     tar_hex = tar.hex()  # what the files digest is of
     lfs = lfs_objects(git_dir)
-    same_refs = parent is not None and salted_digest(parent.backup_id, refs_json) == (
-        parent.refs_digest
+    same_shallow = parent is not None and shallow == _shallow_of(parent)
+    same_refs = (
+        parent is not None
+        and same_shallow
+        and salted_digest(parent.backup_id, refs_json) == parent.refs_digest
     )
     same_files = parent is not None and salted_digest(parent.backup_id, tar_hex) == (
         parent.files_digest
@@ -153,7 +160,7 @@ def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
     own = backup_prefix(host, repository, backup_id)
     chain: list[Link] = list(parent.chain) if parent else []
     if not same_refs:
-        full = parent is None or _chain_is_long(chain, settings, now)
+        full = parent is None or not same_shallow or _chain_is_long(chain, settings, now)
         if full:
             chain = []
         exclude = set() if full or parent is None else set(parent.tips)
@@ -166,7 +173,7 @@ def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
             if files.index is not None:
                 index = _put(store, own + "index.age", files.index, settings, work, result)
             chain.append(Link(backup_id, bundle, index, files.pack_name, files.header_bytes,
-                              _objects(files.index), files.prerequisites))  # fmt: skip
+                              _objects(files.index), files.prerequisites, shallow))  # fmt: skip
         result.full = len(chain) <= 1
     refs_file = put_bytes(store, own + "refs.age", _refs_bytes(refs), settings.recipients)
     result.bytes_added += refs_file.size
@@ -234,6 +241,11 @@ def _stored(store: Store, key: str) -> FileRef | None:
         return None
     data = store.get_bytes(key)
     return FileRef(key, len(data), hashlib.sha256(data).hexdigest())
+
+
+def _shallow_of(manifest: RepoManifest) -> tuple[str, ...]:
+    """The shallow commits a backup's chain was made with (a chain holds one set)."""
+    return manifest.chain[-1].shallow if manifest.chain else ()
 
 
 def _chain_is_long(chain: list[Link], settings: BackupSettings, now: datetime) -> bool:

@@ -34,6 +34,10 @@ from custode.backup.store import check_key
 from custode.errors import IntegrityError, UsageError
 
 MANIFEST_FORMAT = "custode-backup/1"
+# a shallow repository's chain records its ``shallow`` commits, which a restore must write:
+# a custode reading only /1 would restore it broken, so such a manifest says /2 (all
+# others stay /1, readable by every custode)
+MANIFEST_FORMAT_SHALLOW = "custode-backup/2"
 SNAPSHOT_FORMAT = "custode-snapshot/1"
 LOCK_FORMAT = "custode-lock/1"
 _ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")
@@ -102,7 +106,7 @@ def _seal(body: dict[str, Any]) -> bytes:
     return canonical(body) + b"\n"  # one line: every run writes one, size counts
 
 
-def _open(data: bytes, what: str, fmt: str) -> dict[str, Any]:
+def _open(data: bytes, what: str, fmt: str | tuple[str, ...]) -> dict[str, Any]:
     try:
         body = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -112,10 +116,11 @@ def _open(data: bytes, what: str, fmt: str) -> dict[str, Any]:
     found = body.pop("checksum", None)
     if found != hashlib.sha256(canonical(body)).hexdigest():
         raise IntegrityError(f"{what} fails its checksum; the file is damaged or was edited")
-    if body.get("format") != fmt:
+    formats = (fmt,) if isinstance(fmt, str) else fmt
+    if body.get("format") not in formats:
         raise IntegrityError(
-            f"{what} has format {body.get('format')!r}, this custode reads {fmt!r}; "
-            "upgrade custode to read it"
+            f"{what} has format {body.get('format')!r}, this custode reads "
+            f"{' or '.join(map(repr, formats))}; upgrade custode to read it"
         )
     return body
 
@@ -191,6 +196,7 @@ class Link:
     header_bytes: int
     objects: int
     prerequisites: tuple[str, ...]
+    shallow: tuple[str, ...] = ()  # the repository's shallow commits (the same along a chain)
 
     def files(self) -> list[FileRef]:
         return [self.bundle] + ([self.index] if self.index else [])
@@ -201,7 +207,7 @@ class Link:
             "index": self.index.to_json() if self.index else None, "pack_name": self.pack_name,
             "header_bytes": self.header_bytes, "objects": self.objects,
             "prerequisites": list(self.prerequisites),
-        }  # fmt: skip
+        } | ({"shallow": list(self.shallow)} if self.shallow else {})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -238,8 +244,10 @@ class RepoManifest:
         return {lfs_oid(ref.key): ref for ref in self.lfs}
 
     def to_bytes(self) -> bytes:
+        shallow = any(link.shallow for link in self.chain)
         return _seal({
-            "format": MANIFEST_FORMAT, "host": self.host, "repository": self.repository,
+            "format": MANIFEST_FORMAT_SHALLOW if shallow else MANIFEST_FORMAT,
+            "host": self.host, "repository": self.repository,
             "backup_id": self.backup_id, "created": self.created, "parent": self.parent,
             "object_format": self.object_format, "bare": self.bare, "tips": list(self.tips),
             "refs_digest": self.refs_digest, "refs_count": self.refs_count,
@@ -251,7 +259,7 @@ class RepoManifest:
     @classmethod
     def from_bytes(cls, data: bytes, key: str) -> RepoManifest:
         what = f"manifest {key}"
-        r = _Reader(_open(data, what, MANIFEST_FORMAT), what)
+        r = _Reader(_open(data, what, (MANIFEST_FORMAT, MANIFEST_FORMAT_SHALLOW)), what)
         host = r.text("host", _HOST)
         repository = r.text("repository")
         if not repository or "\0" in repository:
@@ -272,6 +280,7 @@ class RepoManifest:
                 r.text("pack_name", re.compile(r"^(pack-[0-9a-f]{40,64})?$"), item),
                 r.num("header_bytes", item), r.num("objects", item),
                 tuple(_oids(r, r.items("prerequisites", item), "prerequisites")),
+                tuple(_oids(r, r.items("shallow", item), "shallow")) if "shallow" in item else (),
             ))  # fmt: skip
         fmt = r.text("object_format", re.compile(r"^(sha1|sha256)$"))
         bare = r.body.get("bare")

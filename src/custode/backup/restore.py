@@ -10,7 +10,13 @@ repository. Destinations are checked to stay inside the target directory.
 
 A working copy comes back as its ``.git`` with an empty work tree: checking files out runs
 the filters its (restored, untrusted) config names, which custode never does. Its owner
-runs ``git reset --hard`` there after a look at the config.
+runs ``git reset --hard`` there after a look at the config. Restored with ``--force`` over
+an existing working copy, only its ``.git`` is replaced (renamed aside, the new one renamed
+in, the old one deleted last): untracked files, changes, nested repositories stay as they
+are. A bare backup is never restored over a directory that holds a ``.git``.
+
+A shallow repository gets its ``shallow`` file back (recorded in the manifest's chain)
+before anything reads its history.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from custode.backup.bundle import Refs
 from custode.backup.crypto import Identity
 from custode.backup.extras import extract, lfs_path
 from custode.backup.manifest import FileRef, Link, RepoManifest, lfs_oid
+from custode.backup.roots import valid_ref_name
 from custode.backup.store import Store
 from custode.backup.streams import decrypt_to
 from custode.errors import GitError, IntegrityError, StateError, UsageError
@@ -49,6 +56,7 @@ class Restored:
     seconds: float
     bytes: int
     bare: bool = True
+    in_place: bool = False  # a working copy's .git replaced, its files left as they were
 
 
 def destination(target: Path, repository: str) -> Path:
@@ -99,15 +107,27 @@ def restore_repository(
     defaults rather than the backed-up config (whose ``core.worktree``, say, may name a
     directory that does not exist yet)."""
     started = time.monotonic()
-    if occupied(dest) and not force:
+    busy = occupied(dest)
+    if busy and not force:
         raise UsageError(
             f"{dest} is not empty; restore elsewhere with --to, or pass --force to replace it"
+        )
+    in_place = busy and not manifest.bare and dest.is_dir() and not dest.is_symlink()
+    if busy and manifest.bare and os.path.lexists(dest / ".git"):
+        raise UsageError(
+            f"{dest} holds a work tree (.git) and the backup of {manifest.repository} is a "
+            "bare repository: replacing it would delete the files there; restore it "
+            "elsewhere with --to"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f"{HIDDEN}{secrets.token_hex(4)}-{dest.name}"
     try:
         size = _assemble(store, manifest, identities, git, tmp, check)
-        _swap(tmp, dest)
+        if in_place:
+            _swap_git_dir(tmp / ".git", dest)
+            shutil.rmtree(tmp)  # the empty work tree it was assembled in
+        else:
+            _swap(tmp, dest)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno in _NO_SPACE:
@@ -121,7 +141,8 @@ def restore_repository(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Restored(manifest.repository, dest, time.monotonic() - started, size, manifest.bare)
+    took = time.monotonic() - started
+    return Restored(manifest.repository, dest, took, size, manifest.bare, in_place)
 
 
 def _swap(tmp: Path, dest: Path) -> None:
@@ -141,6 +162,27 @@ def _swap(tmp: Path, dest: Path) -> None:
         old.unlink()
 
 
+def _swap_git_dir(new: Path, work_tree: Path) -> None:
+    """Put ``new`` in place of ``work_tree/.git`` and touch nothing else there: the old
+    ``.git`` (a directory, or a gitfile pointing elsewhere) is renamed aside first, put
+    back if the new one cannot go in, and deleted only once it is in."""
+    target = work_tree / ".git"
+    if not os.path.lexists(target):
+        os.rename(new, target)
+        return
+    old = work_tree / f"{HIDDEN}old-{secrets.token_hex(4)}.git"
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
+
+
 def _assemble(  # noqa: PLR0917
     store: Store, m: RepoManifest, identities: Sequence[Identity], git: Git, tmp: Path,
     check: Callable[[Path], None] | None,
@@ -153,6 +195,8 @@ def _assemble(  # noqa: PLR0917
         size += _install(store, link, identities, git_dir)
     for ref in m.lfs:
         size += _lfs(store, ref, identities, git_dir)
+    if m.chain and m.chain[-1].shallow:  # before any git reads the history it bounds
+        _create(git_dir / "shallow", "".join(f"{oid}\n" for oid in m.chain[-1].shallow))
     plain = io.BytesIO()
     decrypt_to(store, m.refs, plain, identities)
     refs = _parse_refs(plain.getvalue(), m)
@@ -287,14 +331,3 @@ def _parse_refs(data: bytes, m: RepoManifest) -> Refs:
     if any(not _OID.match(oid) for oid in refs.refs.values()):
         raise IntegrityError(f"{m.refs.key}: refs hold a malformed object id")
     return refs
-
-
-def valid_ref_name(name: str) -> bool:
-    """git check-ref-format's rules, for a full name under refs/."""
-    if not name.startswith("refs/") or name.endswith(("/", ".", ".lock")):
-        return False
-    if "//" in name or ".." in name or "@{" in name:
-        return False
-    if any(c in name for c in " ~^:?*[\\") or any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return False
-    return all(part and not part.startswith(".") for part in name.split("/"))

@@ -41,7 +41,12 @@ from custode.units import format_bytes
     help="A snapshot id (or prefix), or the latest snapshot at or before a time "
     "such as 2026-11-20 or 2026-11-20T14:00 [default: the latest].",
 )
-@click.option("--force", is_flag=True, help="Replace repositories that exist at the destination.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace repositories that exist at the destination (of a working copy only its "
+    ".git: the files beside it are kept).",
+)
 @click.option(
     "--jobs",
     type=click.IntRange(1, 64),
@@ -168,7 +173,26 @@ def restore(  # noqa: PLR0917
             markup=False,
             highlight=False,
         )
-    worktrees = [r for r in done if not r.bare]
+    _notes(app, done)
+    if failed:
+        raise RepositoryError(
+            f"{len(failed)} of {len(entries)} repositories were not restored; see the "
+            "messages above (nothing was left in their place)"
+        )
+
+
+def _notes(app: App, done: list[Restored]) -> None:
+    """What the owner of each restored working copy still has to do."""
+    in_place = [r for r in done if r.in_place]
+    if in_place:
+        app.err.print(
+            f"custode: {len(in_place)} working copies had only their .git replaced; their "
+            f"files were left as they were: run git reset (not --hard) to rebuild the index, "
+            f"e.g. git -C {in_place[0].path} reset",
+            markup=False,
+            highlight=False,
+        )
+    worktrees = [r for r in done if not r.bare and not r.in_place]
     if worktrees:
         app.err.print(
             f"custode: {len(worktrees)} working copies were restored without checking files "
@@ -176,11 +200,6 @@ def restore(  # noqa: PLR0917
             f"e.g. git -C {worktrees[0].path} reset --hard",
             markup=False,
             highlight=False,
-        )
-    if failed:
-        raise RepositoryError(
-            f"{len(failed)} of {len(entries)} repositories were not restored; see the "
-            "messages above (nothing was left in their place)"
         )
 
 
@@ -200,7 +219,8 @@ def _select(entries: tuple[Entry, ...], names: tuple[str, ...], snapshot: str) -
 def _waves(entries: list[Entry]) -> list[list[Entry]]:
     """Entries grouped so that one nested in another's path (a submodule's git dir in its
     superproject's .git, a working copy inside another's work tree) is restored after it:
-    the outer repository's restore replaces its whole destination."""
+    the outer repository's restore may replace its destination (a bare one; of a working
+    copy only its .git)."""
     names = {e.repository for e in entries}
 
     def depth(name: str) -> int:
