@@ -124,3 +124,54 @@ def test_bad_roots(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(PathNotFoundError, match=r"root .*file is not a directory"):
         discover([tmp_path / "file"])
+
+
+def test_what_leads_outside_every_root_is_reported_not_found(tmp_path: Path, fleet: Fleet) -> None:
+    root, far = tmp_path / "root", tmp_path / "far.git"
+    shutil.copytree(fleet.empty, far, symlinks=True)
+    (root / "app").mkdir(parents=True)
+    (root / "app" / ".git").write_text("gitdir: ../../far.git\n")  # relative, climbing out
+    (root / "linked").mkdir()
+    (root / "linked" / ".git").symlink_to(far)
+    shutil.copytree(fleet.empty, root / "wt.git", symlinks=True)
+    (root / "wt.git" / "commondir").write_text("../../far.git\n")
+    shutil.copytree(fleet.empty, root / "inside.git", symlinks=True)
+    (root / "near").mkdir()
+    (root / "near" / ".git").write_text(f"gitdir: {root / 'inside.git'}\n")  # inside: fine
+    found = discover([root])
+    assert {r.relative for r in found.repositories} == {"inside.git"}
+    problems = {str(p.path): p.message for p in found.problems}
+    assert set(problems) == {
+        str(root / "app" / ".git"),
+        str(root / "linked" / ".git"),
+        str(root / "wt.git"),
+    }
+    assert all(f"{far} is outside every root" in m for m in problems.values()), problems
+
+
+def test_the_alternates_sweep_reads_excluded_and_deep_directories(
+    tmp_path: Path, fleet: Fleet
+) -> None:
+    root = tmp_path / "root"
+    pool = root / "pool.git"
+    shutil.copytree(fleet.empty, pool, symlinks=True)
+    deep = root / "archive" / "a" / "b" / "c" / "fork.git"
+    shutil.copytree(fleet.empty, deep, symlinks=True)
+    (deep / "objects" / "info").mkdir(exist_ok=True)
+    (deep / "objects" / "info" / "alternates").write_text(
+        "# comment\n../../../../../../pool.git/objects\n"
+    )
+    work = root / "app"
+    work.mkdir()
+    (work / ".git").write_text(f"gitdir: {tmp_path / 'outside.git'}\n")  # read where it is
+    shutil.copytree(fleet.empty, tmp_path / "outside.git", symlinks=True)
+    (tmp_path / "outside.git" / "objects" / "info").mkdir(exist_ok=True)
+    (tmp_path / "outside.git" / "objects" / "info" / "alternates").write_text(f"{pool}/objects\n")
+    assert _rels(root, exclude=["archive"], max_depth=2) == {"pool.git"}
+    sweep = discovery.sweep_alternates([root])
+    lender = os.path.realpath(pool / "objects")
+    assert sweep.links == {
+        (os.path.realpath(deep), lender),
+        (os.path.realpath(tmp_path / "outside.git"), lender),
+    }
+    assert sweep.unsure == []

@@ -1,17 +1,19 @@
 """``custode run``: the whole nightly cycle on real repositories, with no config at all."""
 
+import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from fixtures.builders import Fleet, run_git
+from fixtures.builders import Fleet, fast_import, history_stream, run_git
 from fixtures.cli import CliResult
 
 pytestmark = pytest.mark.integration
 Run = Callable[..., CliResult]
-STAGES = ["maintain", "check", "backup", "verify", "drill", "forget"]
+STAGES = ["check", "maintain", "backup", "verify", "drill", "forget"]
 
 
 @pytest.fixture
@@ -70,6 +72,24 @@ def test_the_exit_status_is_the_worst_stage_and_later_stages_still_run(
     assert done["check"]["outcome"] == "partial"
     assert done["backup"]["summary"]["failed"] == 1 and done["backup"]["summary"]["new"] == 3
     assert done["verify"]["outcome"] == "ok" and done["drill"]["outcome"] == "ok"
+
+
+def test_a_repository_the_check_finds_corrupt_is_not_maintained(custode: Run, root: Path) -> None:
+    repo = root / "packed.git"
+    fast_import(repo, history_stream("refs/heads/extra", 2, start=500, label="x "), pack=False)
+    blob = run_git(repo, "rev-parse", "refs/heads/extra:src/file2.txt").strip()
+    (repo / "objects" / blob[:2] / blob[2:]).unlink()  # corrupt, though no walk ran yet
+    lock = repo / "config.lock"
+    lock.write_text("[core]\n")
+    when = time.time() - 2 * 86400
+    os.utime(lock, (when, when))  # stale: maintenance would remove it
+    result = custode("run", "--json", "--drill", "0", root)
+    assert result.code == 3, result.stderr
+    done = stages(result)
+    assert list(done)[:2] == ["check", "maintain"]
+    assert done["maintain"]["summary"]["in_doubt"] == ["packed.git"]
+    assert done["maintain"]["summary"]["maintained"] == 3
+    assert lock.exists()
 
 
 def test_a_missing_root_fails_at_once(custode: Run, tmp_path: Path) -> None:

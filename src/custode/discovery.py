@@ -10,6 +10,11 @@ counted as repositories. Every repository is counted once, however many paths (s
 links, submodule checkouts) lead to it. Discovery never descends into a git directory
 (so never into an object store). Unreadable directories and symbolic-link loops become
 ``Problem`` entries; they never stop the walk.
+
+Nothing outside the roots joins the fleet: a ``.git`` file (or a ``.git`` symbolic link)
+whose git directory, or a git directory whose ``commondir``, resolves outside every root
+is reported as a ``Problem`` and left out, so no command maintains or backs it up. Those
+paths are repository content; a root names what the operator entrusted to custode.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Literal
 
 from custode.config import DiscoveryConfig
 from custode.errors import PathNotFoundError
+from custode.fsread import read_prefix
 
 Kind = Literal["bare", "working", "submodule"]
 
@@ -87,14 +93,27 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
 
 def _read_gitfile(path: Path) -> Path | None:
     """The target of a ``.git`` file (``gitdir: <path>``), resolved against its directory."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    try:  # bounded and non-blocking: a .git that is a FIFO or /dev/zero stops nothing
+        text = read_prefix(str(path), 4096).decode("utf-8", "replace").strip()
     except OSError:
         return None
     if not text.startswith("gitdir:"):
         return None
     target = Path(text.removeprefix("gitdir:").strip())
     return Path(os.path.normpath(path.parent / target))
+
+
+def within(path: str | Path, roots: Iterable[str | Path]) -> bool:
+    """Whether ``path`` resolves (symbolic links followed) inside one of ``roots``."""
+    real = os.path.realpath(path)
+    for root in roots:
+        top = os.path.realpath(root)
+        if real == top or real.startswith(top.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
+OUTSIDE = "not maintained or backed up; add its directory to roots if custode should look after it"
 
 
 class _Walker:
@@ -106,6 +125,13 @@ class _Walker:
         self.result = Discovery()
         self.seen: dict[tuple[int, int], Repository] = {}
         self.worktrees: dict[tuple[int, int], list[Path]] = {}
+
+    def outside(self, path: Path, target: Path, what: str) -> bool:
+        """Report and return True when ``target``, named by ``path``, is outside the roots."""
+        if within(target, self.result.roots):
+            return False
+        self.problem(path, f"{what} {os.path.realpath(target)} is outside every root: {OUTSIDE}")
+        return True
 
     def excluded(self, rel: str, name: str) -> bool:
         for pat in self.config.exclude:
@@ -123,6 +149,13 @@ class _Walker:
             st = os.stat(repo.git_dir)
         except OSError as exc:
             self.problem(repo.git_dir, f"cannot read git directory: {exc.strerror}")
+            return
+        common = repo.git_dir / "commondir"
+        if (listing is None or "commondir" in listing) and common.exists():
+            # a linked worktree's git directory: git works in the common one, which is
+            # found on its own when it is under a root
+            target = Path(os.path.normpath(repo.git_dir / _read_first_line(common)))
+            self.outside(repo.git_dir, target, "its commondir")
             return
         key = (st.st_dev, st.st_ino)
         if key in self.seen:
@@ -167,8 +200,12 @@ class _Walker:
         if target is None:
             self.problem(path / ".git", "unreadable .git file (expected 'gitdir: <path>')")
             return
+        if self.outside(path / ".git", target, "its git directory"):
+            return
         if target.parent.name == "worktrees" and (target / "commondir").exists():
             main = Path(os.path.normpath(target / _read_first_line(target / "commondir")))
+            if self.outside(path / ".git", main, "the repository of this linked worktree,"):
+                return
             try:
                 st = os.stat(main)
             except OSError:
@@ -207,7 +244,9 @@ class _Walker:
                 continue
             if _has_dir(listing, ".git"):
                 here = Path(path)
-                self.add(Repository(root, here, here / ".git", "working", shown))
+                link = listing[".git"].is_symlink()  # content: it may point anywhere
+                if not (link and self.outside(here / ".git", here / ".git", "its .git link to")):
+                    self.add(Repository(root, here, here / ".git", "working", shown))
                 in_worktree = True
             elif ".git" in listing:
                 self.gitfile(Path(path), root, shown)
@@ -288,3 +327,88 @@ def discover(
     repos.sort(key=lambda r: (str(r.root), r.relative))
     walker.result.repositories = repos
     return walker.result
+
+
+# --------------------------------------------------------------------------- borrowers
+
+
+@dataclass
+class AlternatesSweep:
+    """Who borrows objects from whom under a set of roots, as far as the sweep could see.
+
+    ``links`` pairs a borrower's git directory with an object directory its
+    ``objects/info/alternates`` names (both resolved); ``unsure`` says where a borrower
+    may have hidden from the sweep (a directory or an alternates file it could not read).
+    """
+
+    links: set[tuple[str, str]] = field(default_factory=set)
+    unsure: list[str] = field(default_factory=list)
+
+
+ALTERNATES_MAX = 1 << 20  # bytes: git's own alternates files are a few lines
+
+
+def read_alternates(git_dir: str | Path) -> list[str]:
+    """The object directories ``git_dir`` borrows from, resolved; [] without alternates.
+
+    Raises OSError when the file exists but cannot be read (the caller cannot be sure).
+    """
+    objects = os.path.join(git_dir, "objects")
+    path = os.path.join(objects, "info", "alternates")
+    try:
+        data = read_prefix(path, ALTERNATES_MAX)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for raw in data.decode("utf-8", "replace").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith('"') and line.endswith('"'):  # git's quoting of odd names
+            line = line[1:-1].encode().decode("unicode_escape")
+        out.append(os.path.realpath(os.path.join(objects, line)))
+    return out
+
+
+def sweep_alternates(roots: Iterable[Path]) -> AlternatesSweep:
+    """Every borrower under ``roots``: each directory once, ``discovery.exclude`` and the
+    depth limit ignored (a borrower hides just as well in an excluded directory).
+
+    Reads only alternates files and ``.git`` files; never enters an object store, never
+    follows a symbolic link (one in a working tree may lead to ``/``; what a followed
+    link leads to is in the fleet scan, whose borrowers are linked there). A ``.git``
+    file's git directory is read wherever it is: a borrower outside the roots still
+    needs its pool's objects.
+    """
+    sweep = AlternatesSweep()
+    tops = {os.path.realpath(r) for r in roots}
+    stack = sorted(t for t in tops if not within(t, tops - {t}))  # nested roots: once
+    while stack:
+        path = stack.pop()
+        try:
+            listing = _scan(path)
+        except OSError as exc:
+            sweep.unsure.append(f"{path} could not be read ({exc.strerror})")
+            continue
+        if is_git_dir(listing):
+            _borrower(sweep, path)
+            if "modules" in listing:  # submodules' own git directories
+                stack.append(os.path.join(path, "modules"))
+            continue
+        if ".git" in listing and not _is_dir(listing[".git"]):
+            target = _read_gitfile(Path(path) / ".git")
+            if target is not None and target.is_dir():
+                _borrower(sweep, str(target))
+        stack += (e.path for e in listing.values() if not e.is_symlink() and _is_dir(e))
+    return sweep
+
+
+def _borrower(sweep: AlternatesSweep, git_dir: str) -> None:
+    try:
+        lenders = read_alternates(git_dir)
+    except OSError as exc:
+        sweep.unsure.append(f"the alternates of {git_dir} could not be read ({exc.strerror})")
+        return
+    if lenders:
+        real = os.path.realpath(git_dir)
+        sweep.links.update((real, lender) for lender in lenders)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from custode.config import DiscoveryConfig
-from custode.discovery import Problem, Repository, discover
+from custode.discovery import OUTSIDE, Problem, Repository, discover, within
 from custode.fsread import Watch
 from custode.repostate import RepoState, inspect, inspect_failed, link_borrowers
 from custode.scancache import Entry, ScanCache
@@ -138,4 +138,18 @@ def scan(
         inspector.close()
         _cache = ScanCache()
     states.sort(key=lambda s: (s.root, s.relative))
-    return FleetScan(link_borrowers(states), found.problems, time.monotonic() - start)
+    # borrowers first: one left out below still borrows from the pools of the fleet
+    linked = link_borrowers(states)
+    kept = [s for s in linked if not _borrows_from_outside(s, found.roots, found.problems)]
+    return FleetScan(kept, found.problems, time.monotonic() - start)
+
+
+def _borrows_from_outside(state: RepoState, roots: list[Path], problems: list[Problem]) -> bool:
+    """Report and return True when an alternate of ``state`` is outside every root: git
+    would read (and a backup copy) another repository's objects custode was not given."""
+    far = [alt for alt in state.alternates if not within(alt, roots)]
+    if far:
+        where = os.path.realpath(far[0])
+        message = f"its alternates name {where}, outside every root: {OUTSIDE}"
+        problems.append(Problem(Path(state.path), message))
+    return bool(far)

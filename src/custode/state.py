@@ -77,6 +77,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE observations ADD COLUMN reasons TEXT NOT NULL DEFAULT '';
     """,
+    """
+    CREATE TABLE borrowers (
+        lender TEXT NOT NULL, borrower TEXT NOT NULL,
+        first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
+        PRIMARY KEY (lender, borrower)
+    );
+    """,
 )
 
 
@@ -331,6 +338,30 @@ class StateDB:
             (r[0], r[1]): TaskHistory(_epoch(r[5]), _epoch(r[2]), r[3], json.loads(r[4]))
             for r in rows
         }
+
+    def remember_borrowers(self, links: Iterable[tuple[str, str]]) -> None:
+        """Record (borrower git dir, lender object dir) pairs seen by an alternates sweep:
+        a pool must not expire what a borrower needs once the borrower is out of sight."""
+        now = utcnow()
+        with self._transaction():
+            self._conn.executemany(
+                "INSERT INTO borrowers (lender, borrower, first_seen, last_seen) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (lender, borrower) "
+                "DO UPDATE SET last_seen = excluded.last_seen",
+                ((lender, borrower, now, now) for borrower, lender in links),
+            )
+
+    def forget_borrowers(self, links: Iterable[tuple[str, str]]) -> None:
+        """Forget (borrower, lender) pairs: the borrower is gone or borrows elsewhere now."""
+        with self._transaction():
+            self._conn.executemany(
+                "DELETE FROM borrowers WHERE borrower = ? AND lender = ?", list(links)
+            )
+
+    def remembered_borrowers(self) -> set[tuple[str, str]]:
+        """Every (borrower git dir, lender object dir) pair on record."""
+        rows = self._conn.execute("SELECT borrower, lender FROM borrowers")
+        return {(r[0], r[1]) for r in rows}
 
     def record_host_sample(self, cpu_ratio: float, memory_ratio: float, load1: float) -> None:
         """One sample of the host's resource use (for reports against the 70% target)."""

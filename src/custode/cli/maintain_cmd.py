@@ -25,6 +25,9 @@ from custode.cli.params import DURATION
 from custode.cli.scanning import scan_fleet
 from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
 from custode.git import Git
+from custode.maintenance import borrowers
+from custode.maintenance.doubt import TASKS as CHECK_TASKS
+from custode.maintenance.doubt import doubts
 from custode.maintenance.executor import ExecutionResult, PackLimits
 from custode.maintenance.fleetrun import FleetRun, Governor, run_fleet
 from custode.maintenance.planner import Plan, RepoHistory, plan
@@ -37,6 +40,7 @@ def _plan_json(state: RepoState, p: Plan) -> dict[str, Any]:
     return {
         "path": state.path,
         "relative": state.relative,
+        "in_doubt": p.in_doubt,
         "skipped_reason": p.skipped_reason,
         "notes": list(p.notes),
         "tasks": [{"kind": t.kind, "reason": t.reason} for t in p.tasks],
@@ -97,26 +101,58 @@ def _record(app: App, pairs: list[tuple[RepoState, ExecutionResult]], failed: in
         app.warn(f"maintenance results not recorded in history: {exc}")
 
 
-def _history(app: App, use_fingerprints: bool) -> dict[tuple[str, str], RepoHistory]:
-    """What the planner needs from the history database, per (root, repository)."""
+def _history(app: App, states: list[RepoState], use_fingerprints: bool) -> dict[str, RepoHistory]:
+    """What the planner needs from the history database, per repository path."""
     try:
         with StateDB.open(app.state_dir() / "state.db") as db:
             full = db.last_task_times("full_repack")
             runs = db.task_history("maintain")
+            checks = doubts(db.latest_results(CHECK_TASKS))
     except CustodeError as exc:
         app.warn(f"history unreadable, planning every repository afresh: {exc}")
         return {}
-    history: dict[tuple[str, str], RepoHistory] = {}
-    for key in full.keys() | runs.keys():
+    history: dict[str, RepoHistory] = {}
+    for s in states:
+        key = (s.root, s.relative)
         seen = runs.get(key)
         ok = seen is not None and seen.outcome == "ok" and use_fingerprints
-        history[key] = RepoHistory(
+        history[s.path] = RepoHistory(
             last_full_repack=full.get(key),
             first_seen=seen.first if seen else None,
             last_success=seen.latest if seen and ok else None,
             fingerprint=str(seen.details.get("fingerprint", "")) if seen and ok else "",
+            doubt=checks.get(os.path.normpath(s.path), ""),
         )
     return history
+
+
+def _borrowers(
+    app: App, roots: list[Path], states: list[RepoState], *, record: bool
+) -> list[tuple[RepoState, str]]:
+    """Each state with every borrower custode can find (``maintenance.borrowers``: the
+    given and the configured roots swept, excluded directories too, and the borrowers
+    remembered), and why custode cannot be sure it knows them all ('' when it can)."""
+    if app.config.maintenance.cruft_expiration is None:
+        return [(s, "") for s in states]  # nothing ever expires: nothing to be sure of
+    swept = list(dict.fromkeys([*roots, *app.config.roots]))
+    doubt = ""
+    try:
+        with StateDB.open(app.state_dir() / "state.db") as db:
+            remembered = db.remembered_borrowers()
+    except CustodeError as exc:
+        remembered, doubt = set(), f"the borrowers on record could not be read ({exc})"
+    found = borrowers.find(swept, remembered)
+    if doubt:
+        found.everywhere.append(doubt)
+    if record and (found.seen or found.gone):
+        try:
+            with StateDB.open(app.state_dir() / "state.db") as db:
+                db.remember_borrowers(found.seen)
+                db.forget_borrowers(found.gone)
+        except CustodeError as exc:
+            app.warn(f"borrowers not recorded in history: {exc}")
+    names = {os.path.realpath(s.git_dir): s.relative for s in states}
+    return [borrowers.apply(s, found, names) for s in states]
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -170,17 +206,20 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
     version = git.check_version()
     found = scan_fleet(app, root_paths)
     now = time.time()
-    history = _history(app, use_fingerprints=not force)
+    history = _history(app, found.states, use_fingerprints=not force)
     policy = app.config.maintenance
+    lent = _borrowers(app, root_paths, found.states, record=not dry_run)
     plans = [
-        (s, plan(s, policy, version, now, history.get((s.root, s.relative)))) for s in found.states
+        (s, plan(s, policy, version, now, history.get(s.path), unsure_borrowers=unsure))
+        for s, unsure in lent
     ]
     broken = [(s, p) for s, p in plans if s.problems]
-    for state, p in broken:
+    doubted = [(s, p) for s, p in plans if p.in_doubt]
+    for state, p in broken + doubted:
         app.err.print(f"custode: {state.relative}: {p.skipped_reason}", markup=False)
     if dry_run:
         _show_plans(app, plans, as_json)
-        _raise_for(0, len(broken), len(plans))
+        _raise_for(0, len(broken), len(plans), len(doubted))
         return
     audit = AuditLog(app.state_dir() / "audit.jsonl")
     governor = Governor(cpu_share or policy.cpu_share)
@@ -193,7 +232,7 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
     _show_results(app, outcome, as_json, time.monotonic() - started)
     for state in outcome.not_started:
         app.err.print(f"custode: {state.relative}: not started, the budget ran out", markup=False)
-    _raise_for(failed, len(broken), len(pairs))
+    _raise_for(failed, len(broken), len(pairs), len(doubted))
 
 
 def _run(
@@ -214,13 +253,16 @@ def _run(
         return go(progress=progress)
 
 
-def _raise_for(failed: int, broken: int, total: int) -> None:
-    """Exit status 3 when any repository failed or was left untouched as broken."""
+def _raise_for(failed: int, broken: int, total: int, doubted: int = 0) -> None:
+    """Exit status 3 when any repository failed, or was left untouched as broken or in
+    doubt (its last check was not clean)."""
     parts = []
     if failed:
         parts.append(f"maintenance failed in {failed} of {total} repositories")
     if broken:
         parts.append(f"{broken} broken repositories were left untouched")
+    if doubted:
+        parts.append(f"{doubted} repositories in doubt (last check not clean) were left untouched")
     if parts:
         raise RepositoryError(
             f"{' and '.join(parts)}; see the messages above (custode repaired or removed "
@@ -252,6 +294,7 @@ def _show_results(app: App, outcome: FleetRun, as_json: bool, seconds: float) ->
     summary = {
         "maintained": counts["ok"], "skipped": counts["skipped"], "failed": counts["failed"],
         "not_started": [s.relative for s in outcome.not_started],
+        "in_doubt": [s.relative for s, p, _ in results if p.in_doubt],
         "reclaimed_bytes": reclaimed, "seconds": round(seconds, 3),
     }  # fmt: skip
     for _, _, result in results:  # on stderr in every mode: the final error points here
@@ -262,6 +305,8 @@ def _show_results(app: App, outcome: FleetRun, as_json: bool, seconds: float) ->
         app.print_json({"dry_run": False, "summary": summary, "repositories": repos})
         return
     left = f", {len(outcome.not_started)} not started (budget)" if outcome.not_started else ""
+    doubted = sum(1 for _, p, _ in results if p.in_doubt)
+    left += f", {doubted} in doubt (last check not clean)" if doubted else ""
     app.out.print(
         f"{counts['ok']} maintained, {counts['skipped']} skipped, {counts['failed']} failed"
         f"{left}; {format_bytes(max(reclaimed, 0))} reclaimed in {seconds:.1f}s"

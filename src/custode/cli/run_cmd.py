@@ -1,5 +1,6 @@
-"""``custode run``: one unattended cycle — maintain, check, back up, verify (quick, plus a
-restore drill of a few repositories), forget, report — and one verdict.
+"""``custode run``: one unattended cycle — check, maintain, back up, verify (quick, plus a
+restore drill of a few repositories), forget, report — and one verdict. The check comes
+first so that maintenance touches only repositories it has just found sound.
 
 Each stage is the command of the same name, run in this process with ``--json``; its
 summary is collected and its messages still go to stderr. A stage that fails does not stop
@@ -64,8 +65,9 @@ class Stage:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary of every stage.")
 @click.pass_context
 def run(ctx: click.Context, roots: tuple[Path, ...], drill: int | None, as_json: bool) -> None:
-    """One nightly cycle on every repository under ROOTS: maintain, check, back up, verify
-    (quick, and a restore drill of a few repositories), forget old snapshots, report.
+    """One nightly cycle on every repository under ROOTS: check, maintain (only what the
+    check found sound), back up, verify (quick, and a restore drill of a few
+    repositories), forget old snapshots, report.
 
     Works with no config at all: history under $XDG_STATE_HOME/custode, backups under
     $XDG_DATA_HOME/custode/backups, and an age key created at first use in
@@ -92,8 +94,10 @@ def run(ctx: click.Context, roots: tuple[Path, ...], drill: int | None, as_json:
         stages.append(stage)
         return stage
 
-    go("maintain", "custode.cli.maintain_cmd:maintain", roots=root_paths)
+    # check first: maintain reads the verdicts it records, and a repository found corrupt
+    # or not checkable gets no task (a repack can turn a repairable store into a lost one)
     go("check", "custode.cli.check_cmd:check", roots=root_paths)
+    go("maintain", "custode.cli.maintain_cmd:maintain", roots=root_paths)
     backup = go("backup", "custode.cli.backup_cmd:backup", roots=root_paths)
     why = "" if backup.summary.get("snapshot") is not None else "the backup reached no store"
     go("verify", "custode.cli.verify_cmd:verify_cmd", skip=why, level="quick")

@@ -8,6 +8,14 @@ safety invariants rather than assuming them:
   unlike ``fsck --connectivity-only``, does not race with pushes) runs before *any* task;
   if it fails, every task is skipped and the repository is left as it was (never
   "repaired"): the result is failed.
+* **Derived data is not trusted.** That walk, the object lookups after the tasks and
+  every git that can delete an object (``repack -d``, ``prune``) run with
+  ``DISTRUST_DERIVED``: a commit-graph, a bitmap or a multi-pack-index that lies would
+  make them miss what a commit really needs, and drop it. A commit-graph lies also to
+  everyone else, and a graph written next would copy it; so before a task that can drop
+  objects ``commit-graph verify`` runs too, and a graph that fails it puts the
+  repository in doubt: every task is skipped, nothing rewritten (``custode check
+  --full`` reports the same graph as corrupt).
 * **Refs survive.** Refs are listed before and after. Clients may push during
   maintenance, so equality of the whole list would false-alarm; the rule is: HEAD and
   every symbolic ref are unchanged (a push cannot change them), every ref that exists
@@ -40,7 +48,7 @@ from typing import Literal
 from custode.audit import AuditLog
 from custode.discovery import Repository
 from custode.errors import GitError
-from custode.git import Git
+from custode.git import DISTRUST_DERIVED, Git
 from custode.maintenance.planner import (
     CommitGraph,
     Plan,
@@ -140,10 +148,20 @@ class _Run:
     lock_fd: int  # inherited by every git, so that one outliving us keeps the lock
     outcomes: list[TaskOutcome] = field(default_factory=list)
 
-    def git_run(self, args: list[str], input: bytes | None = None, check: bool = True) -> str:
+    def git_run(
+        self,
+        args: list[str],
+        input: bytes | None = None,
+        check: bool = True,
+        *,
+        distrust: bool = False,
+    ) -> str:
+        """Run git under the lock; ``distrust``: without commit-graph, bitmaps or midx."""
+        config = DISTRUST_DERIVED if distrust else ()
         return self.git.run(
-            args, repo=self.repo.git_dir, input=input, check=check, pass_fds=(self.lock_fd,)
-        ).text
+            args, repo=self.repo.git_dir, input=input, check=check, pass_fds=(self.lock_fd,),
+            config=config,
+        ).text  # fmt: skip
 
     def result(self, outcome: Outcome, message: str, before: int) -> ExecutionResult:
         after = inspect(self.repo)
@@ -164,9 +182,9 @@ class _Run:
             self.skip_all(self.plan.tasks, "refs could not be listed")
             return self.result("failed", f"cannot list refs: {_line(exc)}", before)
         if any(t.drops_unreachable for t in self.plan.tasks):
-            problem = self.connectivity()
+            problem = self.connectivity() or self.graph_problem()
             if problem:
-                why = f"connectivity check failed: {problem}; left untouched, not repaired"
+                why = f"{problem}; left untouched, not repaired"
                 self.skip_all(self.plan.tasks, why)
                 return self.result("failed", why, before)
         dropped, object_failure = False, ""
@@ -214,10 +232,31 @@ class _Run:
         """
         try:
             self.git_run(
-                ["rev-list", "--objects", "--all", "--reflog", "--indexed-objects", "--quiet"]
+                ["rev-list", "--objects", "--all", "--reflog", "--indexed-objects", "--quiet"],
+                distrust=True,
             )
         except GitError as exc:
-            return _line(exc)
+            return f"connectivity check failed: {_line(exc)}"
+        return ""
+
+    def graph_problem(self) -> str:
+        """'' unless the repository has a commit-graph and ``commit-graph verify`` fails.
+
+        Not under DISTRUST_DERIVED: with ``core.commitGraph=false`` git reads no graph,
+        so it would verify nothing. A lying graph (one parent index changed) made the
+        next ``commit-graph write`` keep the lie, and git's walks skip the real parent.
+        """
+        info = self.repo.git_dir / "objects" / "info"
+        if not (info / "commit-graph").exists() and not (info / "commit-graphs").exists():
+            return ""
+        try:
+            self.git_run(["commit-graph", "verify", "--no-progress"])
+        except GitError as exc:
+            return (
+                f"the repository is in doubt: commit-graph verify failed: {_line(exc)}; "
+                "remove objects/info/commit-graph* and rewrite it "
+                "(git commit-graph write --reachable)"
+            )
         return ""
 
     def missing(self, oids: set[str]) -> set[str]:
@@ -225,7 +264,7 @@ class _Run:
         if not oids:
             return set()
         data = "".join(f"{oid}\n" for oid in sorted(oids)).encode()
-        out = self.git_run(["cat-file", "--batch-check=%(objectname)"], input=data)
+        out = self.git_run(["cat-file", "--batch-check=%(objectname)"], input=data, distrust=True)
         return {line.split()[0] for line in out.splitlines() if line.endswith(" missing")}
 
     def run_task(self, task: Task) -> TaskOutcome:
@@ -257,8 +296,10 @@ class _Run:
         if isinstance(args, Repack):
             retried = False
             for command in repack_commands(task.kind, args, self.limits):
+                # every repack here deletes packs or loose objects (-d, prune-packed,
+                # prune): what it keeps must come from the objects, not from caches
                 try:
-                    self.git_run(command)
+                    self.git_run(command, distrust=True)
                 except GitError as exc:
                     if "bitmap" not in exc.message:
                         raise
@@ -266,7 +307,7 @@ class _Run:
                     # a push moving a ref meanwhile makes it fail ("could not write
                     # multi-pack bitmap") after the new packs are safely in place. Once
                     # more, and the repack is near-instant: the objects are packed now.
-                    self.git_run(command)
+                    self.git_run(command, distrust=True)
                     retried = True
             note = " (bitmap retried after a concurrent push)" if retried else ""
             return "ok", f"{task.kind.replace('_', ' ')} done{note}"

@@ -5,9 +5,10 @@ task says why, with its numbers ("3,040 loose objects > 1,024"). Tasks run in or
 cleanup (stale files, dead worktrees), refs, objects, and the commit-graph last, so it is
 written from the packs the repack leaves.
 
-Never lose data: a broken repository gets no task; a repository that others borrow
-objects from never gets a repack that can drop an unreachable object; stale files are
-only those older than the policy's ages (a running git may own a younger one), listed
+Never lose data: a broken repository, or one in doubt (its last check was not clean),
+gets no task; a repository that others borrow objects from, or may (custode cannot be
+sure), never gets a repack that can drop an unreachable object; stale files are only
+git's own leftovers older than the policy's ages (a running git may own a younger one), listed
 with the mtime seen so the executor can leave any file touched since. A repository with
 alternates gets no bitmaps: git disables them when it cannot pack every object (``-l``).
 """
@@ -100,6 +101,8 @@ class RepoHistory:
     first_seen: float | None = None  # custode's first maintenance of it on record
     last_success: float | None = None  # its last maintenance in which nothing failed
     fingerprint: str = ""  # the repository's fingerprint right after that maintenance
+    #: why the repository is in doubt (its last recorded check was not clean), else ""
+    doubt: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class Plan:
     tasks: tuple[Task, ...] = ()
     skipped_reason: str | None = None
     notes: tuple[str, ...] = ()  # what was deliberately not done, and why
+    in_doubt: bool = False  # skipped because its last check was not clean
 
 
 def plan(
@@ -118,8 +122,14 @@ def plan(
     git: GitVersion,
     now: float,
     history: RepoHistory | None = None,
+    *,
+    unsure_borrowers: str = "",
 ) -> Plan:
     """The maintenance ``state`` needs under ``policy`` with ``git``, at time ``now``.
+
+    ``unsure_borrowers`` says why custode cannot be sure it knows every repository
+    borrowing from this one (see ``maintenance.borrowers``): then, as with a known
+    borrower, no unreachable object expires.
 
     ``history`` skips a repository unchanged since its last successful maintenance (for
     ``policy.revisit_after``) and paces full repacks; with none on record, the age of the
@@ -129,7 +139,10 @@ def plan(
     if state.problems:
         return Plan(state.path, skipped_reason="left untouched: " + "; ".join(state.problems))
     h = history or RepoHistory()
-    timed = state.temp_files or state.prunable_worktrees  # may become stale with no change
+    if h.doubt:  # not even cleanup: a repository in doubt is left as the check found it
+        return Plan(state.path, skipped_reason=f"in doubt: {h.doubt}", in_doubt=True)
+    # may become stale with no change (only git's own leftovers: other files never do)
+    timed = any(stale_kind(t.path) for t in state.temp_files) or state.prunable_worktrees
     if h.last_success is not None and h.fingerprint == state.fingerprint and not timed:
         age = now - h.last_success
         if 0 <= age <= policy.revisit_after:
@@ -138,6 +151,8 @@ def plan(
     notes: list[str] = []
     if state.borrowed_by:
         notes.append(f"objects borrowed by {_names(state.borrowed_by)}: never pruned")
+    elif unsure_borrowers:
+        notes.append(f"unreachable objects are kept: {unsure_borrowers}")
     if state.alternates and state.kind == "bare" and policy.write_bitmaps:
         notes.append("borrows objects from an alternate: no bitmaps (git cannot cover them)")
     tasks = _cleanup(state, policy, now)
@@ -148,7 +163,7 @@ def plan(
     else:
         tasks += refs
     gc = _held(state, "gc.pid", policy.stale_gc_pid_age, now)
-    objects = _objects(state, policy, git, now, h)
+    objects = _objects(state, policy, git, now, h, unsure=unsure_borrowers)
     graph = _commit_graph(state, policy, git, objects)
     if gc and (objects or graph):
         notes.append(f"git gc is running (gc.pid {gc} old): objects are left to it")
@@ -163,10 +178,11 @@ def plan(
 
 def _cleanup(s: RepoState, p: MaintenancePolicy, now: float) -> list[Task]:
     tasks: list[Task] = []
-    stale = [t for t in s.temp_files if now - t.mtime > p.stale_age(t.path)]
+    # only what git and Gitaly leave behind (policy.stale_kind): any other *.lock is content
+    stale = [t for t in s.temp_files if stale_kind(t.path) and now - t.mtime > p.stale_age(t.path)]
     if stale:
-        counts = Counter(stale_kind(t.path) for t in stale)
-        ages = {stale_kind(t.path): p.stale_age(t.path) for t in stale}
+        counts = Counter(stale_kind(t.path) or "" for t in stale)
+        ages = {stale_kind(t.path) or "": p.stale_age(t.path) for t in stale}
         parts = [f"{_n(n, c)} older than {_dur(ages[c])}" for c, n in sorted(counts.items())]
         oldest = _dur(max(now - t.mtime for t in stale))
         reason = f"stale: {', '.join(parts)} (oldest {oldest}), too old for a running git to own"
@@ -193,7 +209,7 @@ def _refs(s: RepoState, p: MaintenancePolicy) -> list[Task]:
 
 
 def _objects(
-    s: RepoState, p: MaintenancePolicy, git: GitVersion, now: float, h: RepoHistory
+    s: RepoState, p: MaintenancePolicy, git: GitVersion, now: float, h: RepoHistory, *, unsure: str
 ) -> list[Task]:
     if s.packs <= 0 and s.loose_objects <= 0:
         return []
@@ -207,7 +223,7 @@ def _objects(
     age, since = _since_full_repack(s, h, now)
     due = age > p.full_repack_cooldown
     cruft_age = now - s.oldest_cruft_mtime if s.cruft_packs > 0 < s.oldest_cruft_mtime else 0.0
-    expire = p.cruft_expiration is not None and not s.borrowed_by
+    expire = p.cruft_expiration is not None and not s.borrowed_by and not unsure
     cruft_due = expire and cruft_age > (p.cruft_expiration or 0.0) and due
     size = f"{s.pack_bytes / MIB:,.1f} MiB of packs"
     untracked = s.packs - s.midx_packs if s.multi_pack_index else repackable
@@ -234,7 +250,7 @@ def _objects(
         mode, why = "full", f"{why}; a full repack is due anyway ({since})"
     tasks: list[Task] = []
     if mode == "full":
-        tasks.append(_full(s, p, git, why))
+        tasks.append(_full(s, p, git, why, unsure))
     elif mode == "geometric":
         args = Repack(bitmaps and midx, midx, p.geometric_factor)
         tasks.append(Task("geometric_repack", f"{why}; nothing is dropped", args))
@@ -262,12 +278,15 @@ def _since_full_repack(s: RepoState, h: RepoHistory, now: float) -> tuple[float,
     return now - base, f"no full repack on record, {what} {_dur(max(now - base, 0))} ago"
 
 
-def _full(s: RepoState, p: MaintenancePolicy, git: GitVersion, why: str) -> Task:
+def _full(s: RepoState, p: MaintenancePolicy, git: GitVersion, why: str, unsure: str) -> Task:
     unreachable: Unreachable = "cruft" if _has(git, "cruft-packs") else "keep"
-    expire = None if s.borrowed_by else p.cruft_expiration
+    expire = None if s.borrowed_by or unsure else p.cruft_expiration
     if s.borrowed_by:
         unreachable = "keep"
         fate = f"unreachable objects are kept: {_names(s.borrowed_by)} borrow from it"
+    elif unsure:
+        unreachable = "keep"
+        fate = f"unreachable objects are kept: {unsure}"
     elif expire is None:
         fate = "unreachable objects are kept (cruft expiration is off)"
     elif unreachable == "cruft":
