@@ -6,8 +6,10 @@ worktree and one whose directory was deleted but not pruned); a shallow reposito
 deepened (its ``shallow`` file shrinks: the chain must not exclude the new history); a pack
 bitmap with one wrong bit (plain git leaves a blob out of the pack; custode's backup holds
 it, and a backup that would not is refused); ``verify --level full`` on a bundle that lacks
-an object; ``restore --force`` of a working copy in place (untracked files, a nested
-repository with a newer commit, and a bare backup aimed at a work tree).
+an object, and ``backup --full`` (the fix it names) giving an unchanged repository a new
+whole chain where plain backups store nothing; ``restore --force`` of a working copy in
+place (untracked files, a nested repository with a newer commit, and a bare backup aimed
+at a work tree).
 """
 
 from __future__ import annotations
@@ -279,6 +281,73 @@ def test_verify_full_notices_a_bundle_that_lacks_an_object(
     assert full.code != 0, full.stdout + full.stderr
     assert "bundle.age" in full.stdout + full.stderr
     assert "lacks" in full.stdout + full.stderr
+
+
+def test_backup_full_gives_an_unchanged_repository_a_new_whole_chain(
+    custode: Run, tmp_path: Path, keys: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged chain (written by a custode that trusted the bitmap) of a repository that
+    never changes again: plain backups store nothing for it, by design, so the damaged
+    chain stays its latest backup; verify names the fix, ``backup --full ROOT``, which
+    makes a new whole chain although nothing changed. Old snapshots still need the old
+    chain (verify says so, without sending the operator round again) until forgotten."""
+    pub, identity = keys
+    root, out, stored = tmp_path / "root", tmp_path / "out", tmp_path / "store"
+    repo = _bitmapped_repo(root)
+    with monkeypatch.context() as m:
+        m.setattr(bundle, "DISTRUST_DERIVED", ())
+        m.setattr(bundle, "check_complete", lambda *a, **k: None)
+        store, damaged = _api_backup(tmp_path, repo, pub)
+    assert damaged.outcome == "new", damaged.message
+    write_snapshot(store, "host", datetime.now(UTC), [damaged])
+    config = tmp_path / "config.toml"
+    config.write_text('[backup]\nhost = "host"\n')
+    env = {"CUSTODE_CONFIG": str(config)}
+
+    def run(*args: str | Path) -> CliResult:
+        return custode(*args, "--store", stored, env=env)
+
+    def backup(*flags: str) -> dict:
+        result = run("backup", *flags, root, "--recipient", pub, "--json")
+        assert result.code == 0, result.stderr
+        return result.json()["summary"]
+
+    def repo_files() -> list[Path]:
+        return sorted(p for p in (stored / "hosts" / "host" / "repos").rglob("*") if p.is_file())
+
+    kept = repo_files()
+    for _ in range(2):  # the first run reads the repository, the second trusts the history
+        summary = backup()
+        assert (summary["new"], summary["unchanged"]) == (0, 1)
+        assert repo_files() == kept  # an unchanged repository stores nothing
+    fix = f"custode backup --full {root}"
+    for level in ("full", "drill"):
+        found = run("verify", "--identity", identity, "--level", level)
+        assert found.code != 0, found.stdout + found.stderr
+        assert fix in found.stderr, found.stderr
+
+    summary = backup("--full")
+    assert (summary["new"], summary["full"]) == (1, 1)
+    assert len(repo_files()) > len(kept)
+    restored = run("restore", "--identity", identity, "--to", out)
+    assert restored.code == 0, restored.stderr
+    fsck = _fsck(out / "bitmap.git")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert run_git(out / "bitmap.git", "rev-list", "--objects", "--count", "main") == run_git(
+        repo, "rev-list", "--objects", "--count", "main"
+    )
+    drill = run("verify", "--identity", identity, "--level", "drill")
+    assert drill.code == 0, drill.stdout + drill.stderr
+    old = run("verify", "--identity", identity, "--level", "full")
+    assert old.code != 0 and fix not in old.stderr, old.stderr
+    assert "no latest backup needs it" in old.stderr, old.stderr
+    kept = repo_files()
+    summary = backup()  # the new chain is the one the history and the store now know
+    assert (summary["new"], summary["unchanged"]) == (0, 1)
+    assert repo_files() == kept
+    assert run("forget", "--keep-last", "1", "--prune").code == 0
+    clean = run("verify", "--identity", identity, "--level", "full")
+    assert clean.code == 0, clean.stdout + clean.stderr
 
 
 def test_restore_force_of_a_working_copy_replaces_only_its_git_dir(

@@ -1,8 +1,15 @@
 """Back up one repository into a store: refs at one moment, the bundle of what is new since
 the parent backup, the non-object files and LFS objects, then the manifest (data first).
 
+* Nothing changed since the last backup by the history's record (the same fingerprint of
+  refs and object files, the same kept files' stamp, store, host and keys; its manifest
+  still stored) → no git and no read of the repository at all (``back_up``).
 * Nothing changed (same refs, same files, same LFS objects) → no new file at all: the
   snapshot points at the parent's manifest again.
+* ``full`` (``custode backup --full``) → a new chain with no parent for every repository,
+  changed or not: neither skip above applies. It is the way out of a damaged chain (a
+  bundle ``verify --level full`` found lacking objects): otherwise an unchanged
+  repository's damaged chain would stay its latest backup for ever.
 * Refs changed → one new bundle, excluding the parent's tips that still exist (a deleted
   branch or a force-push only shrinks the exclusion; nothing usable → a full bundle).
 * The chain is cut (a full bundle) once it is ``full_every`` bundles long or its first
@@ -21,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from custode.backup import extras
 from custode.backup.bundle import Refs, capture, write_bundle
 from custode.backup.crypto import Recipient
 from custode.backup.extras import build_tar, compress, lfs_objects
@@ -43,6 +51,8 @@ from custode.backup.store import KeyExistsError, Store
 from custode.backup.streams import put_bytes, put_file
 from custode.errors import CustodeError, IntegrityError, StateError
 from custode.git import Git
+from custode.repostate import RepoState
+from custode.state import TaskHistory
 
 Warn = Callable[[str], None]
 
@@ -54,6 +64,7 @@ class BackupSettings:
     scratch: Path
     full_every: int = 30  # bundles in a chain before a full one
     full_after: float = 30 * 86400.0  # seconds since the chain's first bundle
+    full: bool = False  # a new chain for every repository, changed or not (backup --full)
 
 
 @dataclass
@@ -106,6 +117,42 @@ def latest_usable(
     return None
 
 
+def back_up(
+    store: Store, git: Git, settings: BackupSettings, state: RepoState, *,
+    before: TaskHistory | None, recipients: str,
+) -> RepoBackup:  # fmt: skip
+    """Back up one repository found by a scan; ``before`` is the history's record of its
+    last backup, ``recipients`` the digest of the keys (a change reads it afresh)."""
+    started = time.monotonic()
+    stamp = extras.stamp(Path(state.git_dir))
+    known = {"store": store.url, "host": settings.host, "fingerprint": state.fingerprint,
+             "stamp": stamp, "recipients": recipients}  # fmt: skip
+    key = "" if settings.full else _unchanged(before, known)
+    if key and store.size(key) is not None:  # nothing changed since: no git, no read
+        return RepoBackup(state.relative, state.root, "unchanged", manifest_key=key,
+                          fingerprint=state.fingerprint, stamp=stamp,
+                          seconds=time.monotonic() - started)  # fmt: skip
+    manifests = [k for k in store.list(repo_prefix(settings.host, state.relative))
+                 if k.endswith("/manifest.json")]  # fmt: skip
+    result = backup_repository(
+        store, git, settings, repository=state.relative, root=state.root,
+        git_dir=Path(state.git_dir), bare=state.bare, object_format=state.object_format,
+        manifests=manifests,
+    )  # fmt: skip
+    result.fingerprint, result.stamp = state.fingerprint, stamp
+    return result
+
+
+def _unchanged(before: TaskHistory | None, known: dict[str, str]) -> str:
+    """The manifest key of the last backup when the history shows nothing changed since
+    (a fingerprint is needed: without one there is nothing to compare), else ""."""
+    if before is None or before.outcome != "ok" or not known["fingerprint"]:
+        return ""
+    if any(before.details.get(k) != v for k, v in known.items()):
+        return ""
+    return str(before.details.get("manifest", "") or "")
+
+
 def backup_repository(
     store: Store, git: Git, settings: BackupSettings, *, repository: str, root: str,
     git_dir: Path, bare: bool, object_format: str, manifests: list[str],
@@ -135,9 +182,7 @@ def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
     if not git_dir.is_dir():
         raise StateError(f"{git_dir} is gone (deleted or moved since it was found)")
     repository, host = result.repository, settings.host
-    parent = latest_usable(store, manifests, repository, result.warnings.append)
-    if parent is not None and (parent.object_format != object_format or parent.bare != bare):
-        parent = None
+    parent = _parent(store, settings, manifests, result, object_format, bare)
     refs = capture(git, git_dir)
     shallow = read_shallow(git_dir)
     refs_json, tar = refs.to_json(), build_tar(git_dir)
@@ -196,6 +241,20 @@ def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
     result.bytes_added += len(data)
     result.outcome, result.manifest = "new", manifest
     result.manifest_key = manifest.manifest_key
+
+
+def _parent(  # noqa: PLR0917
+    store: Store, settings: BackupSettings, manifests: list[str], result: RepoBackup,
+    object_format: str, bare: bool,
+) -> RepoManifest | None:  # fmt: skip
+    """The backup to build on: none with ``full`` (a new chain, however sound the old one
+    looks), none when the repository changed its object format or kind."""
+    if settings.full:
+        return None
+    parent = latest_usable(store, manifests, result.repository, result.warnings.append)
+    if parent is not None and (parent.object_format != object_format or parent.bare != bare):
+        return None
+    return parent
 
 
 def write_snapshot(
@@ -283,6 +342,7 @@ def _refs_bytes(refs: Refs) -> bytes:
 __all__ = [
     "BackupSettings",
     "RepoBackup",
+    "back_up",
     "backup_repository",
     "latest_usable",
     "manifests_by_repo",

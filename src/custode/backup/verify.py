@@ -13,7 +13,11 @@
   compares every ref and HEAD with the backup's record; each restore is timed.
 
 A problem names the file and the snapshots and repositories it affects; everything else
-is still checked (and still restores).
+is still checked (and still restores). A problem in a repository's backups (and a failed
+drill) ends with the fix for the backups to come: ``custode backup --full ROOT`` starts a
+new chain, also for an unchanged repository, whose next backups would otherwise keep
+pointing at the damaged one. (Its root, not the repository's own path: given as a root, a
+repository is known by its name alone, another identity in the store and the history.)
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import shlex
 import shutil
 import tempfile
 import time
@@ -85,6 +90,12 @@ class Report:
 class _Users:
     snapshots: set[str] = field(default_factory=set)
     repositories: set[str] = field(default_factory=set)
+    roots: set[str] = field(default_factory=set)
+
+
+def new_chain(roots: set[str]) -> str:
+    """The command that gives repositories under ``roots`` a new, whole chain."""
+    return "custode backup --full " + " ".join(shlex.quote(r) for r in sorted(roots))
 
 
 def verify(
@@ -114,21 +125,31 @@ class _Verifier:
     manifests: dict[str, RepoManifest] = field(default_factory=dict)
     users: dict[str, _Users] = field(default_factory=dict)  # manifest key -> its users
     broken: set[str] = field(default_factory=set)
+    current: set[str] = field(default_factory=set)  # what each repository's latest backup needs
 
     def tick(self, phase: str, done: int, total: int) -> None:
         if self.progress:
             self.progress(phase, done, total)
 
     def problem(self, key: str, message: str, u: _Users) -> None:
+        if u.roots and key in self.current:  # the backups to come build on it, or reuse it
+            message += f"; start a new chain for the next backups: {new_chain(u.roots)}"
+        elif u.roots:  # a new chain was made since: what is left is old snapshots
+            message += ("; no latest backup needs it, only the older snapshots named "
+                        "(custode forget can drop them)")  # fmt: skip
         self.report.problems.append(Problem(key, message, set(u.snapshots),
                                             set(u.repositories)))  # fmt: skip
 
     def read_manifests(self, catalog: Catalog) -> None:
-        for snap in catalog.snapshots:
+        latest: dict[tuple[str, str], str] = {}
+        for snap in catalog.snapshots:  # oldest first: the last entry seen is the latest
             for entry in snap.entries:
                 u = self.users.setdefault(entry.manifest, _Users())
                 u.snapshots.add(snap.snapshot_id)
                 u.repositories.add(entry.repository)
+                u.roots.add(entry.root)
+                latest[entry.root, entry.repository] = entry.manifest
+        self.current = set(latest.values())
         for n, (key, u) in enumerate(sorted(self.users.items())):
             self.tick("manifests", n, len(self.users))
             try:
@@ -136,6 +157,9 @@ class _Verifier:
             except CustodeError as exc:
                 self.problem(key, exc.message, u)
         self.report.manifests = len(self.manifests)
+        for key in list(self.current):
+            if key in self.manifests:
+                self.current.update(ref.key for ref in self.manifests[key].file_refs())
 
     def check_files(self, *, read: bool) -> None:
         files: dict[str, tuple[FileRef, _Users]] = {}
@@ -144,9 +168,10 @@ class _Verifier:
                 held = files.setdefault(ref.key, (ref, _Users()))
                 if held[0] != ref:
                     why = "two manifests record different sizes or checksums for it"
-                    self.problem(ref.key, why, _Users(set(), {m.repository}))
+                    self.problem(ref.key, why, _Users(set(), {m.repository}, self.users[key].roots))
                 held[1].snapshots.update(self.users[key].snapshots)
                 held[1].repositories.add(m.repository)
+                held[1].roots.update(self.users[key].roots)
         self.report.files = len(files)
         for n, (ref, u) in enumerate(files.values()):
             self.tick("files", n, len(files))
@@ -199,6 +224,7 @@ class _Verifier:
             if link in m.chain:
                 u.snapshots.update(self.users[key].snapshots)
                 u.repositories.add(m.repository)
+                u.roots.update(self.users[key].roots)
         return u
 
     def _check_bundle(self, link: Link, work: Path, install: bool) -> int:
@@ -209,7 +235,7 @@ class _Verifier:
         try:
             self.git.run(["bundle", "verify", "-q", str(bundle)], repo=repo)
         except GitError as exc:
-            raise GitError(f"{link.bundle.key}: git bundle verify failed: {exc.message}") from None
+            raise GitError(f"git bundle verify failed: {exc.message}") from None
         pack_dir = repo / "objects" / "pack"
         if not link.prerequisites:  # a full bundle: the chain starts again, from nothing
             for old in pack_dir.iterdir():
@@ -247,9 +273,8 @@ class _Verifier:
         if walk.returncode != 0:
             said = walk.stderr.decode("utf-8", "replace").strip().splitlines()[:1]
             raise IntegrityError(
-                f"{link.bundle.key}: the bundle lacks objects its refs need "
-                f"({' '.join(said) or f'exit {walk.returncode}'}); restores through it "
-                "fail; start a new chain: set backup.full_every = 1 for the next backup"
+                "the bundle lacks objects its refs need "
+                f"({' '.join(said) or f'exit {walk.returncode}'}); restores through it fail"
             )
 
     def drill(self, catalog: Catalog, sample: int | None) -> None:
@@ -272,7 +297,11 @@ class _Verifier:
                 self.report.drills.append(Drill(m.repository, latest.snapshot_id, True, seconds))
             except CustodeError as exc:
                 took = time.monotonic() - started
-                failed = Drill(m.repository, latest.snapshot_id, False, took, exc.message)
+                # the repository itself may be what is damaged: then a new chain is not
+                # the fix, and its check says so
+                why = (f"{exc.message}; if custode check finds the repository sound, start "
+                       f"a new chain: {new_chain({entry.root})}")  # fmt: skip
+                failed = Drill(m.repository, latest.snapshot_id, False, took, why)
                 self.report.drills.append(failed)
             finally:
                 shutil.rmtree(work, ignore_errors=True)

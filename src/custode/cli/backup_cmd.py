@@ -9,15 +9,9 @@ from pathlib import Path
 
 import click
 
-from custode.backup import extras
-from custode.backup.engine import (
-    BackupSettings,
-    RepoBackup,
-    backup_repository,
-    write_snapshot,
-)
+from custode.backup.engine import BackupSettings, RepoBackup, back_up, write_snapshot
 from custode.backup.locks import store_lock
-from custode.backup.manifest import Snapshot, repo_prefix
+from custode.backup.manifest import Snapshot
 from custode.backup.store import Store
 from custode.cli import backup_common as bc
 from custode.cli.app import App
@@ -46,6 +40,12 @@ from custode.units import format_bytes
     default=None,
     help="Repositories backed up at once [default: backup.jobs, 0 = one per CPU].",
 )
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Start a new chain: a full bundle of every repository under ROOTS, even an "
+    "unchanged one (the fix for a chain verify found damaged).",
+)
 @bc.json_option
 @click.pass_obj
 def backup(  # noqa: PLR0917
@@ -54,13 +54,15 @@ def backup(  # noqa: PLR0917
     store_url: str | None,
     recipient: tuple[str, ...],
     jobs: int | None,
+    full: bool,
     as_json: bool,
 ) -> None:
     """Back up every repository under ROOTS into the store, as one snapshot.
 
     Each repository's refs are captured at one moment, and only the objects new since its
-    previous backup are stored (an unchanged repository stores nothing). Everything is
-    encrypted with age to public keys: restoring needs the matching identity.
+    previous backup are stored (an unchanged repository stores nothing). With --full every
+    repository gets a full bundle with no parent, changed or not. Everything is encrypted
+    with age to public keys: restoring needs the matching identity.
     """
     started = time.monotonic()
     cfg = app.config.backup
@@ -76,7 +78,7 @@ def backup(  # noqa: PLR0917
         store_lock(store, host, exclusive=False, purpose="custode backup"),
         bc.scratch(app) as scratch,
     ):
-        settings = BackupSettings(host, keys, scratch, cfg.full_every, cfg.full_after)
+        settings = BackupSettings(host, keys, scratch, cfg.full_every, cfg.full_after, full)
         results = _run(app, store, git, settings, found.states, jobs=bc.jobs(app, jobs))
         snap = write_snapshot(store, host, created, results)
     seconds = time.monotonic() - started
@@ -127,37 +129,8 @@ def _run(
     recipients = bc.recipients_digest(settings.recipients)
 
     def one(s: RepoState) -> RepoBackup:
-        started = time.monotonic()
-        stamp = extras.stamp(Path(s.git_dir))
         before = history.get((s.root, s.relative))
-        known = {"store": store.url, "host": settings.host, "fingerprint": s.fingerprint,
-                 "stamp": stamp, "recipients": recipients}  # fmt: skip
-        if (
-            before is not None
-            and before.outcome == "ok"
-            and s.fingerprint
-            and all(before.details.get(k) == v for k, v in known.items())
-        ):
-            key = str(before.details.get("manifest", ""))
-            if key and store.size(key) is not None:  # nothing changed since: no git, no read
-                return RepoBackup(s.relative, s.root, "unchanged", manifest_key=key,
-                                  fingerprint=s.fingerprint, stamp=stamp,
-                                  seconds=time.monotonic() - started)  # fmt: skip
-        manifests = [k for k in store.list(repo_prefix(settings.host, s.relative))
-                     if k.endswith("/manifest.json")]  # fmt: skip
-        result = backup_repository(
-            store,
-            git,
-            settings,
-            repository=s.relative,
-            root=s.root,
-            git_dir=Path(s.git_dir),
-            bare=s.bare,
-            object_format=s.object_format,
-            manifests=manifests,
-        )
-        result.fingerprint, result.stamp = s.fingerprint, stamp
-        return result
+        return back_up(store, git, settings, s, before=before, recipients=recipients)
 
     with bc.progress_bar(app, "backing up") as tick, ThreadPoolExecutor(jobs) as pool:
         futures = [pool.submit(one, s) for s in todo]
