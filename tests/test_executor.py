@@ -77,7 +77,10 @@ def assert_optimised(repo: Repository, result: ExecutionResult, before: str) -> 
     assert result.outcome == "ok", result
     assert all(t.outcome == "ok" for t in result.tasks), result.tasks
     counts = git_count_objects(path)
-    assert counts["count"] == 0 and counts["packs"] <= 3, counts
+    # a few loose objects (under the policy's limit) get no repack of their own: with git
+    # 2.39 no bitmap is missing either (test_repack_race.py), so many_refs keeps its 30
+    repacked = any(t.kind.endswith("_repack") for t in result.tasks)
+    assert (counts["count"] == 0 or not repacked) and counts["packs"] <= 3, counts
     info = path / "objects" / "info"
     assert (info / "commit-graph").exists() or (info / "commit-graphs").is_dir()
     state = inspect(repo)
@@ -255,6 +258,7 @@ class PushDuringRepack(Git):
 
 def test_concurrent_pushes_do_not_false_alarm(fleet: Fleet, tmp_path: Path) -> None:
     repo = copy(fleet.many_refs, tmp_path)
+    run_git(repo.git_dir, "repack", "-q")  # a second pack: a full repack is due
     p = plan_for(inspect(repo))
     assert any(t.kind.endswith("_repack") for t in p.tasks)
     result = execute(repo, p, PushDuringRepack(), None, now=time.time())

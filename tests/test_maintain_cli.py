@@ -57,7 +57,9 @@ def test_neglected_repositories_end_optimised(
     for name in NEGLECTED:
         repo = neglected / name
         counts = git_count_objects(repo)
-        assert counts["count"] == 0, name
+        # many-refs' 30 loose tags are under the loose-object limit, and with git 2.39 no
+        # missing (multi-pack) bitmap calls for a repack either (test_repack_race.py)
+        assert counts["count"] == 0 or name == "many-refs.git", (name, counts)
         assert counts["packs"] <= 3, name
         assert (repo / "objects" / "info" / "commit-graph").exists() or (
             repo / "objects" / "info" / "commit-graphs"

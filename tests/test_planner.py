@@ -126,7 +126,8 @@ def test_a_repository_without_packs_gets_a_full_repack() -> None:
     p = run(state(packs=0, pack_bytes=0, pack_bitmaps=0, loose_objects=3040))
     full = task(p, "full_repack")
     assert "no pack yet" in full.reason
-    assert full.args == Repack(True, True, None, "cruft", 14 * DAY) and full.drops_unreachable
+    # git 2.39: bitmaps, but not in the multi-pack-index (test_repack_race.py)
+    assert full.args == Repack(False, True, None, "cruft", 14 * DAY) and full.drops_unreachable
     assert "cruft pack, dropped after 2w" in full.reason
 
 
@@ -139,7 +140,7 @@ def test_full_repacks_respect_the_cooldown(last_full: float | None, expected: st
     assert kinds(p)[0] == expected
     if expected == "geometric_repack":
         assert "3 packs and no multi-pack-index" in p.tasks[0].reason
-        assert p.tasks[0].args == Repack(True, True, 2) and not p.tasks[0].drops_unreachable
+        assert p.tasks[0].args == Repack(False, True, 2) and not p.tasks[0].drops_unreachable
 
 
 def test_without_a_record_the_largest_pack_dates_the_last_full_repack() -> None:
@@ -188,7 +189,8 @@ def test_a_repository_unchanged_since_its_last_maintenance_is_skipped() -> None:
 
 def test_geometric_repack_when_too_many_packs_are_outside_the_midx() -> None:
     recent = NOW - DAY
-    tracked = state(packs=5, pack_bytes=MIB, multi_pack_index=True, midx_packs=3, midx_bitmap=True)
+    # a pack bitmap, not a multi-pack one: git 2.39 gets no multi-pack bitmap (test_repack_race)
+    tracked = state(packs=5, pack_bytes=MIB, multi_pack_index=True, midx_packs=3)
     assert run(tracked, last_full=recent).tasks == ()  # 2 untracked: the limit below 10 MiB
     p = run(replace(tracked, packs=6), last_full=recent)
     assert kinds(p) == ["geometric_repack", "write_commit_graph"]
@@ -200,7 +202,7 @@ def test_kept_and_cruft_packs_are_not_repack_candidates() -> None:
 
 
 def test_a_missing_bitmap_is_written_for_bare_repositories_only() -> None:
-    p = run(state(pack_bitmaps=0), last_full=NOW - HOUR)
+    p = run(state(pack_bitmaps=0), last_full=NOW - HOUR, git=GitVersion(2, 42))
     assert kinds(p) == ["geometric_repack", "write_commit_graph"]
     assert p.tasks[0].reason.startswith("no reachability bitmap")
     assert run(state(pack_bitmaps=0, kind="working", bare=False)).tasks == ()
@@ -231,7 +233,7 @@ def test_a_borrowed_from_repository_never_drops_objects() -> None:
     pool = state(borrowed_by=("fork-1.git", "fork-2.git"), packs=9, loose_objects=9000)
     p = run(pool)
     full = task(p, "full_repack")
-    assert full.args == Repack(True, True, None, "keep", None) and not full.drops_unreachable
+    assert full.args == Repack(False, True, None, "keep", None) and not full.drops_unreachable
     assert "kept: fork-1.git, fork-2.git borrow from it" in full.reason
     assert "objects borrowed by fork-1.git, fork-2.git: never pruned" in p.notes
     assert task(p, "write_commit_graph").args == CommitGraph("incremental", True)
@@ -240,10 +242,10 @@ def test_a_borrowed_from_repository_never_drops_objects() -> None:
 def test_cruft_expiration_by_policy_and_git_version() -> None:
     many = state(packs=4)
     assert task(run(many, cruft_expiration=None), "full_repack").args == Repack(
-        True, True, None, "cruft", None
+        False, True, None, "cruft", None
     )
     old = task(run(many, git=GitVersion(2, 36)), "full_repack")
-    assert old.args == Repack(True, True, None, "loosen", 14 * DAY)
+    assert old.args == Repack(False, True, None, "loosen", 14 * DAY)
     assert "loosened, pruned after 2w (git 2.36.0)" in old.reason
     graph = task(run(many), "write_commit_graph")
     assert graph.args == CommitGraph("replace", True)  # the repack may drop listed commits

@@ -13,7 +13,8 @@ at afterwards is known exactly. Checked: zero failed client operations, every ma
 exited 0, every pushed commit still exists (force-pushed-away and deleted ones too: cruft
 expiration is two weeks), every surviving branch points where its last push put it,
 deleted branches are gone, the other refs are untouched, ``git fsck --strict`` is clean,
-and several maintain runs really overlapped the client traffic.
+a last clone is complete (a lying bitmap would not show in fsck), and several maintain
+runs really overlapped the client traffic.
 
 Deterministic by construction: seeded per-client random sequences, disjoint ref
 namespaces, clients paced by the maintain runs, every wait and join bounded.
@@ -441,3 +442,11 @@ def test_clients_see_zero_downtime_during_maintenance(
         capture_output=True, text=True, env=git_env(), check=False,
     )  # fmt: skip
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+    # fsck reads no bitmap: a clone is what trusts them. One that lies lost the same object
+    # for every clone, run after run (docs/maintenance-heuristics.md).
+    clone = subprocess.run(
+        ["git", "clone", "-q", "--bare", "--no-local", str(bare), str(tmp_path / "last.git")],
+        capture_output=True, text=True, env=git_env(), timeout=GIT_TIMEOUT, check=False,
+    )  # fmt: skip
+    assert clone.returncode == 0, clone.stderr

@@ -109,6 +109,9 @@ FEATURES: dict[str, GitVersion] = {
     "pack-refs-include-exclude": GitVersion(2, 42),  # pack-refs --include/--exclude
     "for-each-ref-exclude": GitVersion(2, 42),  # for-each-ref --exclude
     "repack-max-cruft-size": GitVersion(2, 43),  # repack --max-cruft-size
+    # a reader whose MIDX bitmap names a pack a concurrent `repack -d` removed falls back to
+    # a walk instead of dying (06f3867): before it, no multi-pack bitmaps (maintenance doc)
+    "midx-bitmap-concurrent-repack": GitVersion(2, 42),
 }
 
 #: The only protocol GIT_ALLOW_PROTOCOL allows (it must allow one to be a list at all): no

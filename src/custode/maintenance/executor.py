@@ -303,10 +303,10 @@ class _Run:
                 except GitError as exc:
                     if "bitmap" not in exc.message:
                         raise
-                    # git 2.39 writes a multi-pack bitmap from the refs it read at the start;
-                    # a push moving a ref meanwhile makes it fail ("could not write
-                    # multi-pack bitmap") after the new packs are safely in place. Once
-                    # more, and the repack is near-instant: the objects are packed now.
+                    # git writes a multi-pack bitmap (2.42+ here: see the planner) from the
+                    # refs it read at the start; a push moving a ref meanwhile makes it fail
+                    # ("could not write multi-pack bitmap") after the new packs are safely
+                    # in place. Once more: near-instant, the objects are packed now.
                     self.git_run(command, distrust=True)
                     retried = True
             note = " (bitmap retried after a concurrent push)" if retried else ""

@@ -33,6 +33,8 @@ TaskKind = Literal[
 #: What a full repack does with unreachable objects: a cruft pack (git 2.37+), kept in the
 #: new pack (``--keep-unreachable``), or loosened for ``git prune`` (older git).
 Unreachable = Literal["cruft", "keep", "loosen"]
+#: The feature that lets a repack write a multi-pack bitmap (docs/maintenance-heuristics.md).
+MIDX_BITMAP_SAFE = "midx-bitmap-concurrent-repack"
 
 
 @dataclass(frozen=True)
@@ -153,8 +155,7 @@ def plan(
         notes.append(f"objects borrowed by {_names(state.borrowed_by)}: never pruned")
     elif unsure_borrowers:
         notes.append(f"unreachable objects are kept: {unsure_borrowers}")
-    if state.alternates and state.kind == "bare" and policy.write_bitmaps:
-        notes.append("borrows objects from an alternate: no bitmaps (git cannot cover them)")
+    notes += _bitmap_notes(state, policy, git)
     tasks = _cleanup(state, policy, now)
     held = _held(state, "packed-refs.lock", policy.stale_lock_age, now)
     refs = _refs(state, policy)
@@ -215,8 +216,8 @@ def _objects(
         return []
     repackable = s.packs - s.cruft_packs - s.kept_packs  # a repack can merge only these
     geometric = _has(git, "repack-geometric")
-    midx = p.multi_pack_index and _has(git, "repack-write-midx")  # written while repacking
-    bitmaps = _wants_bitmaps(s, p)
+    midx = _writes_midx(s, p, git)  # written while repacking
+    bitmaps = _bitmaps(s, p, git, midx)
     no_bitmap = bitmaps and repackable > 0 and s.pack_bitmaps <= 0 and not s.midx_bitmap
     loose = s.loose_objects > p.loose_objects
     loose_why = f"{s.loose_objects:,} loose objects > {p.loose_objects:,}"
@@ -257,8 +258,14 @@ def _objects(
     elif mode == "incremental":
         tasks.append(Task("incremental_repack", f"{why}; nothing is dropped", Repack()))
     stale_midx = not s.multi_pack_index or untracked > ulimit
+    rewrites_midx = any(isinstance(t.args, Repack) and t.args.write_midx for t in tasks)
     if p.multi_pack_index and not midx and mode != "full" and repackable > 1 and stale_midx:
         why = f"{out}; git {git} cannot write the multi-pack-index while repacking"
+        tasks.append(Task("write_midx", why))
+    elif midx and s.midx_bitmap and not rewrites_midx and not _has(git, MIDX_BITMAP_SAFE):
+        # one written before (or by another tool) would be trusted, and copied by every
+        # later bitmap: a multi-pack-index written without --bitmap deletes it
+        why = f"a multi-pack bitmap, which git {git} cannot keep safe: dropped"
         tasks.append(Task("write_midx", why))
     return tasks
 
@@ -294,8 +301,8 @@ def _full(s: RepoState, p: MaintenancePolicy, git: GitVersion, why: str, unsure:
     else:
         unreachable = "loosen"
         fate = f"unreachable objects are loosened, pruned after {_dur(expire)} (git {git})"
-    midx = p.multi_pack_index and _has(git, "repack-write-midx")
-    args = Repack(_wants_bitmaps(s, p), midx, None, unreachable, expire)
+    midx = _writes_midx(s, p, git)
+    args = Repack(_bitmaps(s, p, git, midx), midx, None, unreachable, expire)
     return Task("full_repack", f"{why}; {fate}", args)
 
 
@@ -329,6 +336,31 @@ def _commit_graph(
 def _wants_bitmaps(s: RepoState, p: MaintenancePolicy) -> bool:
     """Bitmaps serve clones and fetches (bare repositories), and need every object local."""
     return p.write_bitmaps and s.kind == "bare" and not s.alternates
+
+
+def _bitmap_notes(s: RepoState, p: MaintenancePolicy, git: GitVersion) -> list[str]:
+    if s.alternates and s.kind == "bare" and p.write_bitmaps:
+        return ["borrows objects from an alternate: no bitmaps (git cannot cover them)"]
+    midx = _writes_midx(s, p, git)
+    if midx and _wants_bitmaps(s, p) and not _bitmaps(s, p, git, midx):
+        fixed = FEATURES[MIDX_BITMAP_SAFE]
+        return [f"no multi-pack bitmap: with git {git} a clone during a repack can fail "
+                f"(git {fixed} and later write one)"]  # fmt: skip
+    return []
+
+
+def _writes_midx(s: RepoState, p: MaintenancePolicy, git: GitVersion) -> bool:
+    """Whether repacks write the multi-pack-index: by policy, and always over one already
+    there. A repack that deletes packs must rewrite it: it runs with DISTRUST_DERIVED, so
+    git does not see the old one to remove it, and a multi-pack-index (with its bitmap)
+    naming deleted packs makes git 2.39 fail every clone."""
+    return (p.multi_pack_index or s.multi_pack_index) and _has(git, "repack-write-midx")
+
+
+def _bitmaps(s: RepoState, p: MaintenancePolicy, git: GitVersion, midx: bool) -> bool:
+    """Whether the repack writes bitmaps: into the multi-pack-index (``midx``) only with a
+    git whose clones survive a concurrent repack deleting a pack (the maintenance doc)."""
+    return _wants_bitmaps(s, p) and (not midx or _has(git, MIDX_BITMAP_SAFE))
 
 
 def _held(s: RepoState, path: str, age: float, now: float) -> str:
