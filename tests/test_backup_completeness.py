@@ -41,6 +41,7 @@ from custode.errors import IntegrityError, StateError
 from custode.git import Git
 from fixtures.builders import fast_import, git_env, history_stream, run_git
 from fixtures.cli import CliResult
+from fixtures.lying import mislead_bitmap
 
 pytestmark = pytest.mark.integration
 Run = Callable[..., CliResult]
@@ -199,21 +200,8 @@ def _lying_bitmap(repo: Path) -> str:
     backup's walk would be fed. Returns the tip."""
     tip = run_git(repo, "rev-parse", "refs/heads/main").strip()
     run_git(repo, "repack", "-adq", "--write-bitmap-index")
-    path = next((repo / "objects" / "pack").glob("*.bitmap"))
-    path.chmod(0o644)
-    good = path.read_bytes()
-    want = int(run_git(repo, "rev-list", "--objects", "--count", tip))
-    for at in range(len(good) - 1, 0, -1):
-        for bit in range(8):
-            data = bytearray(good)
-            data[at] ^= 1 << bit
-            path.write_bytes(bytes(data))
-            proc = subprocess.run(["git", "-C", str(repo), "pack-objects", "--revs", "--stdout",
-                                   "-q"], input=f"{tip}\n".encode(), capture_output=True,
-                                  env=git_env(), check=False)  # fmt: skip
-            if proc.returncode == 0 and int.from_bytes(proc.stdout[8:12], "big") < want:
-                return tip
-    raise AssertionError("no single bit of the bitmap misleads pack-objects")
+    mislead_bitmap(repo, next((repo / "objects" / "pack").glob("*.bitmap")), tip)
+    return tip
 
 
 def _bitmapped_repo(root: Path) -> Path:

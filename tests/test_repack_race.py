@@ -33,6 +33,7 @@ from custode.maintenance.planner import Repack
 from custode.maintenance.policy import HOUR
 from fixtures.builders import Fleet, fast_import, git_env, history_stream, run_git
 from fixtures.cli import CliResult
+from fixtures.lying import mislead_bitmap
 from test_planner import NOW, run, state, task
 
 pytestmark = pytest.mark.integration
@@ -93,21 +94,8 @@ def _lying_midx_bitmap(repo: Path) -> str:
     flipping bits from the end of the file, where the tips' bitmaps are). Returns the tip."""
     tip = run_git(repo, "rev-parse", "refs/heads/main").strip()
     run_git(repo, "repack", "-adq", "--write-midx", "--write-bitmap-index")
-    path = next((repo / "objects" / "pack").glob("multi-pack-index-*.bitmap"))
-    path.chmod(0o644)
-    good = path.read_bytes()
-    want = int(run_git(repo, "rev-list", "--objects", "--count", tip))
-    for at in range(len(good) - 1, 0, -1):
-        for bit in range(8):
-            data = bytearray(good)
-            data[at] ^= 1 << bit
-            path.write_bytes(bytes(data))
-            proc = subprocess.run(["git", "-C", str(repo), "pack-objects", "--revs", "--stdout",
-                                   "-q"], input=f"{tip}\n".encode(), capture_output=True,
-                                  env=git_env(), check=False)  # fmt: skip
-            if proc.returncode == 0 and int.from_bytes(proc.stdout[8:12], "big") < want:
-                return tip
-    raise AssertionError("no single bit of the multi-pack bitmap misleads pack-objects")
+    mislead_bitmap(repo, next((repo / "objects" / "pack").glob("multi-pack-index-*.bitmap")), tip)
+    return tip
 
 
 def _clone(source: Path, dest: Path) -> subprocess.CompletedProcess[str]:
