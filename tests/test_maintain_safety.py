@@ -319,7 +319,9 @@ def test_a_borrower_seen_before_is_remembered(custode: Run, tmp_path: Path) -> N
     root = tmp_path / "root"
     pool, fork = root / "pool.git", root / "fork.git"
     needed = pool_and_fork(pool, fork)
-    cfg = config(tmp_path, '[maintenance]\nfull_repack_cooldown = "1s"\n')  # no roots
+    # no roots; no cooldown: the third run follows the second within a second, and a full
+    # repack must still be due then (a "1s" cooldown made this test depend on the clock)
+    cfg = config(tmp_path, "[maintenance]\nfull_repack_cooldown = 0\n")
     first = custode("--config", cfg, "maintain", "--json", root)  # sees the fork
     assert first.code == 0, first.stderr
     fast_import(pool, history_stream("refs/heads/more", 2, start=300, label="m "))
@@ -330,7 +332,9 @@ def test_a_borrower_seen_before_is_remembered(custode: Run, tmp_path: Path) -> N
     fast_import(pool, history_stream("refs/heads/last", 2, start=400, label="l "))
     age_packs(pool, 30 * 86400)
     after = custode("--config", cfg, "maintain", "--json", pool)
-    full = next(t for t in after.json()["repositories"][0]["tasks"] if t["kind"] == "full_repack")
+    tasks = after.json()["repositories"][0]["tasks"]
+    full = next((t for t in tasks if t["kind"] == "full_repack"), None)
+    assert full is not None, after.stdout
     assert "dropped after" in full["reason"]
 
 
