@@ -148,3 +148,30 @@ def test_cli_rescan_and_cached_runs_agree(custode, small: Path) -> None:  # type
     second = custode("status", "--json", small).json()["repositories"]
     fresh = custode("status", "--json", "--rescan", small).json()["repositories"]
     assert first == second == fresh
+
+
+@pytest.mark.parametrize("damage", ["zeroed", "zeroed-old-mtime", "nul-filled-old-mtime"])
+def test_loose_ref_damaged_in_place_is_not_hidden(  # type: ignore[no-untyped-def]
+    custode, small: Path, damage: str
+) -> None:
+    """A power loss can leave a loose ref empty or full of NULs with the directory's mtime
+    untouched (and, as here with ``os.utime``, the file's own): the cache must not hide it."""
+    repo = small / "packed.git"
+    head = run_git(repo, "rev-parse", "HEAD").strip()
+    run_git(repo, "update-ref", "refs/heads/loose-one", head)
+    _age_tree(small)
+    cached = custode("status", "--json", small).json()["repositories"]
+    assert {r["relative"]: r["verdict"] for r in cached}["packed.git"] != "broken"
+    ref = repo / "refs" / "heads" / "loose-one"
+    st = ref.stat()
+    with ref.open("r+b") as f:  # in place: the directory's mtime does not move
+        if damage == "nul-filled-old-mtime":
+            f.write(b"\0" * st.st_size)
+        else:
+            f.truncate(0)
+    if damage != "zeroed":
+        os.utime(ref, ns=(st.st_atime_ns, st.st_mtime_ns))
+    status = custode("status", "--json", small).json()["repositories"]
+    fresh = custode("status", "--json", "--rescan", small).json()["repositories"]
+    assert {r["relative"]: r["verdict"] for r in fresh}["packed.git"] == "broken"
+    assert status == fresh

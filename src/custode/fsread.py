@@ -51,11 +51,14 @@ class Watch:
     during the read shows as a newer mtime next time.
     """
 
-    __slots__ = ("mtimes", "paths")
+    __slots__ = ("contents", "mtimes", "paths")
 
     def __init__(self) -> None:
         self.paths: list[str] = []
         self.mtimes: list[int] = []
+        # small files rewritten in place by a crash or a person, with no mtime to show it
+        # (a power loss leaves a loose ref empty or NUL-filled): their path and what was read
+        self.contents: list[tuple[str, bytes]] = []
 
     def scandir(self, path: str) -> list[os.DirEntry[str]]:
         """The entries of ``path`` (none if it does not exist), watching it."""
@@ -73,6 +76,10 @@ class Watch:
         """Watch a file git may rewrite in place (it does not, but people do)."""
         self.paths.append(path)
         self.mtimes.append(st.st_mtime_ns)
+
+    def content(self, path: str, data: bytes) -> None:
+        """Watch a small file by what was read from it: re-read and compared each time."""
+        self.contents.append((path, data))
 
     def path(self, path: str) -> None:
         """Watch ``path``, or its nearest existing parent while it does not exist."""

@@ -66,7 +66,9 @@ def read_ref_store(git_dir: str, hexsz: int, watch: Watch) -> RefStore:
                 s.temp.append(TempFile(rel, st.st_size, st.st_mtime))
                 continue
             s.signature.append(f"{rel} {st.st_ino} {st.st_size} {st.st_mtime_ns}")
-            value = _first_line(e.path)
+            raw = _prefix(e.path)
+            watch.content(e.path, raw)
+            value = raw.decode("utf-8", "replace").split("\n", 1)[0].strip()
             if value.startswith(_SYMREF):
                 loose[rel] = value[len(_SYMREF) :].strip()
             elif oid.fullmatch(value):
@@ -83,11 +85,14 @@ def read_ref_store(git_dir: str, hexsz: int, watch: Watch) -> RefStore:
     return s
 
 
-def _first_line(path: str) -> str:
+REF_PREFIX = 4096  # what is read of a loose ref: a valid one is far shorter
+
+
+def _prefix(path: str) -> bytes:
     try:
-        return read_prefix(path, 4096).decode("utf-8", "replace").split("\n", 1)[0].strip()
+        return read_prefix(path, REF_PREFIX)
     except OSError:
-        return ""
+        return b""
 
 
 def _read_head(git_dir: str, oid: re.Pattern[str], s: RefStore, watch: Watch) -> None:
@@ -101,7 +106,8 @@ def _read_head(git_dir: str, oid: re.Pattern[str], s: RefStore, watch: Watch) ->
         s.problems.append(f"cannot read HEAD: {exc.strerror}")
         return
     watch.file(path, st)
-    value = data[:4096].decode("utf-8", "replace").split("\n", 1)[0].strip()
+    watch.content(path, data[:REF_PREFIX])  # a power loss can empty it in place, too
+    value = data[:REF_PREFIX].decode("utf-8", "replace").split("\n", 1)[0].strip()
     s.signature.append(f"HEAD {value}")
     s.size_bytes += st.st_blocks * 512
     if value.startswith(_SYMREF):

@@ -7,6 +7,12 @@ directory read plus a ``stat`` per file. An entry is trusted only if every mtime
 unchanged and was already older than ``RACY_NS`` when the entry was read (a change in
 the same clock tick as the read would not move the mtime: the "racy git" problem).
 
+Small files that can change in place with no mtime to show it (HEAD and the loose refs:
+a power loss leaves them empty or NUL-filled, with any mtime) are watched by content
+instead: re-read on every lookup and compared by digest. They are few and tiny next to
+what the cache saves (object directories, pack listings), and this keeps the cache from
+hiding a broken repository that ``--rescan`` would show.
+
 The file lives in custode's private state directory (mode 0700) and is a pickle; a cache
 that cannot be read (missing, damaged, from another version) is simply empty.
 """
@@ -14,6 +20,7 @@ that cannot be read (missing, damaged, from another version) is simply empty.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import pickle
@@ -24,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from custode.discovery import Repository
-from custode.fsread import Watch
+from custode.fsread import Watch, read_prefix
+from custode.refstore import REF_PREFIX
 from custode.repostate import RepoState
 
-FORMAT = 3  # 3: RepoState.partial_clone
+FORMAT = 4  # 3: RepoState.partial_clone; 4: files watched by content
 RACY_NS = 2_000_000_000
 log = logging.getLogger(__name__)
 
@@ -36,20 +44,27 @@ log = logging.getLogger(__name__)
 class Entry:
     """One repository's state and what it was read from, packed small (10,000 of these
     are pickled across processes and to disk): watched paths relative to the git
-    directory joined by newlines, their mtimes as a packed array of 64-bit integers."""
+    directory joined by newlines, their mtimes as a packed array of 64-bit integers; files
+    watched by content the same way, with one digest of everything read from them."""
 
     repo: Repository
     state: RepoState
     paths: str
     mtimes: bytes
     read_at_ns: int
+    content_paths: str = ""
+    content_digest: bytes = b""
 
     @classmethod
     def make(cls, repo: Repository, state: RepoState, watch: Watch, read_at_ns: int) -> Entry:
         top = str(repo.git_dir) + os.sep
         cut = len(top)
         rel = "\n".join(p[cut:] if p.startswith(top) else p for p in watch.paths)
-        return cls(repo, state, rel, array("q", watch.mtimes).tobytes(), read_at_ns)
+        content_rel = "\n".join(p[cut:] if p.startswith(top) else p for p, _ in watch.contents)
+        digest = _digest(data for _, data in watch.contents)
+        return cls(
+            repo, state, rel, array("q", watch.mtimes).tobytes(), read_at_ns, content_rel, digest
+        )
 
     def trusted_at_read(self) -> bool:
         limit = self.read_at_ns - RACY_NS
@@ -60,7 +75,28 @@ class Entry:
         top = str(self.repo.git_dir)
         watch.paths = [os.path.join(top, p) for p in self.paths.split("\n")]
         watch.mtimes = list(array("q", self.mtimes))
-        return watch.unchanged(self.read_at_ns - RACY_NS)
+        return watch.unchanged(self.read_at_ns - RACY_NS) and self._contents_unchanged(top)
+
+    def _contents_unchanged(self, top: str) -> bool:
+        if not self.content_paths:
+            return self.content_digest == _digest(())
+        try:
+            now = [
+                read_prefix(os.path.join(top, p), REF_PREFIX)
+                for p in self.content_paths.split("\n")
+            ]
+        except OSError:  # gone or unreadable: read the repository again
+            return False
+        return _digest(now) == self.content_digest
+
+
+def _digest(contents: Iterable[bytes]) -> bytes:
+    """One digest of several files' contents, each length-prefixed so none can blur."""
+    h = hashlib.blake2b(digest_size=16)
+    for data in contents:
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.digest()
 
 
 class ScanCache:
