@@ -29,6 +29,7 @@ from typing import Literal
 from custode.config import DiscoveryConfig
 from custode.errors import PathNotFoundError
 from custode.fsread import read_prefix
+from custode.objectstore import alternates_entries
 
 Kind = Literal["bare", "working", "submodule"]
 
@@ -359,15 +360,8 @@ def read_alternates(git_dir: str | Path) -> list[str]:
         data = read_prefix(path, ALTERNATES_MAX)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    out = []
-    for raw in data.decode("utf-8", "replace").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith('"') and line.endswith('"'):  # git's quoting of odd names
-            line = line[1:-1].encode().decode("unicode_escape")
-        out.append(os.path.realpath(os.path.join(objects, line)))
-    return out
+    names = alternates_entries(data.decode("utf-8", "replace"))
+    return [os.path.realpath(os.path.join(objects, name)) for name in names]
 
 
 def sweep_alternates(roots: Iterable[Path]) -> AlternatesSweep:

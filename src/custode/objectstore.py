@@ -228,11 +228,7 @@ class _Reader:
             self.s.commit_graph_changed_paths = _graph_has_bloom(top)
 
     def alternates(self, path: str) -> None:
-        for line in _lines(path):
-            if line.startswith("#"):
-                continue
-            quoted = line.startswith('"') and line.endswith('"')
-            name = line[1:-1].encode().decode("unicode_escape") if quoted else line
+        for name in alternates_entries("\n".join(_lines(path))):
             target = os.path.normpath(os.path.join(self.objects, name))
             self.s.alternates.append(target)
             if not os.path.isdir(target):
@@ -261,6 +257,21 @@ def _is_hex(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def alternates_entries(text: str) -> list[str]:
+    """The object directories an ``objects/info/alternates`` file names, as written (relative
+    ones are relative to its ``objects``): blank and ``#`` lines dropped, git's quoting of
+    odd names undone."""
+    out = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith('"') and line.endswith('"'):
+            line = line[1:-1].encode().decode("unicode_escape")
+        out.append(line)
+    return out
 
 
 def _lines(path: str) -> list[str]:
