@@ -26,6 +26,9 @@ safety invariants rather than assuming them:
 * **One failure stops the object work.** A failed repack, multi-pack-index or
   commit-graph task skips the object tasks after it; cleanup and ref tasks are
   independent. Errors from git become failed outcomes carrying git's one-line cause.
+* **No push fails for it.** Every repack command runs git's prune-packed, which removes
+  emptied ``objects/XX`` directories under a landing push; they are held non-empty while
+  it runs (``objectdirs.py``), and a repack whose directories cannot be held does not run.
 
 Stale files are removed only if still the file the plan saw (same mtime, so still older
 than the policy's age), a regular file inside the git dir, reached without following a
@@ -49,6 +52,7 @@ from custode.audit import AuditLog
 from custode.discovery import Repository
 from custode.errors import GitError
 from custode.git import DISTRUST_DERIVED, Git
+from custode.maintenance.objectdirs import hold_object_dirs, release_leftovers
 from custode.maintenance.planner import (
     CommitGraph,
     Plan,
@@ -176,6 +180,7 @@ class _Run:
 
     def run(self) -> ExecutionResult:
         before = inspect(self.repo).size_bytes
+        release_leftovers(self.repo.git_dir / "objects")  # of a custode killed mid-repack
         try:
             refs_before = snapshot(self.git, self.repo.git_dir, (self.lock_fd,))
         except GitError as exc:
@@ -295,20 +300,13 @@ class _Run:
             return "ok", "worktrees pruned"
         if isinstance(args, Repack):
             retried = False
-            for command in repack_commands(task.kind, args, self.limits):
-                # every repack here deletes packs or loose objects (-d, prune-packed,
-                # prune): what it keeps must come from the objects, not from caches
-                try:
-                    self.git_run(command, distrust=True)
-                except GitError as exc:
-                    if "bitmap" not in exc.message:
-                        raise
-                    # git writes a multi-pack bitmap (2.42+ here: see the planner) from the
-                    # refs it read at the start; a push moving a ref meanwhile makes it fail
-                    # ("could not write multi-pack bitmap") after the new packs are safely
-                    # in place. Once more: near-instant, the objects are packed now.
-                    self.git_run(command, distrust=True)
-                    retried = True
+            # every repack here runs git's prune-packed (-d, prune), whose rmdir() of an
+            # emptied objects/XX can fail a push landing there: hold them (objectdirs.py)
+            with hold_object_dirs(self.repo.git_dir / "objects"):
+                for command in repack_commands(task.kind, args, self.limits):
+                    # they delete packs or loose objects: what they keep must come from
+                    # the objects, not from caches
+                    retried = self.repack(command) or retried
             note = " (bitmap retried after a concurrent push)" if retried else ""
             return "ok", f"{task.kind.replace('_', ' ')} done{note}"
         if isinstance(args, CommitGraph):
@@ -317,6 +315,21 @@ class _Run:
         command, done = _SIMPLE[task.kind]  # NoArgs: pack_refs, write_midx
         self.git_run(command)
         return "ok", done
+
+    def repack(self, command: list[str]) -> bool:
+        """Run one repack command; True when its multi-pack bitmap had to be retried."""
+        try:
+            self.git_run(command, distrust=True)
+        except GitError as exc:
+            if "bitmap" not in exc.message:
+                raise
+            # git writes a multi-pack bitmap (2.42+ here: see the planner) from the refs it
+            # read at the start; a push moving a ref meanwhile makes it fail ("could not
+            # write multi-pack bitmap") after the new packs are safely in place. Once
+            # more: near-instant, the objects are packed now.
+            self.git_run(command, distrust=True)
+            return True
+        return False
 
 
 # --------------------------------------------------------------------------- commands
