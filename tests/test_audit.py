@@ -1,6 +1,8 @@
 import json
 import multiprocessing
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -8,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from custode.audit import GENESIS, REDACTED, AuditLog, entry_hash
-from custode.errors import EXIT_CODES_HELP, IntegrityError, StateError
+from custode import stateproblems
+from custode.audit import GENESIS, NEW_LOG, REDACTED, AuditLog, entry_hash
+from custode.errors import EXIT_CODES_HELP, IntegrityError, StateError, StateUnusableError
+from custode.state import StateDB
 
 
 @pytest.fixture
@@ -52,7 +56,11 @@ def test_entries_are_canonical_hash_chained_lines(log: AuditLog) -> None:
     assert first.time.endswith("+00:00")
     assert first.pid == os.getpid()
     assert list(log.entries()) == [first, second]
-    assert json.loads(log.head_path.read_text()) == {"seq": 2, "hash": second.hash}
+    assert json.loads(log.head_path.read_text()) == {
+        "seq": 2,
+        "hash": second.hash,
+        "anchored": True,
+    }
 
 
 def test_verify_ok(log: AuditLog) -> None:
@@ -375,7 +383,13 @@ def test_cli_verify_ok(tmp_path: Path) -> None:
     assert (proc.returncode, proc.stdout) == (0, f"audit log {path}: 3 entries, chain intact\n")
     proc = _run(tmp_path, "audit", "verify", "--json")
     assert proc.returncode == 0
-    assert json.loads(proc.stdout) == {"path": str(path), "entries": 3, "ok": True, "problems": []}
+    assert json.loads(proc.stdout) == {
+        "path": str(path),
+        "entries": 3,
+        "ok": True,
+        "problems": [],
+        "notes": [],
+    }
 
 
 def test_cli_verify_tampered_exits_6(tmp_path: Path) -> None:
@@ -390,8 +404,8 @@ def test_cli_verify_tampered_exits_6(tmp_path: Path) -> None:
     assert proc.stderr.splitlines() == [
         "line 2: entry edited (hash mismatch)",
         "log ends at seq 3 but the head file records seq 4 (entries removed from the end)",
-        f"custode: audit log {log.path} failed verification: 2 problems; the log was edited "
-        "or damaged; keep a copy for investigation, then start a new log by moving "
+        f"custode: audit log {log.path} failed verification: 2 problems; the log was edited, "
+        "damaged or lost; keep a copy for investigation, then start a new log by moving "
         "audit.jsonl and audit.jsonl.head aside",
     ]
     proc = _run(tmp_path, "audit", "verify", "--json")
@@ -429,3 +443,134 @@ def test_cli_help_lists_exit_statuses(tmp_path: Path, args: tuple[str, ...]) -> 
     proc = _run(tmp_path, *args, "--help")
     assert proc.returncode == 0
     assert " ".join(EXIT_CODES_HELP.split()) in " ".join(proc.stdout.split())
+
+
+# -- the anchor in the state database --------------------------------------------------
+
+
+def _anchor(log: AuditLog) -> tuple[int, str] | None:
+    with StateDB.open(log.anchor_path) as db:
+        anchor = db.audit_anchor(log.path.name)
+    return (anchor.seq, anchor.hash) if anchor else None
+
+
+def _head(log: AuditLog, seq: int, digest: str) -> None:
+    log.head_path.write_text(json.dumps({"seq": seq, "hash": digest, "anchored": True}))
+
+
+def test_every_append_anchors_the_head_in_the_state_database(log: AuditLog) -> None:
+    _fill(log, 3)
+    last = list(log.entries())[-1]
+    assert log.anchor_path == log.path.parent / "state.db"
+    assert _anchor(log) == (3, last.hash)
+
+
+def test_a_log_deleted_with_its_head_is_detected_by_the_anchor(log: AuditLog) -> None:
+    _fill(log, 3)
+    log.path.unlink()
+    log.head_path.unlink()
+    report = log.verify()
+    assert not report.ok and report.entries == 0
+    assert report.problems == [
+        f"the log is missing but {log.anchor_path} anchors 3 entries (the log and its head "
+        "file were deleted or moved aside)"
+    ]
+
+
+def test_a_log_cut_short_with_a_matching_head_is_detected_by_the_anchor(log: AuditLog) -> None:
+    _fill(log, 4)
+    kept = _lines(log)[:2]
+    _write(log, kept)
+    _head(log, 2, json.loads(kept[-1])["hash"])  # the head file rewritten to agree
+    assert log.verify().problems == [
+        f"log ends at seq 2 but {log.anchor_path} anchors seq 4 (entries removed from the end)"
+    ]
+    with pytest.raises(IntegrityError, match=r"will not be appended to: log ends at seq 2 but "):
+        log.append("x", "y")
+    assert len(_lines(log)) == 2
+
+
+def test_a_replaced_log_is_detected_by_the_anchor(log: AuditLog, tmp_path: Path) -> None:
+    _fill(log, 3)
+    other = AuditLog(tmp_path / "other" / "audit.jsonl")
+    _fill(other, 3)  # a consistent log of the same length, from elsewhere
+    log.path.write_bytes(other.path.read_bytes())
+    log.head_path.write_bytes(other.head_path.read_bytes())
+    assert log.verify().problems == [
+        f"the last entry, seq 3, is not the one anchored in {log.anchor_path} (replaced)"
+    ]
+
+
+def test_a_deleted_state_database_is_an_anchor_gone_not_an_intact_log(log: AuditLog) -> None:
+    _fill(log, 2)
+    log.anchor_path.unlink()
+    report = log.verify()
+    assert report.problems == [
+        f"the log's anchor in {log.anchor_path} is gone (the state database was deleted or "
+        "replaced): a log cut short can no longer be told; the next append anchors it again"
+    ]
+    log.append("x", "y")
+    assert log.verify().ok and _anchor(log) == (3, list(log.entries())[-1].hash)
+
+
+def test_a_log_from_before_anchoring_is_not_blamed(log: AuditLog) -> None:
+    _fill(log, 2)
+    log.anchor_path.unlink()
+    last = list(log.entries())[-1]
+    log.head_path.write_text(json.dumps({"seq": 2, "hash": last.hash}))  # an old head file
+    assert log.verify().ok
+    log.append("x", "y")
+    assert _anchor(log) is not None and _anchor(log)[0] == 3  # type: ignore[index]
+
+
+def test_a_new_log_after_a_lost_one_keeps_the_loss_on_record(log: AuditLog) -> None:
+    _fill(log, 5)
+    lost_hash = list(log.entries())[-1].hash
+    log.path.unlink()
+    log.head_path.unlink()
+    entry = log.append("backup", "file:///srv/backups")
+    first, second = list(log.entries())
+    assert (first.seq, first.action, second) == (1, NEW_LOG, entry)
+    assert first.details["lost_log"]["seq"] == 5 and first.details["lost_log"]["hash"] == lost_hash
+    report = log.verify()
+    assert report.ok and report.notes == [
+        "this log began where an earlier one of 5 entries was lost or moved aside "
+        "(entry 1, audit.new-log, records its anchor)"
+    ]
+
+
+def test_a_busy_state_database_costs_the_anchor_not_the_entry(
+    log: AuditLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    _fill(log, 1)
+    other = sqlite3.connect(log.anchor_path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    before = stateproblems.busy_timeout()
+    stateproblems.set_busy_timeout(0.2)
+    mark = stateproblems.problem_mark()
+    try:
+        busy = AuditLog(log.path)
+        _fill(busy, 3)  # one wait, then no more anchoring by this instance
+    finally:
+        stateproblems.set_busy_timeout(before)
+        other.execute("ROLLBACK")
+        other.close()
+    assert [e.seq for e in log.entries()] == [1, 2, 3, 4]
+    assert caplog.text.count("its head is not anchored: state database ") == 1
+    assert len(stateproblems.problems_since(mark)) == 1
+    assert _anchor(log) == (1, next(iter(log.entries())).hash)  # behind is fine
+    assert log.verify().ok
+
+
+@pytest.mark.parametrize("target", ["directory", "log", "head"])
+def test_an_audit_log_others_can_write_is_refused_with_the_fix(log: AuditLog, target: str) -> None:
+    _fill(log, 2)
+    bad = {"directory": log.path.parent, "log": log.path, "head": log.head_path}[target]
+    bad.chmod(bad.stat().st_mode | 0o022)
+    mode = f"{bad.stat().st_mode & 0o7777:04o}"
+    fix = f"is writable by group or others (mode {mode}): anyone who can write it decides "
+    with pytest.raises(StateUnusableError, match=re.escape(fix)):
+        log.verify()
+    with pytest.raises(StateUnusableError, match=re.escape(f"fix: run 'chmod go-w {bad}'")):
+        log.append("x", "y")
+    assert len(_lines(log)) == 2

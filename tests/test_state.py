@@ -2,11 +2,13 @@ import multiprocessing
 import sqlite3
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from custode.errors import ExitCode, IntegrityError
+from custode import stateproblems
+from custode.errors import ExitCode, StateUnusableError
 from custode.state import MIGRATIONS, Observation, RepositoryResult, StateDB, StateError
 
 
@@ -29,7 +31,7 @@ def _obs(i: int, **kw: object) -> Observation:
 def test_open_creates_private_dir_and_migrates_from_empty(tmp_path: Path) -> None:
     path = tmp_path / "state" / "state.db"
     with StateDB.open(path) as db:
-        assert db.schema_version == len(MIGRATIONS) == 7
+        assert db.schema_version == len(MIGRATIONS) == 8
         tables = {
             r[0] for r in db._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
@@ -87,13 +89,15 @@ def test_newer_schema_is_refused_with_upgrade_hint(tmp_path: Path) -> None:
 def test_a_file_that_is_not_a_database_is_refused_with_the_fix(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     path.write_bytes(b"this is not sqlite\n" * 100)
-    with pytest.raises(IntegrityError) as info:
+    with pytest.raises(StateUnusableError) as info:
         StateDB.open(path)
     message = str(info.value)
-    assert message.startswith(f"{path} is not a custode state database")
-    assert message.endswith("move it aside and custode will create a new one")
+    assert message.startswith(f"state database {path} is damaged: file is not a database")
+    assert message.endswith(
+        f"fix: move it aside ('mv {path} {path}.damaged'), custode starts a new one"
+    )
     assert "\n" not in message
-    assert info.value.exit_code == ExitCode.INTEGRITY
+    assert info.value.exit_code == ExitCode.STATE
     assert path.read_bytes() == b"this is not sqlite\n" * 100  # left untouched
 
 
@@ -192,7 +196,7 @@ def test_open_waits_for_another_process_switching_a_new_database_to_wal(
 
 def test_unusable_state_directory_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "state").write_text("a file where the directory should be")
-    with pytest.raises(StateError, match=r"cannot open state database .*state\.db: .*; check"):
+    with pytest.raises(StateError, match=r"cannot use state database .*state\.db: .*; fix: check"):
         StateDB.open(tmp_path / "state" / "state.db")
 
 
@@ -218,3 +222,72 @@ def test_latest_fingerprints_and_forget_before(tmp_path: Path) -> None:
         db.record_observations(new, [_obs(2, fingerprint="g2")])
         db.forget_before("2021-01-01T00:00:00+00:00")
         assert [r.id for r in db.runs()] == [new]  # nothing holds the old run any more
+
+
+@pytest.fixture
+def short_busy_timeout() -> Iterator[None]:
+    before = stateproblems.busy_timeout()
+    stateproblems.set_busy_timeout(0.3)
+    yield
+    stateproblems.set_busy_timeout(before)
+
+
+def test_a_busy_database_is_one_line_with_the_fix_and_waits_once(
+    tmp_path: Path, short_busy_timeout: None
+) -> None:
+    path = tmp_path / "state.db"
+    StateDB.open(path).close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process's transaction that does not end
+    mark = stateproblems.problem_mark()
+    try:
+        with StateDB.open(path) as db:  # reading still works: WAL
+            assert db.runs() == []
+            with pytest.raises(StateUnusableError) as info:
+                db.begin_run("check")
+        assert str(info.value) == (
+            f"state database {path} is busy (another custode or a sqlite tool holds it): "
+            f"database is locked after 0.3s; fix: let the holder finish (find it with "
+            f"'fuser {path}') or raise state.busy_timeout"
+        )
+        assert info.value.exit_code == ExitCode.STATE
+        assert stateproblems.problems_since(mark) == [str(info.value)]
+        assert stateproblems.busy_timeout(path) == 0.3  # until it was written again: not waited on
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with StateDB.open(path) as db:
+        db.begin_run("check")  # free again
+    assert str(path) not in stateproblems._busy
+
+
+def test_a_damaged_value_is_a_damaged_database_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with StateDB.open(path) as db:
+        run = db.begin_run("check")
+        db._conn.execute("UPDATE runs SET summary = '{' WHERE id = ?", (run,))
+        with pytest.raises(StateUnusableError, match=r"^state database .* is damaged: "):
+            db.runs()
+
+
+@pytest.mark.parametrize("target", ["directory", "database", "wal"])
+def test_a_state_directory_or_file_others_can_write_is_refused(tmp_path: Path, target: str) -> None:
+    path = tmp_path / "state" / "state.db"
+    with StateDB.open(path) as db:  # open: the -wal file exists
+        db.begin_run("check")
+        bad = {"directory": path.parent, "database": path, "wal": Path(f"{path}-wal")}[target]
+        bad.chmod(bad.stat().st_mode | 0o002)
+        mode = f"{bad.stat().st_mode & 0o7777:04o}"
+        with pytest.raises(StateUnusableError) as info:
+            StateDB.open(path)
+    assert str(info.value).endswith(
+        f"is writable by group or others (mode {mode}): anyone who can write it decides "
+        f"what custode reads; fix: run 'chmod go-w {bad}'"
+    )
+
+
+def test_a_symlink_in_place_of_the_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.symlink_to("/dev/zero")
+    with pytest.raises(StateUnusableError, match="is not a regular file"):
+        StateDB.open(path)

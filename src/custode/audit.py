@@ -14,8 +14,20 @@ then replaces the head file. A crash between the two leaves the head one entry b
 which both ``append`` and ``verify`` accept. ``append`` refuses to extend a log whose
 tail disagrees with its head, so it never papers over a truncation.
 
+The head file goes with the log: deleting both would leave "0 entries, chain intact". So
+every append also anchors the head (seq and hash) in the state database beside the log
+(``StateDB.audit_anchor``), and ``verify`` checks the log against it: a log that is gone,
+cut short or replaced is reported, and so is an anchor that is gone (the database deleted
+or replaced) once the head file says the log was anchored. ``append`` refuses to extend a
+log the anchor says is short; a log that is gone altogether (both files moved aside, on
+purpose or not) is started anew with a first ``audit.new-log`` entry that records the
+anchor of the log it replaces, so the loss stays on record. Anchoring is best effort: a
+busy or damaged database costs the anchor (with a warning), never the entry.
+
 The log is evidence, not a vault: anyone who can write the state directory can rewrite
-the whole chain. It catches accidents, careless edits and truncation.
+the whole chain (so the directory and its files must be custode's own, not writable by
+others: ``secretfile.require_private_dir``). It catches accidents, careless edits,
+truncation and deletion.
 
 Callers must never put secrets in ``details`` (passwords, tokens, keys, age identities).
 As a defence, values under keys matching ``REDACT_KEYS`` are replaced by ``[redacted]``.
@@ -27,10 +39,12 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import pwd
 import re
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -38,9 +52,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from custode.errors import IntegrityError, StateError
+from custode.errors import IntegrityError, StateError, StateUnusableError
+from custode.secretfile import require_private_dir, require_private_file
+from custode.state import AuditAnchor, StateDB
+from custode.stateproblems import note_problem
 
 GENESIS = "0" * 64
+NEW_LOG = "audit.new-log"  # the first entry of a log started where an anchored one was lost
+log = logging.getLogger(__name__)
 REDACT_KEYS = re.compile(r"password|secret|token|key|identity", re.IGNORECASE)
 REDACTED = "[redacted]"
 _FIELDS = ("seq", "time", "host", "user", "pid", "action", "target", "details", "prev", "hash")
@@ -101,6 +120,7 @@ class AuditEntry:
 class Head:
     seq: int
     hash: str
+    anchored: bool = True  # written by a custode that anchors: a missing anchor is news
 
 
 @dataclass
@@ -108,6 +128,7 @@ class VerifyReport:
     path: Path
     entries: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # facts worth saying that are not damage
 
     @property
     def ok(self) -> bool:
@@ -142,31 +163,76 @@ def _head_problem(head: Head | None, last: AuditEntry | None) -> str | None:
     return f"log ends at seq {last.seq} but the head file records seq {head.seq} ({why})"
 
 
-class AuditLog:
-    """The audit log at ``path`` with its ``.head`` and ``.lock`` sidecars."""
+@dataclass
+class _Seen:
+    """What ``verify`` noted while reading the lines."""
 
-    def __init__(self, path: Path) -> None:
+    last: AuditEntry | None = None
+    anchored_hash: str = ""  # of the entry whose seq the anchor names
+    lost_log: Any = None  # the entry count of the log this one replaced, if it says so
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    try:
+        info = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (info.st_dev, info.st_ino)
+
+
+def _anchor_problem(anchor: AuditAnchor | None, last: AuditEntry | None, db: Path) -> str | None:
+    """Why ``anchor`` says entries are missing from a log ending at ``last`` (an anchor one
+    behind is fine: an append that ended before anchoring, or a busy database)."""
+    if anchor is None:
+        return None
+    if last is None:
+        return (
+            f"the log is missing but {db} anchors {anchor.seq} entries (the log and its head "
+            "file were deleted or moved aside)"
+        )
+    if anchor.seq > last.seq:
+        return (
+            f"log ends at seq {last.seq} but {db} anchors seq {anchor.seq} "
+            "(entries removed from the end)"
+        )
+    if anchor.seq == last.seq and anchor.hash != last.hash:
+        return f"the last entry, seq {last.seq}, is not the one anchored in {db} (replaced)"
+    return None
+
+
+class AuditLog:
+    """The audit log at ``path`` with its ``.head`` and ``.lock`` sidecars, anchored in the
+    state database ``anchor`` (default: ``state.db`` beside it)."""
+
+    def __init__(self, path: Path, anchor: Path | None = None) -> None:
         self.path = path
         self.head_path = path.with_name(path.name + ".head")
         self.lock_path = path.with_name(path.name + ".lock")
+        self.anchor_path = anchor or path.with_name("state.db")
+        self._anchoring = True  # off after a failure: one wait on a busy database, not many
+        # One connection per thread and process, kept open: closing the last connection
+        # checkpoints the database with an fsync, which would double the cost of an append.
+        self._dbs = threading.local()
 
     def append(self, action: str, target: str, details: dict[str, Any] | None = None) -> AuditEntry:
         """Record one action. ``details`` must be JSON-serialisable and hold no secrets."""
+        try:
+            return self._append(action, target, details)
+        except (IntegrityError, StateError) as exc:  # callers warn; custode run counts it
+            note_problem(exc.message)
+            raise
+
+    def _append(self, action: str, target: str, details: dict[str, Any] | None) -> AuditEntry:
         # Round-trip through JSON so the hash covers exactly what verify will read back
         # (tuples become lists, paths strings).
         raw = json.dumps(details or {}, default=str, allow_nan=False)
         clean = redact(json.loads(raw))
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._require_private(create=True)
             lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                try:
-                    entry = self._append_locked(fd, action, str(target), clean)
-                finally:
-                    os.close(fd)
-                self._write_head(Head(entry.seq, entry.hash))
+                entry = self._append_anchored(self._anchor_db(), action, str(target), clean)
             finally:
                 os.close(lock_fd)  # releases the flock
         except OSError as exc:
@@ -176,12 +242,66 @@ class AuditLog:
             ) from exc
         return entry
 
-    def _append_locked(self, fd: int, action: str, target: str, details: Any) -> AuditEntry:
+    def _append_anchored(
+        self, db: StateDB | None, action: str, target: str, details: Any
+    ) -> AuditEntry:
+        anchor = self._anchor_of(db)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            last = self._last_entry(fd, size)
+            head_problem = self._head_problem(last)[1]
+            short = _anchor_problem(anchor, last, self.anchor_path)
+            if head_problem or (short and last is not None):
+                raise self._refuse(head_problem or short or "")
+            if short and anchor is not None:  # all gone: start anew, the loss on record
+                lost = {"seq": anchor.seq, "hash": anchor.hash, "anchored_at": anchor.at}
+                last = self._write_entry(fd, None, NEW_LOG, str(self.path), {"lost_log": lost})
+            entry = self._write_entry(fd, last, action, target, details)
+        finally:
+            os.close(fd)
+        self._write_head(Head(entry.seq, entry.hash))
+        if db is not None and self._anchoring:
+            try:
+                db.set_audit_anchor(self.path.name, entry.seq, entry.hash)
+            except StateUnusableError as exc:
+                self._anchor_failed(exc)
+        return entry
+
+    def _anchor_db(self) -> StateDB | None:
+        if not self._anchoring:
+            return None
+        # not a connection from before a fork, nor to a file deleted or replaced since
+        opened: tuple[int, tuple[int, int], StateDB] | None = getattr(self._dbs, "open", None)
+        if opened is not None and opened[:2] == (os.getpid(), _identity(self.anchor_path)):
+            return opened[2]
+        if opened is not None:
+            opened[2].close()
+        try:
+            db = StateDB.open(self.anchor_path)
+        except StateUnusableError as exc:
+            self._anchor_failed(exc)
+            return None
+        self._dbs.open = (os.getpid(), _identity(self.anchor_path), db)
+        return db
+
+    def _anchor_of(self, db: StateDB | None) -> AuditAnchor | None:
+        if db is None:
+            return None
+        try:
+            return db.audit_anchor(self.path.name)
+        except StateUnusableError as exc:
+            self._anchor_failed(exc)
+            return None
+
+    def _anchor_failed(self, exc: StateUnusableError) -> None:
+        self._anchoring = False
+        log.warning("audit log %s: its head is not anchored: %s", self.path, exc)
+
+    def _write_entry(
+        self, fd: int, last: AuditEntry | None, action: str, target: str, details: Any
+    ) -> AuditEntry:
         size = os.fstat(fd).st_size
-        last = self._last_entry(fd, size)
-        problem = self._head_problem(last)
-        if problem:
-            raise self._refuse(problem)
         fields: dict[str, Any] = {
             "seq": last.seq + 1 if last else 1,
             "time": datetime.now(UTC).isoformat(timespec="microseconds"),
@@ -215,12 +335,15 @@ class AuditLog:
                 ) from None
 
     def verify(self) -> VerifyReport:
-        """Check every line, the chain and the head file; never raises for a bad log."""
+        """Check every line, the chain, the head file and the anchor; never raises for a
+        bad log (``StateUnusableError`` for an unsafe directory or file)."""
         report = VerifyReport(self.path)
+        self._require_private(create=False)
+        anchor, anchor_problem = self._read_anchor()
         try:
             with self._shared_lock():  # a consistent snapshot: no append half-done
-                last = self._check_lines(report)
-                problem = self._head_problem(last)
+                seen = self._check_lines(report, anchor.seq if anchor else 0)
+                head, problem = self._head_problem(seen.last)
         except OSError as exc:
             raise StateError(
                 f"cannot read audit log {self.path}: {exc}; check the permissions of "
@@ -228,11 +351,51 @@ class AuditLog:
             ) from exc
         if problem:
             report.problems.append(problem)
+        else:  # the anchor is for what the head file cannot tell: it went with the log
+            report.problems += self._anchor_verdict(anchor, anchor_problem, head, seen)
+        if seen.lost_log is not None:
+            report.notes.append(
+                f"this log began where an earlier one of {seen.lost_log} entries was lost "
+                f"or moved aside (entry 1, {NEW_LOG}, records its anchor)"
+            )
         return report
 
-    def _check_lines(self, report: VerifyReport) -> AuditEntry | None:
+    def _read_anchor(self) -> tuple[AuditAnchor | None, str]:
+        """The anchor, and why it could not be read ("" if it could or there is none)."""
+        if not self.anchor_path.exists():  # reading must not create the database
+            return None, ""
+        try:
+            with StateDB.open(self.anchor_path) as db:
+                return db.audit_anchor(self.path.name), ""
+        except StateUnusableError as exc:
+            return None, f"the log's anchor cannot be read: {exc}"
+
+    def _anchor_verdict(
+        self, anchor: AuditAnchor | None, unreadable: str, head: Head | None, seen: _Seen
+    ) -> list[str]:
+        if unreadable:
+            return [unreadable]
+        if anchor is None:
+            if seen.last is not None and head is not None and head.anchored:
+                return [
+                    f"the log's anchor in {self.anchor_path} is gone (the state database was "
+                    "deleted or replaced): a log cut short can no longer be told; the next "
+                    "append anchors it again"
+                ]
+            return []
+        problem = _anchor_problem(anchor, seen.last, self.anchor_path)
+        if problem:
+            return [problem]
+        if seen.anchored_hash != anchor.hash:
+            return [
+                f"entry seq {anchor.seq} is not the one anchored in {self.anchor_path} "
+                "(the log was rewritten or replaced)"
+            ]
+        return []
+
+    def _check_lines(self, report: VerifyReport, anchored_seq: int) -> _Seen:
+        seen = _Seen()
         prev_hash, prev_seq, prev_line = GENESIS, 0, 0
-        last: AuditEntry | None = None
         for lineno, line in self._lines():
             report.entries += 1
             where = f"line {lineno}"
@@ -264,8 +427,18 @@ class AuditLog:
                     f"{where}: chain broken: prev does not match {before} "
                     "(entry removed or reordered)"
                 )
-            prev_hash, prev_seq, prev_line, last = entry.hash, entry.seq, lineno, entry
-        return last
+            if entry.seq == anchored_seq:
+                seen.anchored_hash = entry.hash
+            if lineno == 1 and entry.action == NEW_LOG:
+                lost = entry.details.get("lost_log")
+                seen.lost_log = lost.get("seq", "?") if isinstance(lost, dict) else "?"
+            prev_hash, prev_seq, prev_line, seen.last = entry.hash, entry.seq, lineno, entry
+        return seen
+
+    def _require_private(self, *, create: bool) -> None:
+        if require_private_dir(self.path.parent, "state directory", create=create):
+            for path in (self.path, self.head_path, self.lock_path):
+                require_private_file(path, "audit log file")
 
     @contextmanager
     def _shared_lock(self) -> Iterator[None]:
@@ -310,15 +483,16 @@ class AuditLog:
         except ValueError as exc:  # includes JSONDecodeError and UnicodeDecodeError
             raise self._refuse(f"its last line is damaged ({exc})") from None
 
-    def _head_problem(self, last: AuditEntry | None) -> str | None:
+    def _head_problem(self, last: AuditEntry | None) -> tuple[Head | None, str | None]:
+        """The head file, and why it does not describe the end of a log ending at ``last``."""
         try:
             raw = json.loads(self.head_path.read_bytes())
-            head = Head(int(raw["seq"]), str(raw["hash"]))
+            head = Head(int(raw["seq"]), str(raw["hash"]), raw.get("anchored") is True)
         except FileNotFoundError:
-            head = None
-        except (ValueError, KeyError, TypeError) as exc:
-            return f"the head file {self.head_path.name} is damaged ({type(exc).__name__})"
-        return _head_problem(head, last)
+            return None, _head_problem(None, last)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return None, f"the head file {self.head_path.name} is damaged ({type(exc).__name__})"
+        return head, _head_problem(head, last)
 
     def _write_head(self, head: Head) -> None:
         tmp = self.head_path.with_name(f"{self.head_path.name}.tmp{os.getpid()}")

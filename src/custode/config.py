@@ -52,6 +52,12 @@ class GitConfig(Section):
     timeout: Duration = Field(
         default=3600.0, description="Longest a single git command may run before it is killed."
     )
+    doubt_timeout: Duration = Field(
+        default=60.0,
+        description="Longest a git command may run on a repository custode doubts (a FIFO, "
+        "a device or a huge file where git expects a small file, which git would wait on "
+        "or read for ever); the lower of this and timeout applies.",
+    )
     nice: int = Field(
         default=10, ge=0, le=19, description="CPU niceness for git processes custode starts."
     )
@@ -77,6 +83,12 @@ class StateConfig(Section):
         default=90 * 86400.0,
         description="How long the history database keeps runs and observations (each "
         "repository's latest observation is always kept).",
+    )
+    busy_timeout: Duration = Field(
+        default=30.0,
+        description="How long custode waits for another process holding the history "
+        "database before it gives up on that step (the backup still runs; the step that "
+        "needed the history is reported).",
     )
 
 

@@ -18,7 +18,8 @@ class ExitCode(IntEnum):
     PARTIAL = 3  # the command finished but some repositories have problems
     NOT_FOUND = 4  # a path named by the user does not exist or is not usable
     GIT = 5  # git is missing, too old, failed or timed out
-    INTEGRITY = 6  # a record (audit log, state) failed verification
+    INTEGRITY = 6  # a record (audit log, backup) failed verification
+    STATE = 7  # custode's own state (its directory, the history database) is unusable
     LOCKED = 11  # another custode holds a lock this command needs
     INTERRUPTED = 130
 
@@ -26,7 +27,8 @@ class ExitCode(IntEnum):
 EXIT_CODES_HELP = (
     "Exit status: 0 ok; 1 unexpected error; 2 usage or config error; "
     "3 some repositories have problems; 4 path not found; 5 git failed; "
-    "6 verification failed; 11 locked; 130 interrupted."
+    "6 verification failed; 7 state directory or history database unusable; 11 locked; "
+    "130 interrupted."
 )
 
 
@@ -104,6 +106,13 @@ class IntegrityError(CustodeError):
 
 class StateError(CustodeError):
     """A file in the state directory (the history database, the audit log) cannot be used."""
+
+
+class StateUnusableError(StateError):
+    """custode's own state cannot be used: the history database is busy or damaged, or the
+    state directory is unsafe. Costs what needs it, never what does not (the backup)."""
+
+    exit_code = ExitCode.STATE
 
 
 class LockedError(CustodeError):

@@ -5,24 +5,38 @@ at once (writers queue on the busy timeout). ``MIGRATIONS`` is an append-only li
 scripts and ``PRAGMA user_version`` counts those applied; each runs in its own ``BEGIN
 IMMEDIATE`` transaction that re-reads the version, so racing processes apply it once.
 Times are UTC ISO-8601 text of fixed width, so they sort as strings.
+
+Every SQLite error becomes one ``StateUnusableError`` line saying whether the database is
+busy, damaged or not reachable, with the fix, and is journaled (``custode.stateproblems``).
+The database also anchors the audit log's head (``audit_anchor``), so that deleting the
+whole log is noticed.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
-from custode.errors import IntegrityError, StateError
+from custode.errors import StateError, StateUnusableError
+from custode.secretfile import require_private_dir, require_private_file
+from custode.stateproblems import (
+    BUSY_TIMEOUT_S,
+    busy_timeout,
+    clear_busy,
+    noted,
+    unusable,
+)
 
 # Append only: never edit a migration that has shipped; add a new one.
 MIGRATIONS: tuple[str, ...] = (
@@ -82,6 +96,11 @@ MIGRATIONS: tuple[str, ...] = (
         lender TEXT NOT NULL, borrower TEXT NOT NULL,
         first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
         PRIMARY KEY (lender, borrower)
+    );
+    """,
+    """
+    CREATE TABLE audit_anchor (
+        log TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL, at TEXT NOT NULL
     );
     """,
 )
@@ -147,6 +166,15 @@ class LatestResult:
 
 
 @dataclass(frozen=True)
+class AuditAnchor:
+    """The audit log's head as last anchored here: its entry count (the last seq) and hash."""
+
+    seq: int
+    hash: str
+    at: str
+
+
+@dataclass(frozen=True)
 class Run:
     id: int
     command: str
@@ -170,7 +198,23 @@ _INSERT_OBS, _INSERT_RESULT = (
 )
 _SELECT_OBS = f"SELECT {', '.join(_OBS_FIELDS)} FROM observations"  # noqa: S608
 
-BUSY_TIMEOUT_S = 30.0
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _guarded(
+    method: Callable[Concatenate[StateDB, _P], _R],
+) -> Callable[Concatenate[StateDB, _P], _R]:
+    """Turn SQLite's errors, and damaged values in a column, into ``unusable``'s line."""
+
+    @functools.wraps(method)
+    def guarded(db: StateDB, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(db, *args, **kwargs)
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: a damaged JSON column, date
+            raise unusable(db.path, exc) from exc
+
+    return guarded
 
 
 def _enable_wal(conn: sqlite3.Connection, timeout: float = BUSY_TIMEOUT_S) -> None:
@@ -217,33 +261,33 @@ class StateDB:
 
     @classmethod
     def open(cls, path: Path) -> StateDB:
-        """Open (creating and migrating as needed) the database at ``path``."""
+        """Open (creating and migrating as needed) the database at ``path``.
+
+        The directory and the files must be custode's own and not writable by others
+        (anyone who can write them can make custode's history say anything)."""
         conn = None
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            require_private_dir(path.parent, "state directory")
+            for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                require_private_file(name, "state database file")
             if not path.exists():  # private from the start; SQLite gives -wal/-shm its mode
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
             # timeout= is SQLite's busy_timeout: a second writer waits instead of failing.
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            wait = busy_timeout(path)
+            conn = sqlite3.connect(path, timeout=wait, isolation_level=None)
             db = cls(path, conn)
             db._check_version()
-            _enable_wal(conn)  # not covered by the busy timeout when processes race on it
+            _enable_wal(conn, wait)  # not covered by the busy timeout when racing
             conn.execute("PRAGMA synchronous = NORMAL")  # in WAL: may lose, never corrupts
             conn.execute("PRAGMA foreign_keys = ON")
             db._migrate()
         except BaseException as exc:
             if conn is not None:
                 conn.close()
-            if isinstance(exc, OSError | sqlite3.OperationalError):
-                raise StateError(
-                    f"cannot open state database {path}: {exc}; check the permissions of "
-                    f"{path.parent} and free space, or set state.directory in the config"
-                ) from exc
-            if isinstance(exc, sqlite3.DatabaseError):  # e.g. "file is not a database"
-                raise IntegrityError(
-                    f"{path} is not a custode state database ({exc}); move it aside and "
-                    "custode will create a new one"
-                ) from exc
+            if isinstance(exc, StateUnusableError):
+                raise noted(exc) from None
+            if isinstance(exc, OSError | sqlite3.Error):
+                raise unusable(path, exc) from exc
             raise
         return db
 
@@ -254,7 +298,7 @@ class StateDB:
     def _check_version(self) -> int:
         version = self.schema_version
         if version > len(MIGRATIONS):
-            raise StateError(
+            raise StateUnusableError(
                 f"state database {self.path} was written by a newer custode "
                 f"(schema {version} > {len(MIGRATIONS)}); upgrade custode"
             )
@@ -283,7 +327,9 @@ class StateDB:
                 self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
+        clear_busy(self.path)  # free again: the next wait is the full one
 
+    @_guarded
     def begin_run(self, command: str) -> int:
         with self._transaction():
             cur = self._conn.execute(
@@ -293,6 +339,7 @@ class StateDB:
         assert cur.lastrowid is not None  # noqa: S101  (an INSERT always sets it)
         return cur.lastrowid
 
+    @_guarded
     def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
         with self._transaction():
             cur = self._conn.execute(
@@ -302,12 +349,14 @@ class StateDB:
         if cur.rowcount != 1:
             raise StateError(f"no run {run_id} in state database {self.path}")
 
+    @_guarded
     def record_observations(self, run_id: int, rows: Iterable[Observation]) -> None:
         """Insert many observations in one transaction (10,000 take well under a second)."""
         values = attrgetter(*_OBS_FIELDS)
         with self._transaction():
             self._conn.executemany(_INSERT_OBS, ((run_id, *values(o)) for o in rows))
 
+    @_guarded
     def record_results(self, run_id: int, rows: Iterable[RepositoryResult]) -> None:
         values = attrgetter(*_RESULT_FIELDS[:-1])  # all but details, the last, stored as JSON
         with self._transaction():
@@ -316,6 +365,7 @@ class StateDB:
                 ((run_id, *values(r), _dumps(r.details)) for r in rows),
             )
 
+    @_guarded
     def last_task_times(self, task: str) -> dict[tuple[str, str], float]:
         """(root, repository) → when ``task`` last succeeded there (seconds since the epoch)."""
         rows = self._conn.execute(
@@ -325,6 +375,7 @@ class StateDB:
         )
         return {(r[0], r[1]): _epoch(r[2]) for r in rows}
 
+    @_guarded
     def task_history(self, task: str) -> dict[tuple[str, str], TaskHistory]:
         """(root, repository) → the first and the latest result of ``task`` there."""
         rows = self._conn.execute(
@@ -339,6 +390,7 @@ class StateDB:
             for r in rows
         }
 
+    @_guarded
     def remember_borrowers(self, links: Iterable[tuple[str, str]]) -> None:
         """Record (borrower git dir, lender object dir) pairs seen by an alternates sweep:
         a pool must not expire what a borrower needs once the borrower is out of sight."""
@@ -351,6 +403,7 @@ class StateDB:
                 ((lender, borrower, now, now) for borrower, lender in links),
             )
 
+    @_guarded
     def forget_borrowers(self, links: Iterable[tuple[str, str]]) -> None:
         """Forget (borrower, lender) pairs: the borrower is gone or borrows elsewhere now."""
         with self._transaction():
@@ -358,11 +411,13 @@ class StateDB:
                 "DELETE FROM borrowers WHERE borrower = ? AND lender = ?", list(links)
             )
 
+    @_guarded
     def remembered_borrowers(self) -> set[tuple[str, str]]:
         """Every (borrower git dir, lender object dir) pair on record."""
         rows = self._conn.execute("SELECT borrower, lender FROM borrowers")
         return {(r[0], r[1]) for r in rows}
 
+    @_guarded
     def record_host_sample(self, cpu_ratio: float, memory_ratio: float, load1: float) -> None:
         """One sample of the host's resource use (for reports against the 70% target)."""
         with self._transaction():
@@ -372,6 +427,7 @@ class StateDB:
                 (utcnow(), cpu_ratio, memory_ratio, load1),
             )
 
+    @_guarded
     def record_alert_event(
         self, name: str, state: str, severity: str, labels: dict[str, str], value: float
     ) -> None:
@@ -383,6 +439,7 @@ class StateDB:
                 (utcnow(), name, state, severity, _dumps(labels), value),
             )
 
+    @_guarded
     def alert_events(self, since: str) -> list[tuple[str, str, str, str, dict[str, str], float]]:
         rows = self._conn.execute(
             "SELECT at, name, state, severity, labels, value FROM alert_events "
@@ -391,6 +448,7 @@ class StateDB:
         )
         return [(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
 
+    @_guarded
     def host_samples(self, since: str) -> list[tuple[str, float, float, float]]:
         rows = self._conn.execute(
             "SELECT taken_at, cpu_ratio, memory_ratio, load1 FROM host_samples "
@@ -399,6 +457,7 @@ class StateDB:
         )
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
+    @_guarded
     def latest_results(self, tasks: Iterable[str]) -> list[LatestResult]:
         """For each (task, root, repository): its latest result and its latest success."""
         names = sorted(set(tasks))
@@ -427,6 +486,7 @@ class StateDB:
             for r in rows
         ]
 
+    @_guarded
     def latest_fingerprints(self) -> dict[tuple[str, str], tuple[str, str]]:
         """(root, repository) → (fingerprint, verdict) of each repository's last observation.
 
@@ -439,6 +499,7 @@ class StateDB:
         )
         return {(r[0], r[1]): (r[2], r[3]) for r in rows}
 
+    @_guarded
     def forget_before(self, cutoff: str) -> int:
         """Delete runs started before ``cutoff`` (UTC ISO-8601) with all they recorded,
         keeping each repository's latest observation (the base for change detection)."""
@@ -462,6 +523,7 @@ class StateDB:
             )
         return cur.rowcount
 
+    @_guarded
     def last_observations(
         self, limit: int = 100, repository: str | None = None
     ) -> list[Observation]:
@@ -472,10 +534,30 @@ class StateDB:
         ).fetchall()
         return [Observation(*row) for row in rows]
 
+    @_guarded
     def runs(self, limit: int = 20) -> list[Run]:
         """The most recent runs, newest first."""
         rows = self._conn.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))
         return [Run(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+
+    @_guarded
+    def audit_anchor(self, log: str) -> AuditAnchor | None:
+        """The head last anchored for the audit log named ``log`` (None: none yet)."""
+        row = self._conn.execute(
+            "SELECT seq, hash, at FROM audit_anchor WHERE log = ?", (log,)
+        ).fetchone()
+        return AuditAnchor(int(row[0]), str(row[1]), str(row[2])) if row else None
+
+    @_guarded
+    def set_audit_anchor(self, log: str, seq: int, digest: str) -> None:
+        """Anchor the audit log ``log`` at its entry ``seq`` with hash ``digest``."""
+        with self._transaction():
+            self._conn.execute(
+                "INSERT INTO audit_anchor (log, seq, hash, at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (log) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
+                "at = excluded.at",
+                (log, seq, digest, utcnow()),
+            )
 
     def close(self) -> None:
         self._conn.close()

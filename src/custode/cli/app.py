@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
-from custode import paths
+from custode import paths, stateproblems
 from custode.config import Config, load_config
 from custode.errors import PathNotFoundError
 
@@ -37,8 +37,11 @@ class App:
     @cached_property
     def config(self) -> Config:
         if self.config_path is not None:
-            return load_config(self.config_path, required=True)
-        return load_config(paths.default_config_file(), required=False)
+            config = load_config(self.config_path, required=True)
+        else:
+            config = load_config(paths.default_config_file(), required=False)
+        stateproblems.set_busy_timeout(config.state.busy_timeout)  # every StateDB.open
+        return config
 
     @property
     def interactive(self) -> bool:

@@ -27,7 +27,8 @@ def audit() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def verify(app: App, as_json: bool) -> None:
-    """Check every entry, the hash chain and the head file of the audit log."""
+    """Check every entry, the hash chain and the head file of the audit log, and its
+    anchor in the history database (so a log deleted with its head file is noticed)."""
     log = _log(app)
     report = log.verify()
     if as_json:
@@ -37,11 +38,13 @@ def verify(app: App, as_json: bool) -> None:
                 "entries": report.entries,
                 "ok": report.ok,
                 "problems": report.problems,
+                "notes": report.notes,
             }
         )
     elif report.ok:
+        notes = "".join(f"; {note}" for note in report.notes)
         app.out.print(
-            f"audit log {report.path}: {report.entries} entries, chain intact",
+            f"audit log {report.path}: {report.entries} entries, chain intact{notes}",
             markup=False,
             highlight=False,
         )
@@ -55,7 +58,7 @@ def verify(app: App, as_json: bool) -> None:
 def _failure(path: Path, head: Path, count: int) -> str:
     problems = "1 problem" if count == 1 else f"{count} problems"
     return (
-        f"audit log {path} failed verification: {problems}; the log was edited or damaged; "
+        f"audit log {path} failed verification: {problems}; the log was edited, damaged or lost; "
         f"keep a copy for investigation, then start a new log by moving {path.name} and "
         f"{head.name} aside"
     )

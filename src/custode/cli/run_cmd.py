@@ -7,6 +7,14 @@ summary is collected and its messages still go to stderr. A stage that fails doe
 the next (a failed maintenance is no reason to skip the backup), except that nothing is
 verified or forgotten in a store the backup could not reach. The exit status is the worst
 stage's; the history database gets one ``run`` row with every stage's outcome.
+
+The history database is the one input every stage shares, so its failures (busy past
+``state.busy_timeout``, damaged, unsafe) are counted against what needed it, never against
+the backup: maintenance is not run when the check's verdicts did not reach the history
+(it acts only on repositories the check just found sound, and reads that from there), a
+report that cannot read the history fails on its own, and every stage whose results were
+not recorded is named in a last ``record`` stage. Exit 7 then says "custode's own state",
+and the last line names the stages that failed.
 """
 
 from __future__ import annotations
@@ -24,14 +32,15 @@ from typing import Any
 import click
 from rich.table import Table
 
+from custode import stateproblems
 from custode.cli.app import App
 from custode.errors import EXIT_CODES_HELP, CustodeError, ExitCode, PathNotFoundError
 from custode.state import StateDB
 
 #: worst first: the exit status of a run is the first of these any stage ended with
 SEVERITY = (ExitCode.INTERRUPTED, ExitCode.INTEGRITY, ExitCode.ERROR, ExitCode.GIT,
-            ExitCode.NOT_FOUND, ExitCode.LOCKED, ExitCode.USAGE, ExitCode.PARTIAL,
-            ExitCode.OK)  # fmt: skip
+            ExitCode.NOT_FOUND, ExitCode.LOCKED, ExitCode.USAGE, ExitCode.STATE,
+            ExitCode.PARTIAL, ExitCode.OK)  # fmt: skip
 
 
 @dataclass
@@ -43,6 +52,7 @@ class Stage:
     summary: dict[str, Any] = field(default_factory=dict)
     skipped: str = ""
     interrupted: bool = False
+    history: list[str] = field(default_factory=list)  # failures of the records it met
 
     @property
     def outcome(self) -> str:
@@ -90,14 +100,21 @@ def run(ctx: click.Context, roots: tuple[Path, ...], drill: int | None, as_json:
     def go(name: str, target: str, *, skip: str = "", **params: Any) -> Stage:
         if stages and stages[-1].interrupted:
             skip = "the run was interrupted"
+        mark = stateproblems.problem_mark()
         stage = _stage(ctx, name, target, skip=skip, **params)
+        stage.history = stateproblems.problems_since(mark)
         stages.append(stage)
         return stage
 
     # check first: maintain reads the verdicts it records, and a repository found corrupt
     # or not checkable gets no task (a repack can turn a repairable store into a lost one)
-    go("check", "custode.cli.check_cmd:check", roots=root_paths)
-    go("maintain", "custode.cli.maintain_cmd:maintain", roots=root_paths)
+    check = go("check", "custode.cli.check_cmd:check", roots=root_paths)
+    if check.history and not check.interrupted:
+        stages.append(_not_run("maintain", "the check's verdicts are not in the history, "
+                               f"and maintenance acts only on what they found sound: "
+                               f"{check.history[0]}"))  # fmt: skip
+    else:
+        go("maintain", "custode.cli.maintain_cmd:maintain", roots=root_paths)
     backup = go("backup", "custode.cli.backup_cmd:backup", roots=root_paths)
     why = "" if backup.summary.get("snapshot") is not None else "the backup reached no store"
     go("verify", "custode.cli.verify_cmd:verify_cmd", skip=why, level="quick")
@@ -106,13 +123,38 @@ def run(ctx: click.Context, roots: tuple[Path, ...], drill: int | None, as_json:
     go("forget", "custode.cli.forget_cmd:forget", do_prune=True,
        skip=why or ("" if any(keeps) else "no retention policy in backup.keep_*"))  # fmt: skip
     if not stages[-1].interrupted:
+        mark = stateproblems.problem_mark()
         stages += _report_stage(ctx, cfg.report_directory or app.state_dir() / "reports")
+        stages[-1].history = stateproblems.problems_since(mark)
     seconds = time.monotonic() - started
+    lost = _records_lost(stages)
+    mark = stateproblems.problem_mark()
+    _record(app, [*stages, *lost], _worst([*stages, *lost]), seconds)
+    if not lost:  # the run's own record may be the first one lost
+        lost = _records_lost([*stages, Stage("run", history=stateproblems.problems_since(mark))])
+    stages += lost
     code = _worst(stages)
-    _record(app, stages, code, seconds)
     _show(app, stages, code, seconds, as_json=as_json)
     if code:
         raise click.exceptions.Exit(code)
+
+
+def _not_run(name: str, why: str) -> Stage:
+    """A stage that could not run for want of the history database: a failure of state."""
+    click.echo(f"custode: {name}: not run: {why}", err=True)
+    return Stage(name, code=int(ExitCode.STATE), message=f"not run: {why}")
+
+
+def _records_lost(stages: list[Stage]) -> list[Stage]:
+    """The ``record`` stage naming every stage whose records failed (history, audit log)
+    (its warnings said so one by one; this is what the exit status and summary count)."""
+    failed = [s for s in stages if s.history]
+    if not failed:
+        return []
+    names = ", ".join(s.name for s in failed)
+    why = f"{names} could not use custode's records: {failed[0].history[0]}"
+    click.echo(f"custode: record: {why}", err=True)
+    return [Stage("record", code=int(ExitCode.STATE), message=why)]
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -217,7 +259,10 @@ def _show(app: App, stages: list[Stage], code: int, seconds: float, *, as_json: 
         facts = s.skipped or s.message or (_FACTS[s.name](s.summary) if s.summary else "")
         table.add_row(s.name, s.outcome, f"{s.seconds:.1f}", facts)
     app.out.print(table)
-    verdict = "ok" if code == 0 else f"exit {code}"
+    failed = [s.name for s in stages if s.outcome == "failed"]
+    verdict = (
+        "ok" if code == 0 else f"exit {code}" + (f" ({', '.join(failed)} failed)" if failed else "")
+    )
     where = [f"history in {app.state_dir()}"]
     store = next((s.summary.get("store") for s in stages if s.name == "backup"), None)
     if store:

@@ -29,7 +29,7 @@ def scan_fleet(app: App, roots: list[Path], *, rescan: bool = False) -> FleetSca
 
 
 def _scan(app: App, roots: list[Path], rescan: bool) -> FleetScan:
-    cache = None if rescan else app.state_dir() / "scan-cache.pickle"
+    cache = None if rescan else app.state_dir() / "scan-cache.json"
     if not app.interactive:
         return scan(roots, app.config.discovery, cache=cache)
     columns = (

@@ -15,7 +15,6 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
-from custode.errors import IntegrityError
 from custode.report.model import (
     ALERTS_NOT_RECORDED,
     AlertCount,
@@ -44,6 +43,7 @@ from custode.report.model import (
     Window,
 )
 from custode.state import LatestResult, StateDB
+from custode.stateproblems import unusable
 from custode.units import format_duration
 
 _LATEST_TASKS = ("maintain", "check", "check-full", "backup")
@@ -59,10 +59,9 @@ def build(
     try:
         return _Builder(db, since_seconds, now, targets).report()
     except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
-        path = db.path if db is not None else "the history database"
-        raise IntegrityError(
-            f"cannot read {path} ({exc}); move it aside and custode will start a new one"
-        ) from exc
+        if db is None:
+            raise
+        raise unusable(db.path, exc) from exc  # busy or damaged, with the fix
 
 
 def _iso(epoch: float) -> str:
