@@ -390,7 +390,8 @@ def test_restore_force_of_a_working_copy_replaces_only_its_git_dir(
 
 
 def _manifest(shallow: tuple[str, ...]) -> RepoManifest:
-    ref = FileRef("hosts/h/repos/" + repo_key("r.git") + "/x/bundle.age", 1, "0" * 64)
+    # 20 bytes: the bundle holds its 20-byte header (a manifest saying otherwise is forged)
+    ref = FileRef("hosts/h/repos/" + repo_key("r.git") + "/x/bundle.age", 20, "0" * 64)
     bid = "20260101T000000000000Z-00000000"
     own = backup_prefix("h", "r.git", bid)
     link = Link(bid, ref, None, "", 20, 0, (), shallow)

@@ -685,8 +685,8 @@ def test_forged_store_keys_with_dot_dot_are_refused(
     listed = custode("snapshots", "--store", store, "--json").json()
     assert snap2.key in listed["damaged"] and "malformed entry" in listed["damaged"][snap2.key]
     result = restore(custode, store, keys[1], out, "--at", snap2.snapshot_id)
-    assert result.code == 2
-    assert f"no snapshot {snap2.snapshot_id!r}" in result.stderr
+    assert result.code == 6  # named, and refused as damaged (not "no such snapshot")
+    assert f"custode: snapshot {snap2.snapshot_id} cannot be read: " in result.stderr
     assert files_under(out) == []
 
 

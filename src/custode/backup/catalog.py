@@ -1,4 +1,10 @@
-"""The snapshots of a host in a store: listing, reading, and choosing one (``--at``)."""
+"""The snapshots of a host in a store: listing, reading, and choosing one (``--at``).
+
+A snapshot that cannot be read (damaged, forged, too large, or a FIFO, symlink or
+directory in its place) is named in ``Catalog.damaged`` and the others stay usable; but
+"the latest" is never an older snapshot while a newer one is damaged, and a damaged one
+named with ``--at`` is refused with what is wrong with it.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from custode.backup.manifest import Snapshot
-from custode.backup.store import Store
+from custode.backup.freshness import order_key
+from custode.backup.manifest import Snapshot, read_snapshot
+from custode.backup.store import Store, damaged_file
 from custode.errors import IntegrityError, StateError, UsageError
 
 
@@ -21,19 +28,27 @@ class Catalog:
 def load(store: Store, host: str, warn: Callable[[str], None] | None = None) -> Catalog:
     """Every snapshot of ``host``; a damaged one is reported, never fatal."""
     snapshots, damaged = [], {}
-    for key in store.list(f"hosts/{host}/snapshots/"):
+    prefix = f"hosts/{host}/snapshots/"
+    for key, kind in store.strays(prefix):  # list() shows regular files only
+        if key.endswith(".json"):
+            damaged[key] = damaged_file(store.locate(key), f"is {kind}, not a regular file").message
+    for key in store.list(prefix):
         if not key.endswith(".json"):
             continue
         try:
-            snapshots.append(Snapshot.from_bytes(store.get_bytes(key), key))
+            snapshots.append(read_snapshot(store, key))
         except (IntegrityError, StateError) as exc:
             damaged[key] = exc.message
-            if warn:
-                warn(exc.message)
-    snapshots.sort(key=lambda s: (s.created, s.snapshot_id))
+    damaged = dict(sorted(damaged.items()))
+    if warn:
+        for why in damaged.values():
+            warn(why)
+    # by each machine's own sequence, not wall time alone (one skewed clock must not win)
+    snapshots.sort(key=order_key(datetime.now(UTC)))
     return Catalog(snapshots, damaged)
 
 
+_ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")  # as manifest.new_id makes them
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+)?([+-]\d{2}:?\d{2}|Z)?$")
 
 
@@ -47,6 +62,7 @@ def choose(catalog: Catalog, at: str | None, store_url: str, host: str) -> Snaps
             "(or pass --host for another host's backups)"
         )
     if at is None or at == "latest":
+        _refuse_newer_damaged(catalog)
         return catalog.snapshots[-1]
     if _DATE.match(at):
         when = datetime.fromisoformat(at.replace("Z", "+00:00"))
@@ -63,5 +79,27 @@ def choose(catalog: Catalog, at: str | None, store_url: str, host: str) -> Snaps
     if len(found) == 1:
         return found[0]
     if not found:
+        for key, why in catalog.damaged.items():
+            if snapshot_id(key).startswith(at):
+                raise IntegrityError(f"snapshot {snapshot_id(key)} cannot be read: {why}")
         raise UsageError(f"no snapshot {at!r} of host {host}; list them with custode snapshots")
     raise UsageError(f"snapshot prefix {at!r} is ambiguous ({len(found)} match); give more of it")
+
+
+def snapshot_id(key: str) -> str:
+    """The id a snapshot's key names (``hosts/<host>/snapshots/<id>.json``)."""
+    return key.rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def _refuse_newer_damaged(catalog: Catalog) -> None:
+    """Restoring "the latest" while a newer snapshot cannot be read would silently give
+    older data: refuse, naming it (its id says when it was taken, its content cannot)."""
+    newest = max(s.snapshot_id for s in catalog.snapshots)
+    newer = sorted(k for k in catalog.damaged
+                   if _ID.match(snapshot_id(k)) and snapshot_id(k) > newest)  # fmt: skip
+    if newer:
+        key = newer[-1]
+        raise IntegrityError(
+            f"the latest snapshot {snapshot_id(key)} cannot be read ({catalog.damaged[key]}); "
+            "restore an older one by naming it with --at (custode snapshots lists them)"
+        )

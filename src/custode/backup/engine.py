@@ -32,6 +32,7 @@ from custode.backup import extras
 from custode.backup.bundle import Refs, capture, write_bundle
 from custode.backup.crypto import Recipient
 from custode.backup.extras import build_tar, compress, lfs_objects
+from custode.backup.freshness import FUTURE_TOLERANCE
 from custode.backup.manifest import (
     Entry,
     FileRef,
@@ -46,6 +47,7 @@ from custode.backup.manifest import (
     repo_prefix,
     salted_digest,
 )
+from custode.backup.manifest import read_manifest as bounded_read_manifest
 from custode.backup.roots import read_shallow
 from custode.backup.store import KeyExistsError, Store
 from custode.backup.streams import put_bytes, put_file
@@ -99,14 +101,31 @@ def manifests_by_repo(store: Store, host: str) -> dict[str, list[str]]:
 
 
 def read_manifest(store: Store, key: str) -> RepoManifest:
-    return RepoManifest.from_bytes(store.get_bytes(key), key)
+    return bounded_read_manifest(store, key)  # bounded in size, nesting and numbers
+
+
+def by_age(keys: Sequence[str], now: datetime) -> list[str]:
+    """Manifest keys oldest first by their backup id's time, those dated in the future (a
+    clock that was ahead) before all others: one backup made a year ahead must not be the
+    parent of every backup for a year (each would hold everything new since it)."""
+    limit = now + FUTURE_TOLERANCE
+
+    def order(key: str) -> tuple[int, str]:
+        ident = key.rsplit("/", 2)[-2] if key.count("/") >= 2 else ""
+        try:
+            ahead = id_time(ident) > limit
+        except ValueError:
+            ahead = False
+        return (0 if ahead else 1, ident)
+
+    return sorted(keys, key=order)
 
 
 def latest_usable(
     store: Store, keys: list[str], repository: str, warn: Warn
 ) -> RepoManifest | None:
     """The newest manifest of ``repository`` that reads cleanly (a damaged one is skipped)."""
-    for key in reversed(keys):
+    for key in reversed(by_age(keys, datetime.now(UTC))):
         try:
             manifest = read_manifest(store, key)
         except (IntegrityError, StateError) as exc:
@@ -258,17 +277,19 @@ def _parent(  # noqa: PLR0917
 
 
 def write_snapshot(
-    store: Store, host: str, created: datetime, results: Sequence[RepoBackup]
-) -> Snapshot | None:
+    store: Store, host: str, created: datetime, results: Sequence[RepoBackup], *,
+    seq: int = 0, machine: str = "",
+) -> Snapshot | None:  # fmt: skip
     """Group one run's repository backups into a snapshot, written last: it is visible only
-    once every file it needs is stored. None when no repository was backed up."""
+    once every file it needs is stored. None when no repository was backed up. ``seq`` and
+    ``machine``: the writing machine's sequence number and id (``backup/freshness.py``)."""
     entries = tuple(Entry(r.repository, r.root, r.manifest_key) for r in results if r.manifest_key)
     if not entries:
         return None
     failed = {r.repository: r.message for r in results if r.outcome == "failed"}
     finished = datetime.now(UTC).isoformat(timespec="seconds")
     snap = Snapshot(host, new_id(created), created.isoformat(timespec="seconds"), finished,
-                    entries, failed)  # fmt: skip
+                    entries, failed, seq, machine)  # fmt: skip
     store.put_bytes(snap.key, snap.to_bytes())
     return snap
 
@@ -296,9 +317,9 @@ def _store_lfs(  # noqa: PLR0917
 
 def _stored(store: Store, key: str) -> FileRef | None:
     """The record of an LFS object another repository already stored (hashed as it is)."""
-    if store.size(key) is None:
+    if (size := store.size(key)) is None:
         return None
-    data = store.get_bytes(key)
+    data = store.get_bytes(key, size)  # an LFS object may be larger than a record
     return FileRef(key, len(data), hashlib.sha256(data).hexdigest())
 
 
@@ -344,6 +365,7 @@ __all__ = [
     "RepoBackup",
     "back_up",
     "backup_repository",
+    "by_age",
     "latest_usable",
     "manifests_by_repo",
     "read_manifest",

@@ -19,6 +19,7 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 
 from custode.backup.manifest import LOCK_FORMAT, id_time, new_id
+from custode.backup.records import LOCK_LIMIT, read_object
 from custode.backup.store import Store
 from custode.errors import CustodeError, LockedError
 from custode.secretfile import process_alive
@@ -28,7 +29,7 @@ STALE_AFTER = 24 * 3600.0
 
 def _stale(store: Store, key: str, now: datetime) -> bool:
     try:
-        info = json.loads(store.get_bytes(key))
+        info = read_object(store, key, LOCK_LIMIT, f"lock {key}")  # bounded: hostile store
         when = id_time(key.rsplit("/", 1)[1].removesuffix(".json"))
     except (CustodeError, ValueError, TypeError):
         return True
@@ -58,8 +59,8 @@ def store_lock(store: Store, host: str, *, exclusive: bool, purpose: str) -> Ite
                     store.delete(other)
                 continue
             try:
-                theirs = json.loads(store.get_bytes(other))
-            except (CustodeError, ValueError):
+                theirs = read_object(store, other, LOCK_LIMIT, f"lock {other}")
+            except CustodeError:
                 continue
             if exclusive or theirs.get("exclusive"):
                 what = theirs.get("purpose", "another custode")

@@ -17,7 +17,9 @@ salted with the backup id, to tell whether anything changed.
 
 Manifests and snapshots are JSON with a ``checksum`` over their canonical form, and are
 validated field by field on reading: a store is treated as possibly hostile, so every key
-a manifest names must be a plain relative key inside its own host's namespace.
+a manifest names must be a plain relative key inside its own host's namespace, and every
+number must lie in its field's range. Reading is bounded in size, nesting and number
+(``records``): ``read_manifest`` and ``read_snapshot`` read one from a store.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from custode.backup.store import check_key
+from custode.backup.records import (
+    FILES_LIMIT,
+    MANIFEST_LIMIT,
+    REFS_LIMIT,
+    SNAPSHOT_LIMIT,
+    load_object,
+)
+from custode.backup.store import Store, check_key
 from custode.errors import IntegrityError, UsageError
 
 MANIFEST_FORMAT = "custode-backup/1"
@@ -45,6 +54,9 @@ _HEX = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _LFS_KEY = re.compile(r"^hosts/[^/]+/lfs/([0-9a-f]{2})/\1[0-9a-f]{62}\.age$")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+MAX_SIZE = 1 << 50  # bytes in one stored file (a PiB): a larger size is forged
+MAX_COUNT = 1 << 40  # objects or refs in one backup
+_MACHINE = re.compile(r"^[0-9a-f]{32}$")
 
 
 def new_id(now: datetime | None = None) -> str:
@@ -107,14 +119,13 @@ def _seal(body: dict[str, Any]) -> bytes:
 
 
 def _open(data: bytes, what: str, fmt: str | tuple[str, ...]) -> dict[str, Any]:
-    try:
-        body = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IntegrityError(f"{what} is not valid JSON ({exc}); the file is damaged") from None
-    if not isinstance(body, dict):
-        raise IntegrityError(f"{what} is not a JSON object; the file is damaged")
+    body = load_object(data, what)
     found = body.pop("checksum", None)
-    if found != hashlib.sha256(canonical(body)).hexdigest():
+    try:
+        expected = hashlib.sha256(canonical(body)).hexdigest()
+    except UnicodeEncodeError:  # a lone surrogate (\ud800) that JSON allows, UTF-8 does not
+        raise IntegrityError(f"{what} holds an invalid string; the file is damaged") from None
+    if found != expected:
         raise IntegrityError(f"{what} fails its checksum; the file is damaged or was edited")
     formats = (fmt,) if isinstance(fmt, str) else fmt
     if body.get("format") not in formats:
@@ -144,10 +155,12 @@ class _Reader:
         value = (self.body if src is None else src).get(name)
         return None if value is None else self.text(name, pattern, src)
 
-    def num(self, name: str, src: Any = None) -> int:
+    def num(self, name: str, src: Any = None, most: int = MAX_COUNT) -> int:
         value = (self.body if src is None else src).get(name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise self.bad(name, "is not a non-negative integer")
+        if value > most:
+            raise self.bad(name, f"is {value}, more than it can be ({most})")
         return value
 
     def items(self, name: str, src: Any = None) -> list[Any]:
@@ -179,10 +192,13 @@ class FileRef:
         return {"key": self.key, "size": self.size, "sha256": self.sha256}
 
     @classmethod
-    def read(cls, r: _Reader, src: Any, prefix: str) -> FileRef:
+    def read(cls, r: _Reader, src: Any, prefix: str, most: int = MAX_SIZE) -> FileRef:
+        """``most``: the largest size the file can have (refs and kept files are held in
+        memory when restored)."""
         if not isinstance(src, dict):
             raise r.bad("file", "is not an object")
-        return cls(r.key("key", prefix, src), r.num("size", src), r.text("sha256", _SHA256, src))
+        return cls(r.key("key", prefix, src), r.num("size", src, most),
+                   r.text("sha256", _SHA256, src))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -273,12 +289,14 @@ class RepoManifest:
         for item in r.items("chain"):
             if not isinstance(item, dict):
                 raise r.bad("chain", "holds a non-object")
-            index = item.get("index")
+            index, bundle = item.get("index"), FileRef.read(r, item.get("bundle"), repos)
             chain.append(Link(
-                r.text("backup_id", _ID, item), FileRef.read(r, item.get("bundle"), repos),
+                r.text("backup_id", _ID, item), bundle,
                 None if index is None else FileRef.read(r, index, repos),
                 r.text("pack_name", re.compile(r"^(pack-[0-9a-f]{40,64})?$"), item),
-                r.num("header_bytes", item), r.num("objects", item),
+                # the header is inside the bundle (a plaintext is never longer than its
+                # age file): a larger one would have a reader allocate it
+                r.num("header_bytes", item, bundle.size), r.num("objects", item),
                 tuple(_oids(r, r.items("prerequisites", item), "prerequisites")),
                 tuple(_oids(r, r.items("shallow", item), "shallow")) if "shallow" in item else (),
             ))  # fmt: skip
@@ -293,8 +311,9 @@ class RepoManifest:
             host, repository, backup_id, r.text("created"),
             r.opt_text("parent", _ID), fmt, bare,
             tuple(_oids(r, r.items("tips"), "tips")), r.text("refs_digest", _SHA256),
-            r.num("refs_count"), FileRef.read(r, r.body.get("refs"), own),
-            FileRef.read(r, r.body.get("files"), repos), r.text("files_digest", _SHA256),
+            r.num("refs_count"), FileRef.read(r, r.body.get("refs"), own, REFS_LIMIT),
+            FileRef.read(r, r.body.get("files"), repos, FILES_LIMIT),
+            r.text("files_digest", _SHA256),
             tuple(chain), tuple(lfs), key or own + "manifest.json",
         )  # fmt: skip
 
@@ -326,6 +345,10 @@ class Snapshot:
     finished: str
     entries: tuple[Entry, ...]
     failed: dict[str, str] = field(default_factory=dict)  # repository -> error
+    # the writing machine's own count of its snapshots, and its id (see backup/lineage.py);
+    # 0 and "" in snapshots written before custode recorded them
+    seq: int = 0
+    machine: str = ""
 
     @property
     def key(self) -> str:
@@ -344,7 +367,7 @@ class Snapshot:
             "roots": roots,
             # [path relative to its root, index in roots, backup id]: ~60 bytes a repository
             "repositories": [[e.repository, index[e.root], e.backup_id] for e in self.entries],
-        })  # fmt: skip
+        } | ({"seq": self.seq, "machine": self.machine} if self.seq else {}))  # fmt: skip
 
     @classmethod
     def from_bytes(cls, data: bytes, key: str) -> Snapshot:
@@ -355,9 +378,11 @@ class Snapshot:
             raise IntegrityError(f"{what} describes {snapshot_key(host, sid)}; it was moved")
         created = r.text("created")
         try:
-            datetime.fromisoformat(created)
+            aware = datetime.fromisoformat(created).tzinfo is not None
         except ValueError:
             raise r.bad("created", "is not a time") from None
+        if not aware:  # custode writes UTC; a naive time cannot be ordered against others
+            raise r.bad("created", "is a time without a UTC offset")
         roots = r.items("roots")
         if not all(isinstance(root, str) for root in roots):
             raise r.bad("roots", "holds a non-string")
@@ -367,14 +392,28 @@ class Snapshot:
             repository, at, backup_id = item if ok else ("", -1, "")
             if not (
                 isinstance(repository, str) and repository and "\0" not in repository
-                and isinstance(at, int) and 0 <= at < len(roots)
+                and isinstance(at, int) and not isinstance(at, bool) and 0 <= at < len(roots)
                 and isinstance(backup_id, str) and _ID.match(backup_id)
             ):  # fmt: skip
                 raise r.bad("repositories", f"holds a malformed entry {str(item)[:80]!r}")
             manifest = backup_prefix(host, repository, backup_id) + "manifest.json"
             entries.append(Entry(repository, roots[at], manifest))
         failed = r.body.get("failed", {})
-        if not isinstance(failed, dict):
-            raise r.bad("failed", "is not an object")
+        if not isinstance(failed, dict) or not all(isinstance(v, str) for v in failed.values()):
+            raise r.bad("failed", "is not an object of messages")
+        seq = r.num("seq") if "seq" in r.body else 0
+        if seq >= 1 << 53:
+            raise r.bad("seq", "is out of range")
+        machine = r.text("machine", _MACHINE) if seq else ""
         return cls(host, sid, created, r.text("finished"), tuple(entries),
-                   {str(k): str(v) for k, v in failed.items()})  # fmt: skip
+                   {str(k): str(v) for k, v in failed.items()}, seq, machine)  # fmt: skip
+
+
+def read_manifest(store: Store, key: str) -> RepoManifest:
+    """The manifest at ``key``, read within the bounds of ``records``."""
+    return RepoManifest.from_bytes(store.get_bytes(key, MANIFEST_LIMIT), key)
+
+
+def read_snapshot(store: Store, key: str) -> Snapshot:
+    """The snapshot at ``key``, read within the bounds of ``records``."""
+    return Snapshot.from_bytes(store.get_bytes(key, SNAPSHOT_LIMIT), key)

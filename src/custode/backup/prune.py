@@ -6,6 +6,10 @@ of its repositories and every file that manifest lists (the whole chain of bundl
 refs, the kept files, the LFS objects). A manifest that cannot be read makes prune refuse
 (it cannot tell what that snapshot needs). It runs under the store's exclusive lock, so no
 backup is choosing a parent or writing files meanwhile.
+
+A host whose snapshots were written by another machine (two machines under one host
+name, ``backup/freshness.py``) is refused before anything is deleted: its retention
+would count, and its prune delete, the other machine's backups.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 
 from custode.backup.catalog import Catalog, load
 from custode.backup.engine import read_manifest
+from custode.backup.freshness import refuse_clash
 from custode.backup.locks import store_lock
 from custode.backup.retention import Decision, Policy, apply
 from custode.backup.store import Store
@@ -78,13 +83,16 @@ class Forgotten:
 def forget(
     store: Store, host: str, policy: Policy, *, do_prune: bool, dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None, warn: Callable[[str], None] | None = None,
+    machine: str | None = None,
 ) -> Forgotten:  # fmt: skip
     """Remove the snapshots ``policy`` does not keep, then (``do_prune``) every file no
     remaining snapshot needs and every abandoned partial write. The snapshots are read
     under the lock (exclusive to prune), so a backup finishing meanwhile is either seen
-    whole or has not started."""
+    whole or has not started. ``machine``: this machine's id when ``host`` is the name it
+    backs up under (None: any one machine's snapshots are fine, more than one is a clash)."""
     if dry_run:
         catalog = load(store, host, warn)
+        refuse_clash(catalog.snapshots, host, machine, "forget")
         out = Forgotten(apply(policy, catalog.snapshots))
         if do_prune:
             plan = plan_prune(store, host, Catalog(out.decision.keep, catalog.damaged))
@@ -92,6 +100,7 @@ def forget(
         return out
     with store_lock(store, host, exclusive=do_prune, purpose="custode forget"):
         catalog = load(store, host, warn)
+        refuse_clash(catalog.snapshots, host, machine, "forget")
         out = Forgotten(apply(policy, catalog.snapshots))
         for snap in out.decision.remove:
             store.delete(snap.key)

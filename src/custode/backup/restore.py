@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import re
 import secrets
@@ -37,6 +36,7 @@ from custode.backup.bundle import Refs
 from custode.backup.crypto import Identity
 from custode.backup.extras import extract, lfs_path
 from custode.backup.manifest import FileRef, Link, RepoManifest, lfs_oid
+from custode.backup.records import load_object
 from custode.backup.roots import valid_ref_name
 from custode.backup.store import Store
 from custode.backup.streams import decrypt_to
@@ -199,7 +199,7 @@ def _assemble(  # noqa: PLR0917
         _create(git_dir / "shallow", "".join(f"{oid}\n" for oid in m.chain[-1].shallow))
     plain = io.BytesIO()
     decrypt_to(store, m.refs, plain, identities)
-    refs = _parse_refs(plain.getvalue(), m)
+    refs = parse_refs(plain.getvalue(), m.refs.key)
     write_refs(git_dir, refs)
     try:  # one git: every ref's object must be there (for-each-ref fails on a missing one)
         git.run(["for-each-ref", "--format=%(objecttype)"], repo=git_dir)
@@ -287,7 +287,7 @@ def _lfs(store: Store, ref: FileRef, identities: Sequence[Identity], git_dir: Pa
 
 def write_refs(git_dir: Path, refs: Refs) -> None:
     """Write the refs as git stores them (gitrepository-layout): one sorted packed-refs
-    file, a file per symbolic ref, HEAD. Names were checked by ``_parse_refs``; files are
+    file, a file per symbolic ref, HEAD. Names were checked by ``parse_refs``; files are
     created, never followed through a symlink."""
     lines = ["# pack-refs with: sorted \n"]
     ordered = sorted(refs.refs.items(), key=lambda kv: kv[0].encode())  # git's byte order
@@ -315,19 +315,17 @@ def _create(path: Path, text: str, *, replace: bool = False) -> None:
         tmp.unlink()
 
 
-def _parse_refs(data: bytes, m: RepoManifest) -> Refs:
-    try:
-        refs = Refs.from_json(json.loads(data.decode("utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise IntegrityError(f"{m.refs.key}: refs are not valid JSON; damaged") from None
+def parse_refs(data: bytes, key: str) -> Refs:
+    """The decrypted refs of the stored file ``key``, read as hostile as any store file."""
+    refs = Refs.from_json(load_object(data, f"{key} (decrypted)"))
     names = [*refs.refs, *refs.symrefs, *refs.symrefs.values()]
     if refs.head.startswith(SYMREF_PREFIX):
         names.append(refs.head[len(SYMREF_PREFIX) :])
     elif refs.head and not _OID.match(refs.head):
-        raise IntegrityError(f"{m.refs.key}: HEAD is neither a ref nor an object id")
+        raise IntegrityError(f"{key}: HEAD is neither a ref nor an object id")
     bad = [n for n in names if not valid_ref_name(n)]
     if bad:
-        raise IntegrityError(f"{m.refs.key}: refs hold an invalid name: {bad[0]!r}")
+        raise IntegrityError(f"{key}: refs hold an invalid name: {bad[0]!r}")
     if any(not _OID.match(oid) for oid in refs.refs.values()):
-        raise IntegrityError(f"{m.refs.key}: refs hold a malformed object id")
+        raise IntegrityError(f"{key}: refs hold a malformed object id")
     return refs

@@ -4,16 +4,21 @@ Snapshots are walked newest first. Each ``keep_*`` rule with a count left keeps 
 snapshot when its bucket (the hour, day, ISO week, month or year it was taken in; for
 ``last``, the snapshot itself) differs from the last bucket that rule kept, and — as
 restic does since 0.16 — also keeps the oldest snapshot while the rule has counts left.
-``keep_within`` keeps everything taken within that duration of the newest snapshot.
-A count of -1 means unlimited. Buckets use UTC.
+``keep_within`` keeps everything taken within that duration of the newest snapshot not
+dated in the future (and every snapshot dated in the future: a skewed clock never makes
+retention drop current snapshots). A count of -1 means unlimited. Buckets use UTC.
+
+"Newest" is by the writing machine's sequence number (``backup/freshness.py``), not by
+wall time: one backup taken while the clock was a year ahead is not the newest for a year.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+from custode.backup.freshness import in_future, order_key, taken
 from custode.backup.manifest import Snapshot
 
 
@@ -49,26 +54,28 @@ _BUCKETS: dict[str, Callable[[datetime, int], object]] = {
 }
 
 
-def apply(policy: Policy, snapshots: Sequence[Snapshot]) -> Decision:
-    newest_first = sorted(snapshots, key=lambda s: (s.created, s.snapshot_id), reverse=True)
+def apply(policy: Policy, snapshots: Sequence[Snapshot], now: datetime | None = None) -> Decision:
+    now = now or datetime.now(UTC)
+    newest_first = sorted(snapshots, key=order_key(now), reverse=True)
     counts = {name: getattr(policy, name) for name in _BUCKETS}
     last: dict[str, object] = {}
     decision = Decision()
     if not newest_first:
         return decision
-    horizon = newest_first[0].time - timedelta(seconds=policy.within)
+    present = [taken(s) for s in newest_first if not in_future(s, now)]
+    horizon = (present[0] if present else now) - timedelta(seconds=policy.within)
     for nr, snap in enumerate(newest_first):
         why = []
         for name, bucket in _BUCKETS.items():
             if counts[name] == 0:
                 continue
-            value = bucket(snap.time, nr)
+            value = bucket(taken(snap), nr)
             if name not in last or value != last[name] or nr == len(newest_first) - 1:
                 why.append(name if name == "last" else f"{name} {value}")
                 last[name] = value
                 if counts[name] > 0:
                     counts[name] -= 1
-        if policy.within and snap.time > horizon:
+        if policy.within and taken(snap) > horizon:
             why.append("within")
         if why:
             decision.keep.append(snap)

@@ -13,6 +13,8 @@ unless the constructor is given an endpoint or region. Design:
   ``MULTIPART_THRESHOLD`` are one streamed PutObject and larger ones a hand-driven
   multipart upload (parts of ``PART_SIZE``, read one at a time). Reads use the transfer
   manager (parallel ranged GETs).
+* Reads of whole objects (``get_bytes``) are capped: an object larger than its caller's
+  cap (by its Content-Length) is refused before its body is read.
 * Errors are one line naming the store URL (and the endpoint when it cannot be reached),
   never a credential.
 """
@@ -41,7 +43,12 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 )
 from s3transfer.exceptions import RetriesExceededError  # type: ignore[import-untyped]
 
-from custode.backup.store import KeyExistsError, check_key
+from custode.backup.store import (
+    DEFAULT_READ_LIMIT,
+    KeyExistsError,
+    check_key,
+    too_large,
+)
 from custode.errors import CustodeError, PathNotFoundError, StateError, UsageError
 
 _MIB = 1 << 20
@@ -226,14 +233,38 @@ class S3Store:
         check_key(key)
         self._read(key, lambda: self._client.download_fileobj(self.bucket, self._key(key), dst))
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, limit: int = DEFAULT_READ_LIMIT) -> bytes:
+        """The whole of a small object, refused by its Content-Length before its body is
+        read when it holds more than ``limit`` bytes (and if more than that comes)."""
         check_key(key)
 
         def read() -> bytes:
             r = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return bytes(r["Body"].read())
+            body = r["Body"]
+            try:
+                size = int(r.get("ContentLength") or 0)
+                if size > limit:
+                    raise too_large(self.locate(key), size, limit)
+                chunks, total = [], 0
+                # chunks, not read(limit + 1): http.client allocates all it may return
+                for chunk in body.iter_chunks(_MIB):
+                    chunks.append(chunk)
+                    total += len(chunk)
+                    if total > limit:
+                        raise too_large(self.locate(key), total, limit)
+                return b"".join(chunks)
+            finally:
+                body.close()
 
         return self._read(key, read)
+
+    def locate(self, key: str) -> str:
+        """Where ``key`` is, for messages: its URL."""
+        return f"{self.url}/{key}"
+
+    def strays(self, prefix: str) -> Iterator[tuple[str, str]]:
+        """Nothing: an object store holds objects only (no FIFO, symlink or device)."""
+        return iter(())
 
     def size(self, key: str) -> int | None:
         check_key(key)

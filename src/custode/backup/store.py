@@ -13,6 +13,12 @@ Every store gives these guarantees:
   (every path step is opened relative to its parent with ``O_NOFOLLOW``), ``list`` does not
   descend into them, and keys cannot escape the root. A failed write (disk full included)
   leaves no temp file and no partial key behind.
+* Every read is bounded: a key is opened without blocking (a FIFO in its place cannot hang
+  a reader) and read only if it is a regular file; ``get_bytes`` refuses, by its size and
+  before reading, a file larger than its caller's cap. Such a file raises
+  ``StoreFileError``, naming it and the fix; ``strays`` names the entries of a directory
+  that are not regular files (``list`` shows only regular files), so a caller listing
+  records can report them.
 """
 
 from __future__ import annotations
@@ -28,17 +34,58 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
-from custode.errors import PathNotFoundError, StateError, UsageError
+from custode.errors import IntegrityError, PathNotFoundError, StateError, UsageError
 
 TMP_PREFIX = ".tmp-"
 MAX_KEY_LEN = 1024
+# what ``get_bytes`` reads at most unless its caller says otherwise: records are small,
+# data files are streamed with ``get``
+DEFAULT_READ_LIMIT = 64 << 20
 _CHUNK = 1 << 20
+# O_NONBLOCK: opening a FIFO for reading blocks until a writer comes, forever in a store
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class KeyExistsError(StateError):
     """``put`` refused: the key exists (another writer may have just won the race)."""
+
+
+class StoreFileError(IntegrityError, StateError):
+    """A file of the store cannot be what it should be: not a regular file, larger than its
+    kind can be, or not the record it should hold. Exit status 6, like any damage found in
+    a store; a ``StateError`` too, for callers that skip unreadable store files."""
+
+
+STORE_FILE_FIX = "replace it with a good copy, or delete it"
+
+
+def damaged_file(where: str, what: str) -> StoreFileError:
+    """The one-line error for the store file at ``where`` (a path or URL) that ``what``."""
+    return StoreFileError(f"store file {where} {what}; {STORE_FILE_FIX}")
+
+
+def too_large(where: str, size: int, limit: int) -> StoreFileError:
+    return damaged_file(
+        where, f"holds {size} bytes, more than a file of its kind may ({limit}): it is "
+        "damaged or forged"
+    )  # fmt: skip
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISLNK, "a symlink"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 def check_key(key: str) -> str:
@@ -69,9 +116,11 @@ class Store(Protocol):
     def put(self, key: str, src: Path) -> None: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def get(self, key: str, dst: BinaryIO) -> None: ...
-    def get_bytes(self, key: str) -> bytes: ...
+    def get_bytes(self, key: str, limit: int = DEFAULT_READ_LIMIT) -> bytes: ...
     def size(self, key: str) -> int | None: ...
     def list(self, prefix: str) -> Iterator[str]: ...
+    def strays(self, prefix: str) -> Iterator[tuple[str, str]]: ...
+    def locate(self, key: str) -> str: ...
     def delete(self, key: str) -> None: ...
     def remove_abandoned(self, prefix: str) -> int: ...
 
@@ -135,25 +184,31 @@ class LocalStore:
             raise
         return fd, name
 
+    def locate(self, key: str) -> str:
+        """Where ``key`` is, for messages: its path."""
+        return os.path.join(self.root, *key.split("/"))
+
     def _open_key(self, key: str) -> int | None:
+        """A descriptor of ``key``'s regular file, None if there is none; a FIFO, device,
+        directory or symlink in its place is refused without blocking on it."""
         fd, name = self._walk(key, create=False)
         if fd is None:
             return None
         try:
-            kfd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            kfd = os.open(name, _READ_FLAGS, dir_fd=fd)
         except FileNotFoundError:
             return None
         except OSError as e:
             if e.errno == errno.ELOOP:
-                raise StateError(
-                    f"store key {key!r} in {self.url} is a symlink; remove it from the store"
-                ) from e
-            raise
+                raise damaged_file(self.locate(key), "is a symlink") from None
+            # ENXIO: a socket; EACCES and the like: not readable by this user
+            raise damaged_file(self.locate(key), f"cannot be opened ({e.strerror})") from None
         finally:
             os.close(fd)
-        if not stat.S_ISREG(os.fstat(kfd).st_mode):
+        mode = os.fstat(kfd).st_mode
+        if not stat.S_ISREG(mode):
             os.close(kfd)
-            raise StateError(f"store key {key!r} in {self.url} is not a regular file")
+            raise damaged_file(self.locate(key), f"is {file_kind(mode)}, not a regular file")
         return kfd
 
     # -- writing ----------------------------------------------------------------------------
@@ -236,12 +291,26 @@ class LocalStore:
             while chunk := f.read(_CHUNK):
                 dst.write(chunk)
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, limit: int = DEFAULT_READ_LIMIT) -> bytes:
+        """The whole of a small file, refused by its size before reading when it holds
+        more than ``limit`` bytes (and if it grows past that while read)."""
         kfd = self._open_key(key)
         if kfd is None:
             raise StateError(f"store key {key!r} not found in {self.url}")
-        with os.fdopen(kfd, "rb") as f:
-            return f.read()
+        try:
+            size = os.fstat(kfd).st_size
+            if size > limit:
+                raise too_large(self.locate(key), size, limit)
+            # chunks, not read(limit + 1): a buffered read allocates all it may return
+            chunks, total = [], 0
+            while total <= limit and (chunk := os.read(kfd, min(_CHUNK, limit + 1 - total))):
+                chunks.append(chunk)
+                total += len(chunk)
+        finally:
+            os.close(kfd)
+        if total > limit:  # it grew while read
+            raise too_large(self.locate(key), total, limit)
+        return b"".join(chunks)
 
     def size(self, key: str) -> int | None:
         kfd = self._open_key(key)
@@ -266,6 +335,32 @@ class LocalStore:
         found: builtins.list[str] = []
         self._scan(fd, base + "/" if base else "", found)
         yield from sorted(k for k in found if k.startswith(prefix))
+
+    def strays(self, prefix: str) -> Iterator[tuple[str, str]]:
+        """The entries directly in the directory ``prefix`` (ending in '/') that are not
+        regular files, as (key, what it is): a FIFO, a symlink, a device or a directory
+        where a caller listing records (the snapshots) expects files."""
+        base = prefix.rstrip("/")
+        try:
+            fd = (
+                self._walk(f"{base}/x", create=False)[0] if base else os.open(self.root, _DIR_FLAGS)
+            )
+        except StateError:
+            return
+        if fd is None:
+            return
+        found = []
+        try:
+            with os.scandir(fd) as it:
+                for e in it:
+                    with suppress(FileNotFoundError):  # removed meanwhile: not there
+                        found.append((e.name, e.stat(follow_symlinks=False).st_mode))
+        finally:
+            os.close(fd)
+        at = base + "/" if base else ""
+        for name, mode in sorted(found):
+            if not stat.S_ISREG(mode) and not name.startswith(TMP_PREFIX):
+                yield at + name, file_kind(mode)
 
     def remove_abandoned(self, prefix: str) -> int:
         """Delete the temp files of writes that never finished (a killed writer) under the

@@ -3,7 +3,9 @@
 Reading streams: the store writes the ciphertext into a pipe from a thread while age
 decrypts from the other end into the destination, and the ciphertext's size and SHA-256
 are checked against the manifest on the way, so a restore never holds a second copy of a
-file on disk and a swapped or damaged file is named exactly.
+file on disk and a swapped or damaged file is named exactly. The stream stops as soon as
+more bytes come than the manifest records: a huge (or endless) file in a stored file's
+place costs no more time than the real one would.
 """
 
 from __future__ import annotations
@@ -46,16 +48,22 @@ def put_bytes(store: Store, key: str, data: bytes, recipients: Sequence[Recipien
 
 
 class _Hashing:
-    """A write-only sink that hashes and counts what passes into a pipe."""
+    """A write-only sink that hashes and counts what passes into a pipe, refusing more
+    than ``ref``'s recorded size."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    def __init__(self, fd: int, ref: FileRef) -> None:
+        self.fd, self.ref = fd, ref
         self.digest = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes) -> int:
         self.digest.update(data)
         self.size += len(data)
+        if self.size > self.ref.size:
+            raise IntegrityError(
+                f"stored file {self.ref.key} is damaged: it holds more than the "
+                f"{self.ref.size} bytes its manifest records"
+            )
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view) :]
@@ -75,7 +83,7 @@ def decrypt_to(store: Store, ref: FileRef, sink: BinaryIO, identities: Sequence[
 
     On error ``sink`` holds a partial plaintext the caller must discard."""
     rfd, wfd = os.pipe()
-    tee = _Hashing(wfd)
+    tee = _Hashing(wfd, ref)
     failure: list[BaseException] = []
 
     def pump() -> None:
@@ -118,5 +126,5 @@ def require(store: Store, ref: FileRef) -> None:
         raise StateError(f"stored file {ref.key} is missing from {store.url}")
     if size != ref.size:
         raise IntegrityError(
-            f"stored file {ref.key} has {size} bytes, its manifest says {ref.size}"
+            f"stored file {ref.key} is damaged: it has {size} bytes, its manifest says {ref.size}"
         )

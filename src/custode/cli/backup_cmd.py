@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
+from custode.backup.catalog import load
 from custode.backup.engine import BackupSettings, RepoBackup, back_up, write_snapshot
+from custode.backup.guard import after_backup, before_backup
 from custode.backup.locks import store_lock
 from custode.backup.manifest import Snapshot
 from custode.backup.store import Store
@@ -78,9 +80,14 @@ def backup(  # noqa: PLR0917
         store_lock(store, host, exclusive=False, purpose="custode backup"),
         bc.scratch(app) as scratch,
     ):
+        # another machine under this host name is refused; this one numbers its snapshots
+        ticket = before_backup(app.state_dir(), store.url, host, load(store, host), app.warn)
         settings = BackupSettings(host, keys, scratch, cfg.full_every, cfg.full_after, full)
         results = _run(app, store, git, settings, found.states, jobs=bc.jobs(app, jobs))
-        snap = write_snapshot(store, host, created, results)
+        snap = write_snapshot(store, host, created, results, seq=ticket.seq,
+                              machine=ticket.machine)  # fmt: skip
+    if snap is not None:
+        after_backup(app.state_dir(), store.url, host, snap, ticket=ticket, warn=app.warn)
     seconds = time.monotonic() - started
     digest = bc.recipients_digest(keys)
     _report(app, store, snap, results, seconds=seconds, as_json=as_json, recipients=digest)

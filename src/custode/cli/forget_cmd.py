@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import click
 from rich.table import Table
 
+from custode.backup.lineage import machine_id
 from custode.backup.manifest import Snapshot
 from custode.backup.prune import forget as forget_snapshots
 from custode.backup.retention import Policy
@@ -77,6 +78,9 @@ def forget(  # noqa: PLR0917
 
     With no --keep option the backup.keep_* settings apply. Nothing a kept snapshot needs
     is ever deleted: a snapshot's repositories each name the whole chain they restore from.
+    "Newest" is by the order this machine wrote its snapshots in, not their dates. A host
+    name under which another machine also wrote snapshots is refused (set a distinct
+    backup.host on each machine).
     """
     given = {
         "last": keep_last,
@@ -106,9 +110,19 @@ def forget(  # noqa: PLR0917
         )
     store = bc.open_app_store(app, store_url, create=False)
     host = bc.host(app, host_name)
+    # the host this machine backs up as must hold only this machine's snapshots; another
+    # host's (--host) only one machine's
+    machine = machine_id(app.state_dir()) if host == bc.host(app, None) else None
     with bc.progress_bar(app, "pruning") as tick:
         done = forget_snapshots(
-            store, host, policy, do_prune=do_prune, dry_run=dry_run, progress=tick, warn=app.warn
+            store,
+            host,
+            policy,
+            do_prune=do_prune,
+            dry_run=dry_run,
+            progress=tick,
+            warn=app.warn,
+            machine=machine,
         )
     decision = done.decision
     removed_files, removed_bytes = done.pruned_files, done.pruned_bytes

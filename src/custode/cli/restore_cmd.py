@@ -11,10 +11,12 @@ import click
 
 from custode.backup.catalog import choose, load
 from custode.backup.engine import read_manifest
+from custode.backup.guard import check_restore
 from custode.backup.manifest import Entry
 from custode.backup.restore import Restored, destination, occupied, restore_repository
 from custode.cli import backup_common as bc
 from custode.cli.app import App
+from custode.cli.params import SNAPSHOT_OR_TIME
 from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError, UsageError
 from custode.git import Git
 from custode.state import RepositoryResult
@@ -37,9 +39,11 @@ from custode.units import format_bytes
 @click.option(
     "--at",
     "at",
+    type=SNAPSHOT_OR_TIME,
     metavar="SNAPSHOT|TIME",
     help="A snapshot id (or prefix), or the latest snapshot at or before a time "
-    "such as 2026-11-20 or 2026-11-20T14:00 [default: the latest].",
+    "such as 2026-11-20 or 2026-11-20T14:00 [default: the latest; required when the "
+    "store went back in time].",
 )
 @click.option(
     "--force",
@@ -76,7 +80,10 @@ def restore(  # noqa: PLR0917
     keys = bc.identities(app, identity_path)
     store = bc.open_app_store(app, store_url, create=False)
     host = bc.host(app, host_name)
-    snap = choose(load(store, host, app.warn), at, store.url, host)
+    catalog = load(store, host, app.warn)
+    if at is None:  # the "latest" of a store that went back in time is old data
+        check_restore(app.state_dir(), store.url, host, catalog, app.warn)
+    snap = choose(catalog, at, store.url, host)
     entries = _select(snap.entries, repositories, snap.snapshot_id)
     if entries:
         bc.check_identity(app, store, entries[0].manifest, keys, identity_path)

@@ -9,7 +9,9 @@ from pathlib import Path
 import click
 
 from custode.backup.catalog import load
-from custode.backup.verify import Report, verify
+from custode.backup.freshness import future_note
+from custode.backup.guard import standing
+from custode.backup.verify import Report, add_standing, verify
 from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.errors import EXIT_CODES_HELP, IntegrityError
@@ -37,6 +39,12 @@ from custode.units import format_bytes
     help="drill: restore this many repositories of the latest snapshot, chosen at "
     "random [default: all].",
 )
+@click.option(
+    "--accept-rollback",
+    is_flag=True,
+    help="The store was put back from an older copy on purpose: remember its present "
+    "state as this host's latest instead of reporting that it went back in time.",
+)
 @bc.json_option
 @click.pass_obj
 def verify_cmd(  # noqa: PLR0917
@@ -47,8 +55,10 @@ def verify_cmd(  # noqa: PLR0917
     level: str,
     sample: int | None,
     as_json: bool,
+    accept_rollback: bool = False,
 ) -> None:
-    """Check that the backups in the store are whole and restorable."""
+    """Check that the backups in the store are whole and restorable, and that the store
+    still holds the last snapshot this host wrote (it did not go back in time)."""
     started = time.monotonic()
     keys = bc.identities(app, identity_path) if level != "quick" else []
     store = bc.open_app_store(app, store_url, create=False)
@@ -69,6 +79,12 @@ def verify_cmd(  # noqa: PLR0917
             sample=sample,
             progress=lambda phase, done, total: tick(done, total),
         )
+    found = standing(app.state_dir(), store.url, host, catalog, own_host=host == bc.host(app, None),
+                     warn=app.warn, accept=accept_rollback)  # fmt: skip
+    add_standing(report, found, host)
+    now = datetime.now(UTC)
+    for snap in found.future:
+        app.warn(future_note(snap, now))
     seconds = time.monotonic() - started
     _record(app, store.url, host, report, seconds)
     _show(app, report, store.url, host, seconds=seconds, as_json=as_json)

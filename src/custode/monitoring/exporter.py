@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from custode import __version__
+from custode.backup.lineage import Lineage
 from custode.config import Config
 from custode.errors import CustodeError
 from custode.fleet import scan
@@ -58,7 +59,7 @@ class Exporter:
         self._static = CollectorRegistry(auto_describe=False)
         for collector in (
             RepositoryCollector(self.view, cfg.max_repository_series, cfg.worst),
-            HistoryCollector(self.view, cfg.max_repository_series),
+            HistoryCollector(self.view, cfg.max_repository_series, Lineage(state_dir)),
             SystemCollector(self.view),
         ):
             self._static.register(collector)
@@ -105,7 +106,7 @@ class Exporter:
 
     def _build(self) -> FleetView:
         now = time.time()
-        found = scan(self.roots, self.config.discovery, cache=self.state_dir / "scan-cache.pickle")
+        found = scan(self.roots, self.config.discovery, cache=self.state_dir / "scan-cache.json")
         policy = self.config.maintenance
         repos = tuple(RepoView(s, assess(s, policy, now).verdict) for s in found.states)
         errors: list[str] = []

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from custode.backup.lineage import Lineage
 from custode.monitoring.view import FleetView
 from custode.state import LatestResult
 
@@ -18,8 +19,10 @@ TASKS = (*_KINDS, "restore_drill", "remove_stale_files", "prune_worktrees", "pac
 
 
 class HistoryCollector:
-    def __init__(self, view: Callable[[], FleetView], max_series: int) -> None:
-        self.view, self.max_series = view, max_series
+    def __init__(
+        self, view: Callable[[], FleetView], max_series: int, lineage: Lineage | None = None
+    ) -> None:
+        self.view, self.max_series, self.lineage = view, max_series, lineage
 
     def collect(self) -> Iterator[Metric]:
         view = self.view()
@@ -93,10 +96,28 @@ class HistoryCollector:
         yield task_ok
         yield drill
         yield drill_ok
+        yield from self._backup(latest_backup)
+
+    def _backup(self, latest_backup: float) -> Iterator[Metric]:
+        marks = self.lineage.load()[0] if self.lineage else {}
+        held = max((m.held for m in marks.values()), default=0.0)
+        if held:  # a store that lost its newest snapshots holds no backup that recent
+            latest_backup = min(latest_backup, held)
         backup = GaugeMetricFamily(
             "custode_backup_last_success_timestamp_seconds",
-            "When the latest successful backup of any repository started (Unix time).",
+            "When the latest successful backup of any repository started (Unix time), "
+            "no later than the newest snapshot the backup stores were last seen to hold.",
         )
         if latest_backup:
             backup.add_metric([], latest_backup)
         yield backup
+        rollback = GaugeMetricFamily(
+            "custode_backup_store_rolled_back",
+            "1 when the store went back in time for this host (its last snapshot is gone) "
+            "and that was not accepted (custode verify --accept-rollback).",
+            labels=["store", "host"],
+        )
+        for slot, mark in sorted(marks.items()):
+            store, _, host = slot.rpartition("#")
+            rollback.add_metric([store, host], 1 if mark.rollback else 0)
+        yield rollback
