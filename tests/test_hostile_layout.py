@@ -33,20 +33,22 @@ def test_head_is_a_fifo(repo: Path) -> None:
     (repo / "HEAD").unlink()
     os.mkfifo(repo / "HEAD")
     state = _state(repo.parent, "r.git")  # would block forever on a plain open()
-    assert state.problems == ("cannot read HEAD: not a regular file",)
+    assert state.problems == (
+        "HEAD: is a FIFO, not a regular file; replace it with a regular file",
+    )
 
 
 def test_packed_refs_is_dev_zero(repo: Path) -> None:
     (repo / "packed-refs").unlink()
     (repo / "packed-refs").symlink_to("/dev/zero")
     state = _state(repo.parent, "r.git")  # would read forever
-    assert state.problems == ("cannot read packed-refs: not a regular file",)
+    assert state.problems == ("packed-refs: is a character device, not a regular file; remove it",)
 
 
 def test_loose_ref_is_a_fifo(repo: Path) -> None:
     os.mkfifo(repo / "refs" / "heads" / "pipe")
     state = _state(repo.parent, "r.git")
-    assert state.problems == ("loose ref refs/heads/pipe is corrupt",)
+    assert state.problems == ("refs/heads/pipe: is a FIFO, not a regular file; remove it",)
 
 
 def test_refs_symlinked_elsewhere_is_not_walked(repo: Path, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ paths are repository content; a root names what the operator entrusted to custod
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 from collections.abc import Callable, Iterable
@@ -28,7 +29,7 @@ from typing import Literal
 
 from custode.config import DiscoveryConfig
 from custode.errors import PathNotFoundError
-from custode.fsread import read_prefix
+from custode.fsread import UnfitFile, fault, read_all, read_prefix
 from custode.objectstore import alternates_entries
 
 Kind = Literal["bare", "working", "submodule"]
@@ -92,13 +93,23 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
         return False
 
 
+GITFILE_MAX = 4096  # bytes read of a .git file, commondir or gitdir: one path
+
+
 def _read_gitfile(path: Path) -> Path | None:
-    """The target of a ``.git`` file (``gitdir: <path>``), resolved against its directory."""
-    try:  # bounded and non-blocking: a .git that is a FIFO or /dev/zero stops nothing
-        text = read_prefix(str(path), 4096).decode("utf-8", "replace").strip()
+    """The target of a ``.git`` file (``gitdir: <path>``), resolved against its directory.
+
+    Raises UnfitFile for a FIFO, a device... (read without blocking, never waited on) or
+    a file larger than any path.
+    """
+    try:
+        data, _ = read_all(str(path), GITFILE_MAX)
+    except UnfitFile:
+        raise
     except OSError:
         return None
-    if not text.startswith("gitdir:"):
+    text = data.decode("utf-8", "replace").split("\n", 1)[0].strip()
+    if not text.startswith("gitdir:") or "\0" in text:  # NULs: zeroed by a power loss
         return None
     target = Path(text.removeprefix("gitdir:").strip())
     return Path(os.path.normpath(path.parent / target))
@@ -155,8 +166,8 @@ class _Walker:
         if (listing is None or "commondir" in listing) and common.exists():
             # a linked worktree's git directory: git works in the common one, which is
             # found on its own when it is under a root
-            target = Path(os.path.normpath(repo.git_dir / _read_first_line(common)))
-            self.outside(repo.git_dir, target, "its commondir")
+            if (target := self.commondir(common)) is not None:
+                self.outside(repo.git_dir, target, "its commondir")
             return
         key = (st.st_dev, st.st_ino)
         if key in self.seen:
@@ -197,28 +208,51 @@ class _Walker:
 
     def gitfile(self, path: Path, root: Path, rel: str) -> None:
         """A ``.git`` file: a linked worktree, a submodule checkout or a separated git dir."""
-        target = _read_gitfile(path / ".git")
+        try:
+            target = _read_gitfile(path / ".git")
+        except UnfitFile as exc:
+            self.problem(path / ".git", fault(exc))
+            return
         if target is None:
             self.problem(path / ".git", "unreadable .git file (expected 'gitdir: <path>')")
             return
         if self.outside(path / ".git", target, "its git directory"):
             return
         if target.parent.name == "worktrees" and (target / "commondir").exists():
-            main = Path(os.path.normpath(target / _read_first_line(target / "commondir")))
-            if self.outside(path / ".git", main, "the repository of this linked worktree,"):
-                return
-            try:
-                st = os.stat(main)
-            except OSError:
-                self.problem(path, f"linked worktree of missing repository {main}")
-                return
-            self.worktrees.setdefault((st.st_dev, st.st_ino), []).append(path)
+            self.linked_worktree(path, target)
             return
         kind: Kind = "submodule" if "modules" in target.parts else "working"
         if not target.is_dir():
             self.problem(path / ".git", f"points to missing git directory {target}")
             return
         self.add(Repository(root, path, target, kind, rel))
+
+    def commondir(self, path: Path) -> Path | None:
+        """The git directory a ``commondir`` file names, or None (reported) for a FIFO, a
+        device, a giant, or a file of NUL bytes (as a power loss leaves it)."""
+        try:
+            line = _read_first_line(path)
+        except UnfitFile as exc:
+            self.problem(path, fault(exc, str(path)))
+            return None
+        if "\0" in line:
+            self.problem(path, "holds NUL bytes, not a path; run git worktree repair")
+            return None
+        return Path(os.path.normpath(path.parent / line))
+
+    def linked_worktree(self, path: Path, target: Path) -> None:
+        """Attach the linked worktree at ``path`` (git dir ``target``) to its repository."""
+        main = self.commondir(target / "commondir")
+        if main is None:
+            return
+        if self.outside(path / ".git", main, "the repository of this linked worktree,"):
+            return
+        try:
+            st = os.stat(main)
+        except OSError:
+            self.problem(path, f"linked worktree of missing repository {main}")
+            return
+        self.worktrees.setdefault((st.st_dev, st.st_ino), []).append(path)
 
     def walk(self, root: Path) -> None:
         # str paths while walking: a Path per directory costs measurable time at 10,000s
@@ -286,10 +320,16 @@ class _Walker:
 
 
 def _read_first_line(path: Path) -> str:
+    """The first line of a ``commondir`` ("." when unreadable or empty, as git's own
+    default); UnfitFile for a FIFO, a device or a giant, read without blocking."""
     try:
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()[0].strip()
-    except (OSError, IndexError):
+        data, _ = read_all(str(path), GITFILE_MAX)
+    except UnfitFile:
+        raise
+    except OSError:
         return "."
+    lines = data.decode("utf-8", "replace").splitlines()
+    return lines[0].strip() if lines else "."
 
 
 def check_root(root: Path) -> Path:
@@ -357,10 +397,12 @@ def read_alternates(git_dir: str | Path) -> list[str]:
     objects = os.path.join(git_dir, "objects")
     path = os.path.join(objects, "info", "alternates")
     try:
-        data = read_prefix(path, ALTERNATES_MAX)
+        data = read_prefix(path, ALTERNATES_MAX, regular=True)  # a FIFO: unsure, not none
     except (FileNotFoundError, NotADirectoryError):
         return []
     names = alternates_entries(data.decode("utf-8", "replace"))
+    if any("\0" in name for name in names):  # zeroed in place: what it named is unknown
+        raise OSError(errno.EINVAL, "it holds NUL bytes, not paths", path)
     return [os.path.realpath(os.path.join(objects, name)) for name in names]
 
 
@@ -390,7 +432,11 @@ def sweep_alternates(roots: Iterable[Path]) -> AlternatesSweep:
                 stack.append(os.path.join(path, "modules"))
             continue
         if ".git" in listing and not _is_dir(listing[".git"]):
-            target = _read_gitfile(Path(path) / ".git")
+            try:
+                target = _read_gitfile(Path(path) / ".git")
+            except UnfitFile as exc:
+                sweep.unsure.append(f"{path}/.git could not be read ({exc.strerror})")
+                continue
             if target is not None and target.is_dir():
                 _borrower(sweep, str(target))
         stack += (e.path for e in listing.values() if not e.is_symlink() and _is_dir(e))

@@ -56,6 +56,8 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 import psutil
 
 from custode.errors import GitError, GitNotFoundError, GitRefusedError, GitTimeoutError
+from custode.fsread import read_prefix
+from custode.gitfiles import doubts
 from custode.gitpolicy import ALLOWLIST, DISTRUST_DERIVED, HARDENING, check
 
 if TYPE_CHECKING:
@@ -63,10 +65,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOWLIST", "DISTRUST_DERIVED", "FEATURES", "HARDENING", "MINIMUM_VERSION", "NO_PROTOCOL",
-    "Git", "GitResult", "GitVersion", "git_dir_of",
+    "Git", "GitResult", "GitVersion", "git_dir_of", "unknown_extensions",
 ]  # fmt: skip
 
 IoNice = Literal["none", "idle", "best-effort"]
+
+DOUBT_TTL = 60.0  # seconds a repository's doubt (or its absence) is believed
+DOUBT_CACHE = 100_000  # repositories remembered at most (then forgotten all at once)
 
 
 @dataclass(frozen=True, order=True)
@@ -128,11 +133,18 @@ _KEPT_ENV = ("PATH", "HOME", "TMPDIR")
 
 
 def git_dir_of(repo: Path) -> Path:
-    """The git dir of ``repo``: itself (bare or ``.git``), or a working copy's ``.git``."""
+    """The git dir of ``repo``: itself (bare or ``.git``), or a working copy's ``.git``.
+
+    A ``.git`` file is read without blocking and only its first 4 KiB (a FIFO or a link
+    to ``/dev/zero`` there is no git dir: ``repo`` itself is then given to git, which
+    refuses it as no repository)."""
     dotgit = repo / ".git"
     if dotgit.is_file():
-        text = dotgit.read_text(errors="replace").strip()
-        if text.startswith("gitdir:"):
+        try:
+            text = read_prefix(str(dotgit), 4096, regular=True).decode(errors="replace").strip()
+        except OSError:
+            text = ""
+        if text.startswith("gitdir:") and "\0" not in text:  # NULs: zeroed by a power loss
             return (repo / text.removeprefix("gitdir:").strip()).absolute()
     return dotgit.absolute() if dotgit.is_dir() else repo.absolute()
 
@@ -169,17 +181,21 @@ class Git:
         binary: str = "git",
         *,
         timeout: float = 3600.0,
+        doubt_timeout: float = 60.0,
         nice: int | None = 10,
         ionice: IoNice = "best-effort",
         trust_repository_owner: bool = True,
     ) -> None:
         self.binary = binary
         self.timeout = timeout
+        self.doubt_timeout = doubt_timeout
         self.nice = nice
         self.ionice = ionice
         self.trust_repository_owner = trust_repository_owner
         self._lock = threading.Lock()
         self._version: GitVersion | None = None
+        self._doubts: dict[Path, tuple[float, str]] = {}  # git dir -> (when, why or "")
+        self._suspects: dict[Path, str] = {}  # git dir -> why, as the caller's scan found
         self._prefix: list[str] = []
         if nice and (tool := shutil.which("nice")):
             self._prefix += [tool, "-n", str(nice)]
@@ -205,7 +221,8 @@ class Git:
 
     @classmethod
     def from_config(cls, cfg: GitConfig) -> Git:
-        return cls(cfg.binary, timeout=cfg.timeout, nice=cfg.nice, ionice=cfg.ionice,
+        return cls(cfg.binary, timeout=cfg.timeout, doubt_timeout=cfg.doubt_timeout,
+                   nice=cfg.nice, ionice=cfg.ionice,
                    trust_repository_owner=cfg.trust_repository_owner)  # fmt: skip
 
     def executable(self) -> str:
@@ -330,25 +347,71 @@ class Git:
         if git_dir is not None and not self.trust_repository_owner:
             _check_owner(git_dir, sub)
         limit = self.timeout if timeout is None else timeout
+        doubt = self.doubt(git_dir) if git_dir is not None else ""
+        if doubt and self.doubt_timeout and not 0 < (limit or 0) <= self.doubt_timeout:
+            limit = self.doubt_timeout
         result, timed_out = self._execute(
             argv, workdir, input, limit or None, env, pass_fds=pass_fds, stdout=stdout
         )
         if timed_out:
+            fix = (
+                f"custode gives a repository in doubt only git.doubt_timeout, as {doubt}"
+                if doubt
+                else "raise git.timeout in config"
+            )
             raise GitTimeoutError(
-                f"git {sub} in {where} did not finish within {limit:g} s and was killed: "
-                "raise git.timeout in config",
+                f"git {sub} in {where} did not finish within {limit:g} s and was killed: {fix}",
                 args=result.args,
                 stderr=_tail(result.stderr),
             )
         if check and result.returncode != 0:
+            if names := unknown_extensions(result.stderr):
+                cause = self.unsupported(names)
+            else:
+                cause = _cause(result.stderr, result.stdout)
             raise GitError(
-                f"git {sub} failed in {where} (exit {result.returncode}): "
-                f"{_cause(result.stderr, result.stdout)}",
+                f"git {sub} failed in {where} (exit {result.returncode}): {cause}",
                 args=result.args,
                 returncode=result.returncode,
                 stderr=_tail(result.stderr),
             )
         return result
+
+    def doubt(self, git_dir: Path) -> str:
+        """Why a git on ``git_dir`` could hang or read without end (``gitfiles.doubts``:
+        a FIFO, a device or a giant where git expects a small file), "" if nothing does.
+
+        Looked at again after ``DOUBT_TTL`` seconds, so a long-running ``serve`` sees
+        a repository change either way."""
+        now = time.monotonic()
+        with self._lock:
+            if suspect := self._suspects.get(git_dir):
+                return suspect
+            known = self._doubts.get(git_dir)
+        if known is not None and now - known[0] < DOUBT_TTL:
+            return known[1]
+        found = doubts(str(git_dir))
+        why = "; ".join(found[:3]) + (f" (and {len(found) - 3} more)" if len(found) > 3 else "")
+        with self._lock:
+            if len(self._doubts) > DOUBT_CACHE:
+                self._doubts.clear()
+            self._doubts[git_dir] = (now, why)
+        return why
+
+    def suspect(self, git_dir: Path, why: str) -> None:
+        """Doubt ``git_dir`` (see ``doubt``) for what the caller found there itself: a scan
+        sees files (loose refs, objects, packs) that ``doubt`` does not look at."""
+        if why:
+            with self._lock:
+                self._suspects[git_dir] = why
+
+    def unsupported(self, names: Sequence[str]) -> str:
+        """``not supported by git 2.39 (extension NAME)``, with the fix."""
+        v = self.version()
+        return (
+            f"not supported by git {v.major}.{v.minor} ({_extensions(names)}); "
+            "upgrade git, or leave the repository out with discovery.exclude"
+        )
 
     def _execute(
         self,
@@ -429,14 +492,51 @@ def _cause(stderr: bytes, stdout: bytes = b"") -> str:
     """The line that says why: git's first fatal (later ones follow from it), else the last.
 
     Some commands (fsck: "missing commit <id>") report on stdout: used when stderr is empty.
+    A line ending in ":" keeps the indented lines that complete it ("...extension found:"
+    then the extension's name).
     """
     text = stderr if stderr.strip() else stdout[-4096:]
-    lines = [line.strip() for line in text.decode("utf-8", errors="replace").splitlines()]
-    lines = [line for line in lines if line]
+    raw = text.decode("utf-8", errors="replace").splitlines()
+    lines = [(i, line.strip()) for i, line in enumerate(raw) if line.strip()]
     for prefix in ("fatal:", "error:"):
-        if found := next((line for line in lines if line.startswith(prefix)), None):
-            return found
-    return lines[-1] if lines else "no error output"
+        if found := next(((i, line) for i, line in lines if line.startswith(prefix)), None):
+            return _completed(raw, *found)
+    return _completed(raw, *lines[-1]) if lines else "no error output"
+
+
+def _completed(raw: list[str], index: int, line: str) -> str:
+    if not line.endswith(":"):
+        return line
+    more = []
+    for follow in raw[index + 1 : index + 6]:
+        if not follow.startswith(("\t", " ")) or not follow.strip():
+            break
+        more.append(follow.strip())
+    return " ".join([line, *more])
+
+
+_UNKNOWN_EXTENSION = "unknown repository extension found:"
+_NAME_MAX = 200  # characters of an extension's name kept in a message
+
+
+def unknown_extensions(stderr: bytes) -> list[str]:
+    """The repository extensions git said it does not know (git 2.39 prints each on its
+    own tab-indented line after ``fatal: unknown repository extension found:``)."""
+    lines = stderr[-65536:].decode("utf-8", errors="replace").splitlines()
+    names: list[str] = []
+    for i, line in enumerate(lines):
+        if line.strip().endswith(_UNKNOWN_EXTENSION):
+            for name in lines[i + 1 :]:
+                if not name.startswith(("\t", " ")) or not name.strip():
+                    break
+                if name.strip() not in names:
+                    names.append(name.strip())
+    return names
+
+
+def _extensions(names: Sequence[str]) -> str:
+    shown = ", ".join(n if len(n) <= _NAME_MAX else n[: _NAME_MAX - 1] + "…" for n in names)
+    return f"extension{'s' if len(names) > 1 else ''} {shown}"
 
 
 def _tail(stderr: bytes, limit: int = 4096) -> str:

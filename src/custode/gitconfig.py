@@ -4,7 +4,8 @@ custode needs three or four facts per repository on the fast path (bare or not, 
 object format, the repository format version) for ten thousand repositories in
 seconds, so a git process per repository is out. This reader understands the syntax
 git writes (sections, subsections, quoted values, comments, continuation lines) and
-ignores what it cannot parse; ``include`` directives are not followed (git reads
+ignores what it cannot parse; ``include`` directives are not followed (``include_paths``
+lists them for ``gitfiles``, which checks what they name) (git reads
 ``core.bare`` and ``extensions.*`` from this file alone; a promisor remote in an included
 file is missed, which the git runner makes harmless). Keys are returned lower-cased as
 ``section.key`` or ``section.subsection.key`` (subsection case kept).
@@ -13,7 +14,12 @@ file is missed, which the git runner makes harmless). Keys are returned lower-ca
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
+
+from custode.fsread import read_all
+
+CONFIG_MAX = 16 << 20  # bytes: a config with thousands of remotes is still far smaller
 
 _SECTION = re.compile(r'\s*\[\s*([A-Za-z0-9.-]+)(?:\s+"((?:[^"\\]|\\.)*)")?\s*\]\s*(.*)$')
 _KEY = re.compile(r"\s*([A-Za-z][A-Za-z0-9-]*)\s*(?:=\s*(.*))?$")
@@ -38,9 +44,8 @@ def _value(raw: str) -> str:
     return "".join(out).strip()
 
 
-def parse(text: str) -> dict[str, str]:
-    """Last value wins, as for git's single-valued keys. A bare key means ``true``."""
-    values: dict[str, str] = {}
+def entries(text: str) -> Iterator[tuple[str, str]]:
+    """Every ``(key, value)`` in file order (keys as in the module docstring)."""
     section = ""
     lines = text.splitlines()
     i = 0
@@ -62,18 +67,35 @@ def parse(text: str) -> dict[str, str]:
                 continue
         m = _KEY.match(line)
         if m and section:
-            values[f"{section}.{m.group(1).lower()}"] = (
-                "true" if m.group(2) is None else _value(m.group(2))
+            yield (
+                f"{section}.{m.group(1).lower()}",
+                "true" if m.group(2) is None else _value(m.group(2)),
             )
-    return values
+
+
+def parse(text: str) -> dict[str, str]:
+    """Last value wins, as for git's single-valued keys. A bare key means ``true``."""
+    return dict(entries(text))
+
+
+def include_paths(text: str) -> list[str]:
+    """The files a config includes: every ``include.path`` and ``includeIf.<cond>.path``
+    (conditions not evaluated), in order."""
+    return [
+        value
+        for key, value in entries(text)
+        if value and key.startswith(("include.", "includeif.")) and key.endswith(".path")
+    ]
 
 
 def read(path: Path) -> dict[str, str]:
-    """The config at ``path``; empty when missing or unreadable (callers report that)."""
+    """The config at ``path``; empty when missing, unreadable, not a regular file or
+    larger than a config can sensibly be (callers report that)."""
     try:
-        return parse(path.read_text(encoding="utf-8", errors="replace"))
+        data, _ = read_all(str(path), CONFIG_MAX)
     except OSError:
         return {}
+    return parse(data.decode("utf-8", "replace"))
 
 
 def is_true(value: str | None) -> bool:

@@ -7,7 +7,8 @@ commit-graph and multi-pack-index when the repository has them.
 
 The verdict is ``ok``, ``corrupt`` (the repository is damaged) or ``error`` (the check
 itself could not run: git timed out, the repository vanished or is not one, its ``fsck.*``
-config is invalid).
+config is invalid, it uses a repository extension this git does not know: "not supported
+by git 2.39 (extension NAME)", never corrupt).
 
 **Damage versus format warnings.** git's fsck says two kinds of thing. A line naming a
 message id (``error in commit <oid>: badTimezone: ...``) is about how an object is
@@ -42,6 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from custode.errors import GitError, GitNotFoundError
+from custode.fsread import unfit
+from custode.git import unknown_extensions
 from custode.units import counted
 
 if TYPE_CHECKING:
@@ -56,6 +59,7 @@ _FATAL = 128
 MAX_LINES_PER_STEP = 5
 MAX_FINDINGS = 12
 MAX_LINE = 300  # characters
+MAX_RUNNER_LINE = 1000  # characters of the runner's own message (paths, why in doubt)
 MAX_EXAMPLES = 3  # git's lines kept as examples of format warnings
 
 #: fsck message ids (git 2.39's fsck.h) that name a missing object or links git cannot
@@ -79,10 +83,12 @@ _MESSAGE = re.compile(
     r"(?P<level>error|warning) in (?P<kind>[a-z]+) (?P<oid>[0-9a-f]{40,64}): "
     r"(?P<id>[a-z][A-Za-z0-9]*): "
 )
-# fsck dies on a bad ``fsck.*`` setting before it reads any object (git 2.39's wording).
+# fsck dies on a bad ``fsck.*`` setting, or a config (or what it includes) git cannot
+# parse, before it reads any object (git 2.39's wording): the config is wrong, not the data.
 _BAD_FSCK_CONFIG = (
     "Cannot demote", "Unhandled message id", "Unknown fsck message type",
-    "could not open object name list", "invalid object name",
+    "could not open object name list", "invalid object name", "bad config line",
+    "bad config variable", "bad numeric config value", "bad boolean config value",
 )  # fmt: skip
 
 
@@ -173,7 +179,12 @@ def steps(git_dir: Path, *, full: bool) -> list[_Step]:
 
 def check(target: RepoState | Repository, git: Git, *, full: bool) -> CheckResult:
     """Verify ``target``'s integrity (see the module docstring). Never raises for a
-    problem of this repository; GitNotFoundError (git missing or too old) propagates."""
+    problem of this repository; GitNotFoundError (git missing or too old) propagates.
+
+    A repository whose scan found a FIFO, a device or a giant where git expects a small
+    file (a loose ref, an object, a pack index...) gets only ``git.doubt_timeout``."""
+    if found := unfit(getattr(target, "problems", ())):
+        git.suspect(Path(target.git_dir), "; ".join(found[:3]))
     return check_git_dir(Path(target.git_dir), git, full=full)
 
 
@@ -188,8 +199,14 @@ def check_git_dir(git_dir: Path, git: Git, *, full: bool) -> CheckResult:
             result, reading = _run(git, git_dir, step)
         except GitNotFoundError:
             raise
-        except GitError as exc:  # timed out, refused (owner), vanished
-            findings.append(_line(f"{step.name}: {exc.message}"))
+        except GitError as exc:  # timed out (naming why it was in doubt), refused, vanished
+            findings.append(_line(f"{step.name}: {exc.message}", MAX_RUNNER_LINE))
+            verdict = "error"
+            break
+        if names := unknown_extensions(result.stderr):
+            # not damage: this git cannot open it at all; a newer one can (never cut: the
+            # runner bounds each name)
+            findings.append(f"{step.name}: {git.unsupported(names)}")
             verdict = "error"
             break
         for msg_id, oid, line in reading.formats:
@@ -213,7 +230,7 @@ def check_git_dir(git_dir: Path, git: Git, *, full: bool) -> CheckResult:
 def _run(git: Git, git_dir: Path, step: _Step) -> tuple[GitResult, FsckReading]:
     result = git.run(list(step.args), repo=git_dir, check=False, config=step.config)
     reading = read_fsck(result)
-    if reading.damage:
+    if reading.damage and not unknown_extensions(result.stderr):
         # fsck lists objects before it reads refs: a push landing in between looks like
         # a missing commit. Real damage is still there on a second look.
         result = git.run(list(step.args), repo=git_dir, check=False, config=step.config)
@@ -249,6 +266,6 @@ def _is_corruption(lines: list[str]) -> bool:
     return opened and not config and any(line.startswith(("fatal:", "error:")) for line in lines)
 
 
-def _line(text: str) -> str:
+def _line(text: str, limit: int = MAX_LINE) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= MAX_LINE else text[: MAX_LINE - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from custode.fsread import Watch, read_all, read_prefix
+from custode.fsread import NotRegularFile, Watch, problem, read_all, read_prefix
 
 HEX_DIR = re.compile(r"[0-9a-f]{2}")
 TEMP_PREFIXES = ("tmp_pack_", "tmp_idx_", "tmp_rev_", "tmp_bitmap_", "tmp_mtimes_", "tmp_obj_")
@@ -130,6 +130,9 @@ class _Reader:
             self.garbage(st)
             if name.startswith("tmp_obj_"):
                 self.temp(e.path, st)
+            if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                odd = NotRegularFile(e.path, st.st_mode)  # git fsck would wait on it for ever
+                self.s.problems.append(problem(os.path.relpath(e.path, self.git_dir), odd))
         s = self.s
         s.loose_objects += count
         s.loose_objects_bytes += disk
@@ -141,6 +144,11 @@ class _Reader:
         for e, st in self.listing(path):
             self.account(st)
             name = e.name
+            if stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                # git opens packs without O_NONBLOCK: it would wait on this for ever
+                odd = NotRegularFile(e.path, st.st_mode)
+                self.s.problems.append(problem(f"objects/pack/{name}", odd))
+                continue
             if name == "multi-pack-index":
                 self.s.multi_pack_index = True
                 self.s.midx_packs = _midx_packs(e.path)
@@ -229,6 +237,9 @@ class _Reader:
 
     def alternates(self, path: str) -> None:
         for name in alternates_entries("\n".join(_lines(path))):
+            if "\0" in name:  # zeroed in place (a power loss): git cannot use it either
+                self.s.problems.append("objects/info/alternates holds NUL bytes; restore it")
+                continue
             target = os.path.normpath(os.path.join(self.objects, name))
             self.s.alternates.append(target)
             if not os.path.isdir(target):

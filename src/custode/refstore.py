@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from custode.fsread import Watch, read_all, read_prefix
+from custode.fsread import NotRegularFile, Watch, problem, read_all, read_prefix
 from custode.objectstore import TempFile
 
 _SYMREF = "ref: "
@@ -66,7 +66,11 @@ def read_ref_store(git_dir: str, hexsz: int, watch: Watch) -> RefStore:
                 s.temp.append(TempFile(rel, st.st_size, st.st_mtime))
                 continue
             s.signature.append(f"{rel} {st.st_ino} {st.st_size} {st.st_mtime_ns}")
-            raw = _prefix(e.path)
+            try:
+                raw = _prefix(e.path)
+            except NotRegularFile as exc:  # a FIFO, or a link to /dev/zero: git hangs on it
+                s.problems.append(problem(rel, exc))
+                continue
             watch.content(e.path, raw)
             value = raw.decode("utf-8", "replace").split("\n", 1)[0].strip()
             if value.startswith(_SYMREF):
@@ -89,8 +93,11 @@ REF_PREFIX = 4096  # what is read of a loose ref: a valid one is far shorter
 
 
 def _prefix(path: str) -> bytes:
+    """What a loose ref says (b"" when unreadable); NotRegularFile when it is no file."""
     try:
-        return read_prefix(path, REF_PREFIX)
+        return read_prefix(path, REF_PREFIX, regular=True)
+    except NotRegularFile:
+        raise
     except OSError:
         return b""
 
@@ -98,12 +105,12 @@ def _prefix(path: str) -> bytes:
 def _read_head(git_dir: str, oid: re.Pattern[str], s: RefStore, watch: Watch) -> None:
     path = os.path.join(git_dir, "HEAD")
     try:
-        data, st = read_all(path)
+        data, st = read_all(path, REF_PREFIX)  # a valid HEAD is far shorter
     except FileNotFoundError:
         s.problems.append("HEAD is missing")
         return
     except OSError as exc:
-        s.problems.append(f"cannot read HEAD: {exc.strerror}")
+        s.problems.append(problem("HEAD", exc))
         return
     watch.file(path, st)
     watch.content(path, data[:REF_PREFIX])  # a power loss can empty it in place, too
@@ -124,7 +131,7 @@ def _read_packed(path: str, hexsz: int, s: RefStore, watch: Watch) -> set[str]:
     except FileNotFoundError:
         return set()
     except OSError as exc:
-        s.problems.append(f"cannot read packed-refs: {exc.strerror}")
+        s.problems.append(problem("packed-refs", exc))
         return set()
     watch.file(path, st)
     s.size_bytes += st.st_blocks * 512

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from custode import gitconfig
+from custode import gitconfig, gitfiles
 from custode.discovery import Repository
-from custode.fsread import Watch, read_all
+from custode.fsread import NotRegularFile, UnfitFile, Watch, problem, read_all
 from custode.objectstore import ObjectStore, TempFile, read_object_store
 from custode.refstore import RefStore, read_ref_store
 from custode.units import counted
@@ -105,14 +106,14 @@ def inspect(repo: Repository, watch: Watch | None = None) -> RepoState:
     problems: list[str] = []
     watch = Watch() if watch is None else watch
     try:
-        data, st = read_all(os.path.join(git_dir, "config"))
+        data, st = read_all(os.path.join(git_dir, "config"), gitconfig.CONFIG_MAX)
         watch.file(os.path.join(git_dir, "config"), st)
         text = data.decode("utf-8", "replace")
     except FileNotFoundError:
         problems.append("config is missing")
         text = ""
     except OSError as exc:
-        problems.append(f"cannot read config: {exc.strerror}")
+        problems.append(problem("config", exc))
         text = ""
     # parsing is only needed when the file can name a non-default value we read
     lowered = text.lower()
@@ -126,7 +127,12 @@ def inspect(repo: Repository, watch: Watch | None = None) -> RepoState:
     refs = read_ref_store(git_dir, hexsz, watch)
     for alternate in objects.alternates:
         watch.path(alternate)
-    problems += refs.problems + objects.problems
+    problems += refs.problems + objects.problems + rest.problems
+    # what git would hang on or read without end (some already said by the readers above)
+    doubts = gitfiles.doubts(
+        git_dir, config=text, watch=watch, skip=gitfiles.SCANNED, listing=rest.listing
+    )
+    problems = list(dict.fromkeys(problems + doubts))
     partial = _partial_clone(config, objects)
     if partial:
         problems.append(
@@ -236,6 +242,14 @@ class _Rest:
     size_bytes: int = 0
     newest_mtime: float = 0.0
     temp: list[TempFile] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    listing: set[str] = field(default_factory=set)  # the names in the git dir
+
+
+#: Types of file that git (and custode) would block on or read without end where it
+#: expects a regular file (a socket is fine: ``git fsmonitor--daemon`` keeps one here).
+_ODD = (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK)
+GITDIR_MAX = 4096  # bytes read of a worktree's gitdir file: one path
 
 
 def _read_rest(top: str, watch: Watch) -> _Rest:
@@ -247,6 +261,8 @@ def _read_rest(top: str, watch: Watch) -> _Rest:
             entries = watch.scandir(current)
         except OSError:
             continue
+        if current == top:
+            rest.listing = {e.name for e in entries}
         for e in entries:
             if current == top and e.name in _OWN:
                 continue
@@ -258,6 +274,10 @@ def _read_rest(top: str, watch: Watch) -> _Rest:
             rest.newest_mtime = max(rest.newest_mtime, st.st_mtime)
             if e.is_dir(follow_symlinks=False):
                 stack.append(e.path)
+                continue
+            if stat.S_IFMT(st.st_mode) in _ODD:
+                rel = os.path.relpath(e.path, top)
+                rest.problems.append(problem(rel, NotRegularFile(e.path, st.st_mode)))
                 continue
             if e.name.endswith(".lock") or e.name == "gc.pid":
                 rest.temp.append(TempFile(os.path.relpath(e.path, top), st.st_size, st.st_mtime))
@@ -280,10 +300,16 @@ def _read_worktrees(path: str, rest: _Rest, watch: Watch) -> None:
         if (wt / "locked").exists():
             continue
         try:
-            target = (wt / "gitdir").read_text(encoding="utf-8", errors="replace").strip()
+            raw, _ = read_all(str(wt / "gitdir"), GITDIR_MAX)
+        except UnfitFile as exc:  # git worktree prune would block on it, or read on
+            rest.problems.append(problem(f"worktrees/{e.name}/gitdir", exc))
+            continue
         except OSError:
             _dead_worktree(rest, None)
             continue
+        target = raw.decode("utf-8", "replace").strip()
+        if "\0" in target:  # zeroed by a power loss: names nothing, as git prune sees it
+            target = ""
         watch.path(os.path.dirname(target))  # the worktree itself lives outside the git dir
         if not target or not os.path.exists(target):
             _dead_worktree(rest, wt / "index")

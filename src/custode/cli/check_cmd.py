@@ -33,6 +33,9 @@ FIX = (
     "see the findings above; restore the repository from a backup or investigate — "
     "custode never repairs by deleting"
 )
+#: nothing corrupt: each finding says why the check could not run and its own fix (a git
+#: too old for the repository's extension, a FIFO git waited on), no backup helps
+FIX_ERROR = "see the findings above: each names why and the fix"
 
 Pair = tuple[RepoState, CheckResult, float]  # with the wall-clock start
 
@@ -162,7 +165,7 @@ def check(app: App, roots: tuple[Path, ...], full: bool, as_json: bool) -> None:
             parts.append(f"{len(found.problems)} unreadable paths")
         raise RepositoryError(
             f"{bad} of {len(pairs)} repositories failed the integrity check "
-            f"({', '.join(parts)}); {FIX}"
+            f"({', '.join(parts)}); {FIX if counts['corrupt'] else FIX_ERROR}"
         )
 
 
