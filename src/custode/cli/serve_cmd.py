@@ -80,7 +80,9 @@ def serve(  # noqa: PLR0917
     /metrics is the Prometheus text format; /healthz answers "ok", or 503 and the reason
     when the last refresh failed or is older than three refresh intervals. Binds
     127.0.0.1 unless told otherwise; with a web config, TLS and basic auth apply to
-    every path. Prints the URL on stderr once listening.
+    every path. Each connection lasts at most monitoring.request_timeout, and one client
+    address holds at most monitoring.max_connections_per_client of them. Prints the URL
+    on stderr once listening.
     """
     cfg = app.config.monitoring
     root_paths = app.roots(roots)
@@ -105,12 +107,17 @@ def serve(  # noqa: PLR0917
     reload_alerts = _alerting(app, exporter, refresher)
     metrics = MetricsApp(exporter, refresher.health, watcher.current if watcher else None)
     try:
-        server = MetricsServer((host, port), metrics, web=watcher)
+        server = MetricsServer(
+            (host, port), metrics, web=watcher, max_connections=cfg.max_connections,
+            max_connections_per_client=cfg.max_connections_per_client,
+            request_timeout=cfg.request_timeout,
+        )  # fmt: skip
     except OSError as exc:
         raise UsageError(
             f"cannot listen on {address}: {_reason(exc)}; choose another {where}"
         ) from None
 
+    exporter.register(server.table)  # connections open and closed early, by reason
     listener = _trace2_listener(app, exporter) if trace2 else None
     scheduler = _scheduler(app, root_paths) if schedule else None
     if scheduler is not None:

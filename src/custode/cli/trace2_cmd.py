@@ -145,12 +145,17 @@ def listen(app: App, socket_path: Path | None) -> None:
         while not done.wait(0.5):
             pass
         listener.wait_idle(2.0)
+        trouble = listener.health()  # a thread that died (restarted or not)
     finally:
         listener.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    reasons = ", ".join(f"{n} {reason}" for reason, n in listener.rejected_lines.items())
     app.out.print(
         f"{listener.observed} git processes observed; events: {listener.received} received, "
-        f"{listener.dropped} dropped, {listener.malformed} malformed",
+        f"{listener.dropped} dropped, {listener.malformed} malformed"
+        + (f" ({reasons})" if reasons else ""),
         markup=False, highlight=False,
     )  # fmt: skip
+    if trouble is not None:
+        app.err.print(f"custode: {trouble}", markup=False, highlight=False)

@@ -18,6 +18,22 @@ class MonitoringConfig(Section):
         default=None,
         description="A Prometheus exporter-toolkit web config (TLS, basic auth) for serve.",
     )
+    request_timeout: Duration = Field(
+        default=10.0, gt=0,
+        description="Longest a connection to serve may last, all of it (TLS handshake, request, "
+        "answer); a slow or silent client is closed then. Keep it at least Prometheus' "
+        "scrape_timeout.",
+    )  # fmt: skip
+    max_connections: int = Field(
+        default=32, ge=1,
+        description="Connections serve holds at once; when full, a client still sending its "
+        "request makes room for a new one (see docs/deployment.md).",
+    )  # fmt: skip
+    max_connections_per_client: int = Field(
+        default=8, ge=1,
+        description="Connections one client address (an IPv6 /64) holds at once; its oldest "
+        "one still sending its request makes room for a new one.",
+    )  # fmt: skip
     refresh_interval: Duration = Field(
         default=60.0,
         description="How often serve rereads the fleet and history (scrapes answer from the "

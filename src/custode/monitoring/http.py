@@ -4,14 +4,17 @@ threaded server with optional TLS, and the thread that refreshes the exporter.
 Built from the standard library (``wsgiref``, ``socketserver``, ``ssl``): a scrape only
 copies the exporter's cached exposition, so a small threaded server is plenty, and no
 web framework is needed. Each connection gets the TLS context of the web config current
-at that moment (certificates rotate without a restart), is handshaken in its own thread
-(a slow client never blocks ``accept``), and has a time limit. Connections beyond
-``max_connections`` are closed at once rather than queued behind a slow one.
+at that moment (certificates rotate without a restart) and is handshaken in its own thread
+(a slow client never blocks ``accept``). Clients are assumed abusive: every connection has
+one deadline for all of it, the request head is capped at MAX_HEAD_BYTES, credentials are
+checked right after the head and before anything else, request bodies are never read, and
+``connections.ConnectionTable`` keeps one client address from taking every connection.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import socket
 import socketserver
@@ -19,10 +22,12 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
-from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+from typing import IO, Any, Protocol, cast
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
+from wsgiref.types import StartResponse, WSGIEnvironment
 
+from custode.monitoring import trace2
+from custode.monitoring.connections import Connection, ConnectionTable
 from custode.monitoring.webconfig import WebConfig, WebConfigWatcher
 
 log = logging.getLogger("custode.monitoring.http")
@@ -31,6 +36,12 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REALM = 'Basic realm="custode"'
 STALE_AFTER_INTERVALS = 3
 MIN_REFRESH_INTERVAL = 1.0
+REQUEST_TIMEOUT = 10.0  # Prometheus' default scrape_timeout: a later answer is wasted anyway
+MAX_CONNECTIONS = 32
+MAX_CONNECTIONS_PER_CLIENT = 8
+MAX_HEAD_BYTES = 16 * 1024  # Prometheus sends ~300 bytes; http.server alone allows 6.5 MB
+LINGER_BYTES = 256 * 1024  # input drained after an early answer, so it is not lost to a reset
+LINGER_SECONDS = 1.0
 
 
 class Exporter(Protocol):
@@ -118,7 +129,8 @@ class Refresher:
 
 
 class MetricsApp:
-    """The WSGI app: basic auth (when configured) on every path, then the routes."""
+    """The WSGI app of the routes, and the basic-auth check (when configured) that the
+    server makes of every request, whatever its path, before calling it."""
 
     def __init__(
         self, exporter: Exporter, health: Callable[[], str | None],
@@ -126,29 +138,42 @@ class MetricsApp:
     ) -> None:  # fmt: skip
         self.exporter, self.health, self.web = exporter, health, web
 
+    def authorized(self, header: str | None, client: str, abandoned: Callable[[], bool]) -> bool:
+        """Whether the Authorization header ``header`` lets the request in (always, without
+        basic auth); ``client`` is whom to queue the check with (one check at a time
+        each), ``abandoned`` says the connection was closed: skip the costly check."""
+        auth = self.web().auth if self.web is not None else None
+        return auth is None or auth.check(header, client=client, abandoned=abandoned)
+
+    def unauthorized(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """The answer to a request that ``authorized`` refused."""
+        extra = [("WWW-Authenticate", REALM)]
+        return self._respond(environ, start_response, "401 Unauthorized", b"unauthorized\n", extra)
+
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        return self._respond(environ, start_response, *self._route(environ))
+
+    def _respond(
+        self, environ: WSGIEnvironment, start_response: StartResponse, status: str,
+        body: bytes, extra: list[tuple[str, str]],
+    ) -> Iterable[bytes]:  # fmt: skip
         web = self.web() if self.web is not None else None
-        headers = [("Server", "custode"), *(web.headers if web else ())]
-        status, body, extra = self._route(environ, web)
-        headers += extra
+        headers = [("Server", "custode"), *(web.headers if web else ()), *extra]
         if not any(name == "Content-Type" for name, _ in headers):
             headers.append(("Content-Type", "text/plain; charset=utf-8"))
         start_response(status, [*headers, ("Content-Length", str(len(body)))])
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
-    def _route(
-        self, environ: WSGIEnvironment, web: WebConfig | None
-    ) -> tuple[str, bytes, list[tuple[str, str]]]:
-        auth = web.auth if web is not None else None
-        if auth is not None and not auth.check(environ.get("HTTP_AUTHORIZATION")):
-            return "401 Unauthorized", b"unauthorized\n", [("WWW-Authenticate", REALM)]
+    def _route(self, environ: WSGIEnvironment) -> tuple[str, bytes, list[tuple[str, str]]]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
         if path not in ("/metrics", "/healthz"):
             return "404 Not Found", b"not found\n", []
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", b"use GET\n", [("Allow", "GET, HEAD")]
         if path == "/healthz":
-            reason = self.health()
+            reason = self.health() or trace2.health()  # a dead or restarted trace2 thread
             if reason is None:
                 return "200 OK", b"ok\n", []
             return "503 Service Unavailable", f"{reason}\n".encode(), []
@@ -187,37 +212,125 @@ def resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
 
 
 class _Handler(WSGIRequestHandler):
-    timeout = 30.0  # per connection: a slow or silent client cannot hold a thread for long
+    """One request per connection (HTTP/1.0 answers), read and checked in this order: TLS
+    handshake, request head (at most MAX_HEAD_BYTES), credentials; only then is the
+    connection proven and the app called. The body, if any, is never read."""
+
+    server: MetricsServer
     server_version = "custode"
 
+    def __init__(
+        self, request: Any, client_address: Any, server: MetricsServer, conn: Connection
+    ) -> None:
+        self.conn = conn
+        self.linger = False
+        super().__init__(request, client_address, server)
+
     def setup(self) -> None:
+        self.request.settimeout(self.server.request_timeout)  # no read outlasts the deadline
         if isinstance(self.request, ssl.SSLSocket):
-            self.request.settimeout(self.timeout)
             self.request.do_handshake()
         super().setup()
+
+    def handle(self) -> None:
+        head = self._read_head()
+        if head is None:
+            return
+        self.raw_requestline, rest = head
+        rfile, self.rfile = self.rfile, io.BytesIO(rest)  # parse_request reads the headers
+        try:
+            parsed = self.parse_request()
+        finally:
+            self.rfile = rfile
+        if not parsed:  # it sent an error answer
+            self.linger = True
+            return
+        self.linger = bool(
+            self.headers.get("Content-Length") or self.headers.get("Transfer-Encoding")
+        )
+        app = self.server.metrics
+        credentials = self.headers.get("Authorization")
+        if not app.authorized(credentials, self.conn.client, self.conn.closed.is_set):
+            self._run(app.unauthorized)
+        elif self.server.table.prove(self.conn):
+            self._run(app)
+
+    def _run(self, app: Any) -> None:
+        out = cast("IO[bytes]", self.wfile)
+        handler = ServerHandler(self.rfile, out, self.get_stderr(), self.get_environ())
+        handler.request_handler = self  # type: ignore[attr-defined]  # for its log lines
+        handler.run(app)
+
+    def _read_head(self) -> tuple[bytes, bytes] | None:
+        """The request line and the header lines up to the blank one; None when the client
+        left, or sent more than MAX_HEAD_BYTES (answered 414 or 431)."""
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            line = self.rfile.readline(MAX_HEAD_BYTES - size + 1)
+            size += len(line)
+            if not line:
+                return None
+            if size > MAX_HEAD_BYTES:
+                self.requestline = self.request_version = self.command = ""
+                self.linger = True
+                self.send_error(431 if lines else 414)
+                return None
+            lines.append(line)
+            if len(lines) > 1 and line in (b"\r\n", b"\n"):
+                return lines[0], b"".join(lines[1:])
+
+    def finish(self) -> None:
+        super().finish()
+        if self.linger:
+            self._drain()
+
+    def _drain(self) -> None:
+        """After answering before the client finished sending: read a little of what it
+        still sends, briefly, so that closing with unread input does not reset the
+        connection before the client has read the answer."""
+        try:
+            self.request.shutdown(socket.SHUT_WR)
+            self.request.settimeout(LINGER_SECONDS)
+            deadline, drained = time.monotonic() + LINGER_SECONDS, 0
+            while drained < LINGER_BYTES and time.monotonic() < deadline:
+                data = self.request.recv(65536)
+                if not data:
+                    return
+                drained += len(data)
+        except OSError:  # ssl.SSLError too: a reset or timeout ends the courtesy
+            return
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
 
-class MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
-    """A threaded WSGI server on one address, speaking TLS when the web config says so."""
+class MetricsServer(WSGIServer):
+    """A WSGI server on one address, a thread per connection, speaking TLS when the web
+    config says so; ``ConnectionTable`` bounds the connections and their time."""
 
-    daemon_threads = True
     allow_reuse_address = True  # rebinding over TIME_WAIT; a live listener still fails
     allow_reuse_port = False
     request_queue_size = 64
 
     def __init__(
-        self, address: tuple[str, int], app: WSGIApplication, *,
-        web: WebConfigWatcher | None = None, max_connections: int = 32,
+        self, address: tuple[str, int], app: MetricsApp, *, web: WebConfigWatcher | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:  # fmt: skip
         """Binds and listens at once: OSError (errno EADDRINUSE …) if it cannot."""
         family, host = resolve(*address)
         self.address_family = family
         self.web = web
-        self._slots = threading.BoundedSemaphore(max_connections)
-        super().__init__((host, address[1]), _Handler)
+        self.metrics = app
+        self.request_timeout = request_timeout
+        self.table = ConnectionTable(
+            max_connections=max_connections, per_client=max_connections_per_client,
+            timeout=request_timeout,
+        )  # fmt: skip
+        # the handler is made with its Connection in _connection, not by finish_request
+        super().__init__((host, address[1]), _Handler)  # type: ignore[arg-type]
         self.set_app(app)
 
     @property
@@ -246,24 +359,34 @@ class MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
         return sock, addr
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.warning("too many connections; closing one from %s", client_address[0])
+        conn = self.table.admit(request, client_address[0])
+        if conn is None:  # every connection in the way is being answered
             self.shutdown_request(request)
             return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
+        threading.Thread(
+            target=self._connection, args=(request, client_address, conn),
+            name="custode-http-conn", daemon=True,
+        ).start()  # fmt: skip
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _connection(self, request: Any, client_address: Any, conn: Connection) -> None:
         try:
-            super().process_request_thread(request, client_address)
+            _Handler(request, client_address, self, conn)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
-            self._slots.release()
+            self.table.release(conn)
+            self.shutdown_request(request)
+
+    def service_actions(self) -> None:
+        # serve_forever calls this at least every poll interval (0.5 s in serve_until)
+        self.table.expire()
+
+    def server_close(self) -> None:
+        self.table.close_all()
+        super().server_close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # Failed handshakes, resets and timeouts are the client's business, not a log line.
+        # Failed handshakes, resets and deadlines are the client's business, not a log line.
         log.debug("connection from %s failed", client_address[0], exc_info=True)
 
 

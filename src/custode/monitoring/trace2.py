@@ -22,6 +22,17 @@ trace2config for why not datagrams.
 
 Which process counts for which repository: see trace2sessions.
 
+Anything that can connect can write, so every line is hostile input, bounded in size,
+structure, time and memory (trace2lines, trace2sessions): a line is at most
+``max_line_bytes`` and never held whole beyond that; its nesting is checked before it is
+parsed; ids, names and paths have caps; the lines between the threads and the lines
+still being received are bounded by ``max_buffer_bytes``, the processes in flight by
+``max_session_bytes``. A refused line is counted by reason
+(``custode_trace2_lines_rejected_total``), an exception on one line costs that line only,
+and a thread that dies anyway is restarted by a watchdog (trace2threads), counted in
+``custode_trace2_thread_restarts_total`` and reported by ``health()``, which serve's
+``/healthz`` calls.
+
 The socket is made with mode 0600 by default: run ``custode serve`` as the user that runs
 git (the git server's user). git processes that cannot connect run untraced, never slower.
 """
@@ -30,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
+import logging
 import os
 import resource
 import secrets
@@ -40,9 +51,9 @@ import stat
 import struct
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -50,27 +61,44 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from custode.errors import LockedError, PathNotFoundError
 from custode.monitoring.histograms import OperationHistograms
 from custode.monitoring.trace2config import check_socket_path
-from custode.monitoring.trace2sessions import Sessions
+from custode.monitoring.trace2lines import REASONS, Framer, Rejected, parse_event
+from custode.monitoring.trace2sessions import MAX_NAME, Observation, Sessions
+from custode.monitoring.trace2threads import Threads
 
-__all__ = ["RepositoryOf", "Trace2Listener"]
+__all__ = ["RepositoryOf", "Trace2Listener", "health"]
+
+log = logging.getLogger("custode.monitoring.trace2")
 
 _PREFIX = b'{"event":"'
-_NEEDED = frozenset((b"start", b"cmd_name", b"def_repo", b"exit", b"atexit", b"signal"))
+_NEEDED = frozenset(("start", "cmd_name", "def_repo", "exit", "atexit", "signal"))
+_NEEDED_BYTES = frozenset(name.encode() for name in _NEEDED)
 
 #: Maps a repository path git reported to (root, path relative to it), or None if the
 #: path is not one of the fleet's repositories.
 RepositoryOf = Callable[[str], tuple[str, str] | None]
 
-MAX_LINE = 1 << 20  # an event longer than this is not git's: skipped, counted malformed
+#: git's longest needed event is ``start`` (argv): xargs passes 128 KiB by default. A longer
+#: start only loses its argv, which matters for serving commands, whose argv is short.
+MAX_LINE = 256 << 10
+MAX_BUFFER_BYTES = 64 << 20
+MAX_SESSION_BYTES = 16 << 20
+LINE_OVERHEAD = 64  # what a buffered line costs beyond its bytes (object, deque slot)
+READ_SIZE = 1 << 16
 
-
-@dataclass
-class _Connection:
-    partial: bytes = b""
-    skipping: bool = False  # inside an over-long line: drop up to the next newline
-
+_ROLES = ("reader", "parser")
+ERROR_LOG_EVERY = 60.0  # seconds between log lines about exceptions on lines
 
 _LISTENER, _WAKE = object(), object()
+_listening: weakref.WeakSet[Trace2Listener] = weakref.WeakSet()
+
+
+def health() -> str | None:
+    """Why a trace2 listener of this process cannot be trusted, or None (serve's
+    ``/healthz``); a process that does not listen is healthy."""
+    for listener in list(_listening):
+        if (reason := listener.health()) is not None:
+            return reason
+    return None
 
 
 class Trace2Listener:
@@ -84,6 +112,9 @@ class Trace2Listener:
         *,
         repository_of: RepositoryOf | None = None,
         max_buffer: int = 100_000,
+        max_buffer_bytes: int = MAX_BUFFER_BYTES,
+        max_line_bytes: int = MAX_LINE,
+        max_session_bytes: int = MAX_SESSION_BYTES,
         mode: int = 0o600,
         max_connections: int | None = None,
     ) -> None:
@@ -91,25 +122,62 @@ class Trace2Listener:
         self.histograms = histograms
         self.repository_of = repository_of
         self.max_buffer = max_buffer
+        # lines being received may hold half of the bytes, so that half-written lines on
+        # many connections never leave no room for complete ones
+        self.max_buffer_bytes = max_buffer_bytes
+        self.max_line_bytes = max_line_bytes
         self.mode = mode
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.max_connections = max_connections or max(16, min(soft - 256, 65_536))
         self.received = self.dropped = self.connections = self.rejected = 0
         self.observed = 0
         self.skipped = 0  # events a duration does not need, not parsed
-        self._malformed = [0, 0]  # by the reader (truncated lines), by the parser
+        # counted by one thread each (no lock); every reason present, so a scrape can
+        # iterate while a thread counts
+        self._rejects = {role: dict.fromkeys(REASONS, 0) for role in _ROLES}
         self._buffer: deque[bytes] = deque()
-        self._sessions = Sessions()
+        self._queued_in = 0  # bytes appended to _buffer, by the reader
+        self._queued_out = 0  # bytes taken from it, by the parser
+        self._partial_bytes = 0  # of lines being received, by the reader
+        self._sessions = Sessions(max_bytes=max_session_bytes)
         self._ready = threading.Event()  # lines are waiting for the parser
         self._stopping = threading.Event()
         self._parsing = False
         self._sock: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
-        self._threads: list[threading.Thread] = []
+        loops = {"reader": self._read_loop, "parser": self._parse_loop}
+        self._threads = Threads(loops, self._stopping, on_death=self._died)
+        self._error_logged = -ERROR_LOG_EVERY
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """Times each thread ("reader", "parser") was restarted after it died."""
+        return dict(self._threads.restarts)
+
+    def health(self) -> str | None:
+        """None while listening normally; else why the events cannot be trusted: a thread
+        is dead, or died lately and was restarted (see trace2threads)."""
+        return None if self._sock is None else self._threads.health()
+
+    @property
+    def rejected_lines(self) -> dict[str, int]:
+        """Lines not used, by reason (trace2lines.REASONS), the reasons that occurred."""
+        total = {r: self._rejects["reader"][r] + self._rejects["parser"][r] for r in REASONS}
+        return {reason: n for reason, n in total.items() if n}
 
     @property
     def malformed(self) -> int:
-        return sum(self._malformed)
+        return sum(self.rejected_lines.values())
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of lines waiting for the parser and of lines still being received."""
+        return self._queued_in - self._queued_out + self._partial_bytes
+
+    @property
+    def session_bytes(self) -> int:
+        """Bytes held for the git processes in flight."""
+        return self._sessions.bytes
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -119,7 +187,7 @@ class Trace2Listener:
         listens on it."""
         if self._sock is not None:
             return
-        self._sock = sock = self._bind()
+        self._sock = self._bind()
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -127,26 +195,20 @@ class Trace2Listener:
         self._selector.register(self._sock, selectors.EVENT_READ, _LISTENER)
         self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
         self._stopping.clear()
-        self._threads = [
-            threading.Thread(
-                target=self._read_loop, args=(sock,), name="trace2-reader", daemon=True
-            ),
-            threading.Thread(target=self._parse_loop, name="trace2-parser", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._threads.start()
+        _listening.add(self)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop both threads, close every connection (git carries on untraced) and remove
         the socket file if it is still ours. Events not yet parsed are discarded."""
         if self._sock is None:
             return
+        _listening.discard(self)
         self._stopping.set()
         self._ready.set()
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        for thread in self._threads:
-            thread.join(timeout)
+        self._threads.join(timeout)
         for key in list(self._selector.get_map().values()):
             with contextlib.suppress(OSError):
                 key.fileobj.close()  # type: ignore[union-attr]
@@ -159,6 +221,8 @@ class Trace2Listener:
                 os.unlink(self.socket_path)
         self._sock = None
         self._buffer.clear()
+        self._queued_out = self._queued_in
+        self._partial_bytes = 0
 
     def __enter__(self) -> Trace2Listener:
         self.start()
@@ -229,15 +293,22 @@ class Trace2Listener:
 
     # ------------------------------------------------------------------ reader thread
 
-    def _read_loop(self, listening: socket.socket) -> None:
-        while not self._stopping.is_set():
+    def _read_loop(self) -> None:
+        listening = self._sock
+        while listening is not None and not self._stopping.is_set():
             for key, _ in self._selector.select(timeout=1.0):
                 if key.data is _LISTENER:
                     self._accept(listening)
                 elif key.data is _WAKE:
                     return
                 else:
-                    self._drain(key.fileobj, key.data)  # type: ignore[arg-type]
+                    conn, framer = key.fileobj, key.data
+                    try:
+                        self._drain(conn, framer)  # type: ignore[arg-type]
+                    except Exception:  # a bug on one connection costs that connection
+                        log.exception("trace2: error reading a connection; closing it")
+                        self._rejects["reader"]["error"] += 1
+                        self._close(conn, framer)  # type: ignore[arg-type]
 
     def _accept(self, listening: socket.socket) -> None:
         while True:
@@ -255,7 +326,7 @@ class Trace2Listener:
                 self.rejected += 1
                 continue
             conn.setblocking(False)
-            self._selector.register(conn, selectors.EVENT_READ, _Connection())
+            self._selector.register(conn, selectors.EVENT_READ, Framer(self.max_line_bytes))
             self.connections += 1
 
     def _shed(self, listening: socket.socket) -> None:
@@ -269,37 +340,44 @@ class Trace2Listener:
         finally:
             self._spare = os.open(os.devnull, os.O_RDONLY)
 
-    def _drain(self, conn: socket.socket, state: _Connection) -> None:
+    def _drain(self, conn: socket.socket, framer: Framer) -> None:
         try:
-            data = conn.recv(1 << 16)
+            data = conn.recv(READ_SIZE)
         except BlockingIOError:
             return
         except OSError:
             data = b""
         if not data:
-            if state.partial:
-                self._malformed[0] += 1  # git was killed mid-event
-            self._selector.unregister(conn)
-            conn.close()
+            self._close(conn, framer)
             return
-        lines = data.split(b"\n")
-        lines[0] = state.partial + lines[0]
-        state.partial = lines.pop()
-        if state.skipping and lines:
-            lines.pop(0)  # the tail of the over-long line
-            state.skipping = False
-        if len(state.partial) > MAX_LINE:
-            state.partial, state.skipping = b"", True
-            self._malformed[0] += 1
+        held = len(framer.partial)
+        others = self._partial_bytes - held
+        lines, too_long, dropped = framer.feed(data, self.max_buffer_bytes // 2 - others)
+        self._partial_bytes += len(framer.partial) - held
+        self._rejects["reader"]["too_long"] += too_long
+        self.dropped += dropped
         if not lines:
             return
         self.received += len(lines)
-        room = self.max_buffer - len(self._buffer)  # only this thread appends
-        if room < len(lines):
-            self.dropped += len(lines) - max(room, 0)
-            lines = lines[: max(room, 0)]
-        self._buffer.extend(lines)
+        budget = self.max_buffer_bytes - self.max_buffer_bytes // 2
+        queued = self._queued_in - self._queued_out  # only this thread appends
+        for line in lines:
+            cost = len(line) + LINE_OVERHEAD
+            if len(self._buffer) >= self.max_buffer or queued + cost > budget:
+                self.dropped += 1
+                continue
+            self._buffer.append(line)
+            queued += cost
+            self._queued_in += cost
         self._ready.set()
+
+    def _close(self, conn: socket.socket, framer: Framer) -> None:
+        self._partial_bytes -= len(framer.partial)
+        if framer.close():
+            self._rejects["reader"]["truncated"] += 1  # git was killed mid-event
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn)
+        conn.close()
 
     # ------------------------------------------------------------------ parser thread
 
@@ -309,25 +387,39 @@ class Trace2Listener:
             self._ready.clear()
             while self._buffer and not self._stopping.is_set():
                 self._parsing = True
-                self._handle(self._buffer.popleft())
+                line = self._buffer.popleft()
+                self._queued_out += len(line) + LINE_OVERHEAD
+                try:
+                    self._handle(line)
+                except Exception as exc:  # a bug on one line costs that line
+                    self._rejects["parser"]["error"] += 1
+                    self._log_error(exc)
             self._parsing = False
+
+    def _died(self, role: str) -> None:
+        if role == "parser" and self._parsing:
+            self._rejects["parser"]["error"] += 1  # the line in flight is lost
+            self._parsing = False
+
+    def _log_error(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._error_logged >= ERROR_LOG_EVERY:  # a flood of them: one a minute
+            self._error_logged = now
+            log.error("trace2: a line could not be handled; counted as rejected (error)",
+                      exc_info=exc)  # fmt: skip
 
     def _handle(self, line: bytes) -> None:
         # most events (regions, data, ancestry) say nothing a duration needs: skip them
         # unparsed, which keeps custode's CPU (shared with the git it measures) low
         if line.startswith(_PREFIX):
-            end = line.find(b'"', len(_PREFIX))
-            if end > 0 and line[len(_PREFIX) : end] not in _NEEDED:
+            end = line.find(b'"', len(_PREFIX), len(_PREFIX) + MAX_NAME + 1)
+            if end > 0 and line[len(_PREFIX) : end] not in _NEEDED_BYTES:
                 self.skipped += 1
                 return
         try:
-            event = json.loads(line)
-            name, sid = event["event"], event["sid"]
-            if not isinstance(name, str) or not isinstance(sid, str) or not sid:
-                raise ValueError("not a trace2 event")
-            observation = self._sessions.feed(name, sid, event)
-        except (ValueError, TypeError, KeyError):
-            self._malformed[1] += 1
+            observation = self._event(line)
+        except Rejected as exc:
+            self._rejects["parser"][exc.reason] += 1
             return
         if observation is not None:
             root, repository = self._repository(observation.path) or (None, None)
@@ -336,6 +428,18 @@ class Trace2Listener:
                 repository=repository, root=root,
             )  # fmt: skip
             self.observed += 1
+
+    def _event(self, line: bytes) -> Observation | None:
+        event = parse_event(line)
+        name, sid = event.get("event"), event.get("sid")
+        if not isinstance(name, str) or not isinstance(sid, str) or not sid:
+            raise Rejected("type", "no event name or sid")
+        if len(name) > MAX_NAME:
+            raise Rejected("field", f"event name longer than {MAX_NAME} characters")
+        if name not in _NEEDED:
+            self.skipped += 1
+            return None
+        return self._sessions.feed(name, sid, event)
 
     def _repository(self, path: str | None) -> tuple[str, str] | None:
         if path is None or self.repository_of is None:
@@ -350,10 +454,14 @@ class Trace2Listener:
         def counter(name: str, doc: str, value: int) -> CounterMetricFamily:
             return CounterMetricFamily(f"custode_trace2_{name}", doc, value=value)
 
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"custode_trace2_{name}", doc, value=value)
+
         yield counter("events_total", "trace2 events read from git processes.", self.received)
         yield counter(
             "events_dropped_total",
-            "trace2 events dropped because the parser fell behind (git never waits).",
+            "trace2 events dropped to stay within the buffer's bounds (the parser fell "
+            "behind, or too many half-written lines): git never waits.",
             self.dropped,
         )
         yield counter(
@@ -361,6 +469,15 @@ class Trace2Listener:
             "Lines on the trace2 socket that were not complete trace2 events.",
             self.malformed,
         )
+        rejected = CounterMetricFamily(
+            "custode_trace2_lines_rejected", "Lines on the trace2 socket not used, by reason: "
+            "too_long, truncated, encoding, json, depth, type, field (over a cap), error.",
+            labels=["reason"],
+        )  # fmt: skip
+        for reason in REASONS:
+            value = self._rejects["reader"][reason] + self._rejects["parser"][reason]
+            rejected.add_metric([reason], value)
+        yield rejected
         yield counter("connections_total", "git processes that connected.", self.connections)
         yield counter(
             "connections_rejected_total",
@@ -368,12 +485,34 @@ class Trace2Listener:
             self.rejected,
         )
         yield counter("processes_total", "git processes observed to their exit.", self.observed)
-        yield GaugeMetricFamily(
-            "custode_trace2_buffered_events", "Events waiting to be parsed.", len(self._buffer)
+        yield counter(
+            "processes_evicted_total",
+            "git processes in flight forgotten to stay within trace2's memory bound.",
+            self._sessions.evicted,
         )
-        yield GaugeMetricFamily(
-            "custode_trace2_listening", "1 while the trace2 socket is open.", int(bool(self._sock))
+        yield gauge("buffered_events", "Events waiting to be parsed.", len(self._buffer))
+        yield gauge(
+            "buffer_bytes",
+            "Bytes of lines waiting to be parsed or still being received.",
+            self.buffered_bytes,
         )
+        yield gauge("processes_in_flight", "git processes seen but not yet exited.",
+                    len(self._sessions))  # fmt: skip
+        yield gauge("process_bytes", "Bytes held for the git processes in flight.",
+                    self._sessions.bytes)  # fmt: skip
+        restarts = CounterMetricFamily(
+            "custode_trace2_thread_restarts", "trace2 threads restarted after they died.",
+            labels=["thread"],
+        )  # fmt: skip
+        running = GaugeMetricFamily(
+            "custode_trace2_thread_running", "1 while a trace2 thread runs.", labels=["thread"]
+        )
+        for role in _ROLES:
+            restarts.add_metric([role], self._threads.restarts[role])
+            running.add_metric([role], int(self._threads.running(role)))
+        yield restarts
+        yield running
+        yield gauge("listening", "1 while the trace2 socket is open.", int(bool(self._sock)))
 
 
 def _clear_stale(path: Path) -> None:

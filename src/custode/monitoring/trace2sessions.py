@@ -10,20 +10,38 @@ The repository: ``upload-pack``, ``receive-pack`` and ``upload-archive`` name it
 ``index-pack`` under a clone reports the clone's cwd as its work tree), else their own
 ``def_repo``. Bare repositories emit no ``def_repo``: outside a serving command they count
 without one. A serving command whose argv path is relative learns its child's.
+
+Memory is bounded in bytes: every field kept is capped (a longer sid, name or path
+rejects its event, before anything changes), each process in flight costs what it holds,
+and the oldest are forgotten beyond ``max_bytes`` (git processes killed before their exit
+never send one). Walks over a sid's ancestors are bounded by the sid's cap: an uncapped
+sid of 200,000 levels took the old parser 25 s to 50 s per event.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SERVING", "Observation", "Sessions"]
+from custode.monitoring.trace2lines import Rejected
+
+__all__ = ["MAX_NAME", "MAX_PATH", "MAX_SID", "SERVING", "Observation", "Sessions"]
 
 SERVING = frozenset({"upload-pack", "receive-pack", "upload-archive"})
 _OPERATION = re.compile(r"_?[a-z0-9][a-z0-9_-]{0,39}")
+
+#: git's sid is ~45 characters per process level ("<time>-H<hash>-P<pid>", a child's
+#: prefixed by its parent's and "/"): 1,024 is more than twenty levels.
+MAX_SID = 1024
+MAX_NAME = 256  # event and command names: git's are a few words
+MAX_PATH = 4096  # PATH_MAX: a longer path cannot name a repository
+#: What a process in flight costs beyond its strings (its dict slot, the object).
+SESSION_OVERHEAD = 256
 
 
 @dataclass(frozen=True)
@@ -33,10 +51,11 @@ class Observation:
     path: str | None  # the repository it ran on, as git named it
 
 
-@dataclass
+@dataclass(slots=True)
 class _Session:
+    cost: int  # bytes, as counted in Sessions.bytes
     operation: str | None = None
-    argv: tuple[str, ...] = ()
+    argv_path: str | None = None  # the absolute path last in argv, if any (see _served_path)
     served: str | None = None  # the repository a serving command names in argv
     worktree: str | None = None  # def_repo
     inherited: str | None = None  # the nearest ancestor's repository when this one began
@@ -46,76 +65,109 @@ class _Session:
 
 
 class Sessions:
-    """The git processes in flight, fed one parsed event at a time (not thread-safe)."""
+    """The git processes in flight, fed one parsed event at a time (not thread-safe;
+    ``len()``, ``bytes`` and ``evicted`` may be read from another thread)."""
 
-    def __init__(self, max_sessions: int = 20_000, max_operations: int = 200) -> None:
+    def __init__(
+        self, max_sessions: int = 20_000, max_operations: int = 200, *,
+        max_bytes: int = 16 << 20,
+    ) -> None:  # fmt: skip
         self._live: dict[str, _Session] = {}
         self._operations: set[str] = set()
         self.max_sessions = max_sessions
         self.max_operations = max_operations
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the processes in flight hold, by _cost
+        self.evicted = 0  # processes forgotten before their exit
 
     def __len__(self) -> int:
         return len(self._live)
 
     def feed(self, name: str, sid: str, event: dict[str, Any]) -> Observation | None:
-        """The observation ``event`` completes, if any. ValueError if it is malformed."""
+        """The observation ``event`` completes, if any. Rejected (a ValueError) if the
+        event is malformed or a field is over its cap; nothing changes then."""
+        if len(sid) > MAX_SID:
+            raise Rejected("field", f"sid longer than {MAX_SID} characters")
         if name in ("exit", "atexit", "signal"):
+            seconds = _seconds(name, event.get("t_abs"))
             session = self._live.pop(sid, None)
-            seconds = event.get("t_abs")
-            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
-                raise ValueError(f"{name} without t_abs")
-            if session is None or session.operation is None:
-                return None  # began before custode listened, or its start was dropped
+            if session is None:
+                return None  # began before custode listened, or was forgotten
+            self.bytes -= session.cost
+            if session.operation is None:
+                return None  # its cmd_name was dropped
             path = session.served or self._ancestor_path(sid) or session.inherited
-            return Observation(session.operation, float(seconds), path or session.worktree)
-        session = self._live.get(sid)
-        if session is None:
-            session = self._begin(sid)
+            return Observation(session.operation, seconds, path or session.worktree)
+        changed = [sid]
         if name == "start":
-            argv = event.get("argv")
+            argv, path = event.get("argv"), None
             if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
-                session.argv = tuple(argv)
+                path = _served_path(argv)
+            self._session(sid).argv_path = path
         elif name == "cmd_name":
-            session.operation = self._operation(event.get("name"))
-            if session.operation in SERVING:
-                session.served = _served_path(session.argv)
-                self._lend(sid, session.served)
+            operation = self._operation(event.get("name"))
+            session = self._session(sid)
+            session.operation = operation
+            if operation in SERVING:
+                session.served = session.argv_path
+                changed += self._lend(sid, session.served)
         elif name == "def_repo":
             worktree = event.get("worktree")
+            if isinstance(worktree, str) and len(worktree) > MAX_PATH:
+                raise Rejected("field", f"def_repo worktree longer than {MAX_PATH} characters")
             if isinstance(worktree, str) and os.path.isabs(worktree):
-                session.worktree = worktree
-                self._lend(sid, worktree)
+                self._session(sid).worktree = worktree
+                changed += self._lend(sid, worktree)
+        self._account(changed)
         return None
 
-    def _begin(self, sid: str) -> _Session:
-        while len(self._live) >= self.max_sessions:  # killed gits never exit: oldest go
-            del self._live[next(iter(self._live))]
-        session = _Session(inherited=self._ancestor_path(sid))
-        self._live[sid] = session
+    def _session(self, sid: str) -> _Session:
+        session = self._live.get(sid)
+        if session is None:
+            session = _Session(0, inherited=self._ancestor_path(sid))
+            self._live[sid] = session
         return session
 
-    def _ancestors(self, sid: str) -> Iterator[_Session]:
+    def _account(self, sids: list[str]) -> None:
+        """Recount the bytes of ``sids`` (changed), then forget the oldest processes
+        while over a bound (this one too if it is the oldest: a bound is a bound)."""
+        for sid in sids:
+            if (session := self._live.get(sid)) is not None:
+                cost = _cost(sid, session)
+                self.bytes += cost - session.cost
+                session.cost = cost
+        while self._live and (self.bytes > self.max_bytes or len(self._live) > self.max_sessions):
+            self.bytes -= self._live.pop(next(iter(self._live))).cost
+            self.evicted += 1
+
+    def _ancestors(self, sid: str) -> Iterator[tuple[str, _Session]]:
         while "/" in sid:
             sid = sid.rpartition("/")[0]
             if (parent := self._live.get(sid)) is not None:
-                yield parent
+                yield sid, parent
 
     def _ancestor_path(self, sid: str) -> str | None:
-        for parent in self._ancestors(sid):
+        for _, parent in self._ancestors(sid):
             if (path := parent.own_path() or parent.inherited) is not None:
                 return path
         return None
 
-    def _lend(self, sid: str, path: str | None) -> None:
-        """A serving command without a usable argv path learns it from its child."""
+    def _lend(self, sid: str, path: str | None) -> list[str]:
+        """A serving command without a usable argv path learns it from its child; the
+        sids of the ancestors that did."""
+        lent: list[str] = []
         if path is None:
-            return
-        for parent in self._ancestors(sid):
+            return lent
+        for parent_sid, parent in self._ancestors(sid):
             if parent.own_path() or parent.inherited:
-                return
+                break
             parent.worktree = path
+            lent.append(parent_sid)
+        return lent
 
     def _operation(self, name: object) -> str:
+        if isinstance(name, str) and len(name) > MAX_NAME:
+            raise Rejected("field", f"cmd_name name longer than {MAX_NAME} characters")
         if not isinstance(name, str) or not _OPERATION.fullmatch(name):
             return "other"
         if name not in self._operations:
@@ -125,7 +177,32 @@ class Sessions:
         return name
 
 
-def _served_path(argv: tuple[str, ...]) -> str | None:
-    """``git-upload-pack '/srv/x.git'``, ``git receive-pack --stateless-rpc /srv/x.git``."""
-    words = [a for a in argv[1:] if not a.startswith("-")]
-    return words[-1] if words and os.path.isabs(words[-1]) else None
+def _served_path(argv: list[str]) -> str | None:
+    """``git-upload-pack '/srv/x.git'``, ``git receive-pack --stateless-rpc /srv/x.git``:
+    the last word that is no option, if it is an absolute path (at most MAX_PATH long:
+    argv is any command's, so a longer word is not refused, only not kept)."""
+    last = next((a for a in reversed(argv[1:]) if not a.startswith("-")), None)
+    if last is None or len(last) > MAX_PATH or not os.path.isabs(last):
+        return None
+    return last
+
+
+def _seconds(name: str, value: object) -> float:
+    """``t_abs``: a finite number of seconds, at least 0; Rejected otherwise."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value)  # OverflowError for a 400-digit integer
+        except OverflowError:
+            seconds = math.inf
+        if math.isfinite(seconds) and seconds >= 0:
+            return seconds
+    raise Rejected("type", f"{name} without t_abs (a finite number of seconds, at least 0)")
+
+
+def _cost(sid: str, session: _Session) -> int:
+    """Bytes a process in flight holds (a string shared with another counts for each)."""
+    size = SESSION_OVERHEAD + sys.getsizeof(sid)
+    for text in (session.argv_path, session.served, session.worktree, session.inherited):
+        if text is not None:
+            size += sys.getsizeof(text)
+    return size

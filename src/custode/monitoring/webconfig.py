@@ -340,8 +340,11 @@ class BasicAuth:
     seconds, so a successful check is remembered for AUTH_CACHE_SECONDS, per user and
     configured hash, as an HMAC of the password under a per-process random key (no
     password or fast hash of one is kept). Checks run one at a time so a flood of wrong
-    passwords costs one core at most. Unknown users cost a bcrypt too, so response
-    times do not tell which names exist.
+    passwords costs one core at most; and one client (``client``, the server's key for
+    an address) waits for its previous check before queueing for the next, so a flood
+    from one address delays another's check by about one check, not by the whole flood.
+    A check whose connection was closed while it waited (``abandoned``) is skipped.
+    Unknown users cost a bcrypt too, so response times do not tell which names exist.
     """
 
     def __init__(
@@ -357,8 +360,12 @@ class BasicAuth:
         self._cache: dict[tuple[str, bytes], tuple[bytes, float]] = {}
         self._cache_lock = threading.Lock()
         self._bcrypt_lock = threading.Lock()
+        self._turns: dict[str, tuple[threading.Lock, int]] = {}  # per client: lock, waiting
 
-    def check(self, header: str | None) -> bool:
+    def check(
+        self, header: str | None, *, client: str = "",
+        abandoned: Callable[[], bool] = lambda: False,
+    ) -> bool:  # fmt: skip
         """Whether ``header`` (the Authorization value) names a user and their password."""
         credentials = _parse_basic(header)
         if credentials is None:
@@ -366,7 +373,7 @@ class BasicAuth:
         user, password = credentials
         stored = self._users.get(user)
         if stored is None:
-            self._bcrypt(password, self._decoy)
+            self._verify(password, self._decoy, client, abandoned)
             return False
         mac = hmac.digest(self._secret, password, "sha256")
         now = self._clock()
@@ -374,18 +381,37 @@ class BasicAuth:
             hit = self._cache.get((user, stored))
         if hit is not None and hit[1] > now and hmac.compare_digest(hit[0], mac):
             return True
-        if not self._bcrypt(password, stored):
+        if not self._verify(password, stored, client, abandoned):
             return False
         with self._cache_lock:
             self._cache[(user, stored)] = (mac, now + self._ttl)
         return True
 
+    def _verify(
+        self, password: bytes, stored: bytes, client: str, abandoned: Callable[[], bool]
+    ) -> bool:
+        with self._cache_lock:
+            turn, waiting = self._turns.get(client, (threading.Lock(), 0))
+            self._turns[client] = (turn, waiting + 1)
+        try:
+            with turn:
+                if abandoned():
+                    return False
+                with self._bcrypt_lock:
+                    return not abandoned() and self._bcrypt(password, stored)
+        finally:
+            with self._cache_lock:
+                turn, waiting = self._turns[client]
+                if waiting == 1:
+                    del self._turns[client]
+                else:
+                    self._turns[client] = (turn, waiting - 1)
+
     def _bcrypt(self, password: bytes, stored: bytes) -> bool:
-        with self._bcrypt_lock:
-            try:
-                return bool(bcrypt.checkpw(password, stored))
-            except ValueError:  # longer than bcrypt's 72 bytes: cannot match
-                return False
+        try:
+            return bool(bcrypt.checkpw(password, stored))
+        except ValueError:  # longer than bcrypt's 72 bytes: cannot match
+            return False
 
 
 def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
