@@ -235,3 +235,24 @@ def test_a_cache_fifo_does_not_hang_the_scan(custode: Run, root: Path, state_dir
     assert done and done[0].code == 0, "status hung on a FIFO in place of the scan cache"
     assert "scan cache not used: scan cache " in done[0].stderr
     assert "is not a regular file" in done[0].stderr
+
+
+def test_maintain_without_the_check_verdicts_maintains_nothing(
+    custode: Run, root: Path, state_dir: Path
+) -> None:
+    """Issue 11's rule (no task for a repository in doubt) needs the recorded verdicts:
+    a maintain that cannot read them must not repack what a check found corrupt."""
+    assert custode("check", root).code == 0  # creates the history
+    db = state_dir / "state.db"
+    for name in ("state.db-wal", "state.db-shm"):
+        (state_dir / name).unlink(missing_ok=True)
+    with db.open("r+b") as f:
+        f.write(b"this is no sqlite database" * 8)  # its header and first page overwritten
+    before = sorted(p.name for p in (root / "loose.git" / "objects").iterdir())
+    result = custode("maintain", root)
+    assert result.code == 7, result.stderr
+    assert "not maintaining anything: the last check's verdicts cannot be read" in result.stderr
+    assert f"state database {db} is " in result.stderr and "; fix: " in result.stderr
+    assert sorted(p.name for p in (root / "loose.git" / "objects").iterdir()) == before
+    dry = custode("maintain", "--dry-run", root)
+    assert dry.code == 0 and "planning every repository afresh" in dry.stderr

@@ -23,7 +23,7 @@ from custode.audit import AuditLog
 from custode.cli.app import App
 from custode.cli.params import DURATION
 from custode.cli.scanning import scan_fleet
-from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
+from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError, StateUnusableError
 from custode.git import Git
 from custode.maintenance import borrowers
 from custode.maintenance.doubt import TASKS as CHECK_TASKS
@@ -101,14 +101,25 @@ def _record(app: App, pairs: list[tuple[RepoState, ExecutionResult]], failed: in
         app.warn(f"maintenance results not recorded in history: {exc}")
 
 
-def _history(app: App, states: list[RepoState], use_fingerprints: bool) -> dict[str, RepoHistory]:
-    """What the planner needs from the history database, per repository path."""
+def _history(
+    app: App, states: list[RepoState], use_fingerprints: bool, *, dry_run: bool
+) -> dict[str, RepoHistory]:
+    """What the planner needs from the history database, per repository path.
+
+    Without it custode cannot know which repositories the last check found in doubt, so
+    it maintains none (exit 7); a dry run plans every repository afresh, with a warning.
+    """
     try:
         with StateDB.open(app.state_dir() / "state.db") as db:
             full = db.last_task_times("full_repack")
             runs = db.task_history("maintain")
             checks = doubts(db.latest_results(CHECK_TASKS))
     except CustodeError as exc:
+        if not dry_run:
+            raise StateUnusableError(
+                f"not maintaining anything: the last check's verdicts cannot be read, so "
+                f"a repository it found in doubt could be repacked: {exc}"
+            ) from exc
         app.warn(f"history unreadable, planning every repository afresh: {exc}")
         return {}
     history: dict[str, RepoHistory] = {}
@@ -206,7 +217,7 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
     version = git.check_version()
     found = scan_fleet(app, root_paths)
     now = time.time()
-    history = _history(app, found.states, use_fingerprints=not force)
+    history = _history(app, found.states, use_fingerprints=not force, dry_run=dry_run)
     policy = app.config.maintenance
     lent = _borrowers(app, root_paths, found.states, record=not dry_run)
     plans = [
