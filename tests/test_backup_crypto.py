@@ -4,6 +4,7 @@ import io
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -256,3 +257,28 @@ def test_symlinked_identity_is_checked_at_its_target(key: Path, tmp_path: Path) 
     key.chmod(0o644)
     with pytest.raises(UsageError, match=f"chmod 600 {link}"):
         load_identity(link)
+
+
+def test_a_fifo_as_identity_file_is_refused_at_once(tmp_path: Path) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: a planted one must not make
+    verify or restore wait forever (issue 12: every file custode reads is hostile input)."""
+    fifo = tmp_path / "identity.txt"
+    os.mkfifo(fifo, 0o600)
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_identity(fifo)
+        except BaseException as exc:  # handed to the test's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():  # unblock the old code's open() so the test run can end
+        with open(fifo, "wb"):
+            pass
+        worker.join(5)
+        pytest.fail("load_identity waited on a FIFO")
+    assert len(errors) == 1 and isinstance(errors[0], UsageError)
+    assert "is not a regular file" in str(errors[0])

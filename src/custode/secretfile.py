@@ -19,7 +19,8 @@ def read_secret(path: Path, what: str, *, limit: int, missing: str, expected: st
     """The bytes of ``path``, which ``what`` names in errors ("identity file"); ``missing``
     is the fix when it does not exist, ``expected`` what it should be ("an age key file")."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # fstat below checks what was opened
+        # O_NONBLOCK: a FIFO planted here must not make us wait; fstat checks what it is
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise PathNotFoundError(f"{what} {path} does not exist: {missing}") from None
     except OSError as exc:
