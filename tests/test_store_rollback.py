@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from custode.backup.catalog import load
+from custode.backup.catalog import choose, load
 from custode.backup.crypto import generate_identity
 from custode.backup.manifest import Snapshot, canonical, new_id
 from custode.backup.retention import Policy, apply
 from custode.backup.store import LocalStore
+from custode.errors import IntegrityError
 from fixtures.builders import fast_import, history_stream, run_git
 from fixtures.cli import CliResult
 from fixtures.system import need
@@ -222,6 +223,23 @@ def test_a_legacy_snapshot_dated_in_the_future_is_never_latest_by_its_date(
     assert catalog.snapshots[-1].snapshot_id == made[2]
     kept = apply(Policy(last=1), catalog.snapshots).keep
     assert [s.snapshot_id for s in kept] == [made[2]]
+
+
+def test_a_damaged_newest_snapshot_is_not_hidden_by_one_dated_in_the_future(
+    tmp_path: Path,
+) -> None:
+    """'The latest' refuses while a newer snapshot is damaged; a readable snapshot dated a
+    year ahead must not make every damaged one look older than it (its id is its date)."""
+    store = LocalStore(tmp_path / "store")
+    now = datetime.now(UTC)
+    for when in (now - timedelta(days=2), now + timedelta(days=365)):
+        snap = Snapshot("h", new_id(when), when.isoformat(timespec="seconds"),
+                        when.isoformat(timespec="seconds"), ())  # fmt: skip
+        store.put_bytes(snap.key, snap.to_bytes())
+    newest = new_id(now - timedelta(days=1))
+    store.put_bytes(f"hosts/h/snapshots/{newest}.json", b"{ cut short")
+    with pytest.raises(IntegrityError, match=f"the latest snapshot {newest} cannot be read"):
+        choose(load(store, "h"), None, "store", "h")
 
 
 def test_a_backup_dated_in_the_future_is_not_the_parent_of_the_next_ones() -> None:

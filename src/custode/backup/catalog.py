@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from custode.backup.freshness import order_key
+from custode.backup.freshness import in_future, order_key
 from custode.backup.manifest import Snapshot, read_snapshot
 from custode.backup.store import Store, damaged_file
 from custode.errors import IntegrityError, StateError, UsageError
@@ -94,7 +94,10 @@ def snapshot_id(key: str) -> str:
 def _refuse_newer_damaged(catalog: Catalog) -> None:
     """Restoring "the latest" while a newer snapshot cannot be read would silently give
     older data: refuse, naming it (its id says when it was taken, its content cannot)."""
-    newest = max(s.snapshot_id for s in catalog.snapshots)
+    now = datetime.now(UTC)
+    # a readable snapshot dated in the future (a clock ahead) would hide them all
+    present = [s.snapshot_id for s in catalog.snapshots if not in_future(s, now)]
+    newest = max(present, default="")
     newer = sorted(k for k in catalog.damaged
                    if _ID.match(snapshot_id(k)) and snapshot_id(k) > newest)  # fmt: skip
     if newer:
