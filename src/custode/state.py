@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from custode.errors import StateError, StateUnusableError
+from custode.pathtext import sql_row, sql_value
 from custode.secretfile import require_private_dir, require_private_file
 from custode.stateproblems import (
     BUSY_TIMEOUT_S,
@@ -104,6 +105,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
 )
+
+
+# SQLite's TEXT is UTF-8: a repository name that is not (a lone surrogate from os.fsdecode)
+# is stored as a BLOB of its bytes instead of failing the whole run (pathtext.sql_value).
+# The adapter is process-wide; it changes nothing for any str that is valid UTF-8.
+sqlite3.register_adapter(str, sql_value)
 
 
 def utcnow() -> str:
@@ -275,6 +282,7 @@ class StateDB:
             # timeout= is SQLite's busy_timeout: a second writer waits instead of failing.
             wait = busy_timeout(path)
             conn = sqlite3.connect(path, timeout=wait, isolation_level=None)
+            conn.row_factory = sql_row  # a non-UTF-8 repository name comes back as it went in
             db = cls(path, conn)
             db._check_version()
             _enable_wal(conn, wait)  # not covered by the busy timeout when racing

@@ -160,9 +160,10 @@ def _stamp(digest: hashlib.blake2b, path: Path, label: str, depth: int) -> None:
     try:
         st = path.lstat()
     except OSError:
-        digest.update(f"{label} -\n".encode())
+        digest.update(f"{label} -\n".encode("utf-8", "surrogateescape"))  # a file name's bytes
         return
-    digest.update(f"{label} {st.st_mode} {st.st_ino} {st.st_size} {st.st_mtime_ns}\n".encode())
+    line = f"{label} {st.st_mode} {st.st_ino} {st.st_size} {st.st_mtime_ns}\n"
+    digest.update(line.encode("utf-8", "surrogateescape"))
     if stat.S_ISDIR(st.st_mode) and depth > 0:
         try:
             names = sorted(os.listdir(path))

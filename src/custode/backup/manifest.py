@@ -41,6 +41,7 @@ from custode.backup.records import (
 )
 from custode.backup.store import Store, check_key
 from custode.errors import IntegrityError, UsageError
+from custode.pathtext import json_bytes
 
 MANIFEST_FORMAT = "custode-backup/1"
 # a shallow repository's chain records its ``shallow`` commits, which a restore must write:
@@ -105,7 +106,8 @@ def snapshot_key(host: str, snapshot_id: str) -> str:
 
 
 def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    # a repository whose name is not UTF-8 is written as the \udcNN escape (pathtext)
+    return json_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
 
 
 def salted_digest(salt: str, obj: Any) -> str:

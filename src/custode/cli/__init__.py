@@ -16,6 +16,7 @@ import click
 
 from custode import __version__
 from custode.errors import EXIT_CODES_HELP, CustodeError, ExitCode
+from custode.pathtext import escape_streams
 
 COMMANDS = {
     "status": "custode.cli.status_cmd:status",
@@ -74,6 +75,7 @@ def cli(ctx: click.Context, config_path: Path | None, debug: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and map every outcome to one line and one exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv)
+    escape_streams()  # a non-UTF-8 file name is shown as caf\xe9.git, never a crash
     try:
         code: Any = cli.main(args=argv, prog_name="custode", standalone_mode=False)
     except CustodeError as exc:

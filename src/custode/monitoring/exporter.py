@@ -34,6 +34,7 @@ from custode.monitoring.collectors.system import SystemCollector
 from custode.monitoring.histograms import OperationHistograms
 from custode.monitoring.probes import Prober
 from custode.monitoring.view import FilesystemView, FleetView, HostView, RepoView
+from custode.pathtext import display
 from custode.state import LatestResult, StateDB
 
 log = logging.getLogger("custode.monitoring")
@@ -90,17 +91,17 @@ class Exporter:
                 return
             took = time.monotonic() - started
             self._view = replace(view, refreshed_at=time.time(), refresh_seconds=took)
-            self._static_text = generate_latest(self._static)
+            self._static_text = generate_latest(_EscapedLabels(self._static))
             self.refreshes += 1
             self.last_error = ""
 
     def exposition(self) -> bytes:
         """The Prometheus text format: the last refresh's view plus the live families."""
-        return self._static_text + generate_latest(self._dynamic)
+        return self._static_text + generate_latest(_EscapedLabels(self._dynamic))
 
     def samples(self) -> list[Metric]:
         """Every metric family of the last refresh and the live ones (for alert rules)."""
-        return [*self._static.collect(), *self._dynamic.collect()]
+        return [*_EscapedLabels(self._static).collect(), *_EscapedLabels(self._dynamic).collect()]
 
     # -- one refresh ---------------------------------------------------------------------
 
@@ -122,6 +123,24 @@ class Exporter:
         self.prober.run(repos)
         return FleetView(repos, len(found.problems), results, _filesystems(self.roots), host,
                          errors=tuple(errors))  # fmt: skip
+
+
+class _EscapedLabels(CollectorRegistry):
+    """A registry's families with every label value shown as text: a repository name that is
+    not UTF-8 becomes caf\\xe9.git (pathtext.display), as the exposition format is UTF-8."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(auto_describe=False)
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            if any(not v.isascii() for s in family.samples for v in s.labels.values()):
+                family.samples = [
+                    s._replace(labels={k: display(v) for k, v in s.labels.items()})
+                    for s in family.samples
+                ]
+            yield family
 
 
 class _SelfCollector:

@@ -16,6 +16,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from custode.pathtext import display
 from custode.report import charts
 from custode.report.model import Report
 from custode.units import counted, format_bytes, format_duration
@@ -104,8 +105,10 @@ def render(report: Report, fmt: str) -> str:
     context: dict[str, Any] = {"r": report, "limit": LIMITS[fmt]}
     if fmt == "html":
         context["charts"] = _charts(report)
-        return _environment(True).get_template("report.html.j2").render(context)
-    return _environment(False).get_template("report.md.j2").render(context)
+        text = _environment(True).get_template("report.html.j2").render(context)
+    else:
+        text = _environment(False).get_template("report.md.j2").render(context)
+    return display(text)  # a repository name that is not UTF-8 reads caf\xe9.git, as text
 
 
 def _epoch(iso: str) -> float:
