@@ -16,6 +16,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from custode import interrupts
 from custode.config import DiscoveryConfig
 from custode.discovery import OUTSIDE, Problem, Repository, discover, within
 from custode.fsread import Watch
@@ -68,6 +69,7 @@ class _Inspector:
         self.found = self.done = 0
 
     def found_one(self, repo: Repository) -> None:
+        interrupts.check("reading the fleet")  # SIGINT, SIGTERM: stop the walk here
         self.found += 1
         self.pending.append(repo)
         if self.found % 100 == 0:
@@ -88,10 +90,12 @@ class _Inspector:
     def finish(self) -> list[Result]:
         states: list[Result] = []
         for repo in self.pending:
+            interrupts.check("reading the fleet")
             states.append(_inspect_one(repo))
             self.done += 1
             self._report(None if self.futures else self.found)
         for future in self.futures:
+            interrupts.check("reading the fleet")  # close() cancels the chunks not started
             states.extend(future.result())
             self._report(self.found)
         return states

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import psutil
 
+from custode import interrupts
 from custode.errors import GitError, GitNotFoundError, GitRefusedError, GitTimeoutError
 from custode.fsread import read_prefix
 from custode.gitfiles import doubts
@@ -353,6 +354,8 @@ class Git:
         result, timed_out = self._execute(
             argv, workdir, input, limit or None, env, pass_fds=pass_fds, stdout=stdout
         )
+        if result.returncode != 0 and interrupts.requested():
+            raise interrupts.Interrupted(f"interrupted: git {sub} in {where} was stopped")
         if timed_out:
             fix = (
                 f"custode gives a repository in doubt only git.doubt_timeout, as {doubt}"
@@ -424,7 +427,10 @@ class Git:
         pass_fds: Sequence[int] = (),
         stdout: BinaryIO | None = None,
     ) -> tuple[GitResult, bool]:
-        """Run argv in its own process group; the flag says it was killed on timeout."""
+        """Run argv in its own process group; the flag says it was killed on timeout.
+
+        A stop request (``custode.interrupts``) starts no git, and reaches a running one."""
+        interrupts.check("git")
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -445,7 +451,8 @@ class Git:
         timed_out = False
         try:
             try:
-                out, err = proc.communicate(stdin, timeout=timeout)
+                with interrupts.child(proc.pid):
+                    out, err = proc.communicate(stdin, timeout=timeout)
             except subprocess.TimeoutExpired:
                 timed_out = True
                 _signal_group(proc.pid, signal.SIGTERM)  # git removes its lock and temp files

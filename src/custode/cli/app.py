@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
-from custode import paths, stateproblems
+from custode import interrupts, paths, stateproblems
 from custode.config import Config, load_config
 from custode.errors import PathNotFoundError
 
@@ -65,6 +65,11 @@ class App:
         """Indented for a person at a terminal, compact (and faster) for programs."""
         indent = 2 if self.out.is_terminal else None
         sys.stdout.write(json.dumps(obj, indent=indent, default=str) + "\n")
+
+    def stop_on_signals(self) -> None:
+        """A fleet command: SIGINT or SIGTERM starts nothing new, stops what runs and
+        exits 130 (``custode.interrupts``)."""
+        interrupts.install()
 
     def warn(self, message: str) -> None:
         logging.getLogger("custode").warning(message)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
+from custode import interrupts
 from custode.backup.catalog import load
 from custode.backup.engine import BackupSettings, RepoBackup, back_up, write_snapshot
 from custode.backup.guard import after_backup, before_backup
@@ -23,6 +24,8 @@ from custode.git import Git
 from custode.repostate import RepoState
 from custode.state import RepositoryResult, StateDB, TaskHistory
 from custode.units import format_bytes
+
+CANCELLED = "not backed up: the backup was interrupted before it started"
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -66,6 +69,7 @@ def backup(  # noqa: PLR0917
     repository gets a full bundle with no parent, changed or not. Everything is encrypted
     with age to public keys: restoring needs the matching identity.
     """
+    app.stop_on_signals()
     started = time.monotonic()
     cfg = app.config.backup
     host = bc.host(app, None)
@@ -92,6 +96,11 @@ def backup(  # noqa: PLR0917
     digest = bc.recipients_digest(keys)
     _report(app, store, snap, results, seconds=seconds, as_json=as_json, recipients=digest)
     failed = [r for r in results if r.outcome == "failed"]
+    if interrupts.requested():
+        cancelled = sum(1 for r in failed if r.message == CANCELLED)
+        stopped = sum(1 for r in failed if r.message.startswith("interrupted"))
+        line = interrupts.summary("backup", len(results) - len(failed), stopped, cancelled)
+        raise interrupts.Interrupted(line)
     if failed:
         raise RepositoryError(
             f"backup failed for {len(failed)} of {len(results)} repositories; see the messages "
@@ -136,19 +145,25 @@ def _run(
     recipients = bc.recipients_digest(settings.recipients)
 
     def one(s: RepoState) -> RepoBackup:
+        if interrupts.requested():  # taken from the queue before the loop could cancel it
+            return RepoBackup(s.relative, s.root, "failed", message=CANCELLED)
         before = history.get((s.root, s.relative))
         return back_up(store, git, settings, s, before=before, recipients=recipients)
 
     with bc.progress_bar(app, "backing up") as tick, ThreadPoolExecutor(jobs) as pool:
-        futures = [pool.submit(one, s) for s in todo]
-        for n, future in enumerate(as_completed(futures), start=1):
+        futures = {pool.submit(one, s): s for s in todo}
+        left = dict(futures)
+        for n, future in enumerate(interrupts.harvest(futures), start=1):
             results.append(future.result())
+            del left[future]
             tick(n, len(futures))
+    for s in left.values():  # cancelled by an interrupt: in the snapshot as not backed up
+        results.append(RepoBackup(s.relative, s.root, "failed", message=CANCELLED))
     results.sort(key=lambda r: r.repository)
     for r in results:
         for warning in r.warnings:
             app.warn(warning)
-        if r.outcome == "failed":
+        if r.outcome == "failed" and r.message != CANCELLED:
             app.err.print(f"custode: {r.repository}: {r.message}", markup=False, highlight=False)
     return results
 

@@ -14,9 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 
-from custode import paths
+from custode import interrupts, paths
 from custode.audit import AuditLog
 from custode.backup.crypto import (
     Identity,
@@ -137,6 +146,14 @@ def record(
         app.warn(f"{command} results not recorded in history: {exc}")
 
 
+class StopColumn(ProgressColumn):
+    """``interrupted: finishing N, cancelled M`` once a stop was requested: the bar's own
+    refresh thread draws it, so the display stays live while the running work ends."""
+
+    def render(self, task: Task) -> Text:
+        return Text(interrupts.status(), style="bold yellow")
+
+
 @contextmanager
 def progress_bar(app: App, what: str) -> Iterator[Callable[[int, int], None]]:
     """A callback (done, total) drawing a bar on a terminal; a no-op otherwise."""
@@ -144,7 +161,7 @@ def progress_bar(app: App, what: str) -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
+               TimeElapsedColumn(), StopColumn())  # fmt: skip
     with Progress(*columns, console=app.err, transient=True) as bar:
         task = bar.add_task(what, total=None)
 

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from custode import integrity
+from custode import integrity, interrupts
 from custode.cli.app import App
 from custode.cli.scanning import scan_fleet
 from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
@@ -55,6 +55,27 @@ def _progress(app: App, total: int) -> Iterator[Any]:
             bar.refresh()
 
         yield advance
+
+
+def _check_all(app: App, states: list[RepoState], git: Git, full: bool) -> tuple[list[Pair], int]:
+    """Check one repository after another; on SIGINT or SIGTERM stop (the pairs so far, and
+    1 when a check was stopped mid-way: its result proves nothing and is not kept)."""
+    pairs: list[Pair] = []
+    with _progress(app, len(states)) as advance:
+        for state in states:
+            if interrupts.requested():
+                return pairs, 0
+            began = time.time()
+            try:
+                result = integrity.check(state, git, full=full)
+            except interrupts.Interrupted:
+                return pairs, 1
+            if interrupts.requested():
+                return pairs, 1
+            pairs.append((state, result, began))
+            if advance is not None:
+                advance()
+    return pairs, 0
 
 
 def _record(app: App, pairs: list[Pair], full: bool, bad: int) -> None:
@@ -119,24 +140,22 @@ def check(app: App, roots: tuple[Path, ...], full: bool, as_json: bool) -> None:
     wrote oddly, e.g. a bad time zone; git's message ids) are reported, not counted as
     damage.
     """
+    app.stop_on_signals()
     started = time.monotonic()
     root_paths = app.roots(roots)
     git = Git.from_config(app.config.git)
     git.lower_own_priority()  # custode too yields to the clients, before any thread starts
     git.check_version()
     found = scan_fleet(app, root_paths)
-    pairs: list[Pair] = []
-    with _progress(app, len(found.states)) as advance:
-        for state in found.states:
-            began = time.time()
-            pairs.append((state, integrity.check(state, git, full=full), began))
-            if advance is not None:
-                advance()
+    pairs, stopped = _check_all(app, found.states, git, full)
     counts = {v: sum(1 for _, r, _ in pairs if r.verdict == v) for v in ("ok", "corrupt", "error")}
     bad = counts["corrupt"] + counts["error"]
     warned = sum(1 for _, r, _ in pairs if r.warnings.total)
     if pairs:
         _record(app, pairs, full, bad)
+    if interrupts.requested():
+        cancelled = len(found.states) - len(pairs) - stopped
+        raise interrupts.Interrupted(interrupts.summary("check", len(pairs), stopped, cancelled))
     seconds = time.monotonic() - started
     if as_json:
         summary = {"repositories": len(pairs), **counts, "with_format_warnings": warned,

@@ -19,7 +19,9 @@ import click
 from rich.progress import Progress
 from rich.table import Table
 
+from custode import interrupts
 from custode.audit import AuditLog
+from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.cli.params import DURATION
 from custode.cli.scanning import scan_fleet
@@ -210,6 +212,7 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
     Broken repositories are reported and left untouched. Every action goes to the audit
     log, every result to the history database.
     """
+    app.stop_on_signals()
     started = time.monotonic()
     root_paths = app.roots(roots)
     git = Git.from_config(app.config.git)
@@ -241,6 +244,11 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
     failed = sum(1 for _, r in pairs if r.outcome == "failed")
     _record(app, pairs, failed)
     _show_results(app, outcome, as_json, time.monotonic() - started)
+    if outcome.interrupted:
+        stopped = sum(1 for _, r in pairs if r.outcome == "failed" and "interrupted" in r.message)
+        line = interrupts.summary("maintain", len(pairs) - failed, stopped,
+                                   len(outcome.not_started))  # fmt: skip
+        raise interrupts.Interrupted(line)
     for state in outcome.not_started:
         app.err.print(f"custode: {state.relative}: not started, the budget ran out", markup=False)
     _raise_for(failed, len(broken), len(pairs), len(doubted))
@@ -255,7 +263,8 @@ def _run(
     )
     if not app.interactive:
         return go()
-    with Progress(console=app.err, transient=True) as bar:
+    columns = (*Progress.get_default_columns(), bc.StopColumn())
+    with Progress(*columns, console=app.err, transient=True) as bar:
         task = bar.add_task("maintaining", total=None)
 
         def progress(done: int, total: int) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
+from custode import interrupts
 from custode.backup.catalog import choose, load
 from custode.backup.engine import read_manifest
 from custode.backup.guard import check_restore
@@ -19,6 +21,7 @@ from custode.cli.app import App
 from custode.cli.params import SNAPSHOT_OR_TIME
 from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError, UsageError
 from custode.git import Git
+from custode.pathtext import display
 from custode.state import RepositoryResult
 from custode.units import format_bytes
 
@@ -76,6 +79,7 @@ def restore(  # noqa: PLR0917
     Each repository is assembled beside its destination and moved into place only when
     complete: an error never leaves a half-restored repository behind.
     """
+    app.stop_on_signals()
     started = time.monotonic()
     keys = bc.identities(app, identity_path)
     store = bc.open_app_store(app, store_url, create=False)
@@ -102,23 +106,7 @@ def restore(  # noqa: PLR0917
         manifest = read_manifest(store, e.manifest)
         return restore_repository(store, manifest, keys, git, dests[e.repository], force=force)
 
-    done: list[Restored] = []
-    failed: dict[str, str] = {}
-    n = 0
-    with bc.progress_bar(app, "restoring") as tick, ThreadPoolExecutor(bc.jobs(app, jobs)) as pool:
-        for wave in _waves(entries):  # a repository inside another comes after it
-            futures = {pool.submit(one, e): e for e in wave}
-            for future in as_completed(futures):
-                e = futures[future]
-                try:
-                    done.append(future.result())
-                except CustodeError as exc:
-                    failed[e.repository] = exc.message
-                    app.err.print(
-                        f"custode: {e.repository}: {exc.message}", markup=False, highlight=False
-                    )
-                n += 1
-                tick(n, len(entries))
+    done, failed = _restore_all(app, entries, one, bc.jobs(app, jobs))
     seconds = time.monotonic() - started
     size = sum(r.bytes for r in done)
     summary = {
@@ -181,11 +169,45 @@ def restore(  # noqa: PLR0917
             highlight=False,
         )
     _notes(app, done)
+    _raise_if_interrupted(len(entries), len(done), failed)
     if failed:
         raise RepositoryError(
             f"{len(failed)} of {len(entries)} repositories were not restored; see the "
             "messages above (nothing was left in their place)"
         )
+
+
+def _restore_all(
+    app: App, entries: list[Entry], one: Callable[[Entry], Restored], jobs: int
+) -> tuple[list[Restored], dict[str, str]]:
+    """Restore in waves; on SIGINT or SIGTERM no further one starts (``custode.interrupts``)."""
+    done: list[Restored] = []
+    failed: dict[str, str] = {}
+    n = 0
+    with bc.progress_bar(app, "restoring") as tick, ThreadPoolExecutor(jobs) as pool:
+        for wave in _waves(entries):  # a repository inside another comes after it
+            if interrupts.requested():
+                break
+            futures = {pool.submit(one, e): e for e in wave}
+            for future in interrupts.harvest(futures):
+                e = futures[future]
+                try:
+                    done.append(future.result())
+                except CustodeError as exc:
+                    failed[e.repository] = exc.message
+                    app.err.print(
+                        f"custode: {e.repository}: {exc.message}", markup=False, highlight=False
+                    )
+                n += 1
+                tick(n, len(entries))
+    return done, failed
+
+
+def _raise_if_interrupted(total: int, done: int, failed: dict[str, str]) -> None:
+    stopped = sum(1 for m in failed.values() if m.startswith("interrupted"))
+    if interrupts.requested():
+        cancelled = total - done - len(failed)
+        raise interrupts.Interrupted(interrupts.summary("restore", done, stopped, cancelled))
 
 
 def _notes(app: App, done: list[Restored]) -> None:
@@ -213,7 +235,8 @@ def _notes(app: App, done: list[Restored]) -> None:
 def _select(entries: tuple[Entry, ...], names: tuple[str, ...], snapshot: str) -> list[Entry]:
     if not names:
         return list(entries)
-    known = {e.repository: e for e in entries}
+    # a name that is not UTF-8 may also be given as shown (caf\xe9.git, see pathtext)
+    known = {display(e.repository): e for e in entries} | {e.repository: e for e in entries}
     missing = [n for n in names if n.strip("/") not in known]
     if missing:
         raise UsageError(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from custode import stateproblems
+from custode import interrupts, stateproblems
 from custode.cli.app import App
 from custode.errors import EXIT_CODES_HELP, CustodeError, ExitCode, PathNotFoundError
 from custode.state import StateDB
@@ -94,11 +93,11 @@ def run(ctx: click.Context, roots: tuple[Path, ...], drill: int | None, as_json:
     policy = app.config.backup
     keeps = (policy.keep_last, policy.keep_hourly, policy.keep_daily, policy.keep_weekly,
              policy.keep_monthly, policy.keep_yearly, policy.keep_within)  # fmt: skip
-    signal.signal(signal.SIGTERM, _interrupt)  # a stop request: finish cleanly, record
+    app.stop_on_signals()  # SIGINT, SIGTERM: the current stage ends cleanly, no later one runs
     stages: list[Stage] = []
 
     def go(name: str, target: str, *, skip: str = "", **params: Any) -> Stage:
-        if stages and stages[-1].interrupted:
+        if interrupts.requested() or (stages and stages[-1].interrupted):
             skip = "the run was interrupted"
         mark = stateproblems.problem_mark()
         stage = _stage(ctx, name, target, skip=skip, **params)
@@ -122,7 +121,7 @@ def run(ctx: click.Context, roots: tuple[Path, ...], drill: int | None, as_json:
         go("drill", "custode.cli.verify_cmd:verify_cmd", skip=why, level="drill", sample=sample)
     go("forget", "custode.cli.forget_cmd:forget", do_prune=True,
        skip=why or ("" if any(keeps) else "no retention policy in backup.keep_*"))  # fmt: skip
-    if not stages[-1].interrupted:
+    if not stages[-1].interrupted and not interrupts.requested():
         mark = stateproblems.problem_mark()
         stages += _report_stage(ctx, cfg.report_directory or app.state_dir() / "reports")
         stages[-1].history = stateproblems.problems_since(mark)
@@ -157,10 +156,6 @@ def _records_lost(stages: list[Stage]) -> list[Stage]:
     return [Stage("record", code=int(ExitCode.STATE), message=why)]
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _stage(ctx: click.Context, name: str, target: str, *, skip: str = "", **params: Any) -> Stage:
     """Run one command with --json in this process; its JSON becomes the stage's summary."""
     stage = Stage(name, skipped=skip)
@@ -177,6 +172,10 @@ def _stage(ctx: click.Context, name: str, target: str, *, skip: str = "", **para
     try:
         with contextlib.redirect_stdout(out):
             ctx.invoke(command, **params)
+    except interrupts.Interrupted as exc:
+        stage.code, stage.interrupted = int(ExitCode.INTERRUPTED), True
+        stage.message = f"{exc.message}; later stages skipped"
+        click.echo(f"custode: {name}: {stage.message}", err=True)
     except CustodeError as exc:
         stage.code, stage.message = int(exc.exit_code), exc.message
         click.echo(f"custode: {name}: {exc.message}", err=True)
@@ -205,6 +204,8 @@ def _report_stage(ctx: click.Context, directory: Path) -> list[Stage]:
 
 def _worst(stages: list[Stage]) -> int:
     codes = {s.code for s in stages}
+    if interrupts.requested():  # also when the stage running then had just finished
+        codes.add(int(ExitCode.INTERRUPTED))
     return int(next((c for c in SEVERITY if int(c) in codes), ExitCode.ERROR))
 
 

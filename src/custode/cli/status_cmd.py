@@ -113,6 +113,7 @@ def status(
     Repositories whose directories are unchanged since the previous run are not read
     again (their state is kept in the state directory); --rescan reads them all.
     """
+    app.stop_on_signals()
     root_paths = app.roots(roots)
     result = scan_fleet(app, root_paths, rescan=rescan)
     now = time.time()

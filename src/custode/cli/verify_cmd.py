@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from custode import interrupts
 from custode.backup.catalog import load
 from custode.backup.freshness import future_note
 from custode.backup.guard import standing
@@ -59,6 +60,7 @@ def verify_cmd(  # noqa: PLR0917
 ) -> None:
     """Check that the backups in the store are whole and restorable, and that the store
     still holds the last snapshot this host wrote (it did not go back in time)."""
+    app.stop_on_signals()
     started = time.monotonic()
     keys = bc.identities(app, identity_path) if level != "quick" else []
     store = bc.open_app_store(app, store_url, create=False)
@@ -69,6 +71,12 @@ def verify_cmd(  # noqa: PLR0917
         bc.check_identity(app, store, catalog.snapshots[-1].entries[0].manifest, keys,
                           identity_path)  # fmt: skip
     with bc.progress_bar(app, f"verifying ({level})") as tick, bc.scratch(app) as scratch:
+
+        def progress(phase: str, done: int, total: int) -> None:
+            tick(done, total)
+            # between two items: what ran was stopped (its git too), nothing is recorded
+            interrupts.check(f"verify ({level}): {phase} {done} of {total} done, the rest")
+
         report = verify(
             store,
             catalog,
@@ -77,7 +85,7 @@ def verify_cmd(  # noqa: PLR0917
             identities=keys,
             scratch=scratch,
             sample=sample,
-            progress=lambda phase, done, total: tick(done, total),
+            progress=progress,
         )
     found = standing(app.state_dir(), store.url, host, catalog, own_host=host == bc.host(app, None),
                      warn=app.warn, accept=accept_rollback)  # fmt: skip

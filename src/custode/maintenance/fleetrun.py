@@ -9,6 +9,10 @@ vanished mid-run fails on its own; the others carry on.
 The governor keeps the host's CPU use under a share: while it is above, no further
 repository starts beside those running (one always may, so the run progresses); git
 itself runs under nice/ionice (see custode.git), so clients are served first.
+
+On SIGINT or SIGTERM (``custode.interrupts``) no further repository starts and those left
+are reported as not started; the running ones see their git stopped and end through
+the executor's own cleanup.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import psutil
 
+from custode import interrupts
 from custode.audit import AuditLog
 from custode.discovery import Repository
 from custode.errors import CustodeError
@@ -61,8 +66,9 @@ class Governor:
 @dataclass(frozen=True)
 class FleetRun:
     results: list[tuple[RepoState, Plan, ExecutionResult]]  # in the order given
-    not_started: list[RepoState]  # left when the budget ran out
+    not_started: list[RepoState]  # left when the budget ran out, or on an interrupt
     seconds: float
+    interrupted: bool = False  # a stop was requested (SIGINT, SIGTERM) during the run
 
 
 def cost(state: RepoState) -> int:
@@ -120,23 +126,31 @@ def run_fleet(
                 running[0] -= 1
                 finished.set()
                 done[0] += 1
+                if interrupts.requested():
+                    interrupts.note(running=running[0], cancelled=len(not_started))
                 if progress:
                     progress(done[0], len(busy))
 
     futures: dict[int, Future[ExecutionResult]] = {}
 
     def spent() -> bool:
-        return budget is not None and time.monotonic() - start > budget
+        return interrupts.requested() or (budget is not None and time.monotonic() - start > budget)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for i in busy:
-            slots.acquire()
-            while governor and not spent() and not governor.may_start(running[0]):
+            # a stop request must not wait for a slot
+            while not (held := slots.acquire(timeout=poll)) and not interrupts.requested():
+                pass
+            while governor and held and not spent() and not governor.may_start(running[0]):
                 finished.wait(poll)
                 finished.clear()
-            if spent():
-                slots.release()
-                not_started.append(i)
+            if not held or spent():
+                if held:
+                    slots.release()
+                with lock:
+                    not_started.append(i)
+                    if interrupts.requested():
+                        interrupts.note(running=running[0], cancelled=len(not_started))
                 continue
             with lock:
                 running[0] += 1
@@ -144,4 +158,5 @@ def run_fleet(
     for i, future in futures.items():
         results[i] = future.result()
     ordered = [(items[i][0], items[i][1], results[i]) for i in range(len(items)) if i in results]
-    return FleetRun(ordered, [items[i][0] for i in not_started], time.monotonic() - start)
+    left = [items[i][0] for i in not_started]
+    return FleetRun(ordered, left, time.monotonic() - start, interrupts.requested())

@@ -1,0 +1,318 @@
+"""SIGINT and SIGTERM during a fleet command: nothing new starts, what runs is stopped
+safely, the command exits 130 within seconds, and the next run needs no manual step.
+
+Real processes on real repositories (copies of a corpus bundle clone): the command is
+started, the test waits until work has visibly begun (a repository finished, or a git
+running), signals it, and measures the time to its exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+
+from custode import interrupts
+from fixtures.builders import run_git
+from fixtures.cli import CliResult
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+BUNDLE = CORPUS / "requests.bundle"
+BOUND = 5.0  # seconds from the signal to the exit (the issue's bound)
+WAIT = 120.0  # for work to begin: a bound that keeps a broken run from hanging the test
+
+Run = Callable[..., CliResult]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real repository in many packs: a maintain has a repack to do in each copy."""
+    if not BUNDLE.is_file():
+        pytest.skip(f"{BUNDLE} is missing (the shared corpus)")
+    repo = tmp_path_factory.mktemp("source") / "requests.git"
+    run_git(None, "clone", "-q", "--mirror", "--no-local", BUNDLE, repo)
+    run_git(repo, "config", "--remove-section", "remote.origin")
+    run_git(repo, "repack", "-a", "-d", "-q", config=["pack.packSizeLimit=1m"])
+    return repo
+
+
+def fleet(source: Path, where: Path, count: int) -> Path:
+    root = where / "fleet"
+    for n in range(count):
+        shutil.copytree(source, root / f"r{n:02}.git", symlinks=True)
+    return root
+
+
+class Started:
+    """A custode command running in its own session, its output in files."""
+
+    def __init__(self, tmp: Path, env: dict[str, str], *args: str | Path) -> None:
+        n = len(list(tmp.glob("stdout-*")))
+        self.out, self.err = tmp / f"stdout-{n}", tmp / f"stderr-{n}"
+        with self.out.open("wb") as out, self.err.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "custode", *map(str, args)],
+                stdout=out, stderr=err, env=env, start_new_session=True,
+            )  # fmt: skip
+
+    def wait_for(self, ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + WAIT
+        while not ready():
+            if self.proc.poll() is not None:
+                pytest.fail(f"custode ended ({self.proc.returncode}) before work began: "
+                            f"{self.err.read_text()[-2000:]}")  # fmt: skip
+            if time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"no work began within {WAIT:g} s")
+            time.sleep(0.05)
+
+    def interrupt(self, sig: signal.Signals, *, times: int = 1) -> tuple[int, float]:
+        """Signal as a terminal's Ctrl-C would (SIGINT: the process group) or a service
+        manager (SIGTERM: the process); the exit status and the seconds it took."""
+        sent = time.monotonic()
+        for _ in range(times):
+            if sig == signal.SIGINT:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
+            time.sleep(0.05)
+        try:
+            code = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail("custode did not exit within 60 s of the signal")
+        return code, time.monotonic() - sent
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+
+@pytest.fixture
+def start(tmp_path: Path, isolated_env: dict[str, str]) -> Iterator[Callable[..., Started]]:
+    started: list[Started] = []
+
+    def go(*args: str | Path) -> Started:
+        s = Started(tmp_path, isolated_env, *args)
+        started.append(s)
+        return s
+
+    yield go
+    for s in started:  # a failed test leaves nothing running
+        if s.proc.poll() is None:
+            s.kill()
+
+
+def data_dir(env: dict[str, str]) -> Path:
+    return Path(env["XDG_DATA_HOME"]) / "custode" / "backups"
+
+
+def manifests(env: dict[str, str]) -> list[Path]:
+    return list(data_dir(env).rglob("manifest.json")) if data_dir(env).exists() else []
+
+
+def audited(env: dict[str, str], action: str) -> bool:
+    log = Path(env["XDG_STATE_HOME"]) / "custode" / "audit.jsonl"
+    return log.exists() and f'"{action}' in log.read_text(errors="replace")
+
+
+def git_running_in(root: Path) -> list[str]:
+    """Every process working on the fleet (git, by its arguments or its directory)."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            words = " ".join(p.info["cmdline"] or []) + " " + (p.info["cwd"] or "")
+        except (psutil.Error, TypeError):
+            continue
+        if str(root) in words and p.pid != os.getpid():
+            found.append(words)
+    return found
+
+
+def assert_consistent(root: Path) -> None:
+    """No git left running, no objects-dir holder left, no custode lock held."""
+    deadline = time.monotonic() + 5  # the kernel reaps a killed git's children at once
+    while (left := git_running_in(root)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, left
+    assert not list(root.rglob("tmp_obj_custode_keepdir*"))
+    for lock in root.rglob("custode-lock"):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises when still held
+        finally:
+            os.close(fd)
+
+
+def assert_interrupted(code: int, seconds: float, stderr: str) -> None:
+    assert code == 130, stderr[-2000:]
+    assert seconds < BOUND, f"exited {seconds:.1f} s after the signal"
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("custode: interrupted"), stderr[-2000:]
+
+
+def git_child(s: Started) -> bool:
+    try:
+        return any("git" in " ".join(c.cmdline()) for c in psutil.Process(s.proc.pid).children())
+    except psutil.Error:
+        return False
+
+
+# -- backup ------------------------------------------------------------------------------
+
+
+def test_sigint_during_a_backup_stops_within_seconds_and_the_next_backup_completes(
+    source: Path, tmp_path: Path, start: Callable[..., Started], custode: Run,
+    isolated_env: dict[str, str],
+) -> None:  # fmt: skip
+    root = fleet(source, tmp_path, 6)
+    s = start("backup", root, "--jobs", "2", "--json")
+    s.wait_for(lambda: bool(manifests(isolated_env)))  # one repository is done
+    code, seconds = s.interrupt(signal.SIGINT)
+    assert_interrupted(code, seconds, s.stderr)
+    assert "cancelled" in s.stderr.strip().splitlines()[-1]
+    assert_consistent(root)
+    # what was stored is whole: the snapshot lists only complete repositories
+    listed = custode("snapshots", "--json")
+    assert listed.code == 0, listed.stderr
+    assert custode("verify", "--level", "quick").code == 0
+    again = custode("backup", root, "--json")
+    assert again.code == 0, again.stderr
+    assert again.json()["summary"]["failed"] == 0
+    assert again.json()["summary"]["repositories"] == 6
+    # a full verify of that store, stopped in its turn, leaves it as whole as it was
+    v = start("verify", "--level", "full")
+    v.wait_for(lambda: git_child(v))
+    code, seconds = v.interrupt(signal.SIGTERM)
+    assert_interrupted(code, seconds, v.stderr)
+    assert_consistent(root)
+    assert custode("verify", "--level", "quick").code == 0
+
+
+def test_sigterm_during_a_backup_stops_within_seconds_leaving_a_whole_store(
+    source: Path, tmp_path: Path, start: Callable[..., Started], custode: Run,
+    isolated_env: dict[str, str],
+) -> None:  # fmt: skip
+    root = fleet(source, tmp_path, 6)
+    s = start("backup", root, "--jobs", "2")
+    s.wait_for(lambda: bool(manifests(isolated_env)))
+    code, seconds = s.interrupt(signal.SIGTERM)
+    assert_interrupted(code, seconds, s.stderr)
+    assert_consistent(root)
+    snaps = custode("snapshots", "--json")
+    assert snaps.code == 0, snaps.stderr
+    verified = custode("verify", "--level", "quick")
+    assert verified.code == 0, verified.stderr
+    # no scratch left behind by the interrupted run
+    assert not list((Path(isolated_env["XDG_STATE_HOME"]) / "custode" / "scratch").glob("run-*"))
+
+
+def test_a_second_sigint_exits_at_once_and_still_stops_every_git(
+    source: Path, tmp_path: Path, start: Callable[..., Started], custode: Run
+) -> None:
+    root = fleet(source, tmp_path, 6)
+    s = start("backup", root, "--jobs", "2")
+    s.wait_for(lambda: git_child(s))
+    code, seconds = s.interrupt(signal.SIGINT, times=2)
+    assert code == 130, s.stderr[-2000:]
+    assert seconds < BOUND
+    assert_consistent(root)
+    assert custode("snapshots", "--json").code == 0
+
+
+# -- maintain, check, run ----------------------------------------------------------------
+
+
+def test_sigterm_during_maintain_stops_the_repacks_and_the_next_maintain_succeeds(
+    source: Path, tmp_path: Path, start: Callable[..., Started], custode: Run,
+    isolated_env: dict[str, str],
+) -> None:  # fmt: skip
+    root = fleet(source, tmp_path, 8)
+    s = start("maintain", root, "--jobs", "2")
+    s.wait_for(lambda: audited(isolated_env, "maintain.geometric_repack"))
+    code, seconds = s.interrupt(signal.SIGTERM)
+    assert_interrupted(code, seconds, s.stderr)
+    assert "cancelled" in s.stderr.strip().splitlines()[-1]
+    assert_consistent(root)
+    for repo in root.iterdir():  # git's own temporary packs are gone with it
+        assert not list((repo / "objects" / "pack").glob("tmp_*")), repo
+    again = custode("maintain", root)
+    assert again.code == 0, again.stderr
+    assert custode("check", root).code == 0
+
+
+def test_sigterm_during_a_full_check_stops_its_fsck_within_seconds(
+    source: Path, tmp_path: Path, start: Callable[..., Started], custode: Run,
+    isolated_env: dict[str, str],
+) -> None:  # fmt: skip
+    root = fleet(source, tmp_path, 6)
+    s = start("check", "--full", root, "--json")
+    s.wait_for(lambda: git_child(s))
+    time.sleep(0.5)  # well inside the first fsck
+    code, seconds = s.interrupt(signal.SIGTERM)
+    assert_interrupted(code, seconds, s.stderr)
+    assert "corrupt" not in s.stderr  # a stopped fsck is not a verdict
+    assert_consistent(root)
+    assert custode("check", root).code == 0
+
+
+def test_sigint_during_run_ends_the_stage_and_runs_no_later_stage(
+    source: Path, tmp_path: Path, start: Callable[..., Started], custode: Run,
+    isolated_env: dict[str, str],
+) -> None:  # fmt: skip
+    root = fleet(source, tmp_path, 4)
+    s = start("run", root, "--json", "--drill", "0")
+    s.wait_for(lambda: bool(manifests(isolated_env)))  # inside the backup stage
+    code, seconds = s.interrupt(signal.SIGINT)
+    assert code == 130, s.stderr[-2000:]
+    assert seconds < BOUND, f"exited {seconds:.1f} s after the signal"
+    stages = {st["name"]: st for st in json.loads(Path(s.out).read_text())["stages"]}
+    assert stages["backup"]["outcome"] == "interrupted"
+    assert all(stages[n]["outcome"] == "skipped" for n in ("verify", "forget") if n in stages)
+    assert "report" not in stages
+    assert_consistent(root)
+    assert custode("snapshots", "--json").code == 0
+
+
+# -- the mechanism -----------------------------------------------------------------------
+
+
+def test_a_request_cancels_what_is_queued_and_waits_for_what_runs() -> None:
+    interrupts.reset()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(time.sleep, 0.5)
+            queued = [pool.submit(time.sleep, 0.5) for _ in range(5)]
+            got = []
+            for n, future in enumerate(interrupts.harvest([first, *queued])):
+                got.append(future)
+                if n == 0:
+                    break
+            interrupts.request()
+            assert interrupts.status().startswith("interrupted: finishing")
+            rest = list(interrupts.harvest(queued))
+        assert got == [first]
+        assert len(rest) <= 1  # the one that had started by then, if any
+        assert sum(1 for f in queued if f.cancelled()) >= 4
+        with pytest.raises(interrupts.Interrupted):
+            interrupts.check("the rest")
+    finally:
+        interrupts.reset()
+    assert interrupts.status() == ""
