@@ -237,6 +237,28 @@ def test_a_second_sigint_exits_at_once_and_still_stops_every_git(
     assert custode("snapshots", "--json").code == 0
 
 
+def test_sigint_during_a_restore_stops_within_seconds_and_the_line_says_how_to_finish(
+    source: Path, tmp_path: Path, start: Callable[..., Started], custode: Run
+) -> None:
+    root = fleet(source, tmp_path, 8)
+    assert custode("backup", root).code == 0
+    out = tmp_path / "restored"
+    s = start("restore", "--to", out, "--jobs", "1")
+    s.wait_for(lambda: out.is_dir() and any(p.suffix == ".git" for p in out.rglob("*.git")))
+    code, seconds = s.interrupt(signal.SIGINT)
+    assert_interrupted(code, seconds, s.stderr)
+    last = s.stderr.strip().splitlines()[-1]
+    assert "cancelled" in last and "--force" in last, last
+    assert_consistent(out)
+    # what the line says finishes the job: every repository, each whole
+    again = custode("restore", "--to", out, "--force")
+    assert again.code == 0, again.stderr
+    restored = sorted(p.name for p in out.rglob("*.git") if (p / "objects").is_dir())
+    assert restored == [f"r{n:02}.git" for n in range(8)]
+    for name in restored:
+        run_git(next(out.rglob(name)), "fsck", "--connectivity-only", "--no-progress")
+
+
 # -- maintain, check, run ----------------------------------------------------------------
 
 

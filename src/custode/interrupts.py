@@ -131,11 +131,12 @@ def harvest(futures: Iterable[Future[T]]) -> Iterator[Future[T]]:
         yield from done
 
 
-def summary(command: str, done: int, stopped: int, cancelled: int) -> str:
-    """The one line an interrupted fleet command ends with (exit 130)."""
+def summary(command: str, done: int, stopped: int, cancelled: int, *, again: str = "") -> str:
+    """The one line an interrupted fleet command ends with (exit 130); ``again`` says how
+    to finish the work when running the same command again is not enough."""
     return (
         f"interrupted: {command} finished {done}, stopped {stopped}, cancelled {cancelled} "
-        f"repositories; run custode {command} again for the rest"
+        f"repositories; {again or f'run custode {command} again for the rest'}"
     )
 
 

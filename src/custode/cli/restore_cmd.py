@@ -207,7 +207,13 @@ def _raise_if_interrupted(total: int, done: int, failed: dict[str, str]) -> None
     stopped = sum(1 for m in failed.values() if m.startswith("interrupted"))
     if interrupts.requested():
         cancelled = total - done - len(failed)
-        raise interrupts.Interrupted(interrupts.summary("restore", done, stopped, cancelled))
+        again = (  # the finished ones are in --to now: the same command would refuse them
+            "run the same custode restore again with --force for the rest (the finished "
+            "ones are replaced by the same data)"
+        )
+        raise interrupts.Interrupted(
+            interrupts.summary("restore", done, stopped, cancelled, again=again)
+        )
 
 
 def _notes(app: App, done: list[Restored]) -> None:
