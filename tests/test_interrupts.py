@@ -273,8 +273,17 @@ def test_sigterm_during_maintain_stops_the_repacks_and_the_next_maintain_succeed
     assert_interrupted(code, seconds, s.stderr)
     assert "cancelled" in s.stderr.strip().splitlines()[-1]
     assert_consistent(root)
-    for repo in root.iterdir():  # git's own temporary packs are gone with it
-        assert not list((repo / "objects" / "pack").glob("tmp_*")), repo
+    for repo in root.iterdir():
+        # A pack-objects stopped while writing leaves its tmp_pack_* (git 2.39 does not
+        # register it for removal on a signal; seen under CI load). custode must not
+        # delete a young one (a concurrent fetch or gc may be writing it): its stale-file
+        # rule removes it after maintenance.stale_temp_age. Only such files may be left.
+        pack = repo / "objects" / "pack"
+        left = [p.name for p in pack.iterdir()
+                if not p.name.startswith(("pack-", "multi-pack-index"))]  # fmt: skip
+        assert all(n.startswith(("tmp_pack_", "tmp_idx_", "tmp_rev_")) for n in left), left
+        for packfile in pack.glob("pack-*.pack"):  # every pack git reads is whole
+            assert packfile.with_suffix(".idx").exists(), packfile
     again = custode("maintain", root)
     assert again.code == 0, again.stderr
     assert custode("check", root).code == 0
