@@ -16,11 +16,11 @@ The caps are generous on purpose: a record custode wrote must always read back.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from custode.backup.store import Store
 from custode.errors import IntegrityError
+from custode.jsondepth import too_deep
 
 # ~60 bytes a repository: a snapshot of two million repositories
 SNAPSHOT_LIMIT = 128 << 20
@@ -33,14 +33,6 @@ REFS_LIMIT = 1 << 30
 FILES_LIMIT = 1 << 30
 MAX_DEPTH = 16  # custode's records nest 4 deep
 MAX_DIGITS = 20  # 2**64 has 20 digits; no count or size of custode's comes near it
-
-# the depth check works on the bytes at C speed: escaped backslashes and quotes removed
-# (in that order, so ``\\"`` ends its string), every byte but quotes and brackets
-# dropped (UTF-8 never hides an ASCII byte in a longer character), the strings dropped,
-# then innermost empty pairs removed, one level a round
-_DROP = bytes(b for b in range(256) if b not in b'"[]{}')
-_QUOTED = re.compile(rb'"[^"]*"')
-_PAIR = re.compile(rb"\[\]|\{\}")
 
 
 class _Refused(Exception):
@@ -58,19 +50,6 @@ def _constant(name: str) -> Any:
     raise _Refused(f"holds {name}, which is not JSON")
 
 
-def nests_deeper(data: bytes, most: int = MAX_DEPTH) -> bool:
-    """Whether the JSON ``data`` holds a structure nested deeper than ``most`` (brackets
-    in strings do not count). Unbalanced brackets are left to the decoder, which fails on
-    them, at worst by RecursionError, which ``load_json`` turns into an IntegrityError."""
-    skeleton = data.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _DROP)
-    skeleton = _QUOTED.sub(b"", skeleton)
-    for _ in range(most + 1):  # round n removes the pairs at depth n from the bottom
-        skeleton, removed = _PAIR.subn(b"", skeleton)
-        if not removed:
-            return False
-    return True
-
-
 def load_json(data: bytes, what: str) -> Any:
     """``data`` parsed as JSON within the bounds above; ``what`` names it in errors
     ("snapshot hosts/h/snapshots/x.json")."""
@@ -80,7 +59,7 @@ def load_json(data: bytes, what: str) -> Any:
         raise IntegrityError(
             f"{what} is not UTF-8 (at byte {exc.start}); the file is damaged"
         ) from None
-    if nests_deeper(data):
+    if too_deep(data, MAX_DEPTH):
         raise IntegrityError(
             f"{what} nests deeper than {MAX_DEPTH} levels, which no record does; "
             "the file is damaged or forged"

@@ -18,10 +18,11 @@ Every refusal is a ``Rejected`` with one of ``REASONS``, counted by the listener
 from __future__ import annotations
 
 import json
-from itertools import accumulate
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "REASONS", "Framer", "Rejected", "parse_event"]
+from custode.jsondepth import too_deep
+
+__all__ = ["MAX_DEPTH", "REASONS", "Framer", "Rejected", "parse_event", "too_deep"]
 
 #: Why a line was not used (the ``reason`` label of custode_trace2_lines_rejected_total).
 REASONS = ("too_long", "truncated", "encoding", "json", "depth", "type", "field", "error")
@@ -29,11 +30,6 @@ REASONS = ("too_long", "truncated", "encoding", "json", "depth", "type", "field"
 #: git's events nest two levels (an object holding argv); data_json values nest more but
 #: are skipped unparsed. Sixteen is far beyond what custode reads.
 MAX_DEPTH = 16
-
-# the structure of a line as bytes: in UTF-8, brackets, quotes and backslashes never occur
-# inside a multi-byte character. Openers become +1, closers -1 (as signed bytes).
-_DEPTH = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
-_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 
 
 class Rejected(ValueError):
@@ -111,20 +107,3 @@ def parse_event(line: bytes) -> dict[str, Any]:
     if not isinstance(event, dict):
         raise Rejected("type", f"a JSON {type(event).__name__}, not an object")
     return event
-
-
-def too_deep(line: bytes, limit: int) -> bool:
-    """Whether the arrays and objects of a JSON ``line`` nest more than ``limit`` levels.
-
-    Free for git's lines (hardly any brackets). Otherwise escaped backslashes and quotes
-    are removed (JSON reads escapes left to right), strings are cut out (their brackets
-    are text), and the deepest point of the running sum of +1/-1 is found: each step a
-    C loop, linear in the line, and no recursion. Malformed text may pass this check;
-    json.loads then refuses it.
-    """
-    if line.count(b"[") + line.count(b"{") <= limit:
-        return False
-    unescaped = line.replace(b"\\\\", b"").replace(b'\\"', b"")
-    outside = b"".join(unescaped.split(b'"')[0::2])
-    steps = outside.translate(_DEPTH, _NOT_BRACKETS)
-    return max(accumulate(memoryview(steps).cast("b")), default=0) > limit
