@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import stat
 import tempfile
 import typing
 from array import array
@@ -40,7 +39,7 @@ from typing import Any
 
 from custode.discovery import Repository
 from custode.errors import StateUnusableError
-from custode.fsread import Watch, read_prefix
+from custode.fsread import FileTooLarge, NotRegularFile, Watch, read_all, read_prefix
 from custode.objectstore import TempFile
 from custode.refstore import REF_PREFIX
 from custode.repostate import RepoState
@@ -192,16 +191,12 @@ def _read(path: Path) -> bytes:
     require_private_dir(path.parent, "state directory")
     if not require_private_file(path, "scan cache"):
         raise FileNotFoundError(path)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())  # what was opened, not what lstat saw before
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(f"{path} is not a regular file")
-        if info.st_size > MAX_BYTES:
-            raise OSError(f"{path} is larger than {MAX_BYTES} bytes")
-        data = f.read(MAX_BYTES + 1)
-    if len(data) > MAX_BYTES:
-        raise OSError(f"{path} is larger than {MAX_BYTES} bytes")
+    try:  # what was opened is checked, not what lstat saw before
+        data, _ = read_all(str(path), MAX_BYTES, follow=False)
+    except NotRegularFile:
+        raise OSError(f"{path} is not a regular file") from None
+    except FileTooLarge:
+        raise OSError(f"{path} is larger than {MAX_BYTES} bytes") from None
     return data
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from custode.errors import StateError
+from custode.fsread import FileTooLarge, NotRegularFile, read_all
 
 MACHINE_FILE = "machine-id"
 LINEAGE_FILE = "backup-lineage.json"
@@ -45,7 +46,6 @@ _SNAPSHOT_ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")
 _MAX_FILE = 1 << 20  # thousands of stores; a larger file is not one custode wrote
 _MAX_SEQ = 1 << 53
 _MAX_NOTE = 2000
-_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
 @dataclass(frozen=True)
@@ -69,30 +69,24 @@ class Mark:
 
 def _read_small(path: Path, limit: int) -> bytes | None:
     """The bytes of a regular file of at most ``limit`` bytes; None when it does not exist."""
+    fix = "remove it (custode writes it afresh)"
     try:
-        fd = os.open(path, _FLAGS)
+        data, st = read_all(str(path), limit, follow=False)  # non-blocking, capped
     except FileNotFoundError:
         return None
+    except NotRegularFile:
+        raise StateError(f"{path} is not a regular file; {fix}") from None
+    except FileTooLarge:
+        raise StateError(f"{path} is larger than {limit} bytes; {fix}") from None
     except OSError as exc:
         why = (
             "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror})"
         )
-        raise StateError(f"{path} {why}; remove it (custode writes it afresh)") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise StateError(f"{path} is not a regular file; remove it (custode writes it afresh)")
-        if st.st_mode & 0o022:
-            raise StateError(
-                f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}), "
-                "so it cannot be trusted; remove it (custode writes it afresh)"
-            )
-        data = os.read(fd, limit + 1)
-    finally:
-        os.close(fd)
-    if len(data) > limit:
+        raise StateError(f"{path} {why}; {fix}") from None
+    if st.st_mode & 0o022:
         raise StateError(
-            f"{path} is larger than {limit} bytes; remove it (custode writes it afresh)"
+            f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}), "
+            f"so it cannot be trusted; {fix}"
         )
     return data
 
