@@ -35,6 +35,7 @@ from typing import BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
 from custode.errors import IntegrityError, PathNotFoundError, StateError, UsageError
+from custode.fsread import kind
 
 TMP_PREFIX = ".tmp-"
 MAX_KEY_LEN = 1024
@@ -71,21 +72,6 @@ def too_large(where: str, size: int, limit: int) -> StoreFileError:
         where, f"holds {size} bytes, more than a file of its kind may ({limit}): it is "
         "damaged or forged"
     )  # fmt: skip
-
-
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISLNK, "a symlink"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
-
-def file_kind(mode: int) -> str:
-    """What a non-regular file is, for messages."""
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 def check_key(key: str) -> str:
@@ -208,7 +194,7 @@ class LocalStore:
         mode = os.fstat(kfd).st_mode
         if not stat.S_ISREG(mode):
             os.close(kfd)
-            raise damaged_file(self.locate(key), f"is {file_kind(mode)}, not a regular file")
+            raise damaged_file(self.locate(key), f"is {kind(mode)}, not a regular file")
         return kfd
 
     # -- writing ----------------------------------------------------------------------------
@@ -360,7 +346,7 @@ class LocalStore:
         at = base + "/" if base else ""
         for name, mode in sorted(found):
             if not stat.S_ISREG(mode) and not name.startswith(TMP_PREFIX):
-                yield at + name, file_kind(mode)
+                yield at + name, kind(mode)
 
     def remove_abandoned(self, prefix: str) -> int:
         """Delete the temp files of writes that never finished (a killed writer) under the
