@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from custode import interrupts
-from custode.backup.catalog import choose, load
+from custode.backup import restorejournal
+from custode.backup.catalog import Catalog, choose, load
 from custode.backup.engine import read_manifest
 from custode.backup.guard import check_restore
 from custode.backup.manifest import Entry
@@ -81,24 +82,24 @@ def restore(  # noqa: PLR0917
     """
     app.stop_on_signals()
     started = time.monotonic()
+    target = target.absolute()
     keys = bc.identities(app, identity_path)
     store = bc.open_app_store(app, store_url, create=False)
     host = bc.host(app, host_name)
+    journal = None if force else restorejournal.read(target)
     catalog = load(store, host, app.warn)
-    if at is None:  # the "latest" of a store that went back in time is old data
+    if journal is not None:
+        at = _resume(journal, catalog, at, store.url, host)
+    elif at is None:  # the "latest" of a store that went back in time is old data
         check_restore(app.state_dir(), store.url, host, catalog, app.warn)
     snap = choose(catalog, at, store.url, host)
     entries = _select(snap.entries, repositories, snap.snapshot_id)
     if entries:
         bc.check_identity(app, store, entries[0].manifest, keys, identity_path)
-    target = target.absolute()
     dests = {e.repository: destination(target, e.repository) for e in entries}
-    busy = [str(d) for d in dests.values() if occupied(d)]
-    if busy and not force:
-        raise UsageError(
-            f"{busy[0]} is not empty{f' (and {len(busy) - 1} more)' if len(busy) > 1 else ''}; "
-            "restore into an empty --to, or pass --force to replace"
-        )
+    if journal is None:
+        journal = restorejournal.Journal(target, store.url, host, snap.snapshot_id)
+    kept, todo = _split(app, journal, entries, dests, force=force)
     git = Git.from_config(app.config.git)
     git.check_version()
 
@@ -106,7 +107,10 @@ def restore(  # noqa: PLR0917
         manifest = read_manifest(store, e.manifest)
         return restore_repository(store, manifest, keys, git, dests[e.repository], force=force)
 
-    done, failed = _restore_all(app, entries, one, bc.jobs(app, jobs))
+    remembered = _Remember(app, journal)
+    done, failed = _restore_all(app, todo, one, bc.jobs(app, jobs), remembered)
+    if len(done) == len(todo) and not interrupts.requested():
+        journal.remove()  # every repository asked for is in place
     seconds = time.monotonic() - started
     size = sum(r.bytes for r in done)
     summary = {
@@ -115,6 +119,7 @@ def restore(  # noqa: PLR0917
         "store": store.url,
         "to": str(target),
         "restored": len(done),
+        "already_restored": len(kept),
         "failed": len(failed),
         "bytes": size,
         "seconds": round(seconds, 3),
@@ -159,27 +164,111 @@ def restore(  # noqa: PLR0917
                     }
                     for r in done
                 ],
+                "already_restored": [e.repository for e in kept],
             }
         )
     else:
         app.out.print(
-            f"restored {len(done)} repositories from snapshot {snap.snapshot_id} into {target} "
-            f"({format_bytes(size)} read) in {seconds:.1f}s",
+            f"restored {_count(len(done))} from snapshot {snap.snapshot_id} into {target} "
+            f"({format_bytes(size)} read) in {seconds:.1f}s"
+            + (f"; {len(kept)} were already in place" if kept else ""),
             markup=False,
             highlight=False,
         )
     _notes(app, done)
-    _raise_if_interrupted(len(entries), len(done), failed)
+    _raise_if_interrupted(len(todo), len(done), failed, remembered.working)
     if failed:
+        again = (
+            "run the same custode restore again to retry them"
+            if remembered.working
+            else "nothing was left in their place"
+        )
         raise RepositoryError(
             f"{len(failed)} of {len(entries)} repositories were not restored; see the "
-            "messages above (nothing was left in their place)"
+            f"messages above ({again})"
         )
 
 
+def _split(
+    app: App, journal: restorejournal.Journal, entries: list[Entry], dests: dict[str, Path],
+    *, force: bool,
+) -> tuple[list[Entry], list[Entry]]:  # fmt: skip
+    """The entries an unfinished restore already put in place, and those still to do
+    (refused when one's destination is taken, unless ``force``)."""
+    kept = [
+        e for e in entries
+        if journal.finished(e.repository, e.backup_id) and occupied(dests[e.repository])
+    ]  # fmt: skip
+    todo = [e for e in entries if e not in kept]
+    if kept:
+        app.err.print(
+            f"custode: finishing the unfinished restore of snapshot {journal.snapshot} into "
+            f"{journal.target}: {_count(len(kept))} already in place are kept, {len(todo)} "
+            "to go (--force restores them all again)",
+            markup=False,
+            highlight=False,
+        )
+    busy = [str(dests[e.repository]) for e in todo if occupied(dests[e.repository])]
+    if busy and not force:
+        raise UsageError(
+            f"{busy[0]} is not empty{f' (and {len(busy) - 1} more)' if len(busy) > 1 else ''}; "
+            "restore into an empty --to, or pass --force to replace"
+        )
+    return kept, todo
+
+
+def _resume(
+    journal: restorejournal.Journal, catalog: Catalog, at: str | None, store: str, host: str
+) -> str:
+    """The snapshot to restore when ``--to`` holds an unfinished restore: that one's, so
+    the same command finishes it; another store, host or ``--at`` is refused."""
+    way = f"finish it with --at {journal.snapshot}, or pass --force to replace it"
+    if (journal.store, journal.host) != (store, host):
+        raise UsageError(
+            f"{journal.target} holds an unfinished restore from host {journal.host} of "
+            f"{journal.store}; restore into another --to, or pass --force to replace it"
+        )
+    if at is not None and choose(catalog, at, store, host).snapshot_id != journal.snapshot:
+        raise UsageError(
+            f"{journal.target} holds an unfinished restore of snapshot {journal.snapshot}; {way}"
+        )
+    if all(s.snapshot_id != journal.snapshot for s in catalog.snapshots):
+        raise UsageError(
+            f"{journal.target} holds an unfinished restore of snapshot {journal.snapshot}, "
+            "which the store no longer holds (forgotten, or unreadable: see custode "
+            "snapshots); pass --force to restore another snapshot over it"
+        )
+    return journal.snapshot
+
+
+class _Remember:
+    """Marks each restored repository in the journal; a journal that cannot be written
+    is said once and the restore goes on (only finishing it later needs --force)."""
+
+    def __init__(self, app: App, journal: restorejournal.Journal) -> None:
+        self.app, self.journal, self.working = app, journal, True
+
+    def __call__(self, e: Entry) -> None:
+        if not self.working:
+            return
+        try:
+            self.journal.mark(e.repository, e.backup_id)
+        except OSError as exc:
+            self.working = False
+            self.app.warn(
+                f"cannot record progress in {self.journal.path} ({exc.strerror or exc}); "
+                "the restore goes on, but finishing it after an interruption will take --force"
+            )
+
+
+def _count(n: int) -> str:
+    return f"{n} repositor{'y' if n == 1 else 'ies'}"
+
+
 def _restore_all(
-    app: App, entries: list[Entry], one: Callable[[Entry], Restored], jobs: int
-) -> tuple[list[Restored], dict[str, str]]:
+    app: App, entries: list[Entry], one: Callable[[Entry], Restored], jobs: int,
+    remember: Callable[[Entry], None],
+) -> tuple[list[Restored], dict[str, str]]:  # fmt: skip
     """Restore in waves; on SIGINT or SIGTERM no further one starts (``custode.interrupts``)."""
     done: list[Restored] = []
     failed: dict[str, str] = {}
@@ -193,6 +282,7 @@ def _restore_all(
                 e = futures[future]
                 try:
                     done.append(future.result())
+                    remember(e)
                 except CustodeError as exc:
                     failed[e.repository] = exc.message
                     app.err.print(
@@ -203,13 +293,15 @@ def _restore_all(
     return done, failed
 
 
-def _raise_if_interrupted(total: int, done: int, failed: dict[str, str]) -> None:
+def _raise_if_interrupted(total: int, done: int, failed: dict[str, str], journal: bool) -> None:
     stopped = sum(1 for m in failed.values() if m.startswith("interrupted"))
     if interrupts.requested():
         cancelled = total - done - len(failed)
-        again = (  # the finished ones are in --to now: the same command would refuse them
-            "run the same custode restore again with --force for the rest (the finished "
-            "ones are replaced by the same data)"
+        again = (  # the journal in --to lets the same command skip the finished ones
+            "run the same custode restore again for the rest (the finished ones are kept)"
+            if journal
+            else "run the same custode restore again with --force for the rest (the "
+            "finished ones are replaced by the same data)"
         )
         raise interrupts.Interrupted(
             interrupts.summary("restore", done, stopped, cancelled, again=again)
