@@ -16,15 +16,20 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
+from custode import fleet as fleet_module
 from custode import interrupts
+from custode.backup import restorejournal
+from custode.config import DiscoveryConfig
 from fixtures.builders import run_git
 from fixtures.cli import CliResult
 
@@ -58,12 +63,15 @@ def fleet(source: Path, where: Path, count: int) -> Path:
 class Started:
     """A custode command running in its own session, its output in files."""
 
-    def __init__(self, tmp: Path, env: dict[str, str], *args: str | Path) -> None:
+    def __init__(
+        self, tmp: Path, env: dict[str, str], *args: str | Path,
+        python: tuple[str, ...] = ("-m", "custode"),
+    ) -> None:  # fmt: skip
         n = len(list(tmp.glob("stdout-*")))
         self.out, self.err = tmp / f"stdout-{n}", tmp / f"stderr-{n}"
         with self.out.open("wb") as out, self.err.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "custode", *map(str, args)],
+                [sys.executable, *python, *map(str, args)],
                 stdout=out, stderr=err, env=env, start_new_session=True,
             )  # fmt: skip
 
@@ -237,26 +245,110 @@ def test_a_second_sigint_exits_at_once_and_still_stops_every_git(
     assert custode("snapshots", "--json").code == 0
 
 
-def test_sigint_during_a_restore_stops_within_seconds_and_the_line_says_how_to_finish(
+def test_sigint_during_a_restore_stops_within_seconds_and_the_same_command_finishes_it(
     source: Path, tmp_path: Path, start: Callable[..., Started], custode: Run
 ) -> None:
     root = fleet(source, tmp_path, 8)
     assert custode("backup", root).code == 0
     out = tmp_path / "restored"
     s = start("restore", "--to", out, "--jobs", "1")
-    s.wait_for(lambda: out.is_dir() and any(p.suffix == ".git" for p in out.rglob("*.git")))
+    s.wait_for((out / restorejournal.NAME).exists)  # one repository is in place
     code, seconds = s.interrupt(signal.SIGINT)
     assert_interrupted(code, seconds, s.stderr)
     last = s.stderr.strip().splitlines()[-1]
-    assert "cancelled" in last and "--force" in last, last
+    assert "cancelled" in last and "run the same custode restore again" in last, last
+    assert "--force" not in last, last
     assert_consistent(out)
-    # what the line says finishes the job: every repository, each whole
-    again = custode("restore", "--to", out, "--force")
+    finished = {p.name: p.stat().st_ino for p in out.glob("*.git")}
+    assert finished, "nothing was restored before the signal"
+    # the same command finishes the job: the finished ones kept, every repository whole
+    again = custode("restore", "--to", out, "--json")
     assert again.code == 0, again.stderr
+    assert sorted(again.json()["already_restored"]) == sorted(finished)
+    assert {n: (out / n).stat().st_ino for n in finished} == finished  # not redone
     restored = sorted(p.name for p in out.rglob("*.git") if (p / "objects").is_dir())
     assert restored == [f"r{n:02}.git" for n in range(8)]
     for name in restored:
         run_git(next(out.rglob(name)), "fsck", "--connectivity-only", "--no-progress")
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def tiny_fleet(where: Path, count: int) -> Path:
+    """``count`` minimal bare repositories (written directly: thousands in a second)."""
+    root = where / "tiny"
+    for n in range(count):
+        repo = root / f"g{n // 100:02}" / f"r{n:04}.git"
+        for sub in ("objects/pack", "objects/info", "refs/heads", "refs/tags"):
+            (repo / sub).mkdir(parents=True)
+        (repo / "HEAD").write_text("ref: refs/heads/main\n")
+        (repo / "config").write_text("[core]\n\trepositoryformatversion = 0\n\tbare = true\n")
+    return root
+
+
+# custode with each repository's read slowed to SLOW seconds: a scan of a large fleet on
+# a busy disk, at test size. Everything else is the real command in a real process.
+SLOW = 0.05
+SLOW_CUSTODE = (
+    "import time, custode.fleet as f; real = f.inspect\n"
+    f"def slow(*a):\n    time.sleep({SLOW!r})\n    return real(*a)\n"
+    "f.inspect = slow\nfrom custode.cli import main\nmain()\n"
+)
+
+
+def test_sigint_during_status_stops_its_scan_within_seconds_and_the_next_status_completes(
+    tmp_path: Path, isolated_env: dict[str, str], custode: Run
+) -> None:
+    root = tiny_fleet(tmp_path, 512)  # four chunks of 128: 6.4 s each in a worker
+    s = Started(
+        tmp_path, isolated_env, "status", root, "--rescan", "--json",
+        python=("-c", SLOW_CUSTODE),
+    )  # fmt: skip
+    try:
+        s.wait_for(lambda: len(psutil.Process(s.proc.pid).children()) >= 2)  # the workers
+        time.sleep(1.0)  # inside their chunks
+        code, seconds = s.interrupt(signal.SIGINT)
+    finally:
+        if s.proc.poll() is None:
+            s.kill()
+    assert_interrupted(code, seconds, s.stderr)
+    assert_consistent(root)
+    again = custode("status", root, "--json")
+    assert again.code == 0, again.stderr
+    assert len(again.json()["repositories"]) == 512
+
+
+def test_a_stop_request_ends_a_scan_whose_chunks_run_in_workers_within_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM reaches the parent alone (a service manager's kill): its workers, deep in
+    a chunk, must stop too."""
+    root = tiny_fleet(tmp_path, 256)  # two chunks of 128, none read in the parent
+    real = fleet_module.inspect
+
+    def slow(*args: Any) -> Any:
+        time.sleep(SLOW)
+        return real(*args)
+
+    monkeypatch.setattr(fleet_module, "inspect", slow)
+    interrupts.reset()
+    requested: list[float] = []
+
+    def stop() -> None:
+        requested.append(time.monotonic())
+        interrupts.request()
+
+    timer = threading.Timer(1.0, stop)
+    timer.start()
+    try:
+        with pytest.raises(interrupts.Interrupted):
+            fleet_module.scan([root], DiscoveryConfig(), workers=2)
+        took = time.monotonic() - requested[0]
+    finally:
+        timer.cancel()
+        interrupts.reset()
+    assert took < 2.0, f"the scan ended {took:.1f} s after the request"
 
 
 # -- maintain, check, run ----------------------------------------------------------------

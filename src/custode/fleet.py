@@ -36,6 +36,10 @@ class FleetScan:
 
 
 _cache = ScanCache()  # set before the pool forks, so workers inherit it (see scan)
+# Set by the parent when the command is stopped: a worker ends its chunk after the
+# repository it is reading (a SIGTERM reaches the parent alone, and a chunk of large
+# repositories can take longer than the few seconds a stop may take).
+_stop = multiprocessing.get_context("fork").Event()
 # A fresh read carries its cache entry; a cached state still valid comes back as a bare
 # key, because the parent holds the same cache and need not get its own states pickled back.
 Result = tuple[RepoState, Entry | None] | str
@@ -54,7 +58,12 @@ def _inspect_one(repo: Repository) -> Result:
 
 
 def _inspect_chunk(repos: list[Repository]) -> list[Result]:
-    return [_inspect_one(r) for r in repos]
+    results = []
+    for repo in repos:
+        if _stop.is_set():
+            break  # the parent was stopped and discards this chunk
+        results.append(_inspect_one(repo))
+    return results
 
 
 class _Inspector:
@@ -95,15 +104,25 @@ class _Inspector:
             self.done += 1
             self._report(None if self.futures else self.found)
         for future in self.futures:
-            interrupts.check("reading the fleet")  # close() cancels the chunks not started
-            states.extend(future.result())
+            while True:  # close() cancels the chunks not started, stops those running
+                interrupts.check("reading the fleet")
+                try:
+                    states.extend(future.result(timeout=interrupts.POLL))
+                except TimeoutError:
+                    continue
+                break
             self._report(self.found)
         return states
 
     def close(self) -> None:
-        """Stop the workers, also when the walk was interrupted (Ctrl-C) or failed."""
+        """Stop the workers, also when the walk was interrupted (Ctrl-C) or failed: a
+        running chunk ends after its current repository."""
         if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+            _stop.set()  # after a whole scan every chunk is done already
+            try:
+                self.pool.shutdown(cancel_futures=True)
+            finally:
+                _stop.clear()
 
     def _report(self, total: int | None) -> None:
         if self.progress is not None:
