@@ -23,8 +23,7 @@ import yaml
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import ValidationError
 
-from custode.monitoring.alerting import Alert, AlertEngine
-from custode.monitoring.alerts import (
+from custode.config.alerting import (
     DEFAULT_RULES,
     AlertingConfig,
     AlertRule,
@@ -32,6 +31,7 @@ from custode.monitoring.alerts import (
     parse_expression,
     render,
 )
+from custode.monitoring.alerting import Alert, AlertEngine
 from custode.monitoring.notify import Notifier
 from fixtures.system import need, stop
 
@@ -392,7 +392,7 @@ def test_custode_and_prometheus_ship_the_same_alerts() -> None:
 
 
 def parse_duration_or_zero(text: str | None) -> float:
-    from custode.units import parse_duration
+    from custode.base.units import parse_duration
 
     return parse_duration(text) if text else 0.0
 

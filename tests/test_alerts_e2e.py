@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from custode.config import Config
+from custode.config.alerting import AlertingConfig
+from custode.config.model import Config
 from custode.monitoring.alerting import Alert, AlertEngine
-from custode.monitoring.alerts import AlertingConfig
 from custode.monitoring.exporter import Exporter
 from fixtures.builders import Fleet, run_git
 from fixtures.cli import CliResult

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from custode import stateproblems
-from custode.audit import GENESIS, NEW_LOG, REDACTED, AuditLog, entry_hash
 from custode.errors import EXIT_CODES_HELP, IntegrityError, StateError, StateUnusableError
-from custode.state import StateDB
+from custode.records import problems as stateproblems
+from custode.records.audit import GENESIS, NEW_LOG, REDACTED, AuditLog, entry_hash
+from custode.records.state import StateDB
 
 
 @pytest.fixture

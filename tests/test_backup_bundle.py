@@ -13,7 +13,7 @@ from custode.backup.bundle import (
     write_bundle,
 )
 from custode.backup.restore import write_refs
-from custode.git import Git
+from custode.git.runner import Git
 from fixtures.builders import fast_import, history_stream, run_git
 
 pytestmark = pytest.mark.integration

@@ -38,7 +38,7 @@ from custode.backup.manifest import (
 from custode.backup.roots import read_shallow, worktree_refs
 from custode.backup.store import LocalStore
 from custode.errors import IntegrityError, StateError
-from custode.git import Git
+from custode.git.runner import Git
 from fixtures.builders import fast_import, git_env, history_stream, run_git
 from fixtures.cli import CliResult
 from fixtures.lying import mislead_bitmap

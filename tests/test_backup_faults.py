@@ -39,7 +39,7 @@ from custode.backup.manifest import (
 )
 from custode.backup.store import LocalStore
 from custode.backup.verify import verify
-from custode.git import Git
+from custode.git.runner import Git
 from fixtures.builders import fast_import, history_stream, run_git
 from fixtures.cli import CliResult
 from fixtures.system import unshare_prefix

@@ -24,7 +24,7 @@ from custode.backup.prune import forget
 from custode.backup.restore import restore_repository
 from custode.backup.retention import Policy
 from custode.backup.store import LocalStore
-from custode.git import Git
+from custode.git.runner import Git
 from fixtures.builders import fast_import, history_stream, run_git
 
 pytestmark = pytest.mark.integration

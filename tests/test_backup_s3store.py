@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 
 from custode.backup import s3store
 from custode.backup.s3store import S3Store
-from custode.backup.store import open_store
+from custode.backup.stores import open_store
 from custode.errors import ExitCode, PathNotFoundError, StateError, UsageError
 from fixtures.s3server import S3Server
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from custode.backup.store import LocalStore, Store, check_key, open_store
+from custode.backup.store import LocalStore, Store, check_key
+from custode.backup.stores import open_store
 from custode.errors import ExitCode, PathNotFoundError, StateError, UsageError
 
 STORE_KINDS = ["local", "s3"]

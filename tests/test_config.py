@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from custode.config import Config, load_config, parse_config, render_default_config
+from custode.config.model import Config, load_config, parse_config, render_default_config
 from custode.errors import ConfigError
 
 
@@ -93,7 +93,7 @@ def test_directory_as_config(tmp_path: Path) -> None:
 
 def test_the_configuration_reference_is_generated_from_the_model() -> None:
     """docs/configuration.md is `custode init --reference`: regenerate it after a change."""
-    from custode.config import render_reference
+    from custode.config.model import render_reference
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
     assert doc.read_text() == render_reference() + "\n", (

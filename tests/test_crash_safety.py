@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from custode.maintenance.policy import MaintenancePolicy
+from custode.config.maintenance import MaintenancePolicy
 from fixtures.builders import Fleet, git_count_objects
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

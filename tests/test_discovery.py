@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from custode import discovery
-from custode.config import DiscoveryConfig
-from custode.discovery import discover
+from custode.config.model import DiscoveryConfig
 from custode.errors import PathNotFoundError
+from custode.scan import discovery
+from custode.scan.discovery import discover
 from fixtures.builders import Fleet
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from custode.audit import AuditLog
-from custode.discovery import Repository, discover
+from custode.config.maintenance import DAY, MaintenancePolicy
 from custode.errors import GitError, LockedError
-from custode.git import Git, GitResult
+from custode.git.lock import LOCK_NAME, repository_lock
+from custode.git.runner import Git, GitResult
 from custode.maintenance.executor import (
     ExecutionResult,
     RefSnapshot,
@@ -24,10 +24,10 @@ from custode.maintenance.executor import (
     remove_stale_files,
 )
 from custode.maintenance.planner import Plan, RepoHistory, StaleFiles, plan
-from custode.maintenance.policy import DAY, MaintenancePolicy
-from custode.objectstore import TempFile
-from custode.repolock import LOCK_NAME, repository_lock
-from custode.repostate import RepoState, inspect, link_borrowers
+from custode.records.audit import AuditLog
+from custode.scan.discovery import Repository, discover
+from custode.scan.objectstore import TempFile
+from custode.scan.repostate import RepoState, inspect, link_borrowers
 from fixtures.builders import Fleet, git_count_objects, run_git
 
 pytestmark = pytest.mark.integration

@@ -6,12 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from custode.discovery import Repository
-from custode.git import Git
+from custode.git.runner import Git
 from custode.maintenance.executor import ExecutionResult
 from custode.maintenance.fleetrun import Governor, run_fleet
 from custode.maintenance.planner import Plan, Task
-from custode.repostate import RepoState, inspect_failed
+from custode.scan.discovery import Repository
+from custode.scan.repostate import RepoState, inspect_failed
 
 
 def _state(name: str, size: int) -> RepoState:

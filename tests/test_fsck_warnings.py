@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from custode.git import Git
-from custode.integrity import check_git_dir
+from custode.git.runner import Git
+from custode.integrity.check import check_git_dir
 from fixtures.builders import git_env, run_git
 from fixtures.cli import CliResult
 from fixtures.system import missing

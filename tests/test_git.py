@@ -1,4 +1,4 @@
-"""custode.git: the hardened git runner."""
+"""custode.git.runner: the hardened git runner."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from types import FrameType
 
 import pytest
 
-from custode.config import GitConfig
+from custode.config.model import GitConfig
 from custode.errors import GitError, GitNotFoundError, GitRefusedError, GitTimeoutError
-from custode.git import (
+from custode.git.runner import (
     ALLOWLIST,
     FEATURES,
     MINIMUM_VERSION,
@@ -331,7 +331,7 @@ def test_lowering_the_process_drops_the_wrappers_and_git_inherits(tmp_path: Path
     fake = _fake_git(tmp_path, 'nice > "$OUT/nice"; ionice -p $$ > "$OUT/ionice"')
     code = (
         "import sys, threading\n"
-        "from custode.git import Git\n"
+        "from custode.git.runner import Git\n"
         f"git = Git({str(fake)!r}, nice=10, ionice='best-effort')\n"
         "git.lower_own_priority()\n"
         "assert git.command_line(['version'])[0] == git.executable(), git.command_line(['version'])\n"

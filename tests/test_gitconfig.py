@@ -1,4 +1,4 @@
-from custode.gitconfig import is_true, parse
+from custode.git.configfile import is_true, parse
 
 
 def test_parse_sections_subsections_quotes_comments() -> None:

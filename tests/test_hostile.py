@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import custode.git
-from custode.git import HARDENING, Git
+import custode.git.runner
+from custode.git.runner import HARDENING, Git
 from fixtures.builders import git_env
 from fixtures.cli import CliResult
 from fixtures.hostile import HostileRepo, build_hostile_repo, run_every_command
@@ -91,7 +91,7 @@ def test_the_check_has_teeth(
     """Without part of the hardening, the same commands do run the repository's programs."""
     weakened = {"core.hooksPath", "core.fsmonitor", "core.alternateRefsCommand", "gc.auto"}
     kept = tuple(item for item in HARDENING if item[0] not in weakened | {"maintenance.auto"})
-    monkeypatch.setattr(custode.git, "HARDENING", kept)
+    monkeypatch.setattr(custode.git.runner, "HARDENING", kept)
     repo = build_hostile_repo(tmp_path / "repo")
     run_every_command(Git(timeout=60), repo.path if which == "working copy" else repo.bare,
                    tmp_path / "scratch")  # fmt: skip

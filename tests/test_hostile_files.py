@@ -28,7 +28,7 @@ import pytest
 
 from custode.backup.crypto import generate_identity
 from custode.errors import GitError, GitTimeoutError
-from custode.git import Git
+from custode.git.runner import Git
 from fixtures.builders import Fleet, run_git
 from fixtures.cli import CliResult
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from custode.discovery import discover
-from custode.repostate import RepoState, inspect
+from custode.scan.discovery import discover
+from custode.scan.repostate import RepoState, inspect
 from fixtures.builders import Fleet
 
 pytestmark = pytest.mark.integration

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-import custode.git
-from custode.discovery import discover
-from custode.git import HARDENING, Git
-from custode.health import assess
+import custode.git.runner
+from custode.config.maintenance import MaintenancePolicy
+from custode.git.runner import HARDENING, Git
+from custode.integrity.health import assess
 from custode.maintenance.planner import plan
-from custode.maintenance.policy import MaintenancePolicy
 from custode.monitoring.histograms import OperationHistograms
 from custode.monitoring.probes import Prober
 from custode.monitoring.view import RepoView
-from custode.repostate import RepoState, inspect
+from custode.scan.discovery import discover
+from custode.scan.repostate import RepoState, inspect
 from fixtures.builders import git_env
 from fixtures.cli import CliResult
 from fixtures.hostile import (
@@ -63,9 +63,9 @@ def _states(fleet: PromisorFleet) -> dict[str, RepoState]:
 
 def _weaken(monkeypatch: pytest.MonkeyPatch, *, old_hardening: bool, drop: tuple[str, ...]) -> None:
     if old_hardening:
-        monkeypatch.setattr(custode.git, "HARDENING", OLD_HARDENING)
-    env = {k: v for k, v in custode.git._FIXED_ENV.items() if k not in drop}
-    monkeypatch.setattr(custode.git, "_FIXED_ENV", env)
+        monkeypatch.setattr(custode.git.runner, "HARDENING", OLD_HARDENING)
+    env = {k: v for k, v in custode.git.runner._FIXED_ENV.items() if k not in drop}
+    monkeypatch.setattr(custode.git.runner, "_FIXED_ENV", env)
 
 
 def test_plain_git_runs_every_promisor_program(promisor: PromisorFleet) -> None:
@@ -85,7 +85,7 @@ def test_partial_clones_are_seen_and_left_alone(promisor: PromisorFleet) -> None
         health = assess(state, policy, now)
         assert health.verdict == "broken"
         assert any(r.text.startswith("partial clone (") for r in health.reasons)
-        p = plan(state, policy, custode.git.Git().version(), now)
+        p = plan(state, policy, custode.git.runner.Git().version(), now)
         assert not p.tasks and "partial clone" in (p.skipped_reason or "")
     # Made one only by an included file: not seen without git, and still harmless (below).
     assert states["hidden.git"].partial_clone == "" and states["sound.git"].partial_clone == ""
@@ -202,10 +202,10 @@ def old_runner(tmp_path: Path) -> Iterator[dict[str, str]]:
     site = tmp_path / "old-runner"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
-        "import custode.git\n"
-        f"custode.git.HARDENING = {OLD_HARDENING!r}\n"
+        "import custode.git.runner\n"
+        f"custode.git.runner.HARDENING = {OLD_HARDENING!r}\n"
         "for key in ('GIT_NO_LAZY_FETCH', 'GIT_ALLOW_PROTOCOL'):\n"
-        "    custode.git._FIXED_ENV.pop(key, None)\n"
+        "    custode.git.runner._FIXED_ENV.pop(key, None)\n"
     )
     yield {"PYTHONPATH": str(site)}
 

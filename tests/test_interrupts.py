@@ -26,10 +26,10 @@ from typing import Any
 import psutil
 import pytest
 
-from custode import fleet as fleet_module
 from custode import interrupts
 from custode.backup import restorejournal
-from custode.config import DiscoveryConfig
+from custode.config.model import DiscoveryConfig
+from custode.scan import fleet as fleet_module
 from fixtures.builders import run_git
 from fixtures.cli import CliResult
 
@@ -291,7 +291,7 @@ def tiny_fleet(where: Path, count: int) -> Path:
 # a busy disk, at test size. Everything else is the real command in a real process.
 SLOW = 0.05
 SLOW_CUSTODE = (
-    "import time, custode.fleet as f; real = f.inspect\n"
+    "import time, custode.scan.fleet as f; real = f.inspect\n"
     f"def slow(*a):\n    time.sleep({SLOW!r})\n    return real(*a)\n"
     "f.inspect = slow\nfrom custode.cli import main\nmain()\n"
 )

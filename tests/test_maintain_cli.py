@@ -147,7 +147,7 @@ def test_budget_starts_nothing_once_spent(custode: Run, neglected: Path) -> None
 def test_largest_repository_starts_first(
     custode: Run, neglected: Path, isolated_env: dict[str, str]
 ) -> None:
-    from custode.audit import AuditLog
+    from custode.records.audit import AuditLog
 
     states = custode("status", "--json", "--rescan", neglected).json()["repositories"]
     biggest = max(states, key=lambda r: r["pack_bytes"] + r["loose_objects_bytes"])

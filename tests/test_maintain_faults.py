@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from custode.discovery import Repository
-from custode.git import Git, GitResult
+from custode.config.maintenance import DAY, MaintenancePolicy
+from custode.git.runner import Git, GitResult
 from custode.maintenance.fleetrun import run_fleet
 from custode.maintenance.planner import RepoHistory, plan
-from custode.maintenance.policy import DAY, MaintenancePolicy
-from custode.repostate import inspect
+from custode.scan.discovery import Repository
+from custode.scan.repostate import inspect
 from fixtures.builders import Fleet, git_refs, run_git
 from fixtures.system import unshare_prefix
 

@@ -16,14 +16,15 @@ from typing import Any
 
 import pytest
 
-from custode.discovery import Repository
-from custode.git import DISTRUST_DERIVED, Git, GitResult
+from custode.config.maintenance import DAY, MaintenancePolicy
+from custode.git.leftovers import stale_age, stale_kind
+from custode.git.runner import DISTRUST_DERIVED, Git, GitResult
 from custode.maintenance import borrowers
 from custode.maintenance.doubt import doubts
 from custode.maintenance.executor import execute
 from custode.maintenance.planner import Plan, Repack, Task
-from custode.maintenance.policy import DAY, MaintenancePolicy, stale_kind
-from custode.state import LatestResult
+from custode.records.state import LatestResult
+from custode.scan.discovery import Repository
 from fixtures.builders import Fleet, age_packs, fast_import, git_env, history_stream, run_git
 from fixtures.cli import CliResult
 
@@ -219,10 +220,10 @@ def test_only_gits_own_leftovers_are_stale() -> None:
     policy = MaintenancePolicy()
     for path, seconds in GIT_LEFTOVERS.items():
         assert stale_kind(path) is not None, path
-        assert policy.stale_age(path) == seconds, path
+        assert stale_age(policy, path) == seconds, path
     for path in CONTENT:
         assert stale_kind(path) is None, path
-        assert policy.stale_age(path) == float("inf"), path
+        assert stale_age(policy, path) == float("inf"), path
 
 
 def test_maintain_removes_old_git_leftovers_only(

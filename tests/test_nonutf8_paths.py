@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from custode.backup.manifest import canonical
-from custode.pathtext import display, json_bytes, sql_value
-from custode.state import Observation, RepositoryResult, StateDB, utcnow
+from custode.base.pathtext import display, json_bytes, sql_value
+from custode.records.state import Observation, RepositoryResult, StateDB, utcnow
 from fixtures.builders import fast_import, history_stream, run_git
 from fixtures.cli import CliResult
 from fixtures.system import need

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from custode.discovery import discover
-from custode.git import GitVersion
+from custode.config.maintenance import DAY, HOUR, MIB, MaintenancePolicy
+from custode.git.runner import GitVersion
 from custode.maintenance.planner import (
     CommitGraph,
     Plan,
@@ -22,9 +22,9 @@ from custode.maintenance.planner import (
     Task,
     plan,
 )
-from custode.maintenance.policy import DAY, HOUR, MIB, MaintenancePolicy
-from custode.objectstore import TempFile
-from custode.repostate import RepoState, inspect, link_borrowers
+from custode.scan.discovery import discover
+from custode.scan.objectstore import TempFile
+from custode.scan.repostate import RepoState, inspect, link_borrowers
 from fixtures.builders import Fleet
 
 NOW = 1_750_000_000.0

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from custode.discovery import Repository
-from custode.git import Git
+from custode.config.maintenance import HOUR
+from custode.git.runner import Git
 from custode.maintenance.executor import PackLimits, execute
 from custode.maintenance.objectdirs import HOLDER, LOOSE_DIRS, hold_object_dirs
 from custode.maintenance.planner import Plan, Repack, Task
-from custode.maintenance.policy import HOUR
+from custode.scan.discovery import Repository
 from fixtures.builders import git_env, run_git
 
 pytestmark = pytest.mark.integration

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from custode.git import FEATURES, GitVersion
+from custode.config.maintenance import HOUR
+from custode.git.runner import FEATURES, GitVersion
 from custode.maintenance.planner import Repack
-from custode.maintenance.policy import HOUR
 from fixtures.builders import Fleet, fast_import, git_env, history_stream, run_git
 from fixtures.cli import CliResult
 from fixtures.lying import mislead_bitmap

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from custode.discovery import discover
 from custode.errors import ExitCode, LockedError, RepositoryError
-from custode.repolock import LOCK_NAME, repository_lock
-from custode.repostate import inspect
+from custode.git.lock import LOCK_NAME, repository_lock
+from custode.scan.discovery import discover
+from custode.scan.repostate import inspect
 from fixtures.builders import Fleet
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from custode.records.state import Observation, RepositoryResult, StateDB, utcnow
 from custode.report.history import build
 from custode.report.render import fmt_bytes, fmt_ratio, fmt_seconds, render
-from custode.state import Observation, RepositoryResult, StateDB, utcnow
 from fixtures.builders import Fleet
 from fixtures.cli import CliResult
 from fixtures.system import need

@@ -25,11 +25,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from custode.config import parse_config
+from custode.config.email import EmailConfig
+from custode.config.model import parse_config
+from custode.config.schedule import ScheduleConfig
 from custode.errors import ConfigError, UsageError
-from custode.report.email import EmailConfig, read_password
+from custode.report.email import read_password
 from custode.report.render import fmt_bytes
-from custode.scheduler import ScheduleConfig, jobs_from
+from custode.serve.scheduler import jobs_from
 from fixtures.builders import Fleet
 from fixtures.cli import CliResult
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from custode.discovery import discover
-from custode.repostate import RepoState, inspect, link_borrowers
+from custode.scan.discovery import discover
+from custode.scan.repostate import RepoState, inspect, link_borrowers
 from fixtures.builders import Fleet, git_count_objects, git_refs
 
 pytestmark = pytest.mark.integration
@@ -144,7 +144,7 @@ def test_broken_repositories_are_reported_not_raised(tmp_path: Path, fleet: Flee
 
 
 def test_unreadable_repository_gets_a_broken_placeholder(fleet: Fleet) -> None:
-    from custode.repostate import inspect_failed
+    from custode.scan.repostate import inspect_failed
 
     repo = discover([fleet.packed]).repositories[0]
     state = inspect_failed(repo, "cannot read repository: Permission denied")

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from custode import fleet as fleet_module
-from custode import scancache
-from custode.config import DiscoveryConfig
-from custode.discovery import Repository
-from custode.fleet import scan
-from custode.objectstore import TempFile
-from custode.repostate import RepoState
-from custode.scancache import ScanCache
+from custode.config.model import DiscoveryConfig
+from custode.scan import cache as scancache
+from custode.scan import fleet as fleet_module
+from custode.scan.cache import ScanCache
+from custode.scan.discovery import Repository
+from custode.scan.fleet import scan
+from custode.scan.objectstore import TempFile
+from custode.scan.repostate import RepoState
 from fixtures.builders import Fleet, run_git
 
 pytestmark = pytest.mark.integration
@@ -250,7 +250,7 @@ def test_a_cache_with_a_wrong_value_is_ignored_and_rebuilt(
     cache, doc = _saved(small, tmp_path)
     damage(doc)
     cache.write_text(json.dumps(doc))
-    with caplog.at_level(logging.INFO, logger="custode.scancache"):
+    with caplog.at_level(logging.INFO, logger="custode.scan.cache"):
         assert ScanCache.load(cache).entries == {}
     assert f"ignoring scan cache {cache}: " in caplog.text
     assert len(_scan(small, cache)) == 3
@@ -292,7 +292,7 @@ def test_a_cache_that_is_not_a_private_file_is_not_read(
             cache.symlink_to("/dev/zero")
     loaded: list[ScanCache] = []
     reader = threading.Thread(target=lambda: loaded.append(ScanCache.load(cache)), daemon=True)
-    with caplog.at_level(logging.WARNING, logger="custode.scancache"):
+    with caplog.at_level(logging.WARNING, logger="custode.scan.cache"):
         reader.start()
         reader.join(30)
     assert loaded and loaded[0].entries == {}, "the scan cache read blocked or did not return"

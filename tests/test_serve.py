@@ -30,8 +30,8 @@ import bcrypt
 import pytest
 
 from custode.errors import ConfigError
-from custode.monitoring.http import CONTENT_TYPE, MetricsApp, MetricsServer, Refresher, parse_listen
-from custode.monitoring.webconfig import BasicAuth, WebConfigWatcher, load_web_config
+from custode.serve.http import CONTENT_TYPE, MetricsApp, MetricsServer, Refresher, parse_listen
+from custode.serve.webconfig import BasicAuth, WebConfigWatcher, load_web_config
 from fixtures.builders import Fleet
 from fixtures.system import need, stop
 

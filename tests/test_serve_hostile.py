@@ -25,9 +25,9 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from custode.monitoring.connections import ConnectionTable, client_key
-from custode.monitoring.http import MetricsApp, MetricsServer
-from custode.monitoring.webconfig import WebConfigWatcher, load_web_config
+from custode.serve.connections import ConnectionTable, client_key
+from custode.serve.http import MetricsApp, MetricsServer
+from custode.serve.webconfig import WebConfigWatcher, load_web_config
 
 PASSWORD = "s3cret pass"  # noqa: S105 (a test password)
 HEAD = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"

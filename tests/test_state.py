@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from custode import stateproblems
 from custode.errors import ExitCode, StateUnusableError
-from custode.state import MIGRATIONS, Observation, RepositoryResult, StateDB, StateError
+from custode.records import problems as stateproblems
+from custode.records.state import MIGRATIONS, Observation, RepositoryResult, StateDB, StateError
 
 
 def _obs(i: int, **kw: object) -> Observation:

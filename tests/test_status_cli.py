@@ -180,7 +180,7 @@ def test_init_writes_config_once(custode: Run, tmp_path: Path) -> None:
 def test_history_records_only_changes(
     custode: Run, fleet_copy: Fleet, isolated_env: dict[str, str]
 ) -> None:
-    from custode.state import StateDB
+    from custode.records.state import StateDB
 
     assert custode("status", "--json", fleet_copy.root).code == 0
     assert custode("status", "--json", fleet_copy.root).code == 0

@@ -29,9 +29,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from custode.monitoring.histograms import OperationHistograms
-from custode.monitoring.http import MetricsApp, MetricsServer
 from custode.monitoring.trace2 import Trace2Listener
 from custode.monitoring.trace2lines import MAX_DEPTH, too_deep
+from custode.serve.http import MetricsApp, MetricsServer
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20

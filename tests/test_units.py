@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from custode.units import format_bytes, format_duration, parse_duration
+from custode.base.units import format_bytes, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

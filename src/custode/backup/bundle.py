@@ -36,8 +36,8 @@ from pathlib import Path
 
 from custode.backup.roots import worktree_refs
 from custode.errors import IntegrityError
-from custode.git import DISTRUST_DERIVED, Git
-from custode.refsnapshot import SYMREF_PREFIX, snapshot
+from custode.git.refsnapshot import SYMREF_PREFIX, snapshot
+from custode.git.runner import DISTRUST_DERIVED, Git
 
 _OID_LEN = (40, 64)
 

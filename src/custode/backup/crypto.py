@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import pyrage  # type: ignore[import-untyped]
 
+from custode.base.secretfile import read_secret
 from custode.errors import IntegrityError, UsageError
-from custode.secretfile import read_secret
 
 if TYPE_CHECKING:
 

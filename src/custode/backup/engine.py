@@ -52,9 +52,9 @@ from custode.backup.roots import read_shallow
 from custode.backup.store import KeyExistsError, Store
 from custode.backup.streams import put_bytes, put_file
 from custode.errors import CustodeError, IntegrityError, StateError
-from custode.git import Git
-from custode.repostate import RepoState
-from custode.state import TaskHistory
+from custode.git.runner import Git
+from custode.records.state import TaskHistory
+from custode.scan.repostate import RepoState
 
 Warn = Callable[[str], None]
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from custode.base.fsread import FileTooLarge, NotRegularFile, read_all
 from custode.errors import StateError
-from custode.fsread import FileTooLarge, NotRegularFile, read_all
 
 MACHINE_FILE = "machine-id"
 LINEAGE_FILE = "backup-lineage.json"

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from custode.backup.manifest import LOCK_FORMAT, id_time, new_id
 from custode.backup.records import LOCK_LIMIT, read_object
 from custode.backup.store import Store
+from custode.base.process import process_alive
 from custode.errors import CustodeError, LockedError
-from custode.secretfile import process_alive
 
 STALE_AFTER = 24 * 3600.0
 

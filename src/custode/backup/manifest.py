@@ -40,8 +40,8 @@ from custode.backup.records import (
     load_object,
 )
 from custode.backup.store import Store, check_key
+from custode.base.pathtext import json_bytes
 from custode.errors import IntegrityError, UsageError
-from custode.pathtext import json_bytes
 
 MANIFEST_FORMAT = "custode-backup/1"
 # a shallow repository's chain records its ``shallow`` commits, which a restore must write:

@@ -19,8 +19,8 @@ import json
 from typing import Any
 
 from custode.backup.store import Store
+from custode.base.jsondepth import too_deep
 from custode.errors import IntegrityError
-from custode.jsondepth import too_deep
 
 # ~60 bytes a repository: a snapshot of two million repositories
 SNAPSHOT_LIMIT = 128 << 20

@@ -41,8 +41,8 @@ from custode.backup.roots import valid_ref_name
 from custode.backup.store import Store
 from custode.backup.streams import decrypt_to
 from custode.errors import GitError, IntegrityError, StateError, UsageError
-from custode.git import Git
-from custode.refsnapshot import SYMREF_PREFIX
+from custode.git.refsnapshot import SYMREF_PREFIX
+from custode.git.runner import Git
 
 HIDDEN = ".custode-restore-"
 _OID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")

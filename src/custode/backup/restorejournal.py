@@ -23,8 +23,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from custode import fsread
 from custode.backup.records import load_object
+from custode.base import fsread
 from custode.errors import IntegrityError, UsageError
 
 NAME = ".custode-restore.json"

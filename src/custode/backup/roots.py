@@ -22,8 +22,8 @@ import re
 import stat
 from pathlib import Path
 
+from custode.base.fsread import read_all, read_prefix
 from custode.errors import StateError
-from custode.fsread import read_all, read_prefix
 
 NAMESPACE = "refs/custode/worktrees/"
 PER_WORKTREE = ("bisect", "worktree", "rewritten")  # git's per-worktree ref families

@@ -1,6 +1,6 @@
 """Where encrypted backup files live: one small interface, a local directory implementation.
 
-``open_store`` also opens S3-compatible stores (``s3store.S3Store``, loaded only when used).
+S3-compatible stores are in ``s3store``; ``stores.open_store`` opens either by URL.
 
 Keys are '/'-separated relative strings (``hosts/web1/repos/org/a.git/<id>/pack.age``).
 Every store gives these guarantees:
@@ -32,10 +32,9 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO, Protocol
-from urllib.parse import unquote, urlsplit
 
+from custode.base.fsread import kind
 from custode.errors import IntegrityError, PathNotFoundError, StateError, UsageError
-from custode.fsread import kind
 
 TMP_PREFIX = ".tmp-"
 MAX_KEY_LEN = 1024
@@ -405,22 +404,3 @@ def _lexists(name: str, dir_fd: int) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def open_store(url: str, *, s3_endpoint: str | None = None, s3_region: str | None = None) -> Store:
-    """A store for a plain path, a ``file://`` or an ``s3://BUCKET[/PREFIX]`` URL.
-
-    ``s3_endpoint`` and ``s3_region`` override the AWS environment and config for S3.
-    """
-    if "://" not in url:
-        return LocalStore(Path(url))
-    parts = urlsplit(url)
-    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
-        return LocalStore(Path(unquote(parts.path)))
-    if parts.scheme == "s3":
-        from custode.backup.s3store import S3Store  # noqa: PLC0415  (boto3 only when used)
-
-        return S3Store(url, endpoint_url=s3_endpoint, region=s3_region)
-    raise UsageError(
-        f"store {url}: unsupported URL; use a directory path, a file:// or an s3:// URL"
-    )

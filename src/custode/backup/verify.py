@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from custode import integrity
 from custode.backup.catalog import Catalog
 from custode.backup.crypto import Identity
 from custode.backup.engine import read_manifest
@@ -44,8 +43,9 @@ from custode.backup.restore import _SkipHeader, parse_refs, restore_repository
 from custode.backup.store import Store
 from custode.backup.streams import decrypt_to, require
 from custode.errors import CustodeError, GitError, IntegrityError
-from custode.git import DISTRUST_DERIVED, Git
-from custode.refsnapshot import snapshot
+from custode.git.refsnapshot import snapshot
+from custode.git.runner import DISTRUST_DERIVED, Git
+from custode.integrity import check as integrity
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 

@@ -15,8 +15,8 @@ from typing import Any
 import click
 
 from custode import __version__
+from custode.base.pathtext import escape_streams
 from custode.errors import EXIT_CODES_HELP, CustodeError, ExitCode
-from custode.pathtext import escape_streams
 
 COMMANDS = {
     "status": "custode.cli.status_cmd:status",

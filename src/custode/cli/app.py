@@ -12,9 +12,11 @@ from typing import Any
 
 from rich.console import Console
 
-from custode import interrupts, paths, stateproblems
-from custode.config import Config, load_config
+from custode import interrupts
+from custode.base import paths
+from custode.config.model import Config, load_config
 from custode.errors import PathNotFoundError
+from custode.records import problems as stateproblems
 
 
 def _stdout_console() -> Console:

@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from custode.audit import AuditLog
 from custode.cli.app import App
 from custode.errors import EXIT_CODES_HELP, IntegrityError
+from custode.records.audit import AuditLog
 
 
 def _log(app: App) -> AuditLog:

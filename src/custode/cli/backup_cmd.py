@@ -16,14 +16,14 @@ from custode.backup.guard import after_backup, before_backup
 from custode.backup.locks import store_lock
 from custode.backup.manifest import Snapshot
 from custode.backup.store import Store
+from custode.base.units import format_bytes
 from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.cli.scanning import scan_fleet
 from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
-from custode.git import Git
-from custode.repostate import RepoState
-from custode.state import RepositoryResult, StateDB, TaskHistory
-from custode.units import format_bytes
+from custode.git.runner import Git
+from custode.records.state import RepositoryResult, StateDB, TaskHistory
+from custode.scan.repostate import RepoState
 
 CANCELLED = "not backed up: the backup was interrupted before it started"
 

@@ -25,8 +25,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from custode import interrupts, paths
-from custode.audit import AuditLog
+from custode import interrupts
 from custode.backup.crypto import (
     Identity,
     Recipient,
@@ -35,11 +34,14 @@ from custode.backup.crypto import (
     parse_recipient,
 )
 from custode.backup.manifest import check_host
-from custode.backup.store import Store, open_store
+from custode.backup.store import Store
+from custode.backup.stores import open_store
+from custode.base import paths
+from custode.base.process import process_alive
 from custode.cli.app import App
 from custode.errors import CustodeError
-from custode.secretfile import process_alive
-from custode.state import RepositoryResult, StateDB
+from custode.records.audit import AuditLog
+from custode.records.state import RepositoryResult, StateDB
 
 store_option = click.option(
     "--store", "store_url", metavar="URL",

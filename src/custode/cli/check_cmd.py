@@ -18,15 +18,16 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from custode import integrity, interrupts
+from custode import interrupts
+from custode.base.units import counted
 from custode.cli.app import App
 from custode.cli.scanning import scan_fleet
 from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
-from custode.git import Git
-from custode.integrity import CheckResult
-from custode.repostate import RepoState
-from custode.state import RepositoryResult, StateDB
-from custode.units import counted
+from custode.git.runner import Git
+from custode.integrity import check as integrity
+from custode.integrity.check import CheckResult
+from custode.records.state import RepositoryResult, StateDB
+from custode.scan.repostate import RepoState
 
 _STYLE = {"ok": "green", "corrupt": "bold red", "error": "yellow"}
 FIX = (

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from custode import __version__, paths
+from custode import __version__
+from custode.base import paths
 from custode.cli.app import App
 from custode.errors import EXIT_CODES_HELP
-from custode.git import FEATURES, MINIMUM_VERSION, Git
+from custode.git.runner import FEATURES, MINIMUM_VERSION, Git
 
 
 @click.command(epilog=EXIT_CODES_HELP)

@@ -13,11 +13,11 @@ from custode.backup.lineage import machine_id
 from custode.backup.manifest import Snapshot
 from custode.backup.prune import forget as forget_snapshots
 from custode.backup.retention import Policy
+from custode.base.units import format_bytes, format_duration
 from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.cli.params import DURATION
 from custode.errors import EXIT_CODES_HELP, UsageError
-from custode.units import format_bytes, format_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 _KEEP = ("last", "hourly", "daily", "weekly", "monthly", "yearly")

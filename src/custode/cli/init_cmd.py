@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from custode import paths
+from custode.base import paths
 from custode.cli.app import App
-from custode.config import render_default_config, render_reference
+from custode.config.model import render_default_config, render_reference
 from custode.errors import EXIT_CODES_HELP, ConfigError
 
 

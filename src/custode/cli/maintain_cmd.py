@@ -20,22 +20,22 @@ from rich.progress import Progress
 from rich.table import Table
 
 from custode import interrupts
-from custode.audit import AuditLog
+from custode.base.units import format_bytes
 from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.cli.params import DURATION
 from custode.cli.scanning import scan_fleet
 from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError, StateUnusableError
-from custode.git import Git
+from custode.git.runner import Git
 from custode.maintenance import borrowers
 from custode.maintenance.doubt import TASKS as CHECK_TASKS
 from custode.maintenance.doubt import doubts
 from custode.maintenance.executor import ExecutionResult, PackLimits
 from custode.maintenance.fleetrun import FleetRun, Governor, run_fleet
 from custode.maintenance.planner import Plan, RepoHistory, plan
-from custode.repostate import RepoState
-from custode.state import RepositoryResult, StateDB
-from custode.units import format_bytes
+from custode.records.audit import AuditLog
+from custode.records.state import RepositoryResult, StateDB
+from custode.scan.repostate import RepoState
 
 
 def _plan_json(state: RepoState, p: Plan) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import click
 
-from custode.units import parse_duration
+from custode.base.units import parse_duration
 
 #: The longest duration accepted: a century reaches back past any history custode keeps,
 #: and stays inside what dates and timestamps can represent.

@@ -43,10 +43,10 @@ def report(app: App, since: float, fmt: str | None, output: Path | None, email: 
     recorded; it never scans the fleet. An empty history gives a report that says so.
     With --email the report is written or printed first, then sent.
     """
+    from custode.records.state import StateDB
     from custode.report.history import build
     from custode.report.model import Targets
     from custode.report.render import render
-    from custode.state import StateDB
 
     fmt = fmt or (_SUFFIXES.get(output.suffix.lower(), "md") if output else "md")
     if email and app.config.email.smtp_host is None:

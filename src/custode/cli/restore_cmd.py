@@ -17,14 +17,14 @@ from custode.backup.engine import read_manifest
 from custode.backup.guard import check_restore
 from custode.backup.manifest import Entry
 from custode.backup.restore import Restored, destination, occupied, restore_repository
+from custode.base.pathtext import display
+from custode.base.units import format_bytes
 from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.cli.params import SNAPSHOT_OR_TIME
 from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError, UsageError
-from custode.git import Git
-from custode.pathtext import display
-from custode.state import RepositoryResult
-from custode.units import format_bytes
+from custode.git.runner import Git
+from custode.records.state import RepositoryResult
 
 
 @click.command(epilog=EXIT_CODES_HELP)

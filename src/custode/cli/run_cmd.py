@@ -31,10 +31,11 @@ from typing import Any
 import click
 from rich.table import Table
 
-from custode import interrupts, stateproblems
+from custode import interrupts
 from custode.cli.app import App
 from custode.errors import EXIT_CODES_HELP, CustodeError, ExitCode, PathNotFoundError
-from custode.state import StateDB
+from custode.records import problems as stateproblems
+from custode.records.state import StateDB
 
 #: worst first: the exit status of a run is the first of these any stage ended with
 SEVERITY = (ExitCode.INTERRUPTED, ExitCode.INTEGRITY, ExitCode.ERROR, ExitCode.GIT,

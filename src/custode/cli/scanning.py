@@ -8,7 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from custode.cli.app import App
 from custode.errors import PathNotFoundError
-from custode.fleet import FleetScan, scan
+from custode.scan.fleet import FleetScan, scan
 
 
 def scan_fleet(app: App, roots: list[Path], *, rescan: bool = False) -> FleetScan:

@@ -27,18 +27,18 @@ from custode.errors import (
     PathNotFoundError,
     UsageError,
 )
-from custode.monitoring.http import MetricsApp, MetricsServer, Refresher, parse_listen, serve_until
-from custode.monitoring.webconfig import WebConfigWatcher, load_web_config
+from custode.serve.http import MetricsApp, MetricsServer, Refresher, parse_listen, serve_until
+from custode.serve.webconfig import WebConfigWatcher, load_web_config
 
 log = logging.getLogger("custode")
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from custode.config import Config
+    from custode.config.model import Config
     from custode.monitoring.exporter import Exporter
     from custode.monitoring.trace2 import Trace2Listener
-    from custode.scheduler import Scheduler
+    from custode.serve.scheduler import Scheduler
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -181,7 +181,7 @@ def _lock_state_dir(app: App) -> int:
 
 
 def _scheduler(app: App, roots: list[Path]) -> Scheduler:
-    from custode.scheduler import Scheduler, jobs_from
+    from custode.serve.scheduler import Scheduler, jobs_from
 
     cfg = app.config
     reports = cfg.run.report_directory or app.state_dir() / "reports"
@@ -197,7 +197,7 @@ def _reload(
     """SIGHUP: reread the config; the schedule and the alert rules and destinations change
     at once, jobs read it when they start. A config that no longer loads is reported and
     the old one kept."""
-    from custode.scheduler import jobs_from
+    from custode.serve.scheduler import jobs_from
 
     try:
         fresh = App(config_path=app.config_path).config

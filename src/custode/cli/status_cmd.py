@@ -10,13 +10,13 @@ from typing import Any
 import click
 from rich.table import Table
 
+from custode.base.units import counted, format_bytes
 from custode.cli.app import App
 from custode.cli.scanning import scan_fleet
 from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
-from custode.health import Health, assess
-from custode.repostate import RepoState
-from custode.state import Observation, StateDB
-from custode.units import counted, format_bytes
+from custode.integrity.health import Health, assess
+from custode.records.state import Observation, StateDB
+from custode.scan.repostate import RepoState
 
 _STYLE = {"ok": "green", "attention": "yellow", "broken": "bold red"}
 

@@ -14,7 +14,7 @@ from custode.cli.app import App
 from custode.errors import EXIT_CODES_HELP
 
 if TYPE_CHECKING:
-    from custode.monitoring.trace2config import Trace2Config
+    from custode.config.trace2 import Trace2Config
 
 SOCKET_HELP = (
     "The socket (default: trace2.socket in config, else "
@@ -80,7 +80,7 @@ def enable(app: App, scope: str, file: Path | None, socket_path: Path | None) ->
 
     Refuses (exit 2) when trace2.eventTarget already names another target.
     """
-    from custode.git import Git
+    from custode.git.runner import Git
     from custode.monitoring import trace2config
 
     socket = socket_of(app, socket_path)
@@ -102,7 +102,7 @@ def disable(app: App, scope: str, file: Path | None, socket_path: Path | None) -
 
     Refuses (exit 2) when trace2.eventTarget names another target.
     """
-    from custode.git import Git
+    from custode.git.runner import Git
     from custode.monitoring import trace2config
 
     socket = socket_of(app, socket_path)

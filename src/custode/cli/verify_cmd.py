@@ -13,12 +13,12 @@ from custode.backup.catalog import load
 from custode.backup.freshness import future_note
 from custode.backup.guard import standing
 from custode.backup.verify import Report, add_standing, verify
+from custode.base.units import format_bytes
 from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.errors import EXIT_CODES_HELP, IntegrityError
-from custode.git import Git
-from custode.state import RepositoryResult
-from custode.units import format_bytes
+from custode.git.runner import Git
+from custode.records.state import RepositoryResult
 
 
 @click.command("verify", epilog=EXIT_CODES_HELP)

@@ -26,8 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from custode.discovery import AlternatesSweep, read_alternates, sweep_alternates
-from custode.repostate import RepoState
+from custode.scan.discovery import AlternatesSweep, read_alternates, sweep_alternates
+from custode.scan.repostate import RepoState
 
 
 @dataclass

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from custode.state import LatestResult
+from custode.records.state import LatestResult
 
 CHECK = "check"
 FULL = "check-full"

@@ -48,10 +48,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from custode.audit import AuditLog
-from custode.discovery import Repository
+from custode.config.maintenance import MaintenancePolicy
 from custode.errors import GitError
-from custode.git import DISTRUST_DERIVED, Git
+from custode.git.lock import repository_lock
+from custode.git.refsnapshot import RefSnapshot, snapshot
+from custode.git.runner import DISTRUST_DERIVED, Git
 from custode.maintenance.objectdirs import hold_object_dirs, release_leftovers
 from custode.maintenance.planner import (
     CommitGraph,
@@ -61,10 +62,9 @@ from custode.maintenance.planner import (
     StaleFiles,
     Task,
 )
-from custode.maintenance.policy import MaintenancePolicy
-from custode.refsnapshot import RefSnapshot, snapshot
-from custode.repolock import repository_lock
-from custode.repostate import inspect
+from custode.records.audit import AuditLog
+from custode.scan.discovery import Repository
+from custode.scan.repostate import inspect
 
 Outcome = Literal["ok", "failed", "skipped"]
 OBJECT_TASKS = frozenset(

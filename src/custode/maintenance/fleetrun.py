@@ -8,7 +8,7 @@ vanished mid-run fails on its own; the others carry on.
 
 The governor keeps the host's CPU use under a share: while it is above, no further
 repository starts beside those running (one always may, so the run progresses); git
-itself runs under nice/ionice (see custode.git), so clients are served first.
+itself runs under nice/ionice (see custode.git.runner), so clients are served first.
 
 On SIGINT or SIGTERM (``custode.interrupts``) no further repository starts and those left
 are reported as not started; the running ones see their git stopped and end through
@@ -27,13 +27,13 @@ from pathlib import Path
 import psutil
 
 from custode import interrupts
-from custode.audit import AuditLog
-from custode.discovery import Repository
 from custode.errors import CustodeError
-from custode.git import Git
+from custode.git.runner import Git
 from custode.maintenance.executor import ExecutionResult, PackLimits, execute
 from custode.maintenance.planner import Plan
-from custode.repostate import RepoState
+from custode.records.audit import AuditLog
+from custode.scan.discovery import Repository
+from custode.scan.repostate import RepoState
 
 Progress = Callable[[int, int], None]  # (repositories finished, repositories to do)
 Runner = Callable[..., ExecutionResult]

@@ -20,11 +20,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-from custode.git import FEATURES, GitVersion
-from custode.maintenance.policy import MIB, MaintenancePolicy, stale_kind
-from custode.objectstore import TempFile
-from custode.repostate import RepoState
-from custode.units import format_duration as _dur
+from custode.base.units import format_duration as _dur
+from custode.config.maintenance import MIB, MaintenancePolicy
+from custode.git.leftovers import stale_age, stale_kind
+from custode.git.runner import FEATURES, GitVersion
+from custode.scan.objectstore import TempFile
+from custode.scan.repostate import RepoState
 
 TaskKind = Literal[
     "remove_stale_files", "prune_worktrees", "pack_refs", "incremental_repack",
@@ -180,10 +181,10 @@ def plan(
 def _cleanup(s: RepoState, p: MaintenancePolicy, now: float) -> list[Task]:
     tasks: list[Task] = []
     # only what git and Gitaly leave behind (policy.stale_kind): any other *.lock is content
-    stale = [t for t in s.temp_files if stale_kind(t.path) and now - t.mtime > p.stale_age(t.path)]
+    stale = [t for t in s.temp_files if stale_kind(t.path) and now - t.mtime > stale_age(p, t.path)]
     if stale:
         counts = Counter(stale_kind(t.path) or "" for t in stale)
-        ages = {stale_kind(t.path) or "": p.stale_age(t.path) for t in stale}
+        ages = {stale_kind(t.path) or "": stale_age(p, t.path) for t in stale}
         parts = [f"{_n(n, c)} older than {_dur(ages[c])}" for c, n in sorted(counts.items())]
         oldest = _dur(max(now - t.mtime for t in stale))
         reason = f"stale: {', '.join(parts)} (oldest {oldest}), too old for a running git to own"

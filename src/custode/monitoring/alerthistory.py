@@ -10,7 +10,7 @@ from pathlib import Path
 
 from custode.errors import CustodeError
 from custode.monitoring.alerting import Alert
-from custode.state import StateDB
+from custode.records.state import StateDB
 
 log = logging.getLogger("custode.monitoring")
 

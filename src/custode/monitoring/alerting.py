@@ -21,7 +21,7 @@ from typing import Literal, Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample
 
-from custode.monitoring.alerts import AlertingConfig, render
+from custode.config.alerting import AlertingConfig, render
 
 AlertState = Literal["pending", "firing", "resolved"]
 

@@ -23,19 +23,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from custode import __version__
 from custode.backup.lineage import Lineage
-from custode.config import Config
+from custode.base.pathtext import display
+from custode.config.model import Config
 from custode.errors import CustodeError
-from custode.fleet import scan
-from custode.git import Git
-from custode.health import assess
+from custode.git.runner import Git
+from custode.integrity.health import assess
 from custode.monitoring.collectors.history import TASKS, HistoryCollector
 from custode.monitoring.collectors.repositories import RepositoryCollector
 from custode.monitoring.collectors.system import SystemCollector
 from custode.monitoring.histograms import OperationHistograms
 from custode.monitoring.probes import Prober
 from custode.monitoring.view import FilesystemView, FleetView, HostView, RepoView
-from custode.pathtext import display
-from custode.state import LatestResult, StateDB
+from custode.records.state import LatestResult, StateDB
+from custode.scan.fleet import scan
 
 log = logging.getLogger("custode.monitoring")
 

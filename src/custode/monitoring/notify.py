@@ -31,8 +31,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from custode import __version__
+from custode.config.alerting import AlertingConfig
 from custode.monitoring.alerting import Alert
-from custode.monitoring.alerts import AlertingConfig
 
 log = logging.getLogger("custode.monitoring")
 

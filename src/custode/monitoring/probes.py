@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from custode.errors import CustodeError
-from custode.git import Git
+from custode.git.runner import Git
 from custode.monitoring.histograms import OperationHistograms
 from custode.monitoring.view import RepoView
 

@@ -26,11 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
-
-from custode.configtypes import Section
 from custode.errors import GitError, PathNotFoundError, UsageError
-from custode.git import Git
+from custode.git.runner import Git
 
 Scope = Literal["global", "system"]
 
@@ -39,31 +36,6 @@ TARGET_KEY = "trace2.eventTarget"
 #: nested regions cut the volume to ~2 KiB per git process.
 EXTRA_KEYS = {"trace2.eventBrief": "true", "trace2.eventNesting": "1"}
 MAX_SOCKET_PATH = 107  # sizeof(sun_path) - 1; git truncates longer paths silently
-
-
-class Trace2Config(Section):
-    socket: Path | None = Field(
-        default=None,
-        description="The unix socket git's trace2 events are sent to (default: "
-        "$XDG_RUNTIME_DIR/custode/trace2.sock, else trace2.sock in the state directory). "
-        "'custode trace2 enable' writes this path into git's config, so set it when "
-        "custode serve runs with another environment (a system service).",
-    )
-    socket_mode: int = Field(
-        default=0o600,
-        ge=0,
-        le=0o777,
-        description="Permissions of the socket. git processes of users that cannot connect "
-        "run untraced (never slower). For a git server run custode as the git user and "
-        "keep 0o600; 0o660 with a shared group also works.",
-    )
-    max_buffer: int = Field(
-        default=100_000,
-        ge=1,
-        description="Events held between the socket reader and the parser; beyond this, "
-        "events are dropped and counted (custode_trace2_events_dropped_total), so git "
-        "never waits for custode.",
-    )
 
 
 def default_socket(state_dir: Path) -> Path:

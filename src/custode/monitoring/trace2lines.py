@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from custode.jsondepth import too_deep
+from custode.base.jsondepth import too_deep
 
 __all__ = ["MAX_DEPTH", "REASONS", "Framer", "Rejected", "parse_event", "too_deep"]
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from custode.units import counted
+from custode.base.units import counted
 
 __all__ = ["REPORT_FOR", "Threads"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from custode.repostate import RepoState
-from custode.state import LatestResult
+from custode.records.state import LatestResult
+from custode.scan.repostate import RepoState
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
+from custode.base.units import format_duration
+from custode.records.problems import unusable
+from custode.records.state import LatestResult, StateDB
 from custode.report.model import (
     ALERTS_NOT_RECORDED,
     AlertCount,
@@ -42,9 +45,6 @@ from custode.report.model import (
     TaskStats,
     Window,
 )
-from custode.state import LatestResult, StateDB
-from custode.stateproblems import unusable
-from custode.units import format_duration
 
 _LATEST_TASKS = ("maintain", "check", "check-full", "backup")
 SLOWEST = 5  # drills listed by time

@@ -16,10 +16,10 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from custode.pathtext import display
+from custode.base.pathtext import display
+from custode.base.units import counted, format_bytes, format_duration
 from custode.report import charts
 from custode.report.model import Report
-from custode.units import counted, format_bytes, format_duration
 
 FORMATS = ("html", "md", "json")
 LIMITS = {"html": 500, "md": 50}  # rows of long tables (problems, backups); JSON has all

@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from custode.backup.lineage import Lineage
 from custode.monitoring.view import FleetView
-from custode.state import LatestResult
+from custode.records.state import LatestResult
 
 # history task -> metric word; "check-full" counts as a check
 _KINDS = {"maintain": "maintenance", "check": "check", "check-full": "check", "backup": "backup"}

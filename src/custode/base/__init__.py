@@ -1,0 +1,1 @@
+"""Helpers every layer uses: units, paths, reading untrusted files, path text."""

@@ -1,0 +1,1 @@
+"""Every setting custode reads, validated: one pydantic model per section."""

@@ -1,0 +1,1 @@
+"""Driving git: the one hardened runner, its policy, repository locks, ref snapshots."""

@@ -1,0 +1,66 @@
+"""What git leaves behind in a git directory when it is killed (stale locks, temporary
+files, ``gc.pid``), for the planner's clean-up: only git's own paths, each with the age
+after which it counts as stale (``[maintenance]``, ``custode.config.maintenance``)."""
+
+from __future__ import annotations
+
+import math
+
+from custode.config.maintenance import MaintenancePolicy
+
+#: Lock files git (and Gitaly) take at these paths of a git directory and leave behind
+#: when killed (git's lockfile.c users; Gitaly's clean_stale_data.go ``lockfiles``);
+#: docs/maintenance-heuristics.md lists them with their sources.
+GIT_LOCKS = frozenset({
+    "config.lock", "config.worktree.lock", "HEAD.lock", "ORIG_HEAD.lock", "index.lock",
+    "shallow.lock", "packed-refs.lock", "info/attributes.lock", "reftable/tables.list.lock",
+    "objects/info/alternates.lock", "objects/info/commit-graph.lock",
+    "objects/info/commit-graphs/commit-graph-chain.lock", "objects/pack/multi-pack-index.lock",
+})  # fmt: skip
+#: The same inside ``worktrees/<id>/`` (a linked worktree's own HEAD, index and config).
+WORKTREE_LOCKS = frozenset({"HEAD.lock", "ORIG_HEAD.lock", "index.lock", "config.worktree.lock"})
+
+
+def stale_kind(path: str) -> str | None:
+    """What git leftover ``path`` (relative to the git dir) is, for its stale age: gc.pid,
+    lock or temporary file; None for anything else, which is never removed.
+
+    Only git's own paths count: tools keep content in the git dir too (git-annex under
+    ``annex/objects/``, a ``Cargo.lock`` anywhere), and a name ending in ``.lock`` says
+    nothing about who wrote it.
+    """
+    parts = path.split("/")
+    name = parts[-1]
+    if path == "gc.pid":
+        return "gc.pid"
+    inner = parts[2:] if parts[0] == "worktrees" else []  # inside worktrees/<id>/
+    locks = (
+        path in GIT_LOCKS
+        # a ref's lock: git refuses ref names ending in .lock, so no ref is named so
+        or (parts[0] == "refs" and len(parts) > 1 and name.endswith(".lock"))
+        or "/".join(inner) in WORKTREE_LOCKS
+        or (inner[:1] == ["refs"] and name.endswith(".lock"))
+    )
+    if locks:
+        return "lock"
+    temporary = (
+        parts[0] == "objects"
+        and len(parts) > 1
+        and (
+            name.startswith("tmp_")  # git's object-store tempfiles (tmp_obj_, tmp_pack_, …)
+            # quarantine directories: listed, but the executor never removes a directory
+            or (len(parts) == 2 and name.startswith(("tmp_objdir", "incoming-")))
+        )
+    )
+    return "temporary file" if temporary else None
+
+
+def stale_age(policy: MaintenancePolicy, path: str) -> float:
+    """How old the lock or temporary file ``path`` must be to be stale; infinite for a
+    file git and Gitaly do not leave behind (it is someone's content, never stale)."""
+    kind = stale_kind(path)
+    if kind is None:
+        return math.inf
+    if kind == "gc.pid":
+        return policy.stale_gc_pid_age
+    return policy.stale_lock_age if kind == "lock" else policy.stale_temp_age

@@ -1,0 +1,1 @@
+"""Is a repository sound: the integrity check and the health verdict."""

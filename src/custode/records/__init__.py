@@ -1,0 +1,1 @@
+"""What custode remembers: the state database, the audit log."""

@@ -1,0 +1,585 @@
+"""The history database (``<state_dir>/state.db``): runs, per-repository results, observations.
+
+SQLite in WAL mode, so readers never block the writer and two custode processes can record
+at once (writers queue on the busy timeout). ``MIGRATIONS`` is an append-only list of SQL
+scripts and ``PRAGMA user_version`` counts those applied; each runs in its own ``BEGIN
+IMMEDIATE`` transaction that re-reads the version, so racing processes apply it once.
+Times are UTC ISO-8601 text of fixed width, so they sort as strings.
+
+Every SQLite error becomes one ``StateUnusableError`` line saying whether the database is
+busy, damaged or not reachable, with the fix, and is journaled (``custode.records.problems``).
+The database also anchors the audit log's head (``audit_anchor``), so that deleting the
+whole log is noticed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from operator import attrgetter
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+
+from custode.base.pathtext import sql_row, sql_value
+from custode.base.secretfile import require_private_dir, require_private_file
+from custode.errors import StateError, StateUnusableError
+from custode.records.problems import (
+    BUSY_TIMEOUT_S,
+    busy_timeout,
+    clear_busy,
+    noted,
+    unusable,
+)
+
+# Append only: never edit a migration that has shipped; add a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY, command TEXT NOT NULL, host TEXT NOT NULL,
+        started_at TEXT NOT NULL, finished_at TEXT,
+        status TEXT NOT NULL DEFAULT 'running', summary TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX runs_command_started ON runs (command, started_at);
+    CREATE TABLE repository_results (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        repository TEXT NOT NULL, root TEXT NOT NULL, task TEXT NOT NULL,
+        outcome TEXT NOT NULL, started_at TEXT NOT NULL, duration_s REAL NOT NULL,
+        details TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX repository_results_run ON repository_results (run_id);
+    CREATE INDEX repository_results_repo ON repository_results (repository, started_at);
+    CREATE TABLE observations (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        repository TEXT NOT NULL, root TEXT NOT NULL, verdict TEXT NOT NULL,
+        loose_objects INTEGER NOT NULL, loose_objects_bytes INTEGER NOT NULL,
+        packs INTEGER NOT NULL, pack_bytes INTEGER NOT NULL, loose_refs INTEGER NOT NULL,
+        size_bytes INTEGER NOT NULL, fingerprint TEXT NOT NULL, observed_at TEXT NOT NULL
+    );
+    CREATE INDEX observations_run ON observations (run_id);
+    CREATE INDEX observations_repo ON observations (repository, observed_at);
+    """,
+    """
+    CREATE INDEX observations_latest ON observations (root, repository, id);
+    CREATE INDEX runs_started ON runs (started_at);
+    """,
+    """
+    CREATE INDEX repository_results_task ON repository_results (task, root, repository, started_at);
+    """,
+    """
+    CREATE TABLE host_samples (
+        id INTEGER PRIMARY KEY, taken_at TEXT NOT NULL, cpu_ratio REAL NOT NULL,
+        memory_ratio REAL NOT NULL, load1 REAL NOT NULL
+    );
+    CREATE INDEX host_samples_taken ON host_samples (taken_at);
+    """,
+    """
+    CREATE TABLE alert_events (
+        id INTEGER PRIMARY KEY, at TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,
+        severity TEXT NOT NULL, labels TEXT NOT NULL, value REAL NOT NULL
+    );
+    CREATE INDEX alert_events_at ON alert_events (at);
+    """,
+    """
+    ALTER TABLE observations ADD COLUMN reasons TEXT NOT NULL DEFAULT '';
+    """,
+    """
+    CREATE TABLE borrowers (
+        lender TEXT NOT NULL, borrower TEXT NOT NULL,
+        first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
+        PRIMARY KEY (lender, borrower)
+    );
+    """,
+    """
+    CREATE TABLE audit_anchor (
+        log TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL, at TEXT NOT NULL
+    );
+    """,
+)
+
+
+# SQLite's TEXT is UTF-8: a repository name that is not (a lone surrogate from os.fsdecode)
+# is stored as a BLOB of its bytes instead of failing the whole run (pathtext.sql_value).
+# The adapter is process-wide; it changes nothing for any str that is valid UTF-8.
+sqlite3.register_adapter(str, sql_value)
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One repository's cheap facts as seen by one run (the input to the fast path)."""
+
+    repository: str
+    root: str
+    verdict: str
+    loose_objects: int
+    loose_objects_bytes: int
+    packs: int
+    pack_bytes: int
+    loose_refs: int
+    size_bytes: int
+    fingerprint: str
+    observed_at: str = field(default_factory=utcnow)
+    reasons: str = ""  # the health verdict's reasons, "; "-joined (for reports)
+
+
+@dataclass(frozen=True)
+class RepositoryResult:
+    """What one task (e.g. ``repack``) did to one repository in one run."""
+
+    repository: str
+    root: str
+    task: str
+    outcome: str
+    started_at: str
+    duration_s: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskHistory:
+    """The first and the latest result of one task in one repository (times: epoch s)."""
+
+    first: float
+    latest: float
+    outcome: str  # of the latest
+    details: dict[str, Any]  # of the latest
+
+
+@dataclass(frozen=True)
+class LatestResult:
+    """The latest result of one task in one repository, and when it last succeeded."""
+
+    task: str
+    root: str
+    repository: str
+    at: float  # epoch seconds
+    outcome: str
+    duration_s: float
+    details: dict[str, Any]
+    last_ok: float | None
+
+
+@dataclass(frozen=True)
+class AuditAnchor:
+    """The audit log's head as last anchored here: its entry count (the last seq) and hash."""
+
+    seq: int
+    hash: str
+    at: str
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    command: str
+    host: str
+    started_at: str
+    finished_at: str | None
+    status: str
+    summary: dict[str, Any]
+
+
+def _insert(table: str, names: tuple[str, ...]) -> str:
+    # Column names come from the dataclasses here, never from input.
+    return f"INSERT INTO {table} (run_id, {', '.join(names)}) VALUES (?{', ?' * len(names)})"  # noqa: S608
+
+
+_OBS_FIELDS = tuple(f.name for f in fields(Observation))
+_RESULT_FIELDS = tuple(f.name for f in fields(RepositoryResult))
+_INSERT_OBS, _INSERT_RESULT = (
+    _insert("observations", _OBS_FIELDS),
+    _insert("repository_results", _RESULT_FIELDS),
+)
+_SELECT_OBS = f"SELECT {', '.join(_OBS_FIELDS)} FROM observations"  # noqa: S608
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _guarded(
+    method: Callable[Concatenate[StateDB, _P], _R],
+) -> Callable[Concatenate[StateDB, _P], _R]:
+    """Turn SQLite's errors, and damaged values in a column, into ``unusable``'s line."""
+
+    @functools.wraps(method)
+    def guarded(db: StateDB, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(db, *args, **kwargs)
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: a damaged JSON column, date
+            raise unusable(db.path, exc) from exc
+
+    return guarded
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout: float = BUSY_TIMEOUT_S) -> None:
+    """Switch to WAL, waiting out other processes doing the same, as the busy timeout would.
+
+    The switch reads the header under a SHARED lock, then upgrades to write it. SQLite never
+    runs the busy handler for that upgrade when another connection holds RESERVED (waiting
+    could deadlock), so when several processes open a new (rollback-mode) database at once
+    all but one fail at once with SQLITE_BUSY, whatever the timeout. The failed statement
+    drops its lock, so the winner finishes and a retry then finds WAL already set (a no-op
+    that takes no write lock). Once the database is in WAL mode this never retries.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        else:
+            return
+
+
+def _statements(script: str) -> Iterator[str]:
+    """One statement at a time: ``executescript`` would commit our transaction first."""
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            yield buf
+            buf = ""
+
+
+class StateDB:
+    """An open history database. Use ``StateDB.open(path)``, ideally as a context manager."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: Path) -> StateDB:
+        """Open (creating and migrating as needed) the database at ``path``.
+
+        The directory and the files must be custode's own and not writable by others
+        (anyone who can write them can make custode's history say anything)."""
+        conn = None
+        try:
+            require_private_dir(path.parent, "state directory")
+            for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                require_private_file(name, "state database file")
+            if not path.exists():  # private from the start; SQLite gives -wal/-shm its mode
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            # timeout= is SQLite's busy_timeout: a second writer waits instead of failing.
+            wait = busy_timeout(path)
+            conn = sqlite3.connect(path, timeout=wait, isolation_level=None)
+            conn.row_factory = sql_row  # a non-UTF-8 repository name comes back as it went in
+            db = cls(path, conn)
+            db._check_version()
+            _enable_wal(conn, wait)  # not covered by the busy timeout when racing
+            conn.execute("PRAGMA synchronous = NORMAL")  # in WAL: may lose, never corrupts
+            conn.execute("PRAGMA foreign_keys = ON")
+            db._migrate()
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, StateUnusableError):
+                raise noted(exc) from None
+            if isinstance(exc, OSError | sqlite3.Error):
+                raise unusable(path, exc) from exc
+            raise
+        return db
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _check_version(self) -> int:
+        version = self.schema_version
+        if version > len(MIGRATIONS):
+            raise StateUnusableError(
+                f"state database {self.path} was written by a newer custode "
+                f"(schema {version} > {len(MIGRATIONS)}); upgrade custode"
+            )
+        return version
+
+    def _migrate(self) -> None:
+        for target, script in enumerate(MIGRATIONS, start=1):
+            if self.schema_version >= target:
+                continue
+            with self._transaction():
+                if self._check_version() >= target:  # another process won the race
+                    continue
+                for statement in _statements(script):
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {target}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # IMMEDIATE takes the write lock up front: a second writer then waits out the busy
+        # timeout instead of failing with SQLITE_BUSY when it would upgrade a read lock.
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+        clear_busy(self.path)  # free again: the next wait is the full one
+
+    @_guarded
+    def begin_run(self, command: str) -> int:
+        with self._transaction():
+            cur = self._conn.execute(
+                "INSERT INTO runs (command, host, started_at) VALUES (?, ?, ?)",
+                (command, socket.gethostname(), utcnow()),
+            )
+        assert cur.lastrowid is not None  # noqa: S101  (an INSERT always sets it)
+        return cur.lastrowid
+
+    @_guarded
+    def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
+        with self._transaction():
+            cur = self._conn.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
+                (utcnow(), status, _dumps(summary), run_id),
+            )
+        if cur.rowcount != 1:
+            raise StateError(f"no run {run_id} in state database {self.path}")
+
+    @_guarded
+    def record_observations(self, run_id: int, rows: Iterable[Observation]) -> None:
+        """Insert many observations in one transaction (10,000 take well under a second)."""
+        values = attrgetter(*_OBS_FIELDS)
+        with self._transaction():
+            self._conn.executemany(_INSERT_OBS, ((run_id, *values(o)) for o in rows))
+
+    @_guarded
+    def record_results(self, run_id: int, rows: Iterable[RepositoryResult]) -> None:
+        values = attrgetter(*_RESULT_FIELDS[:-1])  # all but details, the last, stored as JSON
+        with self._transaction():
+            self._conn.executemany(
+                _INSERT_RESULT,
+                ((run_id, *values(r), _dumps(r.details)) for r in rows),
+            )
+
+    @_guarded
+    def last_task_times(self, task: str) -> dict[tuple[str, str], float]:
+        """(root, repository) → when ``task`` last succeeded there (seconds since the epoch)."""
+        rows = self._conn.execute(
+            "SELECT root, repository, MAX(started_at) FROM repository_results "
+            "WHERE task = ? AND outcome = 'ok' GROUP BY root, repository",
+            (task,),
+        )
+        return {(r[0], r[1]): _epoch(r[2]) for r in rows}
+
+    @_guarded
+    def task_history(self, task: str) -> dict[tuple[str, str], TaskHistory]:
+        """(root, repository) → the first and the latest result of ``task`` there."""
+        rows = self._conn.execute(
+            "SELECT r.root, r.repository, r.started_at, r.outcome, r.details, f.first "
+            "FROM repository_results r JOIN (SELECT MIN(started_at) AS first, "
+            "MAX(id) AS last FROM repository_results WHERE task = ? "
+            "GROUP BY root, repository) f ON r.id = f.last",
+            (task,),
+        )
+        return {
+            (r[0], r[1]): TaskHistory(_epoch(r[5]), _epoch(r[2]), r[3], json.loads(r[4]))
+            for r in rows
+        }
+
+    @_guarded
+    def remember_borrowers(self, links: Iterable[tuple[str, str]]) -> None:
+        """Record (borrower git dir, lender object dir) pairs seen by an alternates sweep:
+        a pool must not expire what a borrower needs once the borrower is out of sight."""
+        now = utcnow()
+        with self._transaction():
+            self._conn.executemany(
+                "INSERT INTO borrowers (lender, borrower, first_seen, last_seen) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (lender, borrower) "
+                "DO UPDATE SET last_seen = excluded.last_seen",
+                ((lender, borrower, now, now) for borrower, lender in links),
+            )
+
+    @_guarded
+    def forget_borrowers(self, links: Iterable[tuple[str, str]]) -> None:
+        """Forget (borrower, lender) pairs: the borrower is gone or borrows elsewhere now."""
+        with self._transaction():
+            self._conn.executemany(
+                "DELETE FROM borrowers WHERE borrower = ? AND lender = ?", list(links)
+            )
+
+    @_guarded
+    def remembered_borrowers(self) -> set[tuple[str, str]]:
+        """Every (borrower git dir, lender object dir) pair on record."""
+        rows = self._conn.execute("SELECT borrower, lender FROM borrowers")
+        return {(r[0], r[1]) for r in rows}
+
+    @_guarded
+    def record_host_sample(self, cpu_ratio: float, memory_ratio: float, load1: float) -> None:
+        """One sample of the host's resource use (for reports against the 70% target)."""
+        with self._transaction():
+            self._conn.execute(
+                "INSERT INTO host_samples (taken_at, cpu_ratio, memory_ratio, load1) "
+                "VALUES (?, ?, ?, ?)",
+                (utcnow(), cpu_ratio, memory_ratio, load1),
+            )
+
+    @_guarded
+    def record_alert_event(
+        self, name: str, state: str, severity: str, labels: dict[str, str], value: float
+    ) -> None:
+        """An alert instance started firing (``firing``) or stopped (``resolved``)."""
+        with self._transaction():
+            self._conn.execute(
+                "INSERT INTO alert_events (at, name, state, severity, labels, value) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (utcnow(), name, state, severity, _dumps(labels), value),
+            )
+
+    @_guarded
+    def alert_events(self, since: str) -> list[tuple[str, str, str, str, dict[str, str], float]]:
+        rows = self._conn.execute(
+            "SELECT at, name, state, severity, labels, value FROM alert_events "
+            "WHERE at >= ? ORDER BY at",
+            (since,),
+        )
+        return [(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
+
+    @_guarded
+    def host_samples(self, since: str) -> list[tuple[str, float, float, float]]:
+        rows = self._conn.execute(
+            "SELECT taken_at, cpu_ratio, memory_ratio, load1 FROM host_samples "
+            "WHERE taken_at >= ? ORDER BY taken_at",
+            (since,),
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    @_guarded
+    def latest_results(self, tasks: Iterable[str]) -> list[LatestResult]:
+        """For each (task, root, repository): its latest result and its latest success."""
+        names = sorted(set(tasks))
+        if not names:
+            return []
+        marks = ",".join("?" * len(names))
+        rows = self._conn.execute(  # only "?" placeholders are formatted in
+            "SELECT r.task, r.root, r.repository, r.started_at, r.outcome, r.duration_s, "  # noqa: S608
+            "r.details, f.last_ok FROM repository_results r JOIN (SELECT MAX(id) AS last, "
+            "MAX(CASE WHEN outcome = 'ok' THEN started_at END) AS last_ok "
+            f"FROM repository_results WHERE task IN ({marks}) "
+            "GROUP BY task, root, repository) f ON r.id = f.last",
+            names,
+        )
+        return [
+            LatestResult(
+                r[0],
+                r[1],
+                r[2],
+                _epoch(r[3]),
+                r[4],
+                r[5],
+                json.loads(r[6]),
+                _epoch(r[7]) if r[7] else None,
+            )
+            for r in rows
+        ]
+
+    @_guarded
+    def latest_fingerprints(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """(root, repository) → (fingerprint, verdict) of each repository's last observation.
+
+        Callers record an observation only when these change: history is a log of
+        changes, not a row per repository per run.
+        """
+        rows = self._conn.execute(
+            "SELECT root, repository, fingerprint, verdict FROM observations WHERE id IN "
+            "(SELECT MAX(id) FROM observations GROUP BY root, repository)"
+        )
+        return {(r[0], r[1]): (r[2], r[3]) for r in rows}
+
+    @_guarded
+    def forget_before(self, cutoff: str) -> int:
+        """Delete runs started before ``cutoff`` (UTC ISO-8601) with all they recorded,
+        keeping each repository's latest observation (the base for change detection)."""
+        with self._transaction():
+            self._conn.execute(
+                "DELETE FROM observations WHERE observed_at < ? AND id NOT IN "
+                "(SELECT MAX(id) FROM observations GROUP BY root, repository)",
+                (cutoff,),
+            )
+            self._conn.execute(
+                "DELETE FROM repository_results WHERE run_id IN "
+                "(SELECT id FROM runs WHERE started_at < ?)",
+                (cutoff,),
+            )
+            self._conn.execute("DELETE FROM host_samples WHERE taken_at < ?", (cutoff,))
+            self._conn.execute("DELETE FROM alert_events WHERE at < ?", (cutoff,))
+            cur = self._conn.execute(
+                "DELETE FROM runs WHERE started_at < ? AND id NOT IN "
+                "(SELECT DISTINCT run_id FROM observations)",
+                (cutoff,),
+            )
+        return cur.rowcount
+
+    @_guarded
+    def last_observations(
+        self, limit: int = 100, repository: str | None = None
+    ) -> list[Observation]:
+        """The most recent observations, newest first (of one repository if given)."""
+        where, params = (" WHERE repository = ?", (repository,)) if repository else ("", ())
+        rows = self._conn.execute(
+            f"{_SELECT_OBS}{where} ORDER BY id DESC LIMIT ?", (*params, limit)
+        ).fetchall()
+        return [Observation(*row) for row in rows]
+
+    @_guarded
+    def runs(self, limit: int = 20) -> list[Run]:
+        """The most recent runs, newest first."""
+        rows = self._conn.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))
+        return [Run(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+
+    @_guarded
+    def audit_anchor(self, log: str) -> AuditAnchor | None:
+        """The head last anchored for the audit log named ``log`` (None: none yet)."""
+        row = self._conn.execute(
+            "SELECT seq, hash, at FROM audit_anchor WHERE log = ?", (log,)
+        ).fetchone()
+        return AuditAnchor(int(row[0]), str(row[1]), str(row[2])) if row else None
+
+    @_guarded
+    def set_audit_anchor(self, log: str, seq: int, digest: str) -> None:
+        """Anchor the audit log ``log`` at its entry ``seq`` with hash ``digest``."""
+        with self._transaction():
+            self._conn.execute(
+                "INSERT INTO audit_anchor (log, seq, hash, at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (log) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
+                "at = excluded.at",
+                (log, seq, digest, utcnow()),
+            )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,1 @@
+"""Reading the fleet: discovery, each repository's state, the scan cache."""

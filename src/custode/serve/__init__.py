@@ -1,0 +1,1 @@
+"""The daemon: HTTP server, its web config, the job scheduler."""
