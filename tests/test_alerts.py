@@ -1,6 +1,7 @@
 """Alert rules (expression subset, templates, config), the engine's pending → firing →
-resolved lifecycle, delivery to Alertmanager and a webhook, the shipped Prometheus rules
-and Grafana dashboard (checked with promtool), and a real Alertmanager."""
+resolved lifecycle, delivery to Alertmanager and a webhook, the Prometheus rules file
+generated from the same rules (``custode rules``) and the Grafana dashboard (checked with
+promtool), and a real Alertmanager."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import threading
 import time
 import tomllib
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +24,7 @@ import yaml
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import ValidationError
 
+from custode.base.units import parse_duration
 from custode.config.alerting import (
     DEFAULT_RULES,
     AlertingConfig,
@@ -33,6 +35,8 @@ from custode.config.alerting import (
 )
 from custode.monitoring.alerting import Alert, AlertEngine
 from custode.monitoring.notify import Notifier
+from custode.monitoring.rulesfile import REGENERATE, render_rules
+from fixtures.cli import CliResult
 from fixtures.system import need, stop
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -100,6 +104,20 @@ def test_expressions_outside_the_subset_say_where(text: str, message: str) -> No
     with pytest.raises(ExpressionError) as info:
         parse_expression(text)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "renamed"),
+    [
+        ('custode_p95{source="probe"} > 2', 'rec:p95{source="probe"} > 2'),
+        ("time() -  custode_p95 > 1", "time() -  rec:p95 > 1"),
+        ("absent( custode_p95{x='custode_p95'} )", "absent( rec:p95{x='custode_p95'} )"),
+    ],
+)
+def test_an_expression_reads_another_metric_with_the_rest_unchanged(
+    text: str, renamed: str
+) -> None:
+    assert parse_expression(text).with_metric("rec:p95") == renamed
 
 
 def test_comparison_filters_series_and_regexes_are_anchored() -> None:
@@ -322,7 +340,7 @@ def test_firing_then_resolved_once_and_instances_are_per_series() -> None:
     assert [(a.labels["repository"], a.state) for a in got] == [("b", "firing")]
     # A repository that disappears (deleted, or out of the series) resolves too.
     assert [a.state for a in engine.evaluate([], NOW + 180)] == ["resolved"]
-    assert engine.active() == []
+    assert engine.evaluate([], NOW + 240) == []  # resolved once, then forgotten
 
 
 def test_collect_counts_firing_and_pending_per_rule_with_zeros() -> None:
@@ -378,23 +396,118 @@ def test_the_shipped_rules_fire_on_the_shipped_names() -> None:
     assert by_name["CustodeGitOperationSlow"].labels["operation"] == "rev-parse"
 
 
-def test_custode_and_prometheus_ship_the_same_alerts() -> None:
-    groups = yaml.safe_load(RULES.read_text())["groups"]
-    alerts = {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
-    for rule in DEFAULT_RULES:
+# -- the Prometheus rules file: generated from the same rules ---------------------------------
+
+
+def test_the_shipped_rules_file_is_generated_from_the_shipped_rules() -> None:
+    assert RULES.read_text() == render_rules(DEFAULT_RULES), (
+        f"{RULES.name} is not what custode generates from its shipped rules; regenerate it "
+        f"with: {REGENERATE}"
+    )
+
+
+TRICKY = AlertRule.model_validate(
+    {  # values YAML would read as something else, or that need quoting or escapes
+        "name": "Tricky",
+        "expr": "custode_x{a='b: c #d'} > 1",
+        "for": "90s",
+        "labels": {"team": "yes", "n": "1e3", "o": "0o17"},
+        "annotations": {
+            "summary": "- {{ $value }}: # x",
+            "quotes": "'\"",
+            "lines": "line1\nline2 \n\n x",
+            "null": "null",
+            "accent": "café ☃",
+        },
+    }
+)
+P95 = "operation_source:custode_git_operation_duration_seconds:p95_rate30m"
+
+
+def test_rendered_rules_keep_every_field_of_every_rule() -> None:
+    rules = [*DEFAULT_RULES, TRICKY, AlertRule(name="Quick", expr="custode_x > 1", for_=0.25)]
+    groups = yaml.safe_load(render_rules(rules))["groups"]
+    assert [g["name"] for g in groups] == ["custode-recording", "custode"]
+    assert [r["record"] for r in groups[0]["rules"]] == [P95]
+    alerts = {r["alert"]: r for r in groups[1]["rules"]}
+    assert list(alerts) == [*(r.name for r in rules), "CustodeMetricsStale"]
+    for rule in rules:
         prom = alerts[rule.name]
         assert prom["labels"] == {**rule.labels, "severity": rule.severity}
-        assert prom["annotations"] == rule.annotations
-        assert parse_duration_or_zero(prom.get("for")) == rule.for_
-        if rule.name != "CustodeGitOperationSlow":  # Prometheus uses the histogram
-            assert prom["expr"] == rule.expr
-    assert set(alerts) - {r.name for r in DEFAULT_RULES} == {"CustodeMetricsStale"}
+        assert prom.get("annotations", {}) == rule.annotations
+        assert parse_duration(prom.get("for", "0s")) == rule.for_
+        assert prom["expr"] == rule.expr.replace("custode_git_operation_p95_seconds", P95)
+    assert alerts["CustodeGitOperationSlow"]["expr"] == f'{P95}{{source="probe"}} > 2'
+    assert alerts["Quick"]["for"] == "250ms"
+    assert "annotations" not in alerts["Quick"]
 
 
-def parse_duration_or_zero(text: str | None) -> float:
-    from custode.base.units import parse_duration
+def test_a_configured_rule_replaces_the_prometheus_only_one_of_its_name() -> None:
+    mine = AlertRule(name="CustodeMetricsStale", expr="custode_x > 1")
+    groups = yaml.safe_load(render_rules([mine]))["groups"]
+    assert groups[1]["rules"] == [
+        {"alert": "CustodeMetricsStale", "expr": "custode_x > 1", "labels": {"severity": "warning"}}
+    ]
 
-    return parse_duration(text) if text else 0.0
+
+def test_prometheus_reads_rendered_rules_as_custode_means_them(tmp_path: Path) -> None:
+    """promtool evaluates a rendered custom rule: every label and annotation arrives intact."""
+    (tmp_path / "rules.yml").write_text(render_rules([TRICKY]))
+    test = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": 'custode_x{a="b: c #d"}', "values": "5x10"}],
+                "alert_rule_test": [
+                    {"eval_time": "1m", "alertname": "Tricky", "exp_alerts": []},
+                    {
+                        "eval_time": "2m",
+                        "alertname": "Tricky",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"a": "b: c #d", "severity": "warning"}
+                                | TRICKY.labels,
+                                "exp_annotations": {
+                                    k: render(v, {}, 5.0) for k, v in TRICKY.annotations.items()
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    result = promtool("check", "rules", "rules.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_custode_rules_renders_the_configured_rules(
+    custode: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    config = tmp_path / "custode.toml"
+    config.write_text(
+        '[[alerting.rules]]\nname = "Big"\nexpr = "custode_repository_size_bytes > 1e9"\n'
+        'for = "30m"\n'
+    )
+    result = custode("--config", config, "rules")
+    assert result.code == 0, result.stderr
+    assert result.stdout == render_rules(
+        [AlertRule(name="Big", expr="custode_repository_size_bytes > 1e9", for_=1800)]
+    )
+    assert custode("--config", config, "rules", "--shipped").stdout == RULES.read_text()
+    assert custode("rules").stdout == RULES.read_text()  # no config: the shipped rules
+    out = tmp_path / "prometheus" / "custode-rules.yml"
+    result = custode("--config", config, "rules", "--output", out)
+    assert (result.code, result.stdout, result.stderr) == (0, "", f"wrote {out}\n")
+    assert out.read_text() == render_rules(
+        [AlertRule(name="Big", expr="custode_repository_size_bytes > 1e9", for_=1800)]
+    )
+    assert out.stat().st_mode & 0o777 == 0o644  # Prometheus runs as another user
 
 
 # -- delivery ------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ COMMANDS = {
     "metrics": "custode.cli.metrics_cmd:metrics",
     "report": "custode.cli.report_cmd:report",
     "run": "custode.cli.run_cmd:run",
+    "rules": "custode.cli.rules_cmd:rules",
 }
 
 

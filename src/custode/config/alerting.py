@@ -1,8 +1,10 @@
 """Alert rules: the ``[alerting]`` config section, the shipped rules and the small expression
 language custode evaluates itself (custode cannot run PromQL).
 
-Every expression is valid PromQL with the same meaning, so a rule can be copied into a
-Prometheus rules file unchanged. The subset, over the samples of one refresh::
+Every expression is valid PromQL with the same meaning, so the rules can be written as a
+Prometheus rules file (``custode rules``, ``custode.monitoring.rulesfile``; the shipped
+``deploy/prometheus/custode-rules.yml`` is generated from ``DEFAULT_RULES``). The subset,
+over the samples of one refresh::
 
     SELECTOR OP NUMBER            custode_filesystem_used_ratio > 0.7
     time() - SELECTOR OP NUMBER   time() - custode_backup_last_success_timestamp_seconds > 93600
@@ -82,6 +84,12 @@ class Expression:
     kind: Literal["compare", "age", "absent"]
     op: str = ""
     threshold: float = 0.0
+    metric_at: int = 0  # where ``metric`` starts in ``text``
+
+    def with_metric(self, metric: str) -> str:
+        """The expression's text reading ``metric`` instead (the rest unchanged)."""
+        end = self.metric_at + len(self.metric)
+        return self.text[: self.metric_at] + metric + self.text[end:]
 
     def evaluate(self, series: SeriesIndex, now: float) -> list[tuple[dict[str, str], float]]:
         found = [
@@ -151,6 +159,7 @@ class _Parser:
                 kind = "absent"
             else:
                 raise ExpressionError(f"function {function}() is not supported; {_SUBSET}")
+        metric_at = self.tokens[self.i][2] - 1
         metric = self.take("name", what="a metric name")
         if self.peek("op", "("):
             raise ExpressionError(f"function {metric}() is not supported here; {_SUBSET}")
@@ -158,7 +167,7 @@ class _Parser:
         if kind == "absent":
             self.take("op", ")")
             self.take("end", what="the end after absent(...)")
-            return Expression(self.text, metric, matchers, kind)
+            return Expression(self.text, metric, matchers, kind, metric_at=metric_at)
         op = self.take("op", what="a comparison (> >= < <= == !=)")
         if op not in _COMPARE:
             raise ExpressionError(
@@ -166,7 +175,7 @@ class _Parser:
             )
         threshold = float(self.take("number", what="a number"))
         self.take("end", what=f"the end of the expression ({_SUBSET})")
-        return Expression(self.text, metric, matchers, kind, op, threshold)
+        return Expression(self.text, metric, matchers, kind, op, threshold, metric_at)
 
     def matchers(self) -> tuple[Matcher, ...]:
         out: list[Matcher] = []
@@ -344,6 +353,8 @@ class AlertRule(Section):
 
 
 _WHERE = "{{ $labels.repository }} (root {{ $labels.root }})"
+# The shipped rules, also in deploy/prometheus/custode-rules.yml: regenerate that file
+# (custode rules --shipped --output ...) after changing them; a test says when it is stale.
 _SHIPPED = (  # name, expr, for, severity, summary, description
     ("CustodeIntegrityCheckFailed", "custode_repository_integrity_ok == 0", 0, "critical",
      f"Integrity check failed for {_WHERE}",

@@ -126,17 +126,6 @@ class AlertEngine:
             self.notifier.notify([a for a in out if a.state != "pending"], now)
         return out
 
-    def active(self) -> list[Alert]:
-        """The pending and firing instances after the last evaluation."""
-        with self._lock:
-            instances = list(self._instances.values())
-        return [
-            Alert(
-                i.labels, i.annotations, "firing" if i.firing else "pending", i.value, i.active_at
-            )
-            for i in instances
-        ]
-
     def collect(self) -> Iterator[Metric]:
         firing = GaugeMetricFamily(
             "custode_alerts_firing",
