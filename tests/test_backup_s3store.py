@@ -4,7 +4,9 @@ multipart path, conditional writes and pagination, against a local moto server."
 import io
 import os
 import socket
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from custode.backup import s3store
 from custode.backup.s3store import S3Store
 from custode.backup.stores import open_store
 from custode.errors import ExitCode, PathNotFoundError, StateError, UsageError
+from fixtures.cli import CliResult
 from fixtures.s3server import S3Server
 
 MIB = 1 << 20
@@ -219,3 +222,47 @@ def test_list_hides_objects_no_key_can_name(s3: S3Store, s3_env: S3Server) -> No
     for k in ["pre/ok", "pre/dir/", "pre/a//b", "pre/.tmp-1/x", "pre/c/../d", "prefix-sibling"]:
         client.put_object(Bucket=s3.bucket, Key=k, Body=b"")
     assert list(s3.list("")) == ["ok"]
+
+
+# -- without the s3 extra -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["boto3", "botocore.config", "s3transfer.exceptions"])
+def test_s3_url_without_the_s3_extra_names_it(
+    missing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """boto3 is the optional ``s3`` extra: an s3:// store without it is one usage-error
+    line naming the install command, not a traceback."""
+    monkeypatch.delitem(sys.modules, "custode.backup.s3store")  # imported again, and fails
+    monkeypatch.setitem(sys.modules, missing, None)  # importing it now raises
+    with pytest.raises(UsageError) as e:
+        open_store("s3://bucket/prefix")
+    msg = _one_line(e)
+    assert msg.startswith("store s3://bucket/prefix: S3 support is not installed")
+    assert "pip install 'custode[s3]'" in msg
+    assert e.value.exit_code == ExitCode.USAGE
+
+
+def test_another_missing_module_is_not_blamed_on_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delitem(sys.modules, "custode.backup.s3store")
+    monkeypatch.setitem(sys.modules, "custode.backup.store", None)
+    with pytest.raises(ModuleNotFoundError):
+        open_store("s3://bucket/prefix")
+
+
+def test_cli_without_boto3_says_how_to_install_it(
+    custode: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    """The whole command, in a Python where boto3 cannot be imported: exit 2, one line."""
+    hide = tmp_path / "hide"
+    (hide / "boto3").mkdir(parents=True)
+    (hide / "boto3" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'boto3'\", name='boto3')\n"
+    )
+    r = custode("snapshots", "--store", "s3://bucket/x", env={"PYTHONPATH": str(hide)})
+    assert r.code == ExitCode.USAGE, r.stderr
+    assert "pip install 'custode[s3]'" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -399,6 +399,11 @@ BAD_CONFIGS = {
     "cert file absent": ("tls_server_config:\n  cert_file: nope.pem\n  key_file: k.pem\n", "nope.pem does not exist; fix the path"),
     "inline cert": ("tls_server_config:\n  cert: x\n", "tls_server_config.cert: not supported by custode; put the certificate in a file"),
     "bad version": ("tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n  min_version: SSL3\n", "min_version: 'SSL3' is not one of TLS10"),
+    "bad version without TLS": ("tls_server_config:\n  min_version: SSL3\n", "tls_server_config.min_version: 'SSL3' is not one of TLS10"),
+    "not a string key": ("tls_server_config:\n  1: a\n", "tls_server_config.1: unknown key; known keys here: cert_file,"),
+    "section not a mapping": ("http_server_config: [a]\n", "http_server_config: expected a mapping, got list"),
+    "CA without client auth": ("tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n  client_ca_file: c.pem\n", "tls_server_config.client_auth_type: client_ca_file is set but no client certificate is checked"),
+    "header value": ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "http_server_config.headers.X-Frame-Options: 'allow' is not one of deny, sameorigin"),
     "header": ("http_server_config:\n  headers:\n    Set-Cookie: a\n", "headers.Set-Cookie: cannot be set"),
     "client auth": ("tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n  client_auth_type: RequireAnyClientCert\n", "'RequireAnyClientCert' is not supported"),
 }  # fmt: skip

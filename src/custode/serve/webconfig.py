@@ -1,16 +1,12 @@
-"""The web config of ``custode serve``: Prometheus exporter-toolkit's format, in Python.
+"""The web config of ``custode serve`` applied: TLS, basic auth and headers.
 
-https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md:
-``tls_server_config`` (cert_file, key_file, client_ca_file, client_auth_type,
-min_version, max_version, prefer_server_cipher_suites), ``http_server_config`` (http2,
-headers) and ``basic_auth_users`` (name: bcrypt hash). Paths are relative to the file's
-directory, as in the toolkit. Keys the toolkit knows but custode does not implement
-(inline certificates, cipher and curve lists, client SAN allow-lists) are refused rather
-than ignored: silently dropping a security setting would widen access.
-
-The file is validated eagerly (``load_web_config``) and, like the toolkit, reread while
-serving when it or a file it names changes (``WebConfigWatcher``), so rotated
-certificates and changed users apply without a restart.
+The file (Prometheus exporter-toolkit's format) is validated by ``custode.config.webconfig``;
+this module turns it into what the server applies to each connection and request: an SSL
+context (paths are relative to the file's directory, as in the toolkit), a password
+checker and the response headers. ``load_web_config`` fails eagerly on a certificate or
+key that cannot be used, and, like the toolkit, the file is reread while serving when it
+or a file it names changes (``WebConfigWatcher``), so rotated certificates and changed
+users apply without a restart.
 """
 
 from __future__ import annotations
@@ -19,7 +15,6 @@ import base64
 import binascii
 import hmac
 import logging
-import re
 import secrets
 import ssl
 import threading
@@ -27,52 +22,31 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import bcrypt
-import yaml
 
+from custode.config.webconfig import (
+    ClientAuthType,
+    TLSServerConfig,
+    TLSVersionName,
+    read_web_config,
+    web_config_error,
+)
 from custode.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-TLS_VERSIONS = {
+TLS_VERSIONS: dict[TLSVersionName, ssl.TLSVersion] = {
     "TLS10": ssl.TLSVersion.TLSv1,
     "TLS11": ssl.TLSVersion.TLSv1_1,
     "TLS12": ssl.TLSVersion.TLSv1_2,
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }
-CLIENT_AUTH = {
+CLIENT_AUTH: dict[ClientAuthType, ssl.VerifyMode] = {
     "NoClientCert": ssl.CERT_NONE,
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
-_KEYS: dict[str, set[str]] = {
-    "": {"tls_server_config", "http_server_config", "basic_auth_users"},
-    "tls_server_config": {
-        "cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version",
-        "max_version", "prefer_server_cipher_suites",
-    },
-    "http_server_config": {"http2", "headers"},
-}  # fmt: skip
-_UNSUPPORTED = {  # the toolkit's keys custode does not implement, and what to do instead
-    "cert": "put the certificate in a file and name it in cert_file",
-    "key": "put the key in a file and name it in key_file",
-    "client_ca": "put the CA certificates in a file and name it in client_ca_file",
-    "client_allowed_sans": "remove it and restrict clients with client_ca_file",
-    "cipher_suites": "remove it (OpenSSL's default suites apply)",
-    "curve_preferences": "remove it (OpenSSL's default curves apply)",
-}
-# Headers the toolkit lets a web config set, and their allowed values (None: any).
-_HEADERS: dict[str, set[str] | None] = {
-    "Strict-Transport-Security": None,
-    "X-Content-Type-Options": {"nosniff"},
-    "X-Frame-Options": {"deny", "sameorigin"},
-    "X-XSS-Protection": None,
-    "Content-Security-Policy": None,
-}
-_BCRYPT = re.compile(rb"\$2[aby]?\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
-_HASH_FIX = "make one with: htpasswd -nBC 10 '' | tr -d ':\\n'"
 AUTH_CACHE_SECONDS = 60.0
 
 
@@ -87,158 +61,48 @@ class WebConfig:
     files: tuple[Path, ...] = ()  # the config and every file it names (reread on change)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (a second user entry must not win silently)."""
-
-
-def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return dict(loader.construct_mapping(node))
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-
-
 def load_web_config(path: Path) -> WebConfig:
-    """Read and validate ``path``: a ConfigError names the file, the key and the fix."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise _error(path, "", "does not exist; check the --web-config path") from None
-    except IsADirectoryError:
-        raise _error(path, "", "is a directory; pass a YAML file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise _error(path, "", f"cannot be read: {reason}") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as exc:
-        raise _error(path, "", f"is not valid YAML: {_yaml_problem(exc)}") from None
-    return parse_web_config(data, path)
-
-
-def parse_web_config(data: object, path: Path) -> WebConfig:
-    top = _section(data, path, "")
-    base = path.parent
-    tls_section = _section(top.get("tls_server_config"), path, "tls_server_config")
-    http_section = _section(top.get("http_server_config"), path, "http_server_config")
-    context, files = _tls(tls_section, path, base)
-    users = _users(top.get("basic_auth_users"), path)
+    """Read, validate and apply ``path``: a ConfigError names the file, the key and the fix."""
+    model = read_web_config(path)
+    context, files = _tls(model.tls_server_config, path, path.parent)
+    users = {user: hashed.encode() for user, hashed in model.basic_auth_users.items()}
     return WebConfig(
         path=path,
         ssl_context=context,
         auth=BasicAuth(users) if users else None,
-        headers=_headers(http_section, path),
+        headers=tuple(model.http_server_config.headers.items()),
         files=(path, *files),
     )
 
 
-def _error(path: Path, key: str, problem: str) -> ConfigError:
-    """``web config FILE KEY: problem; fix``; without a key the problem is about the file."""
-    return ConfigError(
-        f"web config {path}: {key}: {problem}" if key else f"web config {path} {problem}"
-    )
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        mark = exc.problem_mark
-        return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(exc).split())
-
-
-def _section(value: object, path: Path, name: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        got = type(value).__name__
-        if not name:
-            raise _error(
-                path, "", f"is not a mapping of settings (got {got}); see custode serve --help"
-            )
-        raise _error(path, name, f"expected a mapping, got {got}")
-    for key in value:
-        if name == "tls_server_config" and key in _UNSUPPORTED:
-            raise _error(path, f"{name}.{key}", f"not supported by custode; {_UNSUPPORTED[key]}")
-        if key not in _KEYS[name]:
-            known = ", ".join(sorted(_KEYS[name]))
-            dotted = f"{name}.{key}" if name else str(key)
-            raise _error(path, dotted, f"unknown key; known keys here: {known}")
-    return value
-
-
-def _string(section: dict[str, Any], key: str, path: Path, name: str) -> str | None:
-    value = section.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise _error(path, f"{name}.{key}", f"expected a string, got {value!r}")
-    return value
-
-
 def _tls(
-    section: dict[str, Any], path: Path, base: Path
+    tls: TLSServerConfig, path: Path, base: Path
 ) -> tuple[ssl.SSLContext | None, tuple[Path, ...]]:
-    name = "tls_server_config"
-    cert = _string(section, "cert_file", path, name)
-    key = _string(section, "key_file", path, name)
-    ca = _string(section, "client_ca_file", path, name)
-    auth = _string(section, "client_auth_type", path, name)
-    if not (cert or key or ca or auth):
+    if not tls.enabled:
         return None, ()  # as the toolkit: no TLS settings, plain HTTP
-    if not cert:
-        raise _error(path, f"{name}.cert_file", "missing; name the server certificate (PEM)")
-    if not key:
-        raise _error(path, f"{name}.key_file", "missing; name the certificate's key (PEM)")
+    assert tls.cert_file and tls.key_file  # noqa: S101  (the model requires both with TLS)
     cert_path, key_path = (
-        _readable(base / cert, path, "cert_file"),
-        _readable(base / key, path, "key_file"),
+        _readable(base / tls.cert_file, path, "cert_file"),
+        _readable(base / tls.key_file, path, "key_file"),
     )
-    mode = CLIENT_AUTH.get(auth or "NoClientCert")
-    if mode is None:
-        known = ", ".join(CLIENT_AUTH)
-        raise _error(
-            path, f"{name}.client_auth_type", f"{auth!r} is not supported; use one of {known}"
-        )
-    if mode != ssl.CERT_NONE and not ca:
-        raise _error(
-            path, f"{name}.client_ca_file", f"required by client_auth_type {auth}; name the CA file"
-        )
-    if ca and mode == ssl.CERT_NONE:
-        raise _error(path, f"{name}.client_auth_type", "client_ca_file is set but no client "
-                     "certificate is checked; set RequireAndVerifyClientCert")  # fmt: skip
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = _version(section, "min_version", "TLS12", path)
-    context.maximum_version = _version(section, "max_version", "TLS13", path)
-    if context.minimum_version > context.maximum_version:
-        raise _error(path, f"{name}.min_version", "higher than max_version; lower it")
-    prefer = section.get("prefer_server_cipher_suites", True)
-    if not isinstance(prefer, bool):
-        raise _error(
-            path, f"{name}.prefer_server_cipher_suites", f"expected true or false, got {prefer!r}"
-        )
-    if prefer:
+    context.minimum_version = TLS_VERSIONS[tls.min_version]
+    context.maximum_version = TLS_VERSIONS[tls.max_version]
+    if tls.prefer_server_cipher_suites:
         context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     _load_chain(context, cert_path, key_path, path)
     files = [cert_path, key_path]
-    if ca:
-        ca_path = _readable(base / ca, path, "client_ca_file")
+    if tls.client_ca_file:
+        ca_path = _readable(base / tls.client_ca_file, path, "client_ca_file")
         try:
             context.load_verify_locations(cafile=str(ca_path))
         except ssl.SSLError as exc:
-            raise _error(
+            raise web_config_error(
                 path,
-                f"{name}.client_ca_file",
+                "tls_server_config.client_ca_file",
                 f"{ca_path} holds no PEM certificate ({_ssl_reason(exc)})",
             ) from None
-        context.verify_mode = mode
+        context.verify_mode = CLIENT_AUTH[tls.client_auth_type or "NoClientCert"]
         files.append(ca_path)
     return context, tuple(files)
 
@@ -248,15 +112,15 @@ def _readable(file: Path, path: Path, key: str) -> Path:
         with file.open("rb") as f:
             f.read(1)
     except FileNotFoundError:
-        raise _error(
+        raise web_config_error(
             path, f"tls_server_config.{key}", f"{file} does not exist; fix the path"
         ) from None
     except IsADirectoryError:
-        raise _error(
+        raise web_config_error(
             path, f"tls_server_config.{key}", f"{file} is a directory; name a PEM file"
         ) from None
     except OSError as exc:
-        raise _error(
+        raise web_config_error(
             path,
             f"tls_server_config.{key}",
             f"cannot read {file}: {exc.strerror}; fix its permissions",
@@ -269,7 +133,7 @@ def _load_chain(context: ssl.SSLContext, cert: Path, key: Path, path: Path) -> N
     try:
         probe.load_verify_locations(cafile=str(cert))
     except ssl.SSLError as exc:
-        raise _error(
+        raise web_config_error(
             path,
             "tls_server_config.cert_file",
             f"{cert} holds no PEM certificate ({_ssl_reason(exc)})",
@@ -279,58 +143,11 @@ def _load_chain(context: ssl.SSLContext, cert: Path, key: Path, path: Path) -> N
     except ssl.SSLError as exc:
         problem = f"cannot use {key} with {cert} ({_ssl_reason(exc)})"
         fix = "name the unencrypted PEM key of that certificate"
-        raise _error(path, "tls_server_config.key_file", f"{problem}; {fix}") from None
+        raise web_config_error(path, "tls_server_config.key_file", f"{problem}; {fix}") from None
 
 
 def _ssl_reason(exc: ssl.SSLError) -> str:
     return str(exc.reason or exc.strerror or exc).lower().replace("_", " ")
-
-
-def _version(section: dict[str, Any], key: str, default: str, path: Path) -> ssl.TLSVersion:
-    value = section.get(key) or default
-    if value not in TLS_VERSIONS:
-        known = ", ".join(TLS_VERSIONS)
-        raise _error(path, f"tls_server_config.{key}", f"{value!r} is not one of {known}")
-    return TLS_VERSIONS[value]
-
-
-def _users(value: object, path: Path) -> dict[str, bytes]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _error(path, "basic_auth_users", "expected a mapping of user name to bcrypt hash")
-    users: dict[str, bytes] = {}
-    for user, hashed in value.items():
-        if not isinstance(user, str) or not user or ":" in user:
-            raise _error(path, f"basic_auth_users.{user}", "a user name is a non-empty string "
-                         "without ':'; quote it")  # fmt: skip
-        if not isinstance(hashed, str) or not _BCRYPT.fullmatch(hashed.encode()):
-            raise _error(path, f"basic_auth_users.{user}", f"not a bcrypt hash; {_HASH_FIX}")
-        users[user] = hashed.encode()
-    return users
-
-
-def _headers(section: dict[str, Any], path: Path) -> tuple[tuple[str, str], ...]:
-    http2 = section.get("http2", True)
-    if not isinstance(http2, bool):  # accepted for compatibility: custode speaks HTTP/1
-        raise _error(path, "http_server_config.http2", f"expected true or false, got {http2!r}")
-    value = section.get("headers")
-    if value is None:
-        return ()
-    if not isinstance(value, dict):
-        raise _error(path, "http_server_config.headers", "expected a mapping of header to value")
-    headers = []
-    for name, text in value.items():
-        key = f"http_server_config.headers.{name}"
-        if name not in _HEADERS:
-            raise _error(path, key, f"cannot be set; allowed: {', '.join(_HEADERS)}")
-        allowed = _HEADERS[name]
-        if not isinstance(text, str) or "\r" in text or "\n" in text:
-            raise _error(path, key, "expected a one-line string")
-        if allowed is not None and text.lower() not in allowed:
-            raise _error(path, key, f"{text!r} is not one of {', '.join(sorted(allowed))}")
-        headers.append((name, text))
-    return tuple(headers)
 
 
 class BasicAuth:
