@@ -147,13 +147,14 @@ def test_the_history_database_finds_the_repository_again(tmp_path: Path) -> None
         latest = {(r.root, r.repository): r for r in db.latest_results(["check"])}
         runs = db.runs()
         fingerprints = db.latest_fingerprints()
-        observed = db.last_observations(repository=NAME)
+        observed = db.latest_observations()
     for name in (NAME, "good.git", "caf\u00e9.git"):
         assert history[(root, name)].outcome == "corrupt", name
         assert latest[(root, name)].details == {"repository": name}
     assert len(history) == 3
     assert fingerprints == {(root, NAME): ("f1", "ok")}  # the fast path knows it unchanged
-    assert [o.repository for o in observed] == [NAME]
+    assert [o.repository for o in observed.values()] == [NAME]
+    assert list(observed) == [(root, NAME)]
     assert runs[1].summary == {"repositories": [NAME]}  # runs[0] is the status run
 
 

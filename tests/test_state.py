@@ -1,15 +1,25 @@
 import multiprocessing
+import re
 import sqlite3
 import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import custode
 from custode.errors import ExitCode, StateUnusableError
 from custode.records import problems as stateproblems
-from custode.records.state import MIGRATIONS, Observation, RepositoryResult, StateDB, StateError
+from custode.records.state import (
+    MIGRATIONS,
+    Observation,
+    RepositoryResult,
+    ResultTotals,
+    StateDB,
+    StateError,
+)
 
 
 def _obs(i: int, **kw: object) -> Observation:
@@ -115,9 +125,7 @@ def test_observations_and_results_round_trip(tmp_path: Path) -> None:
             run,
             [RepositoryResult("/srv/git/a.git", "/srv/git", "repack", "done", "t", 1.5, {"n": 1})],
         )
-        assert db.last_observations(limit=10) == rows[::-1]
-        assert db.last_observations(limit=2) == rows[:2:-1]
-        assert db.last_observations(repository="/srv/git/r3.git") == [rows[3]]
+        assert db.latest_observations() == {(o.root, o.repository): o for o in rows}
         [result] = db._conn.execute(
             "SELECT run_id, task, outcome, duration_s, details FROM repository_results"
         ).fetchall()
@@ -130,7 +138,7 @@ def test_ten_thousand_observations_in_one_call(tmp_path: Path) -> None:
         rows = [_obs(i) for i in range(10_000)]
         db.record_observations(run, rows)
         assert db._conn.execute("SELECT count(*) FROM observations").fetchone()[0] == 10_000
-        assert db.last_observations(limit=10_000) == rows[::-1]
+        assert db.latest_observations() == {(o.root, o.repository): o for o in rows}
 
 
 def test_a_failed_batch_records_nothing(tmp_path: Path) -> None:
@@ -142,10 +150,10 @@ def test_a_failed_batch_records_nothing(tmp_path: Path) -> None:
         run = db.begin_run("status")
         with pytest.raises(RuntimeError):
             db.record_observations(run, rows())  # type: ignore[arg-type]
-        assert db.last_observations() == []
+        assert db.latest_observations() == {}
         second = _obs(2)
         db.record_observations(run, [second])  # the connection is still usable
-        assert db.last_observations() == [second]
+        assert db.latest_observations() == {(second.root, second.repository): second}
 
 
 def _writer(path: str, worker: int, runs: int, start: threading.Barrier) -> None:
@@ -171,7 +179,7 @@ def test_concurrent_writers_from_several_processes(tmp_path: Path) -> None:
         runs = db.runs(limit=1000)
         assert len(runs) == 80
         assert all(r.status == "ok" for r in runs)
-        assert len(db.last_observations(limit=10_000)) == 800
+        assert len(db.latest_observations()) == 800
         assert db.schema_version == len(MIGRATIONS)
 
 
@@ -214,7 +222,7 @@ def test_latest_fingerprints_and_forget_before(tmp_path: Path) -> None:
                   ("/srv/git", "/srv/git/r2.git"): ("fp2", "ok")}  # fmt: skip
         assert db.latest_fingerprints() == latest
         db.forget_before("2021-01-01T00:00:00+00:00")
-        kept = {(o.repository, o.fingerprint) for o in db.last_observations()}
+        kept = set(db._conn.execute("SELECT repository, fingerprint FROM observations"))
         # r1's old observation goes; r2's is its latest, so it and its run stay
         assert kept == {("/srv/git/r1.git", "f2"), ("/srv/git/r2.git", "fp2")}
         assert db.latest_fingerprints() == latest
@@ -291,3 +299,57 @@ def test_a_symlink_in_place_of_the_database_is_refused(tmp_path: Path) -> None:
     path.symlink_to("/dev/zero")
     with pytest.raises(StateUnusableError, match="is not a regular file"):
         StateDB.open(path)
+
+
+def test_the_reads_for_reports_count_and_sum_within_the_window(tmp_path: Path) -> None:
+    def result(repo: str, task: str, outcome: str, seconds: float, **details: object) -> Any:
+        return RepositoryResult(f"/srv/git/{repo}", "/srv/git", task, outcome, "t", seconds,
+                                details)  # fmt: skip
+
+    with StateDB.open(tmp_path / "state.db") as db:
+        assert not db.has_records() and db.last_started("maintain") is None
+        runs = {}
+        for at, rows in {
+            "2020-01-01T00:00:00+00:00": [result("a.git", "repack", "ok", 9.0, freed=900)],
+            "2026-01-02T00:00:00+00:00": [
+                result("a.git", "repack", "ok", 1.0, freed=10),
+                result("b.git", "repack", "failed", 2.5, message="boom"),
+                result("b.git", "pack_refs", "skipped", 0.5),
+            ],
+            "2026-01-01T00:00:00+00:00": [result("a.git", "repack", "ok", 4.0, freed=5)],
+        }.items():
+            runs[at] = db.begin_run("maintain")
+            db.record_results(runs[at], rows)
+            db.finish_run(runs[at], "ok", {"n": len(rows)})
+            db._conn.execute("UPDATE runs SET started_at = ? WHERE id = ?", (at, runs[at]))
+        window = ("maintain", "2025-12-31T00:00:00+00:00", "2026-01-03T00:00:00+00:00")
+        first, second = runs["2026-01-01T00:00:00+00:00"], runs["2026-01-02T00:00:00+00:00"]
+
+        assert db.has_records() and db.last_started("maintain") == "2026-01-02T00:00:00+00:00"
+        assert [r.id for r in db.runs_between(*window[1:])] == [first, second]
+        by_run = db.totals_by_run(*window, detail="freed")
+        assert list(by_run) == [first, second]  # in the order the runs started
+        assert by_run[second] == ResultTotals(3, 1, 1, 1, 4.0, 2.5, 10)
+        by_task = db.totals_by_task(*window)
+        assert by_task["repack"] == ResultTotals(3, 2, 1, 0, 7.5, 4.0, 0)
+        assert by_task["pack_refs"].skipped == 1
+        by_repo = db.totals_by_repository(*window, task="repack", detail="freed")
+        assert by_repo[("/srv/git", "/srv/git/a.git")] == ResultTotals(2, 2, 0, 0, 5.0, 4.0, 15)
+        slowest = db.results_between(*window, task="repack", order="slowest", limit=2)
+        assert [(at[:10], r.duration_s) for at, r in slowest] == [("2026-01-01", 4.0),
+                                                                   ("2026-01-02", 2.5)]  # fmt: skip
+        [(_, failed)] = db.results_between(*window, task="repack", order="newest", limit=9,
+                                           failing=True)  # fmt: skip
+        assert failed.details == {"message": "boom"} and failed.repository == "/srv/git/b.git"
+        assert db.count_slower(*window, task="repack", seconds=2.0) == 2
+
+
+def test_only_the_records_package_reaches_into_the_database_connection() -> None:
+    src = Path(custode.__file__).parent
+    records = src / "records"
+    reaching = [
+        str(p.relative_to(src))
+        for p in src.rglob("*.py")
+        if records not in p.parents and re.search(r"\._conn\b", p.read_text())
+    ]
+    assert reaching == []

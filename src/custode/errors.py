@@ -1,4 +1,5 @@
-"""Every error custode reports on purpose, and the exit code each maps to.
+"""Every error custode reports on purpose, the exit code each maps to, and what each
+exit code means (its outcome word, and which is worse when several commands end).
 
 Messages are one line: they name the thing that is wrong and end with the fix. Only
 ``custode.cli.main`` turns these into output and an exit status.
@@ -6,7 +7,9 @@ Messages are one line: they name the thing that is wrong and end with the fix. O
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import IntEnum
+from typing import Literal
 
 
 class ExitCode(IntEnum):
@@ -30,6 +33,46 @@ EXIT_CODES_HELP = (
     "6 verification failed; 7 state directory or history database unusable; 11 locked; "
     "130 interrupted."
 )
+
+
+Outcome = Literal["ok", "partial", "interrupted", "failed"]
+
+#: what a command that ended with each status achieved, as ``custode run`` reports a stage
+#: and records a run and ``custode serve`` counts a scheduled job
+OUTCOMES: dict[ExitCode, Outcome] = {
+    ExitCode.OK: "ok",
+    ExitCode.ERROR: "failed",
+    ExitCode.USAGE: "failed",
+    ExitCode.PARTIAL: "partial",
+    ExitCode.NOT_FOUND: "failed",
+    ExitCode.GIT: "failed",
+    ExitCode.INTEGRITY: "failed",
+    ExitCode.STATE: "failed",
+    ExitCode.LOCKED: "failed",
+    ExitCode.INTERRUPTED: "interrupted",
+}
+
+#: worst first: several commands together (the stages of ``custode run``) exit with the
+#: first status here that any of them ended with
+SEVERITY = (ExitCode.INTERRUPTED, ExitCode.INTEGRITY, ExitCode.ERROR, ExitCode.GIT,
+            ExitCode.NOT_FOUND, ExitCode.LOCKED, ExitCode.USAGE, ExitCode.STATE,
+            ExitCode.PARTIAL, ExitCode.OK)  # fmt: skip
+
+
+def outcome(code: int) -> Outcome:
+    """The outcome of a command that exited with ``code``; a status that is not an
+    ``ExitCode`` (a job that could not start, or was killed by a signal) failed."""
+    try:
+        return OUTCOMES[ExitCode(code)]
+    except ValueError:
+        return "failed"
+
+
+def worst(codes: Iterable[int]) -> ExitCode:
+    """The status of several commands together: the most severe of their ``codes``
+    (``ERROR`` when none is an ``ExitCode``)."""
+    seen = set(codes)
+    return next((c for c in SEVERITY if c in seen), ExitCode.ERROR)
 
 
 class CustodeError(Exception):

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
-
-from custode.base.fsread import read_all
 
 CONFIG_MAX = 16 << 20  # bytes: a config with thousands of remotes is still far smaller
 
@@ -86,16 +83,6 @@ def include_paths(text: str) -> list[str]:
         for key, value in entries(text)
         if value and key.startswith(("include.", "includeif.")) and key.endswith(".path")
     ]
-
-
-def read(path: Path) -> dict[str, str]:
-    """The config at ``path``; empty when missing, unreadable, not a regular file or
-    larger than a config can sensibly be (callers report that)."""
-    try:
-        data, _ = read_all(str(path), CONFIG_MAX)
-    except OSError:
-        return {}
-    return parse(data.decode("utf-8", "replace"))
 
 
 def is_true(value: str | None) -> bool:

@@ -9,7 +9,8 @@ Times are UTC ISO-8601 text of fixed width, so they sort as strings.
 Every SQLite error becomes one ``StateUnusableError`` line saying whether the database is
 busy, damaged or not reachable, with the fix, and is journaled (``custode.records.problems``).
 The database also anchors the audit log's head (``audit_anchor``), so that deleting the
-whole log is noticed.
+whole log is noticed. Reports read it through the methods here too (``runs_between``,
+``totals_by_*``…, aggregated in SQLite): no SQL against it lives outside this package.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, Self, TypeVar
 
 from custode.base.pathtext import sql_row, sql_value
 from custode.base.secretfile import require_private_dir, require_private_file
+from custode.base.times import epoch
 from custode.errors import StateError, StateUnusableError
 from custode.records.problems import (
     BUSY_TIMEOUT_S,
@@ -192,6 +194,23 @@ class Run:
     summary: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ResultTotals:
+    """Totals over a group of repository results: one run's, one repository's, one task's."""
+
+    results: int
+    ok: int  # outcome "ok"
+    failed: int  # outcome "failed"
+    skipped: int  # outcome "skipped"
+    seconds: float  # the durations summed
+    longest: float  # the longest duration
+    detail: int  # a numeric key of the results' details, summed (0: not asked, none recorded)
+
+
+#: the groups ``StateDB.totals_by_*`` sum over: SQL of this module, never of input
+_GROUPS = {"run": "u.id", "repository": "r.root, r.repository", "task": "r.task"}
+
+
 def _insert(table: str, names: tuple[str, ...]) -> str:
     # Column names come from the dataclasses here, never from input.
     return f"INSERT INTO {table} (run_id, {', '.join(names)}) VALUES (?{', ?' * len(names)})"  # noqa: S608
@@ -204,6 +223,8 @@ _INSERT_OBS, _INSERT_RESULT = (
     _insert("repository_results", _RESULT_FIELDS),
 )
 _SELECT_OBS = f"SELECT {', '.join(_OBS_FIELDS)} FROM observations"  # noqa: S608
+#: each repository's latest observation (the base for change detection, kept when pruning)
+_LATEST_OBS = "SELECT MAX(id) FROM observations GROUP BY root, repository"
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -381,7 +402,7 @@ class StateDB:
             "WHERE task = ? AND outcome = 'ok' GROUP BY root, repository",
             (task,),
         )
-        return {(r[0], r[1]): _epoch(r[2]) for r in rows}
+        return {(r[0], r[1]): epoch(r[2]) for r in rows}
 
     @_guarded
     def task_history(self, task: str) -> dict[tuple[str, str], TaskHistory]:
@@ -394,7 +415,7 @@ class StateDB:
             (task,),
         )
         return {
-            (r[0], r[1]): TaskHistory(_epoch(r[5]), _epoch(r[2]), r[3], json.loads(r[4]))
+            (r[0], r[1]): TaskHistory(epoch(r[5]), epoch(r[2]), r[3], json.loads(r[4]))
             for r in rows
         }
 
@@ -447,23 +468,149 @@ class StateDB:
                 (utcnow(), name, state, severity, _dumps(labels), value),
             )
 
+    # Reads for reports. Times are this module's ISO-8601 text; ``since`` and ``until``
+    # bound a window, both included.
+
     @_guarded
-    def alert_events(self, since: str) -> list[tuple[str, str, str, str, dict[str, str], float]]:
+    def has_records(self) -> bool:
+        """Whether anything was ever recorded: a run or a host sample."""
+        row = self._conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM runs) OR EXISTS (SELECT 1 FROM host_samples)"
+        ).fetchone()
+        return bool(row[0])
+
+    @_guarded
+    def runs_between(self, since: str, until: str) -> list[Run]:
+        """The runs started in the window, in the order they started."""
+        rows = self._conn.execute(
+            "SELECT * FROM runs WHERE started_at >= ? AND started_at <= ? ORDER BY started_at",
+            (since, until),
+        )
+        return [Run(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+
+    @_guarded
+    def last_started(self, command: str) -> str | None:
+        """When a ``command`` run last started (None: never)."""
+        row = self._conn.execute(
+            "SELECT MAX(started_at) FROM runs WHERE command = ?", (command,)
+        ).fetchone()
+        return row[0] if row else None
+
+    @_guarded
+    def latest_observations(self) -> dict[tuple[str, str], Observation]:
+        """(root, repository) → the repository's latest observation."""
+        rows = self._conn.execute(f"{_SELECT_OBS} WHERE id IN ({_LATEST_OBS})")
+        return {(o.root, o.repository): o for o in (Observation(*r) for r in rows)}
+
+    @_guarded
+    def alert_events(
+        self, since: str, until: str
+    ) -> list[tuple[str, str, str, str, dict[str, str], float]]:
+        """(at, name, state, severity, labels, value) of each alert event in the window."""
         rows = self._conn.execute(
             "SELECT at, name, state, severity, labels, value FROM alert_events "
-            "WHERE at >= ? ORDER BY at",
-            (since,),
+            "WHERE at >= ? AND at <= ? ORDER BY at",
+            (since, until),
         )
         return [(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
 
     @_guarded
-    def host_samples(self, since: str) -> list[tuple[str, float, float, float]]:
+    def alert_events_before(self, since: str) -> list[tuple[str, str, dict[str, str]]]:
+        """(name, state, labels) of each alert event before ``since``, oldest first."""
+        rows = self._conn.execute(
+            "SELECT name, state, labels FROM alert_events WHERE at < ? ORDER BY at", (since,)
+        )
+        return [(r[0], r[1], json.loads(r[2])) for r in rows]
+
+    @_guarded
+    def host_samples(self, since: str, until: str) -> list[tuple[str, float, float, float]]:
+        """(taken_at, cpu_ratio, memory_ratio, load1) of each host sample in the window."""
         rows = self._conn.execute(
             "SELECT taken_at, cpu_ratio, memory_ratio, load1 FROM host_samples "
-            "WHERE taken_at >= ? ORDER BY taken_at",
-            (since,),
+            "WHERE taken_at >= ? AND taken_at <= ? ORDER BY taken_at",
+            (since, until),
         )
         return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def totals_by_run(
+        self, command: str, since: str, until: str, *, task: str | None = None, detail: str = ""
+    ) -> dict[int, ResultTotals]:
+        """Run id → totals of its results (of ``task`` only, if given), for the ``command``
+        runs started in the window, in the order they started; ``detail``: a numeric key
+        of the results' details to sum."""
+        rows = self._totals("run", command, since, until, task=task, detail=detail)
+        return {r[0]: ResultTotals(*r[1:]) for r in rows}
+
+    def totals_by_repository(
+        self, command: str, since: str, until: str, *, task: str | None = None, detail: str = ""
+    ) -> dict[tuple[str, str], ResultTotals]:
+        """(root, repository) → totals of its results, as ``totals_by_run``."""
+        rows = self._totals("repository", command, since, until, task=task, detail=detail)
+        return {(r[0], r[1]): ResultTotals(*r[2:]) for r in rows}
+
+    def totals_by_task(self, command: str, since: str, until: str) -> dict[str, ResultTotals]:
+        """Task → totals of its results, as ``totals_by_run``."""
+        return {r[0]: ResultTotals(*r[1:]) for r in self._totals("task", command, since, until)}
+
+    @_guarded
+    def _totals(
+        self, by: str, command: str, since: str, until: str, *, task: str | None = None,
+        detail: str = "",
+    ) -> list[tuple[Any, ...]]:  # fmt: skip
+        group = _GROUPS[by]
+        summed = "IFNULL(SUM(json_extract(r.details, ?)), 0)" if detail else "0"
+        only = " AND r.task = ?" if task is not None else ""
+        params = ([f"$.{detail}"] if detail else []) + [command, since, until]
+        rows = self._conn.execute(  # only this module's SQL and "?" placeholders go in
+            f"SELECT {group}, COUNT(*), SUM(r.outcome = 'ok'), SUM(r.outcome = 'failed'), "  # noqa: S608
+            f"SUM(r.outcome = 'skipped'), SUM(r.duration_s), MAX(r.duration_s), {summed} "
+            "FROM repository_results r JOIN runs u ON r.run_id = u.id "
+            f"WHERE u.command = ? AND u.started_at >= ? AND u.started_at <= ?{only} "
+            f"GROUP BY {group} ORDER BY MIN(u.started_at)",
+            params + ([task] if task is not None else []),
+        )
+        n = group.count(",") + 1  # the group's columns come first
+        return [
+            (*r[:n], *(int(v) for v in r[n : n + 4]), float(r[n + 4]), float(r[n + 5]),
+             int(r[n + 6]))
+            for r in rows
+        ]  # fmt: skip
+
+    @_guarded
+    def results_between(
+        self, command: str, since: str, until: str, *, task: str,
+        order: Literal["slowest", "newest"], limit: int, failing: bool = False,
+    ) -> list[tuple[str, RepositoryResult]]:  # fmt: skip
+        """Up to ``limit`` results of ``task`` recorded by the ``command`` runs started in
+        the window, each with when its run started, ``order`` "slowest" or "newest" first;
+        only those not ok if ``failing``."""
+        by = {"slowest": "r.duration_s DESC", "newest": "u.started_at DESC"}[order]
+        only = " AND r.outcome != 'ok'" if failing else ""
+        rows = self._conn.execute(  # only this module's SQL and "?" placeholders go in
+            "SELECT u.started_at, r.repository, r.root, r.task, r.outcome, r.started_at, "  # noqa: S608
+            "r.duration_s, r.details FROM repository_results r JOIN runs u ON r.run_id = u.id "
+            "WHERE u.command = ? AND u.started_at >= ? AND u.started_at <= ? AND r.task = ?"
+            f"{only} ORDER BY {by} LIMIT ?",
+            (command, since, until, task, limit),
+        )
+        return [
+            (r[0], RepositoryResult(r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7])))
+            for r in rows
+        ]
+
+    @_guarded
+    def count_slower(
+        self, command: str, since: str, until: str, *, task: str, seconds: float
+    ) -> int:
+        """How many results of ``task`` the ``command`` runs started in the window recorded
+        that took longer than ``seconds``."""
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM repository_results r JOIN runs u ON r.run_id = u.id "
+            "WHERE u.command = ? AND u.started_at >= ? AND u.started_at <= ? AND r.task = ? "
+            "AND r.duration_s > ?",
+            (command, since, until, task, seconds),
+        ).fetchone()
+        return int(row[0])
 
     @_guarded
     def latest_results(self, tasks: Iterable[str]) -> list[LatestResult]:
@@ -485,11 +632,11 @@ class StateDB:
                 r[0],
                 r[1],
                 r[2],
-                _epoch(r[3]),
+                epoch(r[3]),
                 r[4],
                 r[5],
                 json.loads(r[6]),
-                _epoch(r[7]) if r[7] else None,
+                epoch(r[7]) if r[7] else None,
             )
             for r in rows
         ]
@@ -502,8 +649,8 @@ class StateDB:
         changes, not a row per repository per run.
         """
         rows = self._conn.execute(
-            "SELECT root, repository, fingerprint, verdict FROM observations WHERE id IN "
-            "(SELECT MAX(id) FROM observations GROUP BY root, repository)"
+            "SELECT root, repository, fingerprint, verdict FROM observations "  # noqa: S608
+            f"WHERE id IN ({_LATEST_OBS})"
         )
         return {(r[0], r[1]): (r[2], r[3]) for r in rows}
 
@@ -513,8 +660,7 @@ class StateDB:
         keeping each repository's latest observation (the base for change detection)."""
         with self._transaction():
             self._conn.execute(
-                "DELETE FROM observations WHERE observed_at < ? AND id NOT IN "
-                "(SELECT MAX(id) FROM observations GROUP BY root, repository)",
+                f"DELETE FROM observations WHERE observed_at < ? AND id NOT IN ({_LATEST_OBS})",  # noqa: S608
                 (cutoff,),
             )
             self._conn.execute(
@@ -530,17 +676,6 @@ class StateDB:
                 (cutoff,),
             )
         return cur.rowcount
-
-    @_guarded
-    def last_observations(
-        self, limit: int = 100, repository: str | None = None
-    ) -> list[Observation]:
-        """The most recent observations, newest first (of one repository if given)."""
-        where, params = (" WHERE repository = ?", (repository,)) if repository else ("", ())
-        rows = self._conn.execute(
-            f"{_SELECT_OBS}{where} ORDER BY id DESC LIMIT ?", (*params, limit)
-        ).fetchall()
-        return [Observation(*row) for row in rows]
 
     @_guarded
     def runs(self, limit: int = 20) -> list[Run]:
@@ -575,10 +710,6 @@ class StateDB:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
 
 
 def _dumps(obj: dict[str, Any]) -> str:

@@ -1,23 +1,21 @@
 """Reads the history database into the report model, for one time window.
 
-Its own SELECTs over a ``StateDB`` connection, read only; the fleet is never scanned, so
+Read only, through ``StateDB``'s reads for reports; the fleet is never scanned, so
 "needs attention and why" comes from the latest observations (custode status) and the
-latest check, maintain and backup results. Aggregates are computed in SQLite (counts, sums,
-``json_extract`` of result details) so a long history is not loaded into memory.
+latest check, maintain and backup results. Aggregates come computed from the database
+(``StateDB.totals_by_*``: counts, sums, details summed) so a long history is not loaded
+into memory.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sqlite3
 from collections import defaultdict
-from datetime import UTC, datetime
-from typing import Any
+from typing import Literal
 
+from custode.base.times import epoch, iso, minute
 from custode.base.units import format_duration
-from custode.records.problems import unusable
-from custode.records.state import LatestResult, StateDB
+from custode.records.state import LatestResult, Observation, Run, StateDB
 from custode.report.model import (
     ALERTS_NOT_RECORDED,
     AlertCount,
@@ -48,7 +46,8 @@ from custode.report.model import (
 
 _LATEST_TASKS = ("maintain", "check", "check-full", "backup")
 SLOWEST = 5  # drills listed by time
-_DISTINCT = "COUNT(DISTINCT r.root || char(0) || r.repository)"
+_DRILL = "restore_drill"  # the task of a restore drill, recorded by verify runs
+_Labels = tuple[tuple[str, str], ...]
 
 
 def build(
@@ -56,25 +55,13 @@ def build(
 ) -> Report:
     """The report for the window ``now - since_seconds`` … ``now`` (``db`` None: no history)."""
     targets = targets or Targets()
-    try:
-        return _Builder(db, since_seconds, now, targets).report()
-    except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
-        if db is None:
-            raise
-        raise unusable(db.path, exc) from exc  # busy or damaged, with the fix
+    # a busy or damaged database fails in StateDB's reads, with the fix
+    return _Builder(db, since_seconds, now, targets).report()
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
-
-
-def _said(epoch: float) -> str:
-    """A time inside a sentence (the reasons): as the renderers show times."""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")
+def _labels(fields: dict[str, str]) -> _Labels:
+    """An alert instance's labels as a key: the same labels, the same key."""
+    return tuple(sorted(fields.items()))
 
 
 def _bucket_seconds(window: float, most: int = 62) -> float:
@@ -105,59 +92,29 @@ class _Builder:
         self.now = now
         self.targets = targets
         start = now - since_s
-        self.since = datetime.fromtimestamp(start, UTC).isoformat(timespec="microseconds")
-        self.until = datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds")
-        self.window = Window(_iso(start), _iso(now), since_s, _bucket_seconds(since_s))
+        self.since = iso(start, "microseconds")
+        self.until = iso(now, "microseconds")
+        self.window = Window(iso(start), iso(now), since_s, _bucket_seconds(since_s))
 
-    def _q(self, sql: str, *params: object) -> list[Any]:
-        if self.db is None:
-            return []
-        return self.db._conn.execute(sql, params).fetchall()
-
-    def _in_window(self, command: str, select: str, tail: str = "", *params: object) -> list[Any]:
-        """Rows of ``repository_results r`` recorded by ``command`` runs ``u`` in the window."""
-        return self._q(
-            f"SELECT {select} FROM repository_results r JOIN runs u ON r.run_id = u.id "  # noqa: S608
-            f"WHERE u.command = ? AND u.started_at >= ? AND u.started_at <= ? {tail}",
-            command,
-            self.since,
-            self.until,
-            *params,
-        )
-
-    def _bucket(self, iso: str, width: float) -> str:
-        return _iso(_epoch(iso) // width * width)
+    def _bucket(self, at: str, width: float) -> str:
+        return iso(epoch(at) // width * width)
 
     def report(self) -> Report:
-        runs = self._q(
-            "SELECT id, command, started_at, status, summary FROM runs "
-            "WHERE started_at >= ? AND started_at <= ? ORDER BY started_at",
-            self.since,
-            self.until,
-        )
-        self.runs = [(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in runs]
-        observed = {
-            (r[0], r[1]): r[2:]
-            for r in self._q(
-                "SELECT root, repository, verdict, size_bytes, loose_objects, packs, observed_at, "
-                "reasons FROM observations WHERE id IN "
-                "(SELECT MAX(id) FROM observations GROUP BY root, repository)"
-            )
-        }
+        db = self.db
+        self.runs: list[Run] = db.runs_between(self.since, self.until) if db else []
+        observed = db.latest_observations() if db else {}
         latest: dict[str, dict[tuple[str, str], LatestResult]] = defaultdict(dict)
-        for res in self.db.latest_results(_LATEST_TASKS) if self.db else []:
+        for res in db.latest_results(_LATEST_TASKS) if db else []:
             latest[res.task][(res.root, res.repository)] = res
-        anything = self._q(
-            "SELECT EXISTS (SELECT 1 FROM runs) OR EXISTS (SELECT 1 FROM host_samples)"
-        )
+        anything = db.has_records() if db else False
         backups = self._backups(observed, latest["backup"])
         problems = self._problems(observed, latest, backups.repositories)
         return Report(
-            generated_at=_iso(self.now),
+            generated_at=iso(self.now),
             database=str(self.db.path) if self.db else "",
             window=self.window,
             targets=self.targets,
-            empty=not (anything and anything[0][0]) and not observed,
+            empty=not anything and not observed,
             runs=self._command_runs(),
             fleet=self._fleet(observed, latest, len(problems)),
             problems=problems,
@@ -172,28 +129,22 @@ class _Builder:
     def _alerts(self) -> Alerts:
         if self.db is None:
             return ALERTS_NOT_RECORDED
-        events = self._q(
-            "SELECT at, name, state, severity, labels FROM alert_events "
-            "WHERE at >= ? AND at <= ? ORDER BY at", self.since, self.until,
-        )  # fmt: skip
-        before = self._q("SELECT name, state, labels FROM alert_events WHERE at < ? ORDER BY at",
-                         self.since)  # fmt: skip
-        firing: dict[tuple[str, str], str] = {}  # (name, labels) -> severity, at the start
-        for name, state, labels in before:
+        events = self.db.alert_events(self.since, self.until)
+        firing: dict[tuple[str, _Labels], str] = {}  # (name, labels) -> severity, at the start
+        for name, state, fields in self.db.alert_events_before(self.since):
             if state == "firing":
-                firing[name, labels] = ""
+                firing[name, _labels(fields)] = ""
             else:
-                firing.pop((name, labels), None)
+                firing.pop((name, _labels(fields)), None)
         counts: dict[tuple[str, str], list[int]] = {}
         out = []
-        for at, name, state, severity, labels in events:
+        for at, name, state, severity, fields, _ in events:
             c = counts.setdefault((name, severity), [0, 0])
             c[0 if state == "firing" else 1] += 1
             if state == "firing":
-                firing[name, labels] = severity
+                firing[name, _labels(fields)] = severity
             else:
-                firing.pop((name, labels), None)
-            fields = json.loads(labels)
+                firing.pop((name, _labels(fields)), None)
             subject = fields.get("repository") or fields.get("mountpoint") or fields.get(
                 "operation", "")  # fmt: skip
             out.append(AlertEvent(at, name, state, severity, str(subject)))
@@ -209,8 +160,8 @@ class _Builder:
 
     def _command_runs(self) -> tuple[CommandRuns, ...]:
         by: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        for _, command, at, status, _ in self.runs:
-            by[command].append((at, status))
+        for run in self.runs:
+            by[run.command].append((run.started_at, run.status))
         return tuple(
             CommandRuns(
                 command,
@@ -218,51 +169,51 @@ class _Builder:
                 sum(s == "ok" for _, s in rows),
                 sum(s == "partial" for _, s in rows),
                 sum(s not in ("ok", "partial") for _, s in rows),
-                _iso(_epoch(rows[-1][0])),
+                iso(epoch(rows[-1][0])),
             )
             for command, rows in sorted(by.items())
         )
 
     def _fleet(
         self,
-        observed: dict[tuple[str, str], tuple[Any, ...]],
+        observed: dict[tuple[str, str], Observation],
         latest: dict[str, dict[tuple[str, str], LatestResult]],
         problems: int,
     ) -> Fleet:
         known = set(observed).union(*(latest[t] for t in _LATEST_TASKS))
-        verdicts = [o[0] for o in observed.values()]
-        newest = max((o[4] for o in observed.values()), default=None)
+        verdicts = [o.verdict for o in observed.values()]
+        newest = max((o.observed_at for o in observed.values()), default=None)
         return Fleet(
             repositories=len(known),
             ok=verdicts.count("ok"),
             attention=verdicts.count("attention"),
             broken=verdicts.count("broken"),
             unobserved=len(known - set(observed)),
-            size_bytes=sum(o[1] for o in observed.values()),
-            loose_objects=sum(o[2] for o in observed.values()),
-            packs=sum(o[3] for o in observed.values()),
-            observed_at=_iso(_epoch(newest)) if newest else None,
+            size_bytes=sum(o.size_bytes for o in observed.values()),
+            loose_objects=sum(o.loose_objects for o in observed.values()),
+            packs=sum(o.packs for o in observed.values()),
+            observed_at=iso(epoch(newest)) if newest else None,
             needing_attention=problems,
         )
 
     def _problems(
         self,
-        observed: dict[tuple[str, str], tuple[Any, ...]],
+        observed: dict[tuple[str, str], Observation],
         latest: dict[str, dict[tuple[str, str], LatestResult]],
         backups: tuple[RepositoryBackup, ...],
     ) -> tuple[Problem, ...]:
         reasons: dict[tuple[str, str], list[str]] = defaultdict(list)
         # status records a repository only when its verdict or fingerprint changes, so its
         # latest observation is what the latest status run saw: "since" the observation.
-        seen = self._q("SELECT MAX(started_at) FROM runs WHERE command = 'status'")
-        last_status = _epoch(seen[0][0]) if seen and seen[0][0] else 0.0
-        for key, (verdict, *_, at, why) in observed.items():
+        seen = self.db.last_started("status") if self.db else None
+        last_status = epoch(seen) if seen else 0.0
+        for key, o in observed.items():
             done = latest["maintain"].get(key)
-            if verdict == "attention" and done and done.outcome == "ok" and done.at > last_status:
+            if o.verdict == "attention" and done and done.outcome == "ok" and done.at > last_status:
                 continue  # maintained after status last looked; attention means "maintain it"
-            if verdict in ("attention", "broken"):
-                said = f"custode status: {verdict} since {_said(_epoch(at))}"
-                reasons[key].append(f"{said}: {why}" if why else said)
+            if o.verdict in ("attention", "broken"):
+                said = f"custode status: {o.verdict} since {minute(epoch(o.observed_at))}"
+                reasons[key].append(f"{said}: {o.reasons}" if o.reasons else said)
         checks = {**latest["check"]}
         for key, res in latest["check-full"].items():
             if key not in checks or res.at > checks[key].at:
@@ -272,48 +223,41 @@ class _Builder:
                 findings = [str(f) for f in res.details.get("findings", [])]
                 more = f" (+{len(findings) - 3} more)" if len(findings) > 3 else ""
                 what = "; ".join(findings[:3]) or str(res.details.get("verdict", res.outcome))
-                reasons[key].append(f"integrity {res.task} failed {_said(res.at)}: {what}{more}")
+                reasons[key].append(f"integrity {res.task} failed {minute(res.at)}: {what}{more}")
         for key, res in latest["maintain"].items():
             if res.outcome == "failed":
                 message = res.details.get("message") or "no message"
-                reasons[key].append(f"maintenance failed {_said(res.at)}: {message}")
+                reasons[key].append(f"maintenance failed {minute(res.at)}: {message}")
         for b in backups:
             if b.state != "fresh":
                 reasons[(b.root, b.repository)].append(b.message)
         found = []
         for key, why in reasons.items():
             obs = observed.get(key)
-            verdict, at = (obs[0], _iso(_epoch(obs[4]))) if obs else ("unknown", None)
+            verdict, at = (obs.verdict, iso(epoch(obs.observed_at))) if obs else ("unknown", None)
             found.append(Problem(key[0], key[1], verdict, at, tuple(why)))
         rank = {"broken": 0, "attention": 1, "unknown": 2, "ok": 3}
         return tuple(sorted(found, key=lambda p: (rank[p.verdict], p.root, p.repository)))
 
     def _maintenance(self) -> Maintenance:
-        tasks: dict[str, dict[str, Any]] = defaultdict(lambda: defaultdict(float))
-        for task, outcome, count, seconds in self._in_window(
-            "maintain",
-            "r.task, r.outcome, COUNT(*), SUM(r.duration_s)",
-            "AND r.task != 'maintain' GROUP BY r.task, r.outcome",
-        ):
-            tasks[task][outcome] += count
-            tasks[task]["seconds"] += seconds
+        window = ("maintain", self.since, self.until)
+        db = self.db
+        tasks = db.totals_by_task(*window) if db else {}
+        tasks.pop("maintain", None)  # the row per repository, not a task
         per_run = {
-            run: (count, failed, skipped, reclaimed or 0)
-            for run, count, failed, skipped, reclaimed in self._in_window(
-                "maintain",
-                "u.id, COUNT(*), SUM(r.outcome = 'failed'), SUM(r.outcome = 'skipped'), "
-                "SUM(json_extract(r.details, '$.reclaimed_bytes'))",
-                "AND r.task = 'maintain' GROUP BY u.id",
-            )
+            run: (t.results, t.failed, t.skipped, t.detail)
+            for run, t in (
+                db.totals_by_run(*window, task="maintain", detail="reclaimed_bytes") if db else {}
+            ).items()
         }
-        distinct = self._in_window("maintain", _DISTINCT, "AND r.task = 'maintain'")
+        distinct = len(db.totals_by_repository(*window, task="maintain")) if db else 0
         buckets: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         results = failed = skipped = reclaimed = 0
-        runs = [r for r in self.runs if r[1] == "maintain"]
-        for run, _, at, _, summary in runs:
-            count, bad, skip, freed = per_run.get(run, (0, 0, 0, 0))
-            freed = int(summary.get("reclaimed_bytes", freed))
-            b = buckets[self._bucket(at, self.window.bucket_seconds)]
+        runs = [r for r in self.runs if r.command == "maintain"]
+        for run in runs:
+            count, bad, skip, freed = per_run.get(run.id, (0, 0, 0, 0))
+            freed = int(run.summary.get("reclaimed_bytes", freed))
+            b = buckets[self._bucket(run.started_at, self.window.bucket_seconds)]
             for i, v in enumerate((1, count, bad, freed)):
                 b[i] += v
             results, failed, skipped, reclaimed = (
@@ -321,43 +265,42 @@ class _Builder:
             )  # fmt: skip
         return Maintenance(
             runs=len(runs),
-            repositories=distinct[0][0] if distinct else 0,
+            repositories=distinct,
             ok=results - failed - skipped,
             failed=failed,
             skipped=skipped,
             reclaimed_bytes=reclaimed,
             tasks=tuple(
-                TaskStats(
-                    t, int(n["ok"]), int(n["failed"]), int(n["skipped"]), round(n["seconds"], 3)
-                )
+                TaskStats(t, n.ok, n.failed, n.skipped, round(n.seconds, 3))
                 for t, n in sorted(tasks.items())
             ),
             buckets=tuple(MaintenanceBucket(k, *v) for k, v in sorted(buckets.items())),
         )
 
     def _checks(self) -> Checks:
-        rows = self._in_window("check", "r.task, r.outcome, COUNT(*)", "GROUP BY r.task, r.outcome")
-        distinct = self._in_window("check", _DISTINCT)
+        window = ("check", self.since, self.until)
+        tasks = self.db.totals_by_task(*window) if self.db else {}
         return Checks(
-            runs=sum(1 for r in self.runs if r[1] == "check"),
-            repositories=distinct[0][0] if distinct else 0,
-            ok=sum(r[2] for r in rows if r[1] == "ok"),
-            failed=sum(r[2] for r in rows if r[1] != "ok"),
-            full=sum(r[2] for r in rows if r[0] == "check-full"),
+            runs=sum(1 for r in self.runs if r.command == "check"),
+            repositories=len(self.db.totals_by_repository(*window)) if self.db else 0,
+            ok=sum(t.ok for t in tasks.values()),
+            failed=sum(t.results - t.ok for t in tasks.values()),
+            full=tasks["check-full"].results if "check-full" in tasks else 0,
         )
 
     def _backups(
         self,
-        observed: dict[tuple[str, str], tuple[Any, ...]],
+        observed: dict[tuple[str, str], Observation],
         latest: dict[tuple[str, str], LatestResult],
     ) -> Backups:
         runs = []
         buckets: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-        for _, command, at, status, s in self.runs:
-            if command != "backup":
+        for u in self.runs:
+            if u.command != "backup":
                 continue
+            at, status, s = u.started_at, u.status, u.summary
             run = BackupRun(
-                _iso(_epoch(at)), status, s.get("snapshot"), s.get("store"),
+                iso(epoch(at)), status, s.get("snapshot"), s.get("store"),
                 int(s.get("repositories", 0)), int(s.get("new", 0)), int(s.get("unchanged", 0)),
                 int(s.get("failed", 0)), int(s.get("full", 0)), int(s.get("bytes_added", 0)),
                 float(s.get("seconds", 0.0)),
@@ -365,14 +308,12 @@ class _Builder:
             runs.append(run)
             b = buckets[self._bucket(at, self.window.bucket_seconds)]
             b[0], b[1], b[2] = b[0] + 1, b[1] + (status != "ok"), b[2] + run.bytes_added
-        in_window = {
-            (r[0], r[1]): (r[2], int(r[3] or 0))
-            for r in self._in_window(
-                "backup",
-                "r.root, r.repository, COUNT(*), SUM(json_extract(r.details, '$.bytes_added'))",
-                "GROUP BY r.root, r.repository",
-            )
-        }
+        totals = (
+            self.db.totals_by_repository("backup", self.since, self.until, detail="bytes_added")
+            if self.db
+            else {}
+        )
+        in_window = {key: (t.results, t.detail) for key, t in totals.items()}
         backed_roots = {root for root, _ in latest}
         repos = []
         for key in sorted(set(latest) | {k for k in observed if k[0] in backed_roots}):
@@ -400,14 +341,15 @@ class _Builder:
         self,
         key: tuple[str, str],
         res: LatestResult | None,
-        seen: tuple[Any, ...] | None,
+        seen: Observation | None,
         in_window: dict[tuple[str, str], tuple[int, int]],
     ) -> RepositoryBackup:
         age = None if res is None or res.last_ok is None else round(self.now - res.last_ok, 3)
         state: Freshness
         if res is not None and res.outcome != "ok":
             state = "failed"
-            message = f"backup failed {_said(res.at)}: {res.details.get('message') or 'no message'}"
+            why = res.details.get("message") or "no message"
+            message = f"backup failed {minute(res.at)}: {why}"
         elif age is None:
             state, message = "never", "never backed up"
         elif age > self.targets.backup_age_seconds:
@@ -418,66 +360,59 @@ class _Builder:
         count, added = in_window.get(key, (0, 0))
         return RepositoryBackup(
             key[0], key[1], state,
-            _iso(res.last_ok) if res is not None and res.last_ok is not None else None,
-            age, seen[1] if seen else None, count, added, message,
+            iso(res.last_ok) if res is not None and res.last_ok is not None else None,
+            age, seen.size_bytes if seen else None, count, added, message,
         )  # fmt: skip
 
     def _drills(self) -> Drills:
         target = self.targets.drill_seconds
-        summaries = {r[0]: r for r in self.runs if r[1] == "verify"}
+        window = ("verify", self.since, self.until)
+        db = self.db
+        summaries = {r.id: r for r in self.runs if r.command == "verify"}
         runs = []
-        for run, count, failed, longest in self._in_window(
-            "verify",
-            "u.id, COUNT(*), SUM(r.outcome != 'ok'), MAX(r.duration_s)",
-            "AND r.task = 'restore_drill' GROUP BY u.id ORDER BY u.started_at",
-        ):
-            _, _, at, _, s = summaries[run]
-            runs.append(DrillRun(_iso(_epoch(at)), s.get("store"), count, failed,
-                                 round(longest, 3), float(s.get("seconds", 0.0)),
-                                 longest <= target))  # fmt: skip
+        for run, t in (db.totals_by_run(*window, task=_DRILL) if db else {}).items():
+            at, s = summaries[run].started_at, summaries[run].summary
+            runs.append(DrillRun(iso(epoch(at)), s.get("store"), t.results, t.results - t.ok,
+                                 round(t.longest, 3), float(s.get("seconds", 0.0)),
+                                 t.longest <= target))  # fmt: skip
 
-        def drills(tail: str, *params: object) -> tuple[Drill, ...]:
-            return tuple(
-                Drill(r[0], r[1], _iso(_epoch(r[2])), r[3] == "ok", round(r[4], 3), r[5] or "")
-                for r in self._in_window(
-                    "verify",
-                    "r.repository, r.root, u.started_at, r.outcome, r.duration_s, "
-                    "json_extract(r.details, '$.message')",
-                    f"AND r.task = 'restore_drill' {tail}",
-                    *params,
-                )
+        def drills(
+            order: Literal["slowest", "newest"], limit: int, *, failing: bool = False
+        ) -> tuple[Drill, ...]:
+            found = (
+                db.results_between(*window, task=_DRILL, order=order, limit=limit, failing=failing)
+                if db
+                else []
             )
+            return tuple(
+                Drill(r.repository, r.root, iso(epoch(at)), r.outcome == "ok",
+                      round(r.duration_s, 3), str(r.details.get("message") or ""))
+                for at, r in found
+            )  # fmt: skip
 
-        over = self._in_window(
-            "verify", "COUNT(*)", "AND r.task = 'restore_drill' AND r.duration_s > ?", target
-        )
         restores = [
-            RestoreRun(_iso(_epoch(at)), int(s.get("restored", 0)), int(s.get("failed", 0)),
-                       int(s.get("bytes", 0)), float(s.get("seconds", 0.0)))
-            for _, command, at, _, s in self.runs
-            if command == "restore"
+            RestoreRun(iso(epoch(u.started_at)), int(u.summary.get("restored", 0)),
+                       int(u.summary.get("failed", 0)), int(u.summary.get("bytes", 0)),
+                       float(u.summary.get("seconds", 0.0)))
+            for u in self.runs
+            if u.command == "restore"
         ]  # fmt: skip
         return Drills(
             target_seconds=target,
             runs=tuple(runs),
             drills=sum(r.repositories for r in runs),
             failed=sum(r.failed for r in runs),
-            over_target=over[0][0] if over else 0,
+            over_target=db.count_slower(*window, task=_DRILL, seconds=target) if db else 0,
             max_seconds=max((r.max_seconds for r in runs), default=None),
-            slowest=drills("ORDER BY r.duration_s DESC LIMIT ?", SLOWEST),
-            failures=drills("AND r.outcome != 'ok' ORDER BY u.started_at DESC LIMIT 50"),
+            slowest=drills("slowest", SLOWEST),
+            failures=drills("newest", 50, failing=True),
             restores=tuple(restores),
         )
 
     def _resources(self) -> Resources:
         target = self.targets.resource_ratio
         width = _fine_bucket_seconds(self.window.seconds)
-        samples = self._q(
-            "SELECT taken_at, cpu_ratio, memory_ratio, load1 FROM host_samples "
-            "WHERE taken_at >= ? AND taken_at <= ? ORDER BY taken_at",
-            self.since,
-            self.until,
-        )
+        samples = self.db.host_samples(self.since, self.until) if self.db else []
         cpu = [s[1] for s in samples]
         memory = [s[2] for s in samples]
         groups: dict[str, list[tuple[float, float]]] = defaultdict(list)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -17,6 +16,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from custode.base.pathtext import display
+from custode.base.times import epoch, minute
 from custode.base.units import counted, format_bytes, format_duration
 from custode.report import charts
 from custode.report.model import Report
@@ -46,7 +46,7 @@ def fmt_ratio(r: float | None) -> str:
 def fmt_when(iso: str | None) -> str:
     if not iso:
         return "never"
-    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return minute(epoch(iso))
 
 
 def fmt_age(s: float | None) -> str:
@@ -111,12 +111,8 @@ def render(report: Report, fmt: str) -> str:
     return display(text)  # a repository name that is not UTF-8 reads caf\xe9.git, as text
 
 
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
-
-
 def _charts(r: Report) -> dict[str, Markup]:
-    start, end = _epoch(r.window.since), _epoch(r.window.until)
+    start, end = epoch(r.window.since), epoch(r.window.until)
     width = r.window.bucket_seconds
     found = {
         "fleet": charts.stacked_bar(
@@ -132,19 +128,19 @@ def _charts(r: Report) -> dict[str, Markup]:
     if any(b.reclaimed_bytes for b in r.maintenance.buckets):
         found["reclaimed"] = charts.bar_chart(
             "Space reclaimed by maintenance",
-            [(_epoch(b.start), b.reclaimed_bytes) for b in r.maintenance.buckets],
+            [(epoch(b.start), b.reclaimed_bytes) for b in r.maintenance.buckets],
             start=start, end=end, bar_seconds=width, fmt=fmt_bytes, colour=charts.COLOURS[2],
         )  # fmt: skip
     if any(b.bytes_added for b in r.backups.buckets):
         found["backups"] = charts.bar_chart(
             "Bytes added to the backup store",
-            [(_epoch(b.start), b.bytes_added) for b in r.backups.buckets],
+            [(epoch(b.start), b.bytes_added) for b in r.backups.buckets],
             start=start, end=end, bar_seconds=width, fmt=fmt_bytes,
         )  # fmt: skip
     if r.drills.runs:
         found["drills"] = charts.bar_chart(
             "Slowest repository restore per drill",
-            [(_epoch(d.at), d.max_seconds) for d in r.drills.runs],
+            [(epoch(d.at), d.max_seconds) for d in r.drills.runs],
             start=start, end=end, bar_seconds=max(width / 4, r.window.seconds / 120),
             fmt=fmt_seconds, target=r.drills.target_seconds,
             target_label=f"target {fmt_seconds(r.drills.target_seconds)}",
@@ -154,7 +150,7 @@ def _charts(r: Report) -> dict[str, Markup]:
         buckets = r.resources.buckets
 
         def points(attr: str) -> list[tuple[float, float]]:
-            return [(_epoch(b.start), float(getattr(b, attr))) for b in buckets]
+            return [(epoch(b.start), float(getattr(b, attr))) for b in buckets]
 
         found["resources"] = charts.line_chart(
             "Host CPU and memory use",

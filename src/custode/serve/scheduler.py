@@ -26,6 +26,7 @@ from croniter import croniter  # type: ignore[import-untyped]
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from custode.config.schedule import ScheduleConfig
+from custode.errors import outcome
 
 log = logging.getLogger("custode.serve.scheduler")
 
@@ -131,8 +132,8 @@ class Scheduler:
             with self._lock:
                 self._child = None
         state.last_code = code
-        outcome = "ok" if code == 0 else "partial" if code == 3 else "failed"
-        state.runs[outcome] = state.runs.get(outcome, 0) + 1
+        ended = outcome(code)  # -1 (not started) or a signal's -N: failed
+        state.runs[ended] = state.runs.get(ended, 0) + 1
         log.info("scheduled job %s ended with exit status %s", job.name, code)
 
     def collect(self) -> Iterator[Metric]:
@@ -157,8 +158,8 @@ class Scheduler:
                 start.add_metric([name], state.last_start)
             if state.last_code is not None:
                 code.add_metric([name], state.last_code)
-            for outcome, n in sorted(state.runs.items()):
-                runs.add_metric([name, outcome], n)
+            for ended, n in sorted(state.runs.items()):
+                runs.add_metric([name, ended], n)
             if name in due:
                 upcoming.add_metric([name], due[name])
         yield start
