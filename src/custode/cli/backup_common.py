@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import socket
@@ -39,9 +38,9 @@ from custode.backup.stores import open_store
 from custode.base import paths
 from custode.base.process import process_alive
 from custode.cli.app import App
-from custode.errors import CustodeError
-from custode.records.audit import AuditLog
-from custode.records.state import RepositoryResult, StateDB
+from custode.jobs import history
+from custode.jobs import restore as restore_job
+from custode.records.state import RepositoryResult
 
 store_option = click.option(
     "--store", "store_url", metavar="URL",
@@ -130,22 +129,13 @@ def jobs(app: App, given: int | None) -> int:
 
 
 def audit(app: App, action: str, target: str, details: dict[str, Any]) -> None:
-    try:
-        AuditLog(app.state_dir() / "audit.jsonl").append(action, target, details)
-    except CustodeError as exc:
-        app.warn(f"{action} not written to the audit log: {exc}")
+    history.audit(app.state_dir(), action, target, details, app.warn)
 
 
 def record(
     app: App, command: str, rows: list[RepositoryResult], status: str, summary: dict[str, Any]
 ) -> None:
-    try:
-        with StateDB.open(app.state_dir() / "state.db") as db:
-            run = db.begin_run(command)
-            db.record_results(run, rows)
-            db.finish_run(run, status, summary)
-    except CustodeError as exc:
-        app.warn(f"{command} results not recorded in history: {exc}")
+    history.record(app.state_dir(), command, rows, status, summary, app.warn)
 
 
 class StopColumn(ProgressColumn):
@@ -177,24 +167,7 @@ def check_identity(app: App, store: Store, manifest_key: str, keys: list[Identit
                    given: Path | None) -> None:  # fmt: skip
     """Fail once, naming the identity file, when it cannot open the backups (rather than
     once per repository)."""
-    from custode.backup.engine import read_manifest
-    from custode.backup.streams import decrypt_to
-    from custode.errors import IntegrityError, UsageError
-
-    try:
-        manifest = read_manifest(store, manifest_key)
-    except CustodeError:
-        return  # a damaged manifest is reported for its own repository
-    sink = io.BytesIO()
-    try:
-        decrypt_to(store, manifest.refs, sink, keys)
-    except IntegrityError as exc:
-        if "not encrypted to this identity" in exc.message:
-            path = identity_path(app, given)
-            raise UsageError(
-                f"identity {path} cannot decrypt these backups (they were encrypted to "
-                "another key); give the matching identity with --identity"
-            ) from None
+    restore_job.check_identity(store, manifest_key, keys, identity_path(app, given))
 
 
 def recipients_digest(keys: Sequence[Recipient]) -> str:

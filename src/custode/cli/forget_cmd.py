@@ -1,5 +1,6 @@
 """``custode forget``: drop snapshots by a retention policy (restic's), then optionally
-prune the files no remaining snapshot needs."""
+prune the files no remaining snapshot needs. The policy and the job are the core's
+(``custode.jobs.forget``); here are the options and the table of what is kept and why."""
 
 from __future__ import annotations
 
@@ -9,18 +10,16 @@ from typing import Any, TypeVar
 import click
 from rich.table import Table
 
-from custode.backup.lineage import machine_id
 from custode.backup.manifest import Snapshot
-from custode.backup.prune import forget as forget_snapshots
 from custode.backup.retention import Policy
 from custode.base.units import format_bytes, format_duration
 from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.cli.params import DURATION
-from custode.errors import EXIT_CODES_HELP, UsageError
+from custode.errors import EXIT_CODES_HELP
+from custode.jobs import forget as forget_job
 
 F = TypeVar("F", bound=Callable[..., Any])
-_KEEP = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
 
 def _keep_option(name: str) -> Callable[[F], F]:
@@ -82,75 +81,48 @@ def forget(  # noqa: PLR0917
     name under which another machine also wrote snapshots is refused (set a distinct
     backup.host on each machine).
     """
-    given = {
-        "last": keep_last,
-        "hourly": keep_hourly,
-        "daily": keep_daily,
-        "weekly": keep_weekly,
-        "monthly": keep_monthly,
-        "yearly": keep_yearly,
-    }
-    cfg = app.config.backup
-    if all(v is None for v in given.values()) and keep_within is None:
-        policy = Policy(
-            cfg.keep_last,
-            cfg.keep_hourly,
-            cfg.keep_daily,
-            cfg.keep_weekly,
-            cfg.keep_monthly,
-            cfg.keep_yearly,
-            cfg.keep_within,
+    retention = forget_job.require(
+        forget_job.policy(
+            app.config.backup,
+            {
+                "last": keep_last,
+                "hourly": keep_hourly,
+                "daily": keep_daily,
+                "weekly": keep_weekly,
+                "monthly": keep_monthly,
+                "yearly": keep_yearly,
+            },
+            keep_within,
         )
-    else:
-        policy = Policy(**{k: given[k] or 0 for k in _KEEP}, within=keep_within or 0.0)
-    if policy.empty():
-        raise UsageError(
-            "no retention policy: pass --keep-last N (or another --keep-* option) "
-            "or set backup.keep_* in the config; nothing was removed"
-        )
+    )
     store = bc.open_app_store(app, store_url, create=False)
     host = bc.host(app, host_name)
-    # the host this machine backs up as must hold only this machine's snapshots; another
-    # host's (--host) only one machine's
-    machine = machine_id(app.state_dir()) if host == bc.host(app, None) else None
     with bc.progress_bar(app, "pruning") as tick:
-        done = forget_snapshots(
+        done = forget_job.forget(
             store,
             host,
-            policy,
-            do_prune=do_prune,
+            retention,
+            state_dir=app.state_dir(),
+            # the host this machine backs up as must hold only this machine's snapshots;
+            # another host's (--host) only one machine's
+            own_host=host == bc.host(app, None),
+            prune=do_prune,
             dry_run=dry_run,
             progress=tick,
             warn=app.warn,
-            machine=machine,
         )
-    decision = done.decision
-    removed_files, removed_bytes = done.pruned_files, done.pruned_bytes
-    summary = {
-        "store": store.url,
-        "host": host,
-        "dry_run": dry_run,
-        "kept": [s.snapshot_id for s in decision.keep],
-        "removed": [s.snapshot_id for s in decision.remove],
-        "pruned_files": removed_files,
-        "pruned_bytes": removed_bytes,
-    }
-    if not dry_run:
-        bc.record(app, "forget", [], "ok", summary)
-        bc.audit(app, "forget", store.url, summary)
     if as_json:
-        summary["reasons"] = decision.reasons
-        app.print_json(summary)
+        app.print_json({**done.summary(), "reasons": done.reasons})
         return
-    _show(app, decision.keep, decision.reasons, policy)
+    _show(app, done.kept, done.reasons, retention)
     verb = "would remove" if dry_run else "removed"
     pruned = (
-        f"; {verb} {removed_files} unneeded files ({format_bytes(removed_bytes)})"
+        f"; {verb} {done.pruned_files} unneeded files ({format_bytes(done.pruned_bytes)})"
         if do_prune
         else ""
     )
     app.out.print(
-        f"kept {len(decision.keep)} snapshots, {verb} {len(decision.remove)}{pruned}",
+        f"kept {len(done.kept)} snapshots, {verb} {len(done.removed)}{pruned}",
         markup=False,
         highlight=False,
     )
