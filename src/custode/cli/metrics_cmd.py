@@ -10,6 +10,7 @@ import click
 
 from custode.cli.app import App
 from custode.errors import EXIT_CODES_HELP, PathNotFoundError
+from custode.jobs.record import HostSamples
 from custode.monitoring.exporter import Exporter
 
 
@@ -30,7 +31,8 @@ def metrics(app: App, roots: tuple[Path, ...], textfile_dir: Path | None, no_pro
     For a scrape target that stays up, see custode serve.
     """
     exporter = Exporter(roots=app.roots(roots), config=app.config, state_dir=app.state_dir(),
-                        probes=not no_probes)  # fmt: skip
+                        probes=not no_probes,
+                        record_host=HostSamples(app.config.state.keep_history))  # fmt: skip
     for root in exporter.roots:
         if not root.is_dir():
             raise PathNotFoundError(f"root {root} is not a directory; check the path")

@@ -6,7 +6,10 @@ Each stage is the command of the same name, run in this process with ``--json``;
 summary is collected and its messages still go to stderr. A stage that fails does not stop
 the next (a failed maintenance is no reason to skip the backup), except that nothing is
 verified or forgotten in a store the backup could not reach. The exit status is the worst
-stage's; the history database gets one ``run`` row with every stage's outcome.
+stage's; the history database gets one ``run`` row with every stage's outcome. Before the
+report, the fleet's health as the night left it is recorded (``custode.jobs.scan``, as
+``custode status`` does), so the report's verdicts are current; at the end, history older
+than ``state.keep_history`` is forgotten (``custode.jobs.record``).
 
 The history database is the one input every stage shares, so its failures (busy past
 ``state.busy_timeout``, damaged, unsafe) are counted against what needed it, never against
@@ -33,14 +36,18 @@ from rich.table import Table
 
 from custode import interrupts
 from custode.cli.app import App
-from custode.errors import EXIT_CODES_HELP, CustodeError, ExitCode, PathNotFoundError
+from custode.errors import (
+    EXIT_CODES_HELP,
+    CustodeError,
+    ExitCode,
+    PathNotFoundError,
+    outcome,
+    worst,
+)
+from custode.jobs import record
+from custode.jobs.forget import policy as retention_policy
 from custode.records import problems as stateproblems
 from custode.records.state import StateDB
-
-#: worst first: the exit status of a run is the first of these any stage ended with
-SEVERITY = (ExitCode.INTERRUPTED, ExitCode.INTEGRITY, ExitCode.ERROR, ExitCode.GIT,
-            ExitCode.NOT_FOUND, ExitCode.LOCKED, ExitCode.USAGE, ExitCode.STATE,
-            ExitCode.PARTIAL, ExitCode.OK)  # fmt: skip
 
 
 @dataclass
@@ -55,12 +62,12 @@ class Stage:
     history: list[str] = field(default_factory=list)  # failures of the records it met
 
     @property
-    def outcome(self) -> str:
+    def outcome(self) -> str:  # an exit status's outcome, or "skipped"
         if self.interrupted:
-            return "interrupted"
+            return outcome(ExitCode.INTERRUPTED)
         if self.skipped:
             return "skipped"
-        return {0: "ok", int(ExitCode.PARTIAL): "partial"}.get(self.code, "failed")
+        return outcome(self.code)
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -91,9 +98,7 @@ def run(ctx: click.Context, roots: tuple[Path, ...], drill: int | None, as_json:
             raise PathNotFoundError(f"root {root} is not a directory; check the path")
     cfg = app.config.run
     sample = cfg.drill_sample if drill is None else drill
-    policy = app.config.backup
-    keeps = (policy.keep_last, policy.keep_hourly, policy.keep_daily, policy.keep_weekly,
-             policy.keep_monthly, policy.keep_yearly, policy.keep_within)  # fmt: skip
+    keeps = retention_policy(app.config.backup)  # the one forget applies
     app.stop_on_signals()  # SIGINT, SIGTERM: the current stage ends cleanly, no later one runs
     stages: list[Stage] = []
 
@@ -121,7 +126,12 @@ def run(ctx: click.Context, roots: tuple[Path, ...], drill: int | None, as_json:
     if sample:
         go("drill", "custode.cli.verify_cmd:verify_cmd", skip=why, level="drill", sample=sample)
     go("forget", "custode.cli.forget_cmd:forget", do_prune=True,
-       skip=why or ("" if any(keeps) else "no retention policy in backup.keep_*"))  # fmt: skip
+       skip=why or ("no retention policy in backup.keep_*" if keeps.empty() else ""))  # fmt: skip
+    own: list[str] = []  # failures of the run's own records: its observations, its row
+    if not stages[-1].interrupted and not interrupts.requested():
+        mark = stateproblems.problem_mark()
+        _observe(app, root_paths)
+        own = stateproblems.problems_since(mark)
     if not stages[-1].interrupted and not interrupts.requested():
         mark = stateproblems.problem_mark()
         stages += _report_stage(ctx, cfg.report_directory or app.state_dir() / "reports")
@@ -130,8 +140,9 @@ def run(ctx: click.Context, roots: tuple[Path, ...], drill: int | None, as_json:
     lost = _records_lost(stages)
     mark = stateproblems.problem_mark()
     _record(app, [*stages, *lost], _worst([*stages, *lost]), seconds)
-    if not lost:  # the run's own record may be the first one lost
-        lost = _records_lost([*stages, Stage("run", history=stateproblems.problems_since(mark))])
+    if not lost:  # the run's own records may be the first ones lost
+        own += stateproblems.problems_since(mark)
+        lost = _records_lost([*stages, Stage("run", history=own)])
     stages += lost
     code = _worst(stages)
     _show(app, stages, code, seconds, as_json=as_json)
@@ -207,22 +218,33 @@ def _worst(stages: list[Stage]) -> int:
     codes = {s.code for s in stages}
     if interrupts.requested():  # also when the stage running then had just finished
         codes.add(int(ExitCode.INTERRUPTED))
-    return int(next((c for c in SEVERITY if int(c) in codes), ExitCode.ERROR))
+    return int(worst(codes))
+
+
+def _observe(app: App, roots: tuple[Path, ...]) -> None:
+    """Record the fleet's health as the night left it, so the report's verdicts are
+    current: a scan through the cache the backup's scan has just refreshed (a ``stat``
+    per repository, after maintenance changed what it changed). The stages have shown
+    its unreadable paths already; a failure to record is the run's own."""
+    from custode.jobs.scan import scan
+
+    with contextlib.suppress(CustodeError):  # an interrupt: _worst sees it, no report
+        scan(list(roots), app.config, app.state_dir())
 
 
 def _record(app: App, stages: list[Stage], code: int, seconds: float) -> None:
+    """The run's row, then history older than state.keep_history forgotten."""
     summary = {"code": code, "seconds": round(seconds, 3),
                "stages": [{"name": s.name, "outcome": s.outcome, "code": s.code,
                            "seconds": round(s.seconds, 3), "message": s.message or s.skipped}
                           for s in stages]}  # fmt: skip
-    try:
-        with StateDB.open(app.state_dir() / "state.db") as db:
-            run_id = db.begin_run("run")
-            status = {0: "ok", int(ExitCode.PARTIAL): "partial",
-                      int(ExitCode.INTERRUPTED): "interrupted"}.get(code, "failed")  # fmt: skip
-            db.finish_run(run_id, status, summary)
-    except CustodeError as exc:
-        app.warn(f"run not recorded in history: {exc}")
+    keep = app.config.state.keep_history
+
+    def write(db: StateDB) -> None:
+        record.finished_run(db, "run", outcome(code), summary)
+        record.prune(db, keep)
+
+    record.record(app.state_dir(), write, failure="run not recorded in history")
 
 
 _FACTS: dict[str, Callable[[dict[str, Any]], str]] = {

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from custode.cli.app import App
 from custode.errors import PathNotFoundError
+from custode.scan.discovery import Problem
 from custode.scan.fleet import FleetScan, scan
+from custode.scan.fleet import Progress as ProgressCallback
 
 
 def scan_fleet(app: App, roots: list[Path], *, rescan: bool = False) -> FleetScan:
@@ -17,21 +21,31 @@ def scan_fleet(app: App, roots: list[Path], *, rescan: bool = False) -> FleetSca
     Each unreadable path is reported on stderr (the command decides the exit status);
     no repository at all is an error naming the roots.
     """
-    result = _scan(app, roots, rescan)
-    for problem in result.problems:
+    cache = None if rescan else app.state_dir() / "scan-cache.json"
+    with scan_progress(app) as progress:
+        result = scan(roots, app.config.discovery, progress, cache=cache)
+    show_problems(app, roots, result.problems, found=bool(result.states))
+    return result
+
+
+def show_problems(app: App, roots: list[Path], problems: Iterable[Problem], *,
+                  found: bool) -> None:  # fmt: skip
+    """Each unreadable path on stderr; no repository ``found`` is an error naming the roots."""
+    for problem in problems:
         app.err.print(f"custode: {problem.path}: {problem.message}", markup=False, highlight=False)
-    if not result.states:
+    if not found:
         raise PathNotFoundError(
             f"no git repositories found under {', '.join(map(str, roots))}; "
             "check the path and discovery.exclude"
         )
-    return result
 
 
-def _scan(app: App, roots: list[Path], rescan: bool) -> FleetScan:
-    cache = None if rescan else app.state_dir() / "scan-cache.json"
+@contextmanager
+def scan_progress(app: App) -> Iterator[ProgressCallback | None]:
+    """A scan's progress callback drawing a bar on a terminal; None otherwise."""
     if not app.interactive:
-        return scan(roots, app.config.discovery, cache=cache)
+        yield None
+        return
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -44,4 +58,4 @@ def _scan(app: App, roots: list[Path], rescan: bool) -> FleetScan:
         def progress(done: int, total: int | None) -> None:
             bar.update(task, completed=done, total=total, refresh=True)
 
-        return scan(roots, app.config.discovery, progress, cache=cache)
+        yield progress

@@ -100,9 +100,11 @@ def serve(  # noqa: PLR0917
     web_path = web_config or cfg.web_config
     watcher = WebConfigWatcher(load_web_config(web_path)) if web_path is not None else None
 
+    from custode.jobs.record import HostSamples
     from custode.monitoring.exporter import Exporter  # heavy: only once the flags are valid
 
-    exporter = Exporter(roots=root_paths, config=app.config, state_dir=app.state_dir())
+    exporter = Exporter(roots=root_paths, config=app.config, state_dir=app.state_dir(),
+                        record_host=HostSamples(app.config.state.keep_history))  # fmt: skip
     refresher = Refresher(exporter, cfg.refresh_interval)
     reload_alerts = _alerting(app, exporter, refresher)
     metrics = MetricsApp(exporter, refresher.health, watcher.current if watcher else None)

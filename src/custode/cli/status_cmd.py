@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,58 +10,13 @@ from rich.table import Table
 
 from custode.base.units import counted, format_bytes
 from custode.cli.app import App
-from custode.cli.scanning import scan_fleet
-from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
-from custode.integrity.health import Health, assess
-from custode.records.state import Observation, StateDB
+from custode.cli.scanning import scan_progress, show_problems
+from custode.errors import EXIT_CODES_HELP, RepositoryError
+from custode.integrity.health import Health
+from custode.jobs.scan import scan
 from custode.scan.repostate import RepoState
 
 _STYLE = {"ok": "green", "attention": "yellow", "broken": "bold red"}
-
-
-def _record(app: App, rows: list[tuple[RepoState, Health]], broken: int) -> None:
-    """Record what changed since the last observation of each repository, and forget
-    history older than state.keep_history. A failure here only warns."""
-    path = app.state_dir() / "state.db"
-    new = not path.exists()
-    try:
-        with StateDB.open(path) as db:
-            run = db.begin_run("status")
-            last = db.latest_fingerprints()
-            changed = [
-                (s, h)
-                for s, h in rows
-                if last.get((s.root, s.relative)) != (s.fingerprint, h.verdict)
-            ]
-            db.record_observations(run, (_observation(s, h) for s, h in changed))
-            db.finish_run(
-                run,
-                "partial" if broken else "ok",
-                {"repositories": len(rows), "changed": len(changed)},
-            )
-            keep = timedelta(seconds=app.config.state.keep_history)
-            db.forget_before((datetime.now(UTC) - keep).isoformat(timespec="microseconds"))
-    except CustodeError as exc:
-        app.warn(f"history not recorded: {exc}")
-        return
-    if new:
-        app.warn(f"created the history database {path}")
-
-
-def _observation(s: RepoState, h: Health) -> Observation:
-    return Observation(
-        repository=s.relative,
-        root=s.root,
-        verdict=h.verdict,
-        loose_objects=s.loose_objects,
-        loose_objects_bytes=s.loose_objects_bytes,
-        packs=s.packs,
-        pack_bytes=s.pack_bytes,
-        loose_refs=s.loose_refs,
-        size_bytes=s.size_bytes,
-        fingerprint=s.fingerprint,
-        reasons="; ".join(r.text for r in h.reasons),
-    )
 
 
 def _row_json(state: RepoState, health: Health) -> dict[str, Any]:
@@ -115,18 +68,17 @@ def status(
     """
     app.stop_on_signals()
     root_paths = app.roots(roots)
-    result = scan_fleet(app, root_paths, rescan=rescan)
-    now = time.time()
-    rows = [(s, assess(s, app.config.maintenance, now)) for s in result.states]
-    counts = {v: sum(1 for _, h in rows if h.verdict == v) for v in ("ok", "attention", "broken")}
+    with scan_progress(app) as progress:
+        result = scan(root_paths, app.config, app.state_dir(), rescan=rescan, progress=progress)
+    show_problems(app, root_paths, result.problems, found=bool(result.repositories))
+    rows = list(result.repositories)
+    counts = {v: result.count(v) for v in ("ok", "attention", "broken")}
     shown = [(s, h) for s, h in rows if h.verdict != "ok"] if problems_only else rows
-    if rows:
-        _record(app, rows, counts["broken"])
     if as_json:
         app.print_json(
             {
                 "version": 1,
-                "generated_at": now,
+                "generated_at": result.assessed_at,
                 "roots": [str(r) for r in root_paths],
                 "seconds": round(result.seconds, 3),
                 "summary": {"repositories": len(rows), **counts},

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
@@ -44,10 +44,17 @@ class Collector(Protocol):
     def collect(self) -> Iterator[Metric]: ...
 
 
+#: what a refresh records of the host, given the history database it has open
+#: (``custode.jobs.record.HostSamples``: the sample, and pruning by state.keep_history)
+HostRecorder = Callable[[StateDB, HostView], None]
+
+
 class Exporter:
     def __init__(self, *, roots: list[Path], config: Config, state_dir: Path,
-                 git: Git | None = None, probes: bool = True) -> None:  # fmt: skip
+                 git: Git | None = None, probes: bool = True,
+                 record_host: HostRecorder | None = None) -> None:  # fmt: skip
         self.roots, self.config, self.state_dir = roots, config, state_dir
+        self.record_host = record_host
         cfg = config.monitoring
         self.git = git or Git.from_config(config.git)
         self.histograms = OperationHistograms(cfg.max_repository_series)
@@ -116,7 +123,8 @@ class Exporter:
             with StateDB.open(self.state_dir / "state.db") as db:
                 results = tuple(db.latest_results(TASKS))
                 host = _host()
-                db.record_host_sample(host.cpu_ratio, host.memory_ratio, host.load[0])
+                if self.record_host is not None:
+                    self.record_host(db, host)
         except CustodeError as exc:
             errors.append(f"history unreadable: {exc.message}")
             host = _host()
