@@ -19,6 +19,7 @@ from custode.backup.store import Store
 from custode.base.units import format_bytes
 from custode.cli import backup_common as bc
 from custode.cli.app import App
+from custode.cli.progress import progress_bar
 from custode.cli.scanning import scan_fleet
 from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
 from custode.git.runner import Git
@@ -150,7 +151,7 @@ def _run(
         before = history.get((s.root, s.relative))
         return back_up(store, git, settings, s, before=before, recipients=recipients)
 
-    with bc.progress_bar(app, "backing up") as tick, ThreadPoolExecutor(jobs) as pool:
+    with progress_bar(app, "backing up") as tick, ThreadPoolExecutor(jobs) as pool:
         futures = {pool.submit(one, s): s for s in todo}
         left = dict(futures)
         for n, future in enumerate(interrupts.harvest(futures), start=1):

@@ -7,24 +7,13 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.text import Text
 
-from custode import interrupts
 from custode.backup.crypto import (
     Identity,
     Recipient,
@@ -38,7 +27,7 @@ from custode.backup.stores import open_store
 from custode.base import paths
 from custode.base.process import process_alive
 from custode.cli.app import App
-from custode.jobs import history
+from custode.jobs import record as history
 from custode.jobs import restore as restore_job
 from custode.records.state import RepositoryResult
 
@@ -135,32 +124,7 @@ def audit(app: App, action: str, target: str, details: dict[str, Any]) -> None:
 def record(
     app: App, command: str, rows: list[RepositoryResult], status: str, summary: dict[str, Any]
 ) -> None:
-    history.record(app.state_dir(), command, rows, status, summary, app.warn)
-
-
-class StopColumn(ProgressColumn):
-    """``interrupted: finishing N, cancelled M`` once a stop was requested: the bar's own
-    refresh thread draws it, so the display stays live while the running work ends."""
-
-    def render(self, task: Task) -> Text:
-        return Text(interrupts.status(), style="bold yellow")
-
-
-@contextmanager
-def progress_bar(app: App, what: str) -> Iterator[Callable[[int, int], None]]:
-    """A callback (done, total) drawing a bar on a terminal; a no-op otherwise."""
-    if not app.interactive:
-        yield lambda done, total: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), StopColumn())  # fmt: skip
-    with Progress(*columns, console=app.err, transient=True) as bar:
-        task = bar.add_task(what, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
+    history.results(app.state_dir(), command, rows, status, summary, app.warn)
 
 
 def check_identity(app: App, store: Store, manifest_key: str, keys: list[Identity],

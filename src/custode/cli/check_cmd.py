@@ -7,26 +7,25 @@ is no lock to take and nothing for the audit log. Results go to the history data
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from custode import interrupts
 from custode.base.units import counted
 from custode.cli.app import App
+from custode.cli.progress import progress_bar
 from custode.cli.scanning import scan_fleet
-from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError
+from custode.errors import EXIT_CODES_HELP, RepositoryError
 from custode.git.runner import Git
 from custode.integrity import check as integrity
 from custode.integrity.check import CheckResult
-from custode.records.state import RepositoryResult, StateDB
+from custode.jobs import record
+from custode.records.state import RepositoryResult
 from custode.scan.repostate import RepoState
 
 _STYLE = {"ok": "green", "corrupt": "bold red", "error": "yellow"}
@@ -41,28 +40,11 @@ FIX_ERROR = "see the findings above: each names why and the fix"
 Pair = tuple[RepoState, CheckResult, float]  # with the wall-clock start
 
 
-@contextmanager
-def _progress(app: App, total: int) -> Iterator[Any]:
-    if not app.interactive:
-        yield None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns, console=app.err, transient=True, auto_refresh=False) as bar:
-        task = bar.add_task("checking repositories", total=total)
-
-        def advance() -> None:
-            bar.advance(task)
-            bar.refresh()
-
-        yield advance
-
-
 def _check_all(app: App, states: list[RepoState], git: Git, full: bool) -> tuple[list[Pair], int]:
     """Check one repository after another; on SIGINT or SIGTERM stop (the pairs so far, and
     1 when a check was stopped mid-way: its result proves nothing and is not kept)."""
     pairs: list[Pair] = []
-    with _progress(app, len(states)) as advance:
+    with progress_bar(app, "checking repositories") as tick:
         for state in states:
             if interrupts.requested():
                 return pairs, 0
@@ -74,35 +56,26 @@ def _check_all(app: App, states: list[RepoState], git: Git, full: bool) -> tuple
             if interrupts.requested():
                 return pairs, 1
             pairs.append((state, result, began))
-            if advance is not None:
-                advance()
+            tick(len(pairs), len(states))
     return pairs, 0
 
 
 def _record(app: App, pairs: list[Pair], full: bool, bad: int) -> None:
     task = "check-full" if full else "check"
-    try:
-        with StateDB.open(app.state_dir() / "state.db") as db:
-            run = db.begin_run("check")
-            db.record_results(
-                run,
-                [
-                    RepositoryResult(
-                        repository=s.relative,
-                        root=s.root,
-                        task=task,
-                        outcome="ok" if r.ok else "failed",
-                        started_at=datetime.fromtimestamp(started, UTC).isoformat(),
-                        duration_s=r.duration,
-                        details=_details(r),
-                    )
-                    for s, r, started in pairs
-                ],
-            )
-            summary = {"repositories": len(pairs), "failed": bad, "full": full}
-            db.finish_run(run, "partial" if bad else "ok", summary)
-    except CustodeError as exc:
-        app.warn(f"check results not recorded in history: {exc}")
+    rows = [
+        RepositoryResult(
+            repository=s.relative,
+            root=s.root,
+            task=task,
+            outcome="ok" if r.ok else "failed",
+            started_at=datetime.fromtimestamp(started, UTC).isoformat(),
+            duration_s=r.duration,
+            details=_details(r),
+        )
+        for s, r, started in pairs
+    ]
+    summary = {"repositories": len(pairs), "failed": bad, "full": full}
+    record.results(app.state_dir(), "check", rows, "partial" if bad else "ok", summary, app.warn)
 
 
 def _table(pairs: list[Pair]) -> Table:

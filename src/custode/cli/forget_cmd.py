@@ -16,6 +16,7 @@ from custode.base.units import format_bytes, format_duration
 from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.cli.params import DURATION
+from custode.cli.progress import progress_bar
 from custode.errors import EXIT_CODES_HELP
 from custode.jobs import forget as forget_job
 
@@ -97,7 +98,7 @@ def forget(  # noqa: PLR0917
     )
     store = bc.open_app_store(app, store_url, create=False)
     host = bc.host(app, host_name)
-    with bc.progress_bar(app, "pruning") as tick:
+    with progress_bar(app, "pruning") as tick:
         done = forget_job.forget(
             store,
             host,

@@ -16,17 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import Progress
 from rich.table import Table
 
 from custode import interrupts
 from custode.base.units import format_bytes
-from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.cli.params import DURATION
+from custode.cli.progress import progress_bar
 from custode.cli.scanning import scan_fleet
 from custode.errors import EXIT_CODES_HELP, CustodeError, RepositoryError, StateUnusableError
 from custode.git.runner import Git
+from custode.jobs import record
 from custode.maintenance import borrowers
 from custode.maintenance.doubt import TASKS as CHECK_TASKS
 from custode.maintenance.doubt import doubts
@@ -71,36 +71,31 @@ def _result_json(state: RepoState, p: Plan, r: ExecutionResult) -> dict[str, Any
 
 
 def _record(app: App, pairs: list[tuple[RepoState, ExecutionResult]], failed: int) -> None:
-    try:
-        with StateDB.open(app.state_dir() / "state.db") as db:
-            run = db.begin_run("maintain")
-            rows = []
-            for s, r in pairs:
-                started = datetime.fromtimestamp(r.started, UTC).isoformat()
-                rows += [
-                    RepositoryResult(
-                        s.relative,
-                        s.root,
-                        t.kind,
-                        t.outcome,
-                        started,
-                        t.duration,
-                        {"reason": t.reason, "message": t.message},
-                    )
-                    for t in r.tasks
-                ]
-                if r.tasks:  # the repository's own row: the fingerprint skip reads it
-                    details = {"message": r.message, "fingerprint": r.fingerprint,
-                               "reclaimed_bytes": r.reclaimed}  # fmt: skip
-                    rows.append(RepositoryResult(
-                        s.relative, s.root, "maintain", r.outcome, started, r.duration, details
-                    ))  # fmt: skip
-            db.record_results(run, rows)
-            reclaimed = sum(r.reclaimed for _, r in pairs)
-            summary = {"repositories": len(pairs), "failed": failed, "reclaimed_bytes": reclaimed}
-            db.finish_run(run, "partial" if failed else "ok", summary)
-    except CustodeError as exc:
-        app.warn(f"maintenance results not recorded in history: {exc}")
+    rows = []
+    for s, r in pairs:
+        started = datetime.fromtimestamp(r.started, UTC).isoformat()
+        rows += [
+            RepositoryResult(
+                s.relative,
+                s.root,
+                t.kind,
+                t.outcome,
+                started,
+                t.duration,
+                {"reason": t.reason, "message": t.message},
+            )
+            for t in r.tasks
+        ]
+        if r.tasks:  # the repository's own row: the fingerprint skip reads it
+            details = {"message": r.message, "fingerprint": r.fingerprint,
+                       "reclaimed_bytes": r.reclaimed}  # fmt: skip
+            rows.append(RepositoryResult(
+                s.relative, s.root, "maintain", r.outcome, started, r.duration, details
+            ))  # fmt: skip
+    reclaimed = sum(r.reclaimed for _, r in pairs)
+    summary = {"repositories": len(pairs), "failed": failed, "reclaimed_bytes": reclaimed}
+    status = "partial" if failed else "ok"
+    record.results(app.state_dir(), "maintain", rows, status, summary, app.warn)
 
 
 def _history(
@@ -261,16 +256,8 @@ def _run(
     go = partial(
         run_fleet, plans, git, audit, jobs=jobs, budget=budget, governor=governor, limits=limits
     )
-    if not app.interactive:
-        return go()
-    columns = (*Progress.get_default_columns(), bc.StopColumn())
-    with Progress(*columns, console=app.err, transient=True) as bar:
-        task = bar.add_task("maintaining", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        return go(progress=progress)
+    with progress_bar(app, "maintaining") as tick:
+        return go(progress=tick)
 
 
 def _raise_for(failed: int, broken: int, total: int, doubted: int = 0) -> None:

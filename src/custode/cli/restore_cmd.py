@@ -16,6 +16,7 @@ from custode.base.units import format_bytes
 from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.cli.params import SNAPSHOT_OR_TIME
+from custode.cli.progress import progress_bar
 from custode.errors import EXIT_CODES_HELP, RepositoryError
 from custode.git.runner import Git
 from custode.jobs.restore import RestoreJob, RestoreResult, count
@@ -91,7 +92,7 @@ def restore(  # noqa: PLR0917
         force=force,
         jobs=bc.jobs(app, jobs),
     )
-    with bc.progress_bar(app, "restoring") as tick:
+    with progress_bar(app, "restoring") as tick:
         result = restore_job(job, warn=app.warn, notice=_say(app), progress=tick)
     if as_json:
         app.print_json(

@@ -6,9 +6,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from custode.cli.app import App
+from custode.cli.progress import progress_bar
 from custode.errors import PathNotFoundError
 from custode.scan.discovery import Problem
 from custode.scan.fleet import FleetScan, scan
@@ -41,21 +40,7 @@ def show_problems(app: App, roots: list[Path], problems: Iterable[Problem], *,
 
 
 @contextmanager
-def scan_progress(app: App) -> Iterator[ProgressCallback | None]:
-    """A scan's progress callback drawing a bar on a terminal; None otherwise."""
-    if not app.interactive:
-        yield None
-        return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=app.err, transient=True, auto_refresh=False) as bar:
-        task = bar.add_task("reading repositories", total=None)
-
-        def progress(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total, refresh=True)
-
-        yield progress
+def scan_progress(app: App) -> Iterator[ProgressCallback]:
+    """A scan's progress callback: the fleet commands' one bar, "reading repositories"."""
+    with progress_bar(app, "reading repositories") as tick:
+        yield tick

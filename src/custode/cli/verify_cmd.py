@@ -16,6 +16,7 @@ from custode.backup.verify import Report, add_standing, verify
 from custode.base.units import format_bytes
 from custode.cli import backup_common as bc
 from custode.cli.app import App
+from custode.cli.progress import progress_bar
 from custode.errors import EXIT_CODES_HELP, IntegrityError
 from custode.git.runner import Git
 from custode.records.state import RepositoryResult
@@ -70,7 +71,7 @@ def verify_cmd(  # noqa: PLR0917
     if keys and catalog.snapshots and catalog.snapshots[-1].entries:
         bc.check_identity(app, store, catalog.snapshots[-1].entries[0].manifest, keys,
                           identity_path)  # fmt: skip
-    with bc.progress_bar(app, f"verifying ({level})") as tick, bc.scratch(app) as scratch:
+    with progress_bar(app, f"verifying ({level})") as tick, bc.scratch(app) as scratch:
 
         def progress(phase: str, done: int, total: int) -> None:
             tick(done, total)

@@ -19,7 +19,7 @@ from custode.backup.retention import Policy
 from custode.backup.store import Store
 from custode.config.model import BackupConfig
 from custode.errors import UsageError
-from custode.jobs import history
+from custode.jobs import record as history
 
 #: the counted rules, in the order restic lists them
 KEEP = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
@@ -117,6 +117,6 @@ def forget(
     )
     if not dry_run:
         summary = result.summary()
-        history.record(state_dir, "forget", [], "ok", summary, warn)
+        history.results(state_dir, "forget", [], "ok", summary, warn)
         history.audit(state_dir, "forget", store.url, summary, warn)
     return result

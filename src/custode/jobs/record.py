@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 from custode.errors import CustodeError
 from custode.integrity.health import Health
 from custode.monitoring.view import HostView
-from custode.records.state import Observation, StateDB
+from custode.records.audit import AuditLog
+from custode.records.state import Observation, RepositoryResult, StateDB
 from custode.scan.repostate import RepoState
 
 log = logging.getLogger("custode")
@@ -51,6 +52,39 @@ def record(
     if new:
         log.warning("created the history database %s", path)
     return result
+
+
+def results(  # noqa: PLR0917
+    state_dir: Path,
+    command: str,
+    rows: Sequence[RepositoryResult],
+    status: str,
+    summary: dict[str, Any],
+    warn: Callable[[str], None],
+) -> None:
+    """One run of ``command`` with a result row per repository (what a job did to each)."""
+
+    def write(db: StateDB) -> None:
+        run = db.begin_run(command)
+        db.record_results(run, list(rows))
+        db.finish_run(run, status, summary)
+
+    try:
+        with StateDB.open(database(state_dir)) as db:
+            write(db)
+    except CustodeError as exc:
+        warn(f"{command} results not recorded in history: {exc}")
+
+
+def audit(
+    state_dir: Path, action: str, target: str, details: dict[str, Any],
+    warn: Callable[[str], None],
+) -> None:  # fmt: skip
+    """One entry in ``audit.jsonl``: what was done to ``target`` (a failure only warns)."""
+    try:
+        AuditLog(state_dir / "audit.jsonl").append(action, target, details)
+    except CustodeError as exc:
+        warn(f"{action} not written to the audit log: {exc}")
 
 
 def finished_run(db: StateDB, command: str, status: str, summary: dict[str, Any]) -> int:

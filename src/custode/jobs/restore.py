@@ -36,7 +36,7 @@ from custode.backup.streams import decrypt_to
 from custode.base.pathtext import display
 from custode.errors import CustodeError, IntegrityError, UsageError
 from custode.git.runner import Git
-from custode.jobs import history
+from custode.jobs import record as history
 from custode.records.state import RepositoryResult
 
 Say = Callable[[str], None]
@@ -164,7 +164,7 @@ def restore(
         interrupted=interrupted,
     )
     summary = result.summary()
-    history.record(
+    history.results(
         job.state_dir, "restore", _rows(result), "partial" if failed else "ok", summary, warn
     )
     history.audit(job.state_dir, "restore", str(target), summary, warn)
