@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import given
@@ -20,6 +20,7 @@ from custode.maintenance.planner import (
     RepoHistory,
     StaleFiles,
     Task,
+    TaskKind,
     plan,
 )
 from custode.scan.discovery import discover
@@ -30,8 +31,7 @@ from fixtures.builders import Fleet
 NOW = 1_750_000_000.0
 GIT = GitVersion(2, 39)
 POLICY = MaintenancePolicy()
-ORDER = ["remove_stale_files", "prune_worktrees", "pack_refs", "incremental_repack",
-         "geometric_repack", "full_repack", "write_midx", "write_commit_graph"]  # fmt: skip
+ORDER = list(get_args(TaskKind))  # TaskKind lists the tasks in the order they run
 REPACKS = {"incremental_repack", "geometric_repack", "full_repack"}
 
 #: A bare repository that needs nothing: one pack with a bitmap, a commit-graph with

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.builders import Fleet, git_count_objects, git_refs
+from fixtures.builders import Fleet, git_count_objects, git_refs, run_git
 from fixtures.cli import CliResult
 
 pytestmark = pytest.mark.integration
@@ -105,6 +105,8 @@ def test_broken_repositories_exit_3_and_others_still_shown(
     custode: Run, fleet: Fleet, tmp_path: Path
 ) -> None:
     shutil.copytree(fleet.packed, tmp_path / "ok.git", symlinks=True)
+    # packed.git lacks only changed-path Bloom filters: with them maintain has nothing to do
+    run_git(tmp_path / "ok.git", "commit-graph", "write", "--reachable", "--changed-paths")
     shutil.copytree(fleet.packed, tmp_path / "nohead.git", symlinks=True)
     (tmp_path / "nohead.git" / "HEAD").unlink()
     shutil.copytree(fleet.many_refs, tmp_path / "corrupt.git", symlinks=True)

@@ -2,9 +2,16 @@
 
 ``broken``: git cannot read the repository as it is (missing HEAD, corrupt packed-refs,
 missing alternate; a partial clone, as custode never fetches what it lacks);
-``attention``: maintenance would help, by the thresholds of the ``[maintenance]`` section
-that ``custode maintain`` plans with; ``ok``: nothing to do. ``info`` reasons explain
-without judging.
+``attention``: ``custode maintain`` has work here: each of its needs (``integrity.needs``,
+the rules the planner plans by) is a reason; ``ok``: nothing to do. ``info`` reasons explain
+without judging: what maintenance leaves alone (a dead worktree younger than git's expiry,
+garbage that is not git's own leftover, a failed automatic gc's log, work a running git
+holds).
+
+Without the git maintain runs with, a need counts only when every git custode supports
+has it (``needs.every_git``): "attention" then means work for maintain whatever its git.
+Like a first maintenance, the verdict has no history: the largest pack's age stands for
+the time since the last full repack.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from typing import Literal
 
 from custode.base.units import counted, format_bytes, format_duration
 from custode.config.maintenance import MaintenancePolicy
-from custode.git.leftovers import stale_age
+from custode.git.runner import GitVersion
+from custode.integrity.needs import Need, Needs, every_git, needs
 from custode.scan.repostate import RepoState
 
 Verdict = Literal["ok", "attention", "broken"]
@@ -34,67 +42,51 @@ class Health:
     reasons: tuple[Reason, ...]
 
 
-def assess(state: RepoState, policy: MaintenancePolicy, now: float) -> Health:
+def assess(
+    state: RepoState, policy: MaintenancePolicy, now: float, git: GitVersion | None = None
+) -> Health:
+    """``state``'s verdict under ``policy`` at ``now``, as maintain with ``git`` would plan
+    (without one: as every supported git would)."""
     reasons: list[Reason] = [Reason("broken", p) for p in state.problems]
 
-    def attention(text: str) -> None:
-        reasons.append(Reason("attention", text))
+    def info(text: str) -> None:
+        reasons.append(Reason("info", text))
 
-    for text in _needs_maintenance(state, policy):
-        attention(text)
-    stale = [t for t in state.temp_files if now - t.mtime > stale_age(policy, t.path)]
-    if stale:
-        oldest = max(now - t.mtime for t in stale)
-        attention(
-            f"{counted(len(stale), 'stale lock/temporary file')} (oldest {format_duration(oldest)})"
-        )
+    found = _needs(state, policy, now, git)
+    reasons += (Reason("attention", _text(n, found, now)) for n in found.needs)
+    for held in found.held:
+        info(held)
+    if state.prunable_worktrees and not any(n.kind == "prune_worktrees" for n in found.needs):
+        info(counted(state.prunable_worktrees, "dead worktree"))
     if state.garbage_files:
-        attention(
+        info(
             f"{counted(state.garbage_files, 'garbage file')} in the object store "
             f"({format_bytes(state.garbage_bytes)})"
         )
-    if state.prunable_worktrees:
-        attention(f"{counted(state.prunable_worktrees, 'dead worktree')}")
     if state.gc_log:
-        attention("gc.log present: git's last automatic gc failed")
+        info("gc.log present: git's last automatic gc failed")
     if state.borrowed_by:
-        borrowers = counted(len(state.borrowed_by), "repository", "repositories")
-        reasons.append(Reason("info", f"objects borrowed by {borrowers}"))
+        info(f"objects borrowed by {counted(len(state.borrowed_by), 'repository', 'repositories')}")
     if state.alternates:
-        reasons.append(
-            Reason("info", f"borrows objects from {counted(len(state.alternates), 'alternate')}")
-        )
+        info(f"borrows objects from {counted(len(state.alternates), 'alternate')}")
     if state.refs == 0 and not state.problems:
-        reasons.append(Reason("info", "empty repository"))
+        info("empty repository")
     worst = max((_RANK[r.severity] for r in reasons), default=0)
     verdict: Verdict = ("ok", "attention", "broken")[worst]
     return Health(verdict, tuple(reasons))
 
 
-def _needs_maintenance(state: RepoState, policy: MaintenancePolicy) -> list[str]:
-    """What in the object store and refs crosses the ``[maintenance]`` thresholds."""
-    found: list[str] = []
-    if state.loose_objects > policy.loose_objects:
-        found.append(f"{counted(state.loose_objects, 'loose object')} (> {policy.loose_objects:,})")
-    if state.multi_pack_index:
-        packs, where = state.packs - state.midx_packs, " outside the multi-pack-index"
-        limit = policy.untracked_pack_limit(state.pack_bytes)
-    else:
-        packs, where = state.packs - state.cruft_packs - state.kept_packs, ""
-        limit = policy.pack_limit(state.pack_bytes)
-    if packs > limit:
-        found.append(
-            f"{counted(packs, 'pack')}{where} (> {limit:,} for {format_bytes(state.pack_bytes)})"
+def _needs(s: RepoState, p: MaintenancePolicy, now: float, git: GitVersion | None) -> Needs:
+    if git is not None:
+        return needs(s, p, git, now)
+    return every_git(lambda version: needs(s, p, version, now))
+
+
+def _text(need: Need, found: Needs, now: float) -> str:
+    if need.kind == "remove_stale_files":
+        oldest = max(now - t.mtime for t in found.stale)
+        return (
+            f"{counted(len(found.stale), 'stale lock/temporary file')} "
+            f"(oldest {format_duration(oldest)})"
         )
-    loose_refs = state.loose_refs - state.symbolic_refs
-    if loose_refs > (limit := policy.loose_ref_limit(state.packed_refs)):
-        found.append(f"{counted(loose_refs, 'loose ref')} (> {limit:,})")
-    has_objects = state.packs > 0 or state.loose_objects > 0
-    if has_objects and state.refs > 0 and not state.commit_graph:
-        found.append("no commit-graph")
-    if state.commit_graph_chain > policy.commit_graph_chain:
-        found.append(
-            f"commit-graph chain of {state.commit_graph_chain} layers "
-            f"(> {policy.commit_graph_chain})"
-        )
-    return found
+    return need.why

@@ -5,17 +5,20 @@ the latest restore drills."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import get_args
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from custode.backup.lineage import Lineage
+from custode.maintenance.planner import TaskKind
 from custode.monitoring.view import FleetView
 from custode.records.state import LatestResult
 
 # history task -> metric word; "check-full" counts as a check
 _KINDS = {"maintain": "maintenance", "check": "check", "check-full": "check", "backup": "backup"}
-TASKS = (*_KINDS, "restore_drill", "remove_stale_files", "prune_worktrees", "pack_refs",
-         "geometric_repack", "full_repack", "commit_graph", "multi_pack_index")  # fmt: skip
+#: Every task whose results the collector reads: maintenance's tasks are recorded under
+#: their kind, so their names come from the planner's type, never listed again here.
+TASKS = (*_KINDS, "restore_drill", *get_args(TaskKind))
 
 
 class HistoryCollector:
