@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from custode.config.maintenance import DAY, HOUR, MaintenancePolicy
 from custode.git.runner import MINIMUM_VERSION, Git, GitVersion
-from custode.integrity.health import assess
+from custode.maintenance.health import assess
 from custode.maintenance.planner import plan
 from custode.scan.discovery import discover
 from custode.scan.repostate import RepoState, inspect, link_borrowers

@@ -14,7 +14,7 @@ import pytest
 import custode.git.runner
 from custode.config.maintenance import MaintenancePolicy
 from custode.git.runner import HARDENING, Git
-from custode.integrity.health import assess
+from custode.maintenance.health import assess
 from custode.maintenance.planner import plan
 from custode.monitoring.histograms import OperationHistograms
 from custode.monitoring.probes import Prober

@@ -12,8 +12,8 @@ from custode.base.units import counted, format_bytes
 from custode.cli.app import App
 from custode.cli.scanning import scan_progress, show_problems
 from custode.errors import EXIT_CODES_HELP, RepositoryError
-from custode.integrity.health import Health
 from custode.jobs.scan import scan
+from custode.maintenance.health import Health
 from custode.scan.repostate import RepoState
 
 _STYLE = {"ok": "green", "attention": "yellow", "broken": "bold red"}

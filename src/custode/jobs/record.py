@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from custode.errors import CustodeError
-from custode.integrity.health import Health
+from custode.maintenance.health import Health
 from custode.monitoring.view import HostView
 from custode.records.audit import AuditLog
 from custode.records.state import Observation, RepositoryResult, StateDB

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from custode.config.model import Config
-from custode.integrity.health import Health, assess
 from custode.jobs import record
+from custode.maintenance.health import Health, assess
 from custode.records.state import StateDB
 from custode.scan.discovery import Problem
 from custode.scan.fleet import Progress

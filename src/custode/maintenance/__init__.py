@@ -2,9 +2,12 @@
 
 The package owns the ``[maintenance]`` policy and the planning of maintenance tasks:
 
-* ``policy``: ``MaintenancePolicy``, every threshold and age, each default with its source
-  (git's ``gc --auto``/``git maintenance`` and Gitaly's housekeeping heuristics; see
-  docs/maintenance-heuristics.md).
+* ``custode.config.maintenance``: ``MaintenancePolicy``, every threshold and age, each
+  default with its source (git's ``gc --auto``/``git maintenance`` and Gitaly's
+  housekeeping heuristics; see docs/maintenance-heuristics.md).
+* ``needs``: what a repository needs and why, the policy's rules applied once; the
+  planner turns each need into a task and ``health`` reports each as "attention", so
+  the status verdict and the plan never disagree.
 * ``planner``: ``plan(state, policy, git, now)``, a pure function from a ``RepoState`` to a
   ``Plan``: the tasks in execution order, each with a reason carrying its numbers, or why
   the repository is left alone. It runs no git and touches no file, so ``--dry-run`` is

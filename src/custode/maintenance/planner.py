@@ -24,7 +24,7 @@ from custode.base.units import format_duration as _dur
 from custode.config.maintenance import MaintenancePolicy
 from custode.git.leftovers import stale_kind
 from custode.git.runner import FEATURES, GitVersion
-from custode.integrity.needs import (
+from custode.maintenance.needs import (
     MIDX_BITMAP_SAFE,
     Need,
     Needs,

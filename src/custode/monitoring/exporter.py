@@ -27,7 +27,7 @@ from custode.base.pathtext import display
 from custode.config.model import Config
 from custode.errors import CustodeError
 from custode.git.runner import Git
-from custode.integrity.health import assess
+from custode.maintenance.health import assess
 from custode.monitoring.collectors.history import TASKS, HistoryCollector
 from custode.monitoring.collectors.repositories import RepositoryCollector
 from custode.monitoring.collectors.system import SystemCollector

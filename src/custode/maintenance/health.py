@@ -22,7 +22,7 @@ from typing import Literal
 from custode.base.units import counted, format_bytes, format_duration
 from custode.config.maintenance import MaintenancePolicy
 from custode.git.runner import GitVersion
-from custode.integrity.needs import Need, Needs, every_git, needs
+from custode.maintenance.needs import Need, Needs, every_git, needs
 from custode.scan.repostate import RepoState
 
 Verdict = Literal["ok", "attention", "broken"]
