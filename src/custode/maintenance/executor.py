@@ -53,6 +53,7 @@ from custode.errors import GitError
 from custode.git.lock import repository_lock
 from custode.git.refsnapshot import RefSnapshot, snapshot
 from custode.git.runner import DISTRUST_DERIVED, Git
+from custode.maintenance.needs import TaskKind
 from custode.maintenance.objectdirs import hold_object_dirs, release_leftovers
 from custode.maintenance.planner import (
     CommitGraph,
@@ -67,7 +68,9 @@ from custode.scan.discovery import Repository
 from custode.scan.repostate import inspect
 
 Outcome = Literal["ok", "failed", "skipped"]
-OBJECT_TASKS = frozenset(
+#: the tasks that rewrite the object store: after one fails, the rest are skipped (typed,
+#: so a kind the planner does not have is a type error)
+OBJECT_TASKS: frozenset[TaskKind] = frozenset(
     {"incremental_repack", "geometric_repack", "full_repack", "write_midx", "write_commit_graph"}
 )
 MIB = 1024 * 1024
