@@ -7,6 +7,7 @@ synthetic input that breaks it, then run on the real tree."""
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -207,3 +208,13 @@ def test_every_third_party_import_is_declared_directly() -> None:
         f"{module} ({problem}): add it to pyproject.toml's dependencies or an extra"
         for module, problem in problems.items()
     )
+
+
+@pytest.mark.parametrize("module", ["custode.config.model", "custode.cli"])
+def test_reading_the_config_and_starting_the_cli_load_no_domain_library(module: str) -> None:
+    """Every command reads the config: it must not drag in what only some commands use
+    (the exporter's prometheus_client, serve's croniter, S3's boto3, the report's Jinja2)."""
+    heavy = ("prometheus_client", "croniter", "boto3", "botocore", "jinja2")
+    code = f"import sys, {module}; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [], f"importing {module} loads {out.stdout.strip()}"

@@ -29,15 +29,17 @@ import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from urllib.parse import urlsplit
 
-from prometheus_client.samples import Sample
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
 from custode.config.types import Duration, Section
 
-SeriesIndex = Mapping[str, Sequence[Sample]]
+if TYPE_CHECKING:  # only a type here: reading the config loads no prometheus_client
+    from prometheus_client.samples import Sample
+
+SeriesIndex: TypeAlias = "Mapping[str, Sequence[Sample]]"  # a string: Sample is a type only
 """Samples by sample name (``foo_total``, ``foo_bucket`` are names of their own)."""
 
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
