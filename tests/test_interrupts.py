@@ -439,3 +439,21 @@ def test_a_request_cancels_what_is_queued_and_waits_for_what_runs() -> None:
     finally:
         interrupts.reset()
     assert interrupts.status() == ""
+
+
+def test_a_forgotten_request_kills_no_git_started_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that runs one command after another (serve's jobs, tests) resets the
+    request: its pending SIGKILL must not reach a git the next command starts."""
+    monkeypatch.setattr(interrupts, "GRACE", 0.3)
+    interrupts.reset()
+    interrupts.request()
+    interrupts.reset()
+    later = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        with interrupts.child(later.pid):
+            time.sleep(1.0)  # well past the grace of the forgotten request
+            assert later.poll() is None, "the forgotten request's SIGKILL killed a later git"
+    finally:
+        later.kill()
+        later.wait()
+        interrupts.reset()

@@ -33,9 +33,10 @@ GRACE = 2.0  # seconds between SIGTERM and SIGKILL to a running git
 POLL = 0.2  # how often a waiting loop looks at the event
 
 _event = threading.Event()
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: the signal handler may run while its thread holds it
 _groups: set[int] = set()  # process groups of the git children running now
 _status = {"running": 0, "cancelled": 0}
+_timers: list[threading.Timer] = []  # the SIGKILL after GRACE of each request
 
 
 class Interrupted(CustodeError):
@@ -72,7 +73,12 @@ def _exiting() -> None:
 
 
 def reset() -> None:
-    """Forget a request (a process that runs commands one after another, and tests)."""
+    """Forget a request (a process that runs commands one after another, and tests),
+    with its pending SIGKILL: it must not reach a git a later command starts."""
+    with _lock:
+        for timer in _timers:
+            timer.cancel()
+        _timers.clear()
     _event.clear()
     _status.update(running=0, cancelled=0)
 
@@ -84,6 +90,8 @@ def request() -> None:
         _signal_group(pgid, signal.SIGTERM)
     timer = threading.Timer(GRACE, _kill_all)
     timer.daemon = True
+    with _lock:
+        _timers.append(timer)
     timer.start()
 
 
