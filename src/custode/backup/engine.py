@@ -1,9 +1,8 @@
 """Back up one repository into a store: refs at one moment, the bundle of what is new since
 the parent backup, the non-object files and LFS objects, then the manifest (data first).
 
-* Nothing changed since the last backup by the history's record (the same fingerprint of
-  refs and object files, the same kept files' stamp, store, host and keys; its manifest
-  still stored) → no git and no read of the repository at all (``back_up``).
+* Nothing changed since the last backup by the history's record → not read at all: that
+  is decided before this module is called (``custode.jobs.backup``).
 * Nothing changed (same refs, same files, same LFS objects) → no new file at all: the
   snapshot points at the parent's manifest again.
 * ``full`` (``custode backup --full``) → a new chain with no parent for every repository,
@@ -28,7 +27,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from custode.backup import extras
 from custode.backup.bundle import Refs, capture, write_bundle
 from custode.backup.crypto import Recipient
 from custode.backup.extras import build_tar, compress, lfs_objects
@@ -53,8 +51,6 @@ from custode.backup.store import KeyExistsError, Store
 from custode.backup.streams import put_bytes, put_file
 from custode.errors import CustodeError, IntegrityError, StateError
 from custode.git.runner import Git
-from custode.records.state import TaskHistory
-from custode.scan.repostate import RepoState
 
 Warn = Callable[[str], None]
 
@@ -134,42 +130,6 @@ def latest_usable(
         if manifest.repository == repository:
             return manifest
     return None
-
-
-def back_up(
-    store: Store, git: Git, settings: BackupSettings, state: RepoState, *,
-    before: TaskHistory | None, recipients: str,
-) -> RepoBackup:  # fmt: skip
-    """Back up one repository found by a scan; ``before`` is the history's record of its
-    last backup, ``recipients`` the digest of the keys (a change reads it afresh)."""
-    started = time.monotonic()
-    stamp = extras.stamp(Path(state.git_dir))
-    known = {"store": store.url, "host": settings.host, "fingerprint": state.fingerprint,
-             "stamp": stamp, "recipients": recipients}  # fmt: skip
-    key = "" if settings.full else _unchanged(before, known)
-    if key and store.size(key) is not None:  # nothing changed since: no git, no read
-        return RepoBackup(state.relative, state.root, "unchanged", manifest_key=key,
-                          fingerprint=state.fingerprint, stamp=stamp,
-                          seconds=time.monotonic() - started)  # fmt: skip
-    manifests = [k for k in store.list(repo_prefix(settings.host, state.relative))
-                 if k.endswith("/manifest.json")]  # fmt: skip
-    result = backup_repository(
-        store, git, settings, repository=state.relative, root=state.root,
-        git_dir=Path(state.git_dir), bare=state.bare, object_format=state.object_format,
-        manifests=manifests,
-    )  # fmt: skip
-    result.fingerprint, result.stamp = state.fingerprint, stamp
-    return result
-
-
-def _unchanged(before: TaskHistory | None, known: dict[str, str]) -> str:
-    """The manifest key of the last backup when the history shows nothing changed since
-    (a fingerprint is needed: without one there is nothing to compare), else ""."""
-    if before is None or before.outcome != "ok" or not known["fingerprint"]:
-        return ""
-    if any(before.details.get(k) != v for k, v in known.items()):
-        return ""
-    return str(before.details.get("manifest", "") or "")
 
 
 def backup_repository(
@@ -363,7 +323,6 @@ def _refs_bytes(refs: Refs) -> bytes:
 __all__ = [
     "BackupSettings",
     "RepoBackup",
-    "back_up",
     "backup_repository",
     "by_age",
     "latest_usable",
