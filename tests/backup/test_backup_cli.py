@@ -18,6 +18,7 @@ import pytest
 from custode.backup.crypto import generate_identity
 from fixtures.builders import Fleet, fast_import, history_stream, run_git
 from fixtures.cli import CliResult
+from fixtures.paths import PROJECT
 
 pytestmark = pytest.mark.integration
 Run = Callable[..., CliResult]
@@ -245,7 +246,7 @@ def test_disaster_recovery_with_only_age_and_git(
     run_git(main, "update-ref", "-d", "refs/heads/topic")
     fast_import(main, history_stream("refs/heads/main", 2, start=400, parent="refs/heads/main^0"))
     backup(custode, root, store, pub)
-    script = (Path(__file__).parent.parent / "docs" / "disaster-recovery.sh").read_text()
+    script = (PROJECT / "docs" / "disaster-recovery.sh").read_text()
     out = tmp_path / "recovered.git"
     proc = subprocess.run(
         ["sh", "-c", script, "sh", str(store), "org/main.git", str(identity), str(out)],

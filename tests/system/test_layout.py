@@ -18,8 +18,9 @@ import grimp
 import pytest
 
 import custode
+from fixtures.paths import PROJECT
 
-TOP = Path(__file__).resolve().parent.parent
+TOP = PROJECT
 PACKAGE = Path(custode.__file__).resolve().parent
 MAX_TOP_LEVEL_MODULES = 8
 DEVELOPMENT_EXTRAS = {"test"}  # what a checkout needs to develop, not what custode needs to run

@@ -5,6 +5,7 @@ import pytest
 
 from custode.config.model import Config, load_config, parse_config, render_default_config
 from custode.errors import ConfigError
+from fixtures.paths import PROJECT
 
 
 def test_missing_optional_file_gives_defaults(tmp_path: Path) -> None:
@@ -95,7 +96,7 @@ def test_the_configuration_reference_is_generated_from_the_model() -> None:
     """docs/configuration.md is `custode init --reference`: regenerate it after a change."""
     from custode.config.model import render_reference
 
-    doc = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    doc = PROJECT / "docs" / "configuration.md"
     assert doc.read_text() == render_reference() + "\n", (
         "docs/configuration.md is stale: run custode init --reference > docs/configuration.md"
     )

@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from test_planner import NOW, run, state, task
 
 from custode.config.maintenance import HOUR
 from custode.git.runner import FEATURES, GitVersion
@@ -34,7 +35,6 @@ from custode.maintenance.planner import Repack
 from fixtures.builders import Fleet, fast_import, git_env, history_stream, run_git
 from fixtures.cli import CliResult
 from fixtures.lying import mislead_bitmap
-from test_planner import NOW, run, state, task
 
 pytestmark = pytest.mark.integration
 

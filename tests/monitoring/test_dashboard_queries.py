@@ -18,11 +18,11 @@ import yaml
 
 from fixtures.builders import Fleet
 from fixtures.cli import CliResult
-from fixtures.system import need, stop
-from test_serve import free_port
+from fixtures.paths import PROJECT
+from fixtures.system import free_port, need, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = PROJECT / "deploy"
 VARIABLES = {"$instance": ".*", "$source": ".*", "$__rate_interval": "1m"}
 CONDITION = re.compile(r"^(?P<query>.*?)\s*(==|!=|>=|<=|>|<)\s*[-+0-9.e]+\s*$", re.S)
 

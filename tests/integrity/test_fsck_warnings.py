@@ -25,6 +25,7 @@ from custode.git.runner import Git
 from custode.integrity.check import check_git_dir
 from fixtures.builders import git_env, run_git
 from fixtures.cli import CliResult
+from fixtures.paths import CORPUS
 from fixtures.system import missing
 
 pytestmark = pytest.mark.integration
@@ -320,7 +321,7 @@ def test_an_fsck_setting_git_rejects_is_an_error_not_corruption(tmp_path: Path) 
 
 def _corpus_bundle(name: str) -> Path:
     corpus = os.environ.get("CUSTODE_CORPUS")
-    where = Path(corpus) if corpus else Path(__file__).resolve().parents[2] / "shared" / "corpus"
+    where = Path(corpus) if corpus else CORPUS
     bundle = where / f"{name}.bundle"
     if not bundle.is_file():
         missing(f"{bundle} is not there (the shared corpus; set CUSTODE_CORPUS)")

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_planner import GITS, NOW, POLICIES, POLICY, STATES, state, temp
 
 from custode.config.maintenance import DAY, HOUR, MaintenancePolicy
 from custode.git.runner import MINIMUM_VERSION, Git, GitVersion
@@ -17,7 +18,6 @@ from custode.maintenance.planner import plan
 from custode.scan.discovery import discover
 from custode.scan.repostate import RepoState, inspect, link_borrowers
 from fixtures.builders import Fleet
-from test_planner import GITS, NOW, POLICIES, POLICY, STATES, state, temp
 
 #: Every supported git minor release up to well past today's.
 SUPPORTED = [GitVersion(2, minor) for minor in range(MINIMUM_VERSION.minor, 60)]

@@ -33,7 +33,7 @@ from custode.errors import ConfigError
 from custode.serve.http import CONTENT_TYPE, MetricsApp, MetricsServer, Refresher, parse_listen
 from custode.serve.webconfig import BasicAuth, WebConfigWatcher, load_web_config
 from fixtures.builders import Fleet
-from fixtures.system import need, stop
+from fixtures.system import free_port, need, stop
 
 integration = pytest.mark.integration
 PASSWORD = "s3cret pass"  # noqa: S105 (a test password)
@@ -63,12 +63,6 @@ def get(
             return Response(r.status, dict(r.headers), r.read())
     except urllib.error.HTTPError as exc:
         return Response(exc.code, dict(exc.headers), exc.read())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -32,8 +32,8 @@ from custode.config.model import DiscoveryConfig
 from custode.scan import fleet as fleet_module
 from fixtures.builders import run_git
 from fixtures.cli import CliResult
+from fixtures.paths import CORPUS
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 BUNDLE = CORPUS / "requests.bundle"
 BOUND = 5.0  # seconds from the signal to the exit (the bound)
 WAIT = 120.0  # for work to begin: a bound that keeps a broken run from hanging the test

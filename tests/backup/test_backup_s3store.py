@@ -1,4 +1,4 @@
-"""S3Store beyond the shared conformance suite (tests/test_backup_store.py): errors, the
+"""S3Store beyond the shared conformance suite (tests/backup/test_backup_store.py): errors, the
 multipart path, conditional writes and pagination, against a local moto server."""
 
 import io

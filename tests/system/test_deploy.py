@@ -26,11 +26,12 @@ import jinja2
 import pytest
 import yaml
 
+from fixtures.paths import PROJECT
 from fixtures.system import need
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = PROJECT
 DEPLOY = REPO / "deploy"
 UNITS = DEPLOY / "systemd"
 ROLE = DEPLOY / "ansible" / "roles" / "custode"

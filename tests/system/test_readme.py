@@ -1,9 +1,10 @@
 """The README's quick-start commands are the ones CI runs."""
 
 import re
-from pathlib import Path
 
-TOP = Path(__file__).resolve().parent.parent
+from fixtures.paths import PROJECT
+
+TOP = PROJECT
 
 
 def _commands() -> list[str]:

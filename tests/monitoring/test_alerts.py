@@ -37,9 +37,10 @@ from custode.monitoring.alerting import Alert, AlertEngine
 from custode.monitoring.notify import Notifier
 from custode.monitoring.rulesfile import REGENERATE, render_rules
 from fixtures.cli import CliResult
+from fixtures.paths import PROJECT
 from fixtures.system import need, stop
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = PROJECT / "deploy"
 RULES = DEPLOY / "prometheus" / "custode-rules.yml"
 RULE_TESTS = DEPLOY / "prometheus" / "custode-rules.test.yml"
 DASHBOARD = DEPLOY / "grafana" / "custode-dashboard.json"

@@ -21,6 +21,7 @@ from fixtures.builders import (
     git_refs,
     run_git,
 )
+from fixtures.paths import PROJECT
 
 pytestmark = pytest.mark.integration
 
@@ -296,7 +297,7 @@ def test_fleet_copy_is_self_contained(fleet: Fleet, fleet_copy: Fleet) -> None:
 
 # --------------------------------------------------------------------------- bench tools
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = PROJECT / "bench"
 
 
 def _load_make_fleet() -> ModuleType:

@@ -23,9 +23,9 @@ from custode.records.state import TaskHistory
 from custode.scan.fleet import scan
 from custode.scan.repostate import RepoState
 from fixtures.builders import fast_import, history_stream, run_git
+from fixtures.paths import CORPUS
 
 pytestmark = pytest.mark.integration
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 BUNDLE = CORPUS / "sqlite-utils.bundle"
 HOST = "jobhost"
 NAMES = ["a.git", "org/b.git", "sqlite-utils.git"]

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from test_alerts import alertmanager  # noqa: F401  (a fixture: a real Alertmanager)
 
 from custode.config.alerting import AlertingConfig
 from custode.config.model import Config
@@ -20,7 +21,6 @@ from custode.monitoring.alerting import Alert, AlertEngine
 from custode.monitoring.exporter import Exporter
 from fixtures.builders import Fleet, run_git
 from fixtures.cli import CliResult
-from test_alerts import alertmanager  # noqa: F401  (a fixture: a real Alertmanager)
 
 pytestmark = pytest.mark.integration
 Run = Callable[..., CliResult]

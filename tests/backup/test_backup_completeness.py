@@ -42,6 +42,7 @@ from custode.git.runner import Git
 from fixtures.builders import fast_import, git_env, history_stream, run_git
 from fixtures.cli import CliResult
 from fixtures.lying import mislead_bitmap
+from fixtures.paths import PROJECT
 
 pytestmark = pytest.mark.integration
 Run = Callable[..., CliResult]
@@ -74,7 +75,7 @@ def _verify(custode: Run, store: Path, identity: Path, level: str) -> CliResult:
 
 def _recover(store: Path, name: str, identity: Path, out: Path) -> None:
     """docs/disaster-recovery.sh: only age and git."""
-    script = (Path(__file__).parent.parent / "docs" / "disaster-recovery.sh").read_text()
+    script = (PROJECT / "docs" / "disaster-recovery.sh").read_text()
     proc = subprocess.run(
         ["sh", "-c", script, "sh", str(store), name, str(identity), str(out)],
         capture_output=True, text=True, timeout=120, check=False,
