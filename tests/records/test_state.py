@@ -12,8 +12,8 @@ import pytest
 import custode
 from custode.errors import ExitCode, StateUnusableError
 from custode.records import problems as stateproblems
+from custode.records.schema import MIGRATIONS
 from custode.records.state import (
-    MIGRATIONS,
     Observation,
     RepositoryResult,
     ResultTotals,

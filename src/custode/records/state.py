@@ -1,7 +1,7 @@
 """The history database (``<state_dir>/state.db``): runs, per-repository results, observations.
 
 SQLite in WAL mode, so readers never block the writer and two custode processes can record
-at once (writers queue on the busy timeout). ``MIGRATIONS`` is an append-only list of SQL
+at once (writers queue on the busy timeout). ``schema.MIGRATIONS`` is an append-only list of SQL
 scripts and ``PRAGMA user_version`` counts those applied; each runs in its own ``BEGIN
 IMMEDIATE`` transaction that re-reads the version, so racing processes apply it once.
 Times are UTC ISO-8601 text of fixed width, so they sort as strings.
@@ -40,74 +40,7 @@ from custode.records.problems import (
     noted,
     unusable,
 )
-
-# Append only: never edit a migration that has shipped; add a new one.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE runs (
-        id INTEGER PRIMARY KEY, command TEXT NOT NULL, host TEXT NOT NULL,
-        started_at TEXT NOT NULL, finished_at TEXT,
-        status TEXT NOT NULL DEFAULT 'running', summary TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX runs_command_started ON runs (command, started_at);
-    CREATE TABLE repository_results (
-        id INTEGER PRIMARY KEY,
-        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-        repository TEXT NOT NULL, root TEXT NOT NULL, task TEXT NOT NULL,
-        outcome TEXT NOT NULL, started_at TEXT NOT NULL, duration_s REAL NOT NULL,
-        details TEXT NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX repository_results_run ON repository_results (run_id);
-    CREATE INDEX repository_results_repo ON repository_results (repository, started_at);
-    CREATE TABLE observations (
-        id INTEGER PRIMARY KEY,
-        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-        repository TEXT NOT NULL, root TEXT NOT NULL, verdict TEXT NOT NULL,
-        loose_objects INTEGER NOT NULL, loose_objects_bytes INTEGER NOT NULL,
-        packs INTEGER NOT NULL, pack_bytes INTEGER NOT NULL, loose_refs INTEGER NOT NULL,
-        size_bytes INTEGER NOT NULL, fingerprint TEXT NOT NULL, observed_at TEXT NOT NULL
-    );
-    CREATE INDEX observations_run ON observations (run_id);
-    CREATE INDEX observations_repo ON observations (repository, observed_at);
-    """,
-    """
-    CREATE INDEX observations_latest ON observations (root, repository, id);
-    CREATE INDEX runs_started ON runs (started_at);
-    """,
-    """
-    CREATE INDEX repository_results_task ON repository_results (task, root, repository, started_at);
-    """,
-    """
-    CREATE TABLE host_samples (
-        id INTEGER PRIMARY KEY, taken_at TEXT NOT NULL, cpu_ratio REAL NOT NULL,
-        memory_ratio REAL NOT NULL, load1 REAL NOT NULL
-    );
-    CREATE INDEX host_samples_taken ON host_samples (taken_at);
-    """,
-    """
-    CREATE TABLE alert_events (
-        id INTEGER PRIMARY KEY, at TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,
-        severity TEXT NOT NULL, labels TEXT NOT NULL, value REAL NOT NULL
-    );
-    CREATE INDEX alert_events_at ON alert_events (at);
-    """,
-    """
-    ALTER TABLE observations ADD COLUMN reasons TEXT NOT NULL DEFAULT '';
-    """,
-    """
-    CREATE TABLE borrowers (
-        lender TEXT NOT NULL, borrower TEXT NOT NULL,
-        first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
-        PRIMARY KEY (lender, borrower)
-    );
-    """,
-    """
-    CREATE TABLE audit_anchor (
-        log TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL, at TEXT NOT NULL
-    );
-    """,
-)
-
+from custode.records.schema import MIGRATIONS
 
 # SQLite's TEXT is UTF-8: a repository name that is not (a lone surrogate from os.fsdecode)
 # is stored as a BLOB of its bytes instead of failing the whole run (pathtext.sql_value).
