@@ -75,3 +75,7 @@ class App:
 
     def warn(self, message: str) -> None:
         logging.getLogger("custode").warning(message)
+
+    def say(self, message: str) -> None:
+        """What a job tells the person as it happens: one ``custode:`` line on stderr."""
+        self.err.print(f"custode: {message}", markup=False, highlight=False)

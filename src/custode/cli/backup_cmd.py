@@ -7,6 +7,7 @@ and the errors."""
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import click
@@ -16,10 +17,9 @@ from custode.base.units import format_bytes
 from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.cli.progress import progress_bar
-from custode.cli.scanning import scan_fleet
-from custode.errors import EXIT_CODES_HELP, RepositoryError
+from custode.errors import EXIT_CODES_HELP
 from custode.git.runner import Git
-from custode.jobs import backupsetup
+from custode.jobs import backupsetup, fleet
 from custode.jobs.backup import BackupJob, BackupResult
 from custode.jobs.backup import backup as backup_job
 
@@ -72,7 +72,8 @@ def backup(  # noqa: PLR0917
     git = Git.from_config(app.config.git)
     git.lower_own_priority()
     git.check_version()
-    found = scan_fleet(app, app.roots(roots))
+    found = fleet.read(app.roots(roots), app.config, app.state_dir(),
+                       bar=partial(progress_bar, app), notice=app.say)  # fmt: skip
     keys = bc.recipients(app, recipient)  # after the scan: no key made for a wrong root
     job = BackupJob(
         store=bc.open_app_store(app, store_url),
@@ -88,18 +89,16 @@ def backup(  # noqa: PLR0917
     )
     with progress_bar(app, "backing up") as tick:
         result = backup_job(
-            job, found.states, started=started, warn=app.warn, notice=bc.say(app), progress=tick
+            job, found.states, started=started, warn=app.warn, notice=app.say, progress=tick
         )
     _show(app, result, as_json=as_json)
     if result.interrupted:
         done = len(result.repositories) - len(result.failed)
         line = interrupts.summary("backup", done, result.stopped, result.cancelled)
         raise interrupts.Interrupted(line)
-    if result.failed:
-        raise RepositoryError(
-            f"backup failed for {len(result.failed)} of {len(result.repositories)} "
-            "repositories; see the messages above (the others are in the snapshot)"
-        )
+    error = result.failure()
+    if error is not None:
+        raise error
 
 
 def _show(app: App, result: BackupResult, *, as_json: bool) -> None:

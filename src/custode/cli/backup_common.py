@@ -4,7 +4,6 @@ host, keys, jobs) applied to the App's config, and the jobs' notices on stderr."
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -32,15 +31,6 @@ identity_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-def say(app: App) -> Callable[[str], None]:
-    """What a job tells the person as it happens, one ``custode:`` line each on stderr."""
-
-    def say(message: str) -> None:
-        app.err.print(f"custode: {message}", markup=False, highlight=False)
-
-    return say
-
-
 def open_app_store(app: App, given: str | None, *, create: bool = True) -> Store:
     return backupsetup.open_backup_store(app.config.backup, given, create=create)
 
@@ -56,7 +46,7 @@ def identity_path(app: App, given: Path | None) -> Path:
 def recipients(app: App, given: tuple[str, ...]) -> list[Recipient]:
     """--recipient, else backup.recipients, else the identity file's public key (the file
     is generated on first use, with a notice on stderr to keep a copy elsewhere)."""
-    return backupsetup.recipients(app.config.backup, given, notice=say(app))
+    return backupsetup.recipients(app.config.backup, given, notice=app.say)
 
 
 def identities(app: App, given: Path | None) -> list[Identity]:

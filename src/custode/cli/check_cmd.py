@@ -5,7 +5,6 @@ shows: the table or JSON, the summary lines, the progress bars and the error it 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,12 @@ from custode import interrupts
 from custode.base.units import counted
 from custode.cli.app import App
 from custode.cli.progress import progress_bar
-from custode.errors import EXIT_CODES_HELP, RepositoryError
+from custode.errors import EXIT_CODES_HELP
 from custode.git.runner import Git
-from custode.jobs.check import CheckJob, FleetCheck, RepositoryCheck
+from custode.jobs.check import CheckJob, FleetCheck, RepositoryCheck, failure
 from custode.jobs.check import check as check_job
 
 _STYLE = {"ok": "green", "corrupt": "bold red", "error": "yellow"}
-FIX = (
-    "see the findings above; restore the repository from a backup or investigate — "
-    "custode never repairs by deleting"
-)
-#: nothing corrupt: each finding says why the check could not run and its own fix (a git
-#: too old for the repository's extension, a FIFO git waited on), no backup helps
-FIX_ERROR = "see the findings above: each names why and the fix"
 
 
 def _table(done: tuple[RepositoryCheck, ...]) -> Table:
@@ -72,7 +64,7 @@ def check(app: App, roots: tuple[Path, ...], full: bool, as_json: bool) -> None:
     app.stop_on_signals()
     job = CheckJob(tuple(app.roots(roots)), app.config, app.state_dir(),
                    Git.from_config(app.config.git), full=full)  # fmt: skip
-    result = check_job(job, notice=say(app), warn=app.warn, bar=partial(progress_bar, app))
+    result = check_job(job, notice=app.say, warn=app.warn, bar=partial(progress_bar, app))
     if result.interrupted:
         done, cancelled = len(result.repositories), result.cancelled
         line = interrupts.summary("check", done, result.stopped, cancelled)
@@ -84,20 +76,9 @@ def check(app: App, roots: tuple[Path, ...], full: bool, as_json: bool) -> None:
     _raise_for(result)
 
 
-def say(app: App) -> Callable[[str], None]:
-    """What a job tells the person as it happens, one ``custode:`` line each on stderr."""
-
-    def said(message: str) -> None:
-        app.err.print(f"custode: {message}", markup=False, highlight=False)
-
-    return said
-
-
 def _print_json(app: App, result: FleetCheck) -> None:
-    summary = {"repositories": len(result.repositories), **result.counts,
-               "with_format_warnings": result.with_warnings, "full": result.full,
-               "seconds": round(result.seconds, 3)}  # fmt: skip
-    app.print_json({"summary": summary, "repositories": [_json(c) for c in result.repositories]})
+    repos = [_json(c) for c in result.repositories]
+    app.print_json({"summary": result.summary(), "repositories": repos})
 
 
 def _print_text(app: App, result: FleetCheck) -> None:
@@ -119,20 +100,9 @@ def _print_text(app: App, result: FleetCheck) -> None:
 def _raise_for(result: FleetCheck) -> None:
     """Exit status 3 when any repository is corrupt or could not be checked, or a path
     could not be read."""
-    counts, bad = result.counts, result.bad
-    if not (bad or result.problems):
-        return
-    parts = []
-    if counts["corrupt"]:
-        parts.append(f"{counts['corrupt']} corrupt")
-    if counts["error"]:
-        parts.append(f"{counts['error']} could not be checked")
-    if result.problems:
-        parts.append(f"{len(result.problems)} unreadable paths")
-    raise RepositoryError(
-        f"{bad} of {len(result.repositories)} repositories failed the integrity check "
-        f"({', '.join(parts)}); {FIX if counts['corrupt'] else FIX_ERROR}"
-    )
+    error = failure(result)
+    if error is not None:
+        raise error
 
 
 def _json(c: RepositoryCheck) -> dict[str, Any]:

@@ -15,12 +15,11 @@ from rich.table import Table
 from custode import interrupts
 from custode.base.units import format_bytes
 from custode.cli.app import App
-from custode.cli.check_cmd import say
 from custode.cli.params import DURATION
 from custode.cli.progress import progress_bar
-from custode.errors import EXIT_CODES_HELP, RepositoryError
+from custode.errors import EXIT_CODES_HELP
 from custode.git.runner import Git
-from custode.jobs.maintain import MaintainJob, Maintenance, RepositoryMaintenance
+from custode.jobs.maintain import MaintainJob, Maintenance, RepositoryMaintenance, failure
 from custode.jobs.maintain import maintain as maintain_job
 
 
@@ -115,7 +114,7 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
         budget=budget,
         cpu_share=cpu_share,
     )
-    done = maintain_job(job, notice=say(app), warn=app.warn, bar=partial(progress_bar, app))
+    done = maintain_job(job, notice=app.say, warn=app.warn, bar=partial(progress_bar, app))
     broken, doubted = len(done.broken), len(done.in_doubt)
     if done.dry_run:
         _show_plans(app, done, as_json)
@@ -135,18 +134,9 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
 def _raise_for(failed: int, broken: int, total: int, doubted: int = 0) -> None:
     """Exit status 3 when any repository failed, or was left untouched as broken or in
     doubt (its last check was not clean)."""
-    parts = []
-    if failed:
-        parts.append(f"maintenance failed in {failed} of {total} repositories")
-    if broken:
-        parts.append(f"{broken} broken repositories were left untouched")
-    if doubted:
-        parts.append(f"{doubted} repositories in doubt (last check not clean) were left untouched")
-    if parts:
-        raise RepositoryError(
-            f"{' and '.join(parts)}; see the messages above (custode repaired or removed "
-            "nothing there)"
-        )
+    error = failure(failed, broken, total, doubted)
+    if error is not None:
+        raise error
 
 
 def _show_plans(app: App, done: Maintenance, as_json: bool) -> None:
@@ -171,18 +161,12 @@ def _show_plans(app: App, done: Maintenance, as_json: bool) -> None:
 
 def _show_results(app: App, done: Maintenance, as_json: bool) -> None:
     counts = {o: done.count(o) for o in ("ok", "skipped", "failed")}
-    summary = {
-        "maintained": counts["ok"], "skipped": counts["skipped"], "failed": counts["failed"],
-        "not_started": [s.relative for s in done.not_started],
-        "in_doubt": [m.state.relative for m in done.ran if m.in_doubt],
-        "reclaimed_bytes": done.reclaimed, "seconds": round(done.seconds, 3),
-    }  # fmt: skip
     for m in done.ran:  # on stderr in every mode: the final error points here
         if m.result is not None and m.result.outcome == "failed":
             app.err.print(f"custode: {m.result.path}: {m.result.message}", markup=False)
     if as_json:
         repos = [_result_json(m) for m in done.ran]
-        app.print_json({"dry_run": False, "summary": summary, "repositories": repos})
+        app.print_json({"dry_run": False, "summary": done.summary(), "repositories": repos})
         return
     left = f", {len(done.not_started)} not started (budget)" if done.not_started else ""
     doubted = sum(1 for m in done.ran if m.in_doubt)

@@ -5,7 +5,6 @@ restored working copy, and the error lines."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -93,7 +92,7 @@ def restore(  # noqa: PLR0917
         jobs=bc.jobs(app, jobs),
     )
     with progress_bar(app, "restoring") as tick:
-        result = restore_job(job, warn=app.warn, notice=_say(app), progress=tick)
+        result = restore_job(job, warn=app.warn, notice=app.say, progress=tick)
     if as_json:
         app.print_json(
             {
@@ -131,15 +130,6 @@ def restore(  # noqa: PLR0917
             f"{len(result.failed)} of {result.selected} repositories were not restored; see "
             f"the messages above ({again})"
         )
-
-
-def _say(app: App) -> Callable[[str], None]:
-    """What the restore tells the person as it happens, one ``custode:`` line each."""
-
-    def say(message: str) -> None:
-        app.err.print(f"custode: {message}", markup=False, highlight=False)
-
-    return say
 
 
 def _raise_if_interrupted(result: RestoreResult) -> None:

@@ -1,4 +1,4 @@
-"""Scanning the fleet for a command: progress on a terminal, problems on stderr."""
+"""Scanning the fleet for a command: its progress bar, and its problems on stderr."""
 
 from __future__ import annotations
 
@@ -8,35 +8,18 @@ from pathlib import Path
 
 from custode.cli.app import App
 from custode.cli.progress import progress_bar
-from custode.errors import PathNotFoundError
+from custode.jobs.fleet import nothing_found
 from custode.scan.discovery import Problem
-from custode.scan.fleet import FleetScan, scan
 from custode.scan.fleet import Progress as ProgressCallback
-
-
-def scan_fleet(app: App, roots: list[Path], *, rescan: bool = False) -> FleetScan:
-    """Discover and read the fleet, with a progress bar when a person is watching.
-
-    Each unreadable path is reported on stderr (the command decides the exit status);
-    no repository at all is an error naming the roots.
-    """
-    cache = None if rescan else app.state_dir() / "scan-cache.json"
-    with scan_progress(app) as progress:
-        result = scan(roots, app.config.discovery, progress, cache=cache)
-    show_problems(app, roots, result.problems, found=bool(result.states))
-    return result
 
 
 def show_problems(app: App, roots: list[Path], problems: Iterable[Problem], *,
                   found: bool) -> None:  # fmt: skip
     """Each unreadable path on stderr; no repository ``found`` is an error naming the roots."""
     for problem in problems:
-        app.err.print(f"custode: {problem.path}: {problem.message}", markup=False, highlight=False)
+        app.say(f"{problem.path}: {problem.message}")
     if not found:
-        raise PathNotFoundError(
-            f"no git repositories found under {', '.join(map(str, roots))}; "
-            "check the path and discovery.exclude"
-        )
+        raise nothing_found(roots)
 
 
 @contextmanager

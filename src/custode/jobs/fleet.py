@@ -8,7 +8,7 @@ bar on a terminal, every other entry point nothing).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -36,7 +36,7 @@ def no_bar(what: str) -> Iterator[Progress]:
 
 
 def read(
-    roots: tuple[Path, ...], config: Config, state_dir: Path, *, bar: Bar, notice: Say
+    roots: Sequence[Path], config: Config, state_dir: Path, *, bar: Bar, notice: Say
 ) -> FleetScan:
     """The fleet under ``roots``; each unreadable path goes to ``notice`` (the job decides
     what it means for its outcome). No repository at all is an error naming the roots."""
@@ -45,8 +45,13 @@ def read(
     for problem in found.problems:
         notice(f"{problem.path}: {problem.message}")
     if not found.states:
-        raise PathNotFoundError(
-            f"no git repositories found under {', '.join(map(str, roots))}; "
-            "check the path and discovery.exclude"
-        )
+        raise nothing_found(roots)
     return found
+
+
+def nothing_found(roots: Sequence[Path]) -> PathNotFoundError:
+    """The error of a job given roots that hold no repository at all."""
+    return PathNotFoundError(
+        f"no git repositories found under {', '.join(map(str, roots))}; "
+        "check the path and discovery.exclude"
+    )
