@@ -1,17 +1,16 @@
-"""``custode report``: the fleet's history over a time window as HTML, Markdown or JSON."""
+"""``custode report``: the fleet's history over a time window as HTML, Markdown or JSON.
+The report itself is the core's (``custode.jobs.report``); here are its options and what
+it shows: the report on stdout, or what it wrote and sent on stderr."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
 
 from custode.cli.app import App
 from custode.cli.params import DURATION
-from custode.errors import EXIT_CODES_HELP, PathNotFoundError, UsageError
-
-_SUFFIXES = {".html": "html", ".htm": "html", ".md": "md", ".markdown": "md", ".json": "json"}
+from custode.errors import EXIT_CODES_HELP
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -43,57 +42,21 @@ def report(app: App, since: float, fmt: str | None, output: Path | None, email: 
     recorded; it never scans the fleet. An empty history gives a report that says so.
     With --email the report is written or printed first, then sent.
     """
-    from custode.records.state import StateDB
-    from custode.report.history import build
-    from custode.report.model import Targets
-    from custode.report.render import render
+    from custode.jobs import report as report_job
 
-    fmt = fmt or (_SUFFIXES.get(output.suffix.lower(), "md") if output else "md")
-    if email and app.config.email.smtp_host is None:
-        raise UsageError(
-            "--email needs a mail server: set email.smtp_host, email.sender and "
-            "email.recipients in the config"
-        )
-    targets = Targets(resource_ratio=app.config.maintenance.cpu_share)
-    path = app.state_dir() / "state.db"
-    now = time.time()
-    if path.exists():
-        with StateDB.open(path) as db:
-            model = build(db, since_seconds=since, now=now, targets=targets)
-    else:  # no history yet: say so, and do not create the database just to read it
-        model = build(None, since_seconds=since, now=now, targets=targets)
-    text = render(model, fmt)
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        _write(app, output, text)
+    fmt = fmt or report_job.format_for(output)
     if email:
-        _send(app, html=text if fmt == "html" else render(model, "html"),
-              markdown=text if fmt == "md" else render(model, "md"))  # fmt: skip
-
-
-def _send(app: App, *, html: str, markdown: str) -> None:
-    import socket
-
-    from custode.report.email import send_report
-
-    cfg = app.config.email
-    host = app.config.backup.host or socket.gethostname().split(".")[0]
-    send_report(cfg, html, markdown, host=host)
-    app.err.print(
-        f"sent the report to {', '.join(cfg.recipients)} via {cfg.smtp_host}:{cfg.smtp_port}",
-        markup=False, highlight=False,
-    )  # fmt: skip
-
-
-def _write(app: App, output: Path, text: str) -> None:
-    from custode.cli.init_cmd import write_atomically
-
-    try:
-        write_atomically(output, text)
-    except OSError as exc:
-        raise PathNotFoundError(
-            f"cannot write the report to {output}: {exc.strerror or exc}; check that its "
-            "directory exists and is writable"
-        ) from None
-    app.err.print(f"wrote {output}", markup=False, highlight=False)
+        report_job.require_mail(app.config)
+    job = report_job.ReportJob(app.config, app.state_dir(), since, fmt, output)
+    done = report_job.report(job)
+    if output is None:
+        click.echo(done.text, nl=False)
+    else:
+        app.err.print(f"wrote {output}", markup=False, highlight=False)
+    if email:
+        report_job.send(app.config, done)
+        cfg = app.config.email
+        app.err.print(
+            f"sent the report to {', '.join(cfg.recipients)} via {cfg.smtp_host}:{cfg.smtp_port}",
+            markup=False, highlight=False,
+        )  # fmt: skip

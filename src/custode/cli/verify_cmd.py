@@ -14,7 +14,7 @@ from custode.base.units import format_bytes
 from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.cli.progress import progress_bar
-from custode.errors import EXIT_CODES_HELP, IntegrityError
+from custode.errors import EXIT_CODES_HELP
 from custode.git.runner import Git
 from custode.jobs import backupsetup
 from custode.jobs.verify import LEVELS, VerifyJob, VerifyResult
@@ -82,13 +82,9 @@ def verify_cmd(  # noqa: PLR0917
     if result.interrupted:
         raise interrupts.Interrupted(result.interrupted)
     _show(app, result, as_json=as_json)
-    if not result.ok:
-        failed_drills = len(result.failed_drills)
-        raise IntegrityError(
-            f"verify ({level}) found {len(result.problems)} problems"
-            + (f" and {failed_drills} failed restore drills" if failed_drills else "")
-            + " in the store; see the messages above"
-        )
+    error = result.failure()
+    if error is not None:
+        raise error
 
 
 def _show(app: App, result: VerifyResult, *, as_json: bool) -> None:

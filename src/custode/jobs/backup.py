@@ -32,7 +32,7 @@ from custode.backup.guard import after_backup, before_backup
 from custode.backup.locks import store_lock
 from custode.backup.manifest import Snapshot, repo_prefix
 from custode.backup.store import Store
-from custode.errors import CustodeError
+from custode.errors import CustodeError, RepositoryError
 from custode.git.runner import Git
 from custode.jobs import backupsetup
 from custode.jobs import record as history
@@ -146,6 +146,15 @@ class BackupResult:
             "bytes_added": self.bytes_added,
             "seconds": round(self.seconds, 3),
         }
+
+    def failure(self) -> RepositoryError | None:
+        """Repositories that could not be backed up (exit status 3); None when none."""
+        if not self.failed:
+            return None
+        return RepositoryError(
+            f"backup failed for {len(self.failed)} of {len(self.repositories)} "
+            "repositories; see the messages above (the others are in the snapshot)"
+        )
 
 
 def backup(

@@ -19,6 +19,7 @@ from typing import Any
 
 from custode import interrupts
 from custode.config.model import Config
+from custode.errors import RepositoryError
 from custode.git.runner import Git
 from custode.integrity import check as integrity
 from custode.integrity.check import CheckResult, FormatWarnings
@@ -30,6 +31,13 @@ from custode.scan.discovery import Problem
 from custode.scan.repostate import RepoState
 
 VERDICTS = ("ok", "corrupt", "error")
+FIX = (
+    "see the findings above; restore the repository from a backup or investigate — "
+    "custode never repairs by deleting"
+)
+#: nothing corrupt: each finding says why the check could not run and its own fix (a git
+#: too old for the repository's extension, a FIFO git waited on), no backup helps
+FIX_ERROR = "see the findings above: each names why and the fix"
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,16 @@ class FleetCheck:
     def cancelled(self) -> int:
         """Repositories never started because of an interrupt."""
         return self.found - len(self.repositories) - self.stopped
+
+    def summary(self) -> dict[str, Any]:
+        """What the check found, in numbers (``--json``'s summary, the cycle's)."""
+        return {
+            "repositories": len(self.repositories),
+            **self.counts,
+            "with_format_warnings": self.with_warnings,
+            "full": self.full,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def check(
@@ -176,3 +194,22 @@ def details(result: CheckResult) -> dict[str, Any]:
     if result.warnings.total:
         data["warnings"] = result.warnings.to_json()
     return data
+
+
+def failure(result: FleetCheck) -> RepositoryError | None:
+    """The check's failure (exit status 3): a repository corrupt or not checkable, or a
+    path that could not be read; None when there is none."""
+    counts, bad = result.counts, result.bad
+    if not (bad or result.problems):
+        return None
+    parts = []
+    if counts["corrupt"]:
+        parts.append(f"{counts['corrupt']} corrupt")
+    if counts["error"]:
+        parts.append(f"{counts['error']} could not be checked")
+    if result.problems:
+        parts.append(f"{len(result.problems)} unreadable paths")
+    return RepositoryError(
+        f"{bad} of {len(result.repositories)} repositories failed the integrity check "
+        f"({', '.join(parts)}); {FIX if counts['corrupt'] else FIX_ERROR}"
+    )

@@ -20,9 +20,10 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from custode.config.model import Config
-from custode.errors import CustodeError, StateUnusableError
+from custode.errors import CustodeError, RepositoryError, StateUnusableError
 from custode.git.runner import Git
 from custode.jobs import fleet
 from custode.jobs import record as history
@@ -139,6 +140,18 @@ class Maintenance:
     @property
     def reclaimed(self) -> int:
         return sum(r.reclaimed for r in self.ran)
+
+    def summary(self) -> dict[str, Any]:
+        """What a maintenance run did, in numbers (``--json``'s summary, the cycle's)."""
+        return {
+            "maintained": self.count("ok"),
+            "skipped": self.count("skipped"),
+            "failed": self.count("failed"),
+            "not_started": [s.relative for s in self.not_started],
+            "in_doubt": [m.state.relative for m in self.ran if m.in_doubt],
+            "reclaimed_bytes": self.reclaimed,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def _message(r: RepositoryMaintenance) -> str:
@@ -284,3 +297,20 @@ def _borrowers(job: MaintainJob, states: list[RepoState], warn: Say) -> list[tup
             warn(f"borrowers not recorded in history: {exc}")
     names = {os.path.realpath(s.git_dir): s.relative for s in states}
     return [borrowers.apply(s, found, names) for s in states]
+
+
+def failure(failed: int, broken: int, total: int, doubted: int = 0) -> RepositoryError | None:
+    """The maintenance's failure (exit status 3): repositories that failed, or were left
+    untouched as broken or in doubt (their last check was not clean); None when none."""
+    parts = []
+    if failed:
+        parts.append(f"maintenance failed in {failed} of {total} repositories")
+    if broken:
+        parts.append(f"{broken} broken repositories were left untouched")
+    if doubted:
+        parts.append(f"{doubted} repositories in doubt (last check not clean) were left untouched")
+    if not parts:
+        return None
+    return RepositoryError(
+        f"{' and '.join(parts)}; see the messages above (custode repaired or removed nothing there)"
+    )

@@ -27,6 +27,7 @@ from custode.backup.manifest import Snapshot
 from custode.backup.store import Store
 from custode.backup.verify import Drill, Problem, Report, add_standing
 from custode.backup.verify import verify as verify_store
+from custode.errors import IntegrityError
 from custode.git.runner import Git
 from custode.jobs import backupsetup
 from custode.jobs import record as history
@@ -111,6 +112,17 @@ class VerifyResult:
             "drill_seconds_max": round(max((d.seconds for d in r.drills), default=0.0), 3),
             "seconds": round(self.seconds, 3),
         }
+
+    def failure(self) -> IntegrityError | None:
+        """Problems in the store or failed restore drills (exit status 4); None when none."""
+        if self.ok:
+            return None
+        failed_drills = len(self.failed_drills)
+        return IntegrityError(
+            f"verify ({self.level}) found {len(self.problems)} problems"
+            + (f" and {failed_drills} failed restore drills" if failed_drills else "")
+            + " in the store; see the messages above"
+        )
 
 
 def verify(
