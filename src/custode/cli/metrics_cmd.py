@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
+from custode.base.atomicfile import write_atomically
 from custode.cli.app import App
 from custode.errors import EXIT_CODES_HELP, PathNotFoundError
 from custode.jobs.record import HostSamples
@@ -48,12 +47,4 @@ def metrics(app: App, roots: tuple[Path, ...], textfile_dir: Path | None, no_pro
             f"textfile directory {textfile_dir} does not exist; create it or point --textfile "
             "at node_exporter's --collector.textfile.directory"
         )
-    fd, tmp = tempfile.mkstemp(prefix=".custode.prom.", dir=textfile_dir)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, textfile_dir / "custode.prom")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(textfile_dir / "custode.prom", text, mode=0o644)  # node_exporter reads it

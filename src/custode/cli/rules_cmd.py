@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
+from custode.base.atomicfile import write_atomically
 from custode.cli.app import App
 from custode.errors import EXIT_CODES_HELP, PathNotFoundError
 
@@ -35,11 +35,8 @@ def rules(app: App, output: Path | None, shipped: bool) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    from custode.cli.init_cmd import write_atomically
-
-    try:
-        write_atomically(output, text)
-        os.chmod(output, 0o644)  # read by Prometheus, another user; nothing secret in it
+    try:  # read by Prometheus, another user; nothing secret in it
+        write_atomically(output, text, mode=0o644)
     except OSError as exc:
         raise PathNotFoundError(
             f"cannot write the rules to {output}: {exc.strerror or exc}; check that its "

@@ -9,13 +9,12 @@ so). ``custode report`` and the nightly cycle call it; they say what it wrote or
 
 from __future__ import annotations
 
-import os
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from custode.base.atomicfile import write_atomically
 from custode.config.model import Config
 from custode.errors import PathNotFoundError, UsageError
 from custode.jobs import record
@@ -92,17 +91,7 @@ def send(config: Config, result: ReportResult) -> None:
 def _write(output: Path, text: str) -> None:
     """Atomically: a reader sees the old report or the new one, never half of one."""
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, output)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(output, text)
     except OSError as exc:
         raise PathNotFoundError(
             f"cannot write the report to {output}: {exc.strerror or exc}; check that its "

@@ -24,12 +24,10 @@ ignored with a log line, and the scan reads every repository afresh and writes a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import tempfile
 import typing
 from array import array
 from collections.abc import Callable, Iterable
@@ -37,6 +35,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from custode.base.atomicfile import write_atomically
 from custode.base.fsread import FileTooLarge, NotRegularFile, Watch, read_all, read_prefix
 from custode.base.secretfile import require_private_dir, require_private_file
 from custode.errors import StateUnusableError
@@ -169,15 +168,7 @@ class ScanCache:
         try:
             require_private_dir(path.parent, "state directory")
             data = _encode(self.entries.values())
-            fd, tmp = tempfile.mkstemp(prefix=".scan-cache.", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            write_atomically(path, data)
         except (OSError, ValueError, StateUnusableError) as exc:
             log.warning("scan cache %s not saved: %s", path, exc)
 
