@@ -88,16 +88,8 @@ def verify_cmd(  # noqa: PLR0917
 
 
 def _show(app: App, result: VerifyResult, *, as_json: bool) -> None:
-    for p in result.problems:
-        affected = ", ".join(sorted(p.repositories)[:5]) or "-"
-        snaps = ", ".join(sorted(p.snapshots)[:3]) or "-"
-        app.err.print(
-            f"custode: {p.key}: {p.message} (snapshots: {snaps}; repositories: {affected})",
-            markup=False,
-            highlight=False,
-        )
-    for d in result.failed_drills:
-        app.err.print(f"custode: drill {d.repository}: {d.message}", markup=False, highlight=False)
+    for line in result.findings():
+        app.say(line)
     if as_json:
         app.print_json(
             {

@@ -336,12 +336,8 @@ def _verify(job: CycleJob, talk: _Talk, stage: Stage, level: str, sample: int | 
     stage.result = result
     if result.interrupted:
         raise interrupts.Interrupted(result.interrupted)
-    for p in result.problems:
-        affected = ", ".join(sorted(p.repositories)[:5]) or "-"
-        snaps = ", ".join(sorted(p.snapshots)[:3]) or "-"
-        talk.notice(f"{p.key}: {p.message} (snapshots: {snaps}; repositories: {affected})")
-    for d in result.failed_drills:
-        talk.notice(f"drill {d.repository}: {d.message}")
+    for line in result.findings():
+        talk.notice(line)
     stage.summary = result.summary()
     error = result.failure()
     if error is not None:

@@ -113,6 +113,16 @@ class VerifyResult:
             "seconds": round(self.seconds, 3),
         }
 
+    def findings(self) -> list[str]:
+        """One line per damaged file (with what it affects) and per failed drill."""
+        lines = []
+        for p in self.problems:
+            affected = ", ".join(sorted(p.repositories)[:5]) or "-"
+            snaps = ", ".join(sorted(p.snapshots)[:3]) or "-"
+            lines.append(f"{p.key}: {p.message} (snapshots: {snaps}; repositories: {affected})")
+        lines += [f"drill {d.repository}: {d.message}" for d in self.failed_drills]
+        return lines
+
     def failure(self) -> IntegrityError | None:
         """Problems in the store or failed restore drills (exit status 4); None when none."""
         if self.ok:
