@@ -14,6 +14,7 @@ import pytest
 from custode.cli import run_cmd
 from custode.cli.app import App
 from custode.errors import EXIT_CODES_HELP, OUTCOMES, SEVERITY, ExitCode, outcome, worst
+from custode.jobs.cycle import Stage, record_run
 from custode.records.state import StateDB
 from custode.serve import scheduler
 
@@ -79,11 +80,11 @@ def test_run_and_serve_give_a_status_the_same_outcome(
     config.write_text(f'[state]\ndirectory = "{tmp_path / "state"}"\n')
     app = _App(config_path=config)
     app.printed = []
-    stages = [run_cmd.Stage("check", code=code)]
+    stages = [Stage("check", code=code)]
     run_cmd._show(app, stages, code, 1.0, as_json=True)
     [shown] = app.printed
     assert shown["stages"][0]["outcome"] == expected
-    run_cmd._record(app, stages, code, 1.0)
+    record_run(app.state_dir(), app.config.state.keep_history, stages, code, 1.0)
     with StateDB.open(tmp_path / "state" / "state.db") as db:
         [recorded] = db.runs()
     assert recorded.status == expected

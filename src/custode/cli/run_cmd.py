@@ -18,7 +18,7 @@ from rich.table import Table
 from custode.cli.app import App
 from custode.cli.progress import progress_bar
 from custode.errors import EXIT_CODES_HELP, PathNotFoundError
-from custode.jobs.cycle import CycleJob, Stage, cycle, record_run
+from custode.jobs.cycle import CycleJob, Stage, cycle
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -66,11 +66,6 @@ def _echo(app: App, line: str) -> None:
     app.err.print(line, markup=False, highlight=False)
 
 
-def _record(app: App, stages: list[Stage], code: int, seconds: float) -> None:
-    """The run's row in the history (as the cycle records it)."""
-    record_run(app.state_dir(), app.config.state.keep_history, stages, code, seconds)
-
-
 _FACTS: dict[str, Callable[[dict[str, Any]], str]] = {
     "maintain": lambda s: f"{s.get('maintained', 0)} maintained, {s.get('failed', 0)} failed",
     "check": lambda s: (
@@ -95,9 +90,7 @@ _FACTS: dict[str, Callable[[dict[str, Any]], str]] = {
 
 def _show(app: App, stages: list[Stage], code: int, seconds: float, *, as_json: bool) -> None:
     if as_json:
-        rows = [{"name": s.name, "outcome": s.outcome, "code": s.code,
-                 "seconds": round(s.seconds, 3), "message": s.message or s.skipped,
-                 "summary": s.summary} for s in stages]  # fmt: skip
+        rows = [{**s.row(), "summary": s.summary} for s in stages]
         app.print_json({"code": code, "seconds": round(seconds, 3), "stages": rows})
         return
     table = Table(show_edge=False, pad_edge=False)

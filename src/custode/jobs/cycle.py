@@ -97,6 +97,16 @@ class Stage:
             return "skipped"
         return outcome(self.code)
 
+    def row(self) -> dict[str, Any]:
+        """The stage as the run's history row and ``--json`` list it."""
+        return {
+            "name": self.name,
+            "outcome": self.outcome,
+            "code": self.code,
+            "seconds": round(self.seconds, 3),
+            "message": self.message or self.skipped,
+        }
+
 
 @dataclass(frozen=True)
 class CycleResult:
@@ -197,10 +207,7 @@ def record_run(
     state_dir: Path, keep_history: float, stages: list[Stage], code: int, seconds: float
 ) -> None:
     """The run's row, then history older than ``keep_history`` forgotten."""
-    summary = {"code": code, "seconds": round(seconds, 3),
-               "stages": [{"name": s.name, "outcome": s.outcome, "code": s.code,
-                           "seconds": round(s.seconds, 3), "message": s.message or s.skipped}
-                          for s in stages]}  # fmt: skip
+    summary = {"code": code, "seconds": round(seconds, 3), "stages": [s.row() for s in stages]}
 
     def write(db: StateDB) -> None:
         record.finished_run(db, "run", outcome(code), summary)

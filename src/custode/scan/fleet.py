@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
 from custode import interrupts
@@ -38,8 +39,9 @@ class FleetScan:
 _cache = ScanCache()  # set before the pool forks, so workers inherit it (see scan)
 # Set by the parent when the command is stopped: a worker ends its chunk after the
 # repository it is reading (a SIGTERM reaches the parent alone, and a chunk of large
-# repositories can take longer than the few seconds a stop may take).
-_stop = multiprocessing.get_context("fork").Event()
+# repositories can take longer than the few seconds a stop may take). Made with the pool,
+# before it forks, so a fleet read in-process costs no semaphore.
+_stop: EventType | None = None
 # A fresh read carries its cache entry; a cached state still valid comes back as a bare
 # key, because the parent holds the same cache and need not get its own states pickled back.
 Result = tuple[RepoState, Entry | None] | str
@@ -60,7 +62,7 @@ def _inspect_one(repo: Repository) -> Result:
 def _inspect_chunk(repos: list[Repository]) -> list[Result]:
     results = []
     for repo in repos:
-        if _stop.is_set():
+        if _stop is not None and _stop.is_set():
             break  # the parent was stopped and discards this chunk
         results.append(_inspect_one(repo))
     return results
@@ -85,7 +87,9 @@ class _Inspector:
             self._report(None)
         if len(self.pending) >= CHUNK and self.workers > 1:
             if self.pool is None:
+                global _stop  # noqa: PLW0603  (workers are forked: a global is how they inherit it)
                 ctx = multiprocessing.get_context("fork")
+                _stop = ctx.Event()
                 self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
             future = self.pool.submit(_inspect_chunk, self.pending)
             future.add_done_callback(self._chunk_done)
@@ -117,12 +121,9 @@ class _Inspector:
     def close(self) -> None:
         """Stop the workers, also when the walk was interrupted (Ctrl-C) or failed: a
         running chunk ends after its current repository."""
-        if self.pool is not None:
+        if self.pool is not None and _stop is not None:
             _stop.set()  # after a whole scan every chunk is done already
-            try:
-                self.pool.shutdown(cancel_futures=True)
-            finally:
-                _stop.clear()
+            self.pool.shutdown(cancel_futures=True)
 
     def _report(self, total: int | None) -> None:
         if self.progress is not None:
