@@ -18,9 +18,10 @@ import hashlib
 import json
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,7 +39,7 @@ from custode.backup.manifest import (
 from custode.backup.roots import read_shallow, worktree_refs
 from custode.backup.store import LocalStore
 from custode.errors import IntegrityError, StateError
-from custode.git.runner import Git
+from custode.git.runner import Git, GitResult
 from fixtures.builders import fast_import, git_env, history_stream, run_git
 from fixtures.cli import CliResult
 from fixtures.lying import mislead_bitmap
@@ -230,6 +231,23 @@ def test_a_lying_bitmap_cannot_leave_an_object_out_of_a_backup(
     )
 
 
+def _trusting_bitmaps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backup as a custode that trusted the bitmap would make it: on the generate path
+    (the copy path walks an object directory holding only the repository's pack, where no
+    bitmap is), with ``pack-objects`` told to use it (writing a pack by name it would not
+    by itself) and the walks trusting derived data."""
+    run = Git.run
+
+    def trusting(self: Git, args: Sequence[str], **kw: Any) -> GitResult:
+        if args and args[0] == "pack-objects":
+            args = [args[0], "--use-bitmap-index", *args[1:]]
+        return run(self, args, **kw)
+
+    monkeypatch.setattr(bundle, "_single_pack", lambda _: "the generate path, for a test")
+    monkeypatch.setattr(bundle, "DISTRUST_DERIVED", ())
+    monkeypatch.setattr(Git, "run", trusting)
+
+
 def _api_backup(tmp_path: Path, repo: Path, pub: str) -> tuple[LocalStore, RepoBackup]:
     store = LocalStore(tmp_path / "store")
     settings = BackupSettings("host", [parse_recipient(pub)], tmp_path / "scratch")
@@ -246,7 +264,7 @@ def test_a_backup_whose_pack_lacks_objects_is_refused(
     the pack written is checked against an independent walk: no manifest is written."""
     pub, _ = keys
     repo = _bitmapped_repo(tmp_path / "root")
-    monkeypatch.setattr(bundle, "DISTRUST_DERIVED", (), raising=False)
+    _trusting_bitmaps(monkeypatch)
     store, result = _api_backup(tmp_path, repo, pub)
     assert result.outcome == "failed"
     assert "incomplete" in result.message
@@ -260,7 +278,7 @@ def test_verify_full_notices_a_bundle_that_lacks_an_object(
     a blob, ``git bundle verify`` is content with it, a connectivity walk is not."""
     pub, identity = keys
     repo = _bitmapped_repo(tmp_path / "root")
-    monkeypatch.setattr(bundle, "DISTRUST_DERIVED", (), raising=False)
+    _trusting_bitmaps(monkeypatch)
     monkeypatch.setattr(bundle, "check_complete", lambda *a, **k: None, raising=False)
     store, result = _api_backup(tmp_path, repo, pub)
     assert result.outcome == "new", result.message
@@ -284,7 +302,7 @@ def test_backup_full_gives_an_unchanged_repository_a_new_whole_chain(
     root, out, stored = tmp_path / "root", tmp_path / "out", tmp_path / "store"
     repo = _bitmapped_repo(root)
     with monkeypatch.context() as m:
-        m.setattr(bundle, "DISTRUST_DERIVED", ())
+        _trusting_bitmaps(m)
         m.setattr(bundle, "check_complete", lambda *a, **k: None)
         store, damaged = _api_backup(tmp_path, repo, pub)
     assert damaged.outcome == "new", damaged.message

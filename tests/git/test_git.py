@@ -24,6 +24,7 @@ from custode.git.runner import (
     Git,
     GitResult,
     GitVersion,
+    ObjectDirs,
     git_dir_of,
 )
 from fixtures.builders import git_env, run_git
@@ -199,6 +200,66 @@ def test_env_extra_cannot_undo_the_hardening() -> None:
     for key in ("GIT_DIR", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_GLOBAL", "GIT_PAGER", "LC_ALL"):
         with pytest.raises(GitRefusedError, match=key):
             Git().environment({key: "x"})
+
+
+def test_env_extra_cannot_set_the_object_directories() -> None:
+    """Only ObjectDirs may, and only with paths it checked."""
+    for key in ("GIT_OBJECT_DIRECTORY", "GIT_ALTERNATE_OBJECT_DIRECTORIES"):
+        with pytest.raises(GitRefusedError, match=key):
+            Git().environment({key: "/tmp"})
+
+
+def test_object_dirs_set_exactly_the_two_variables(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = Git().environment()
+    env = Git().environment(objects=ObjectDirs(tmp_path, (tmp_path / "a", tmp_path / "b")))
+    assert {k: v for k, v in env.items() if plain.get(k) != v} == {
+        "GIT_OBJECT_DIRECTORY": str(tmp_path),
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES": f"{tmp_path / 'a'}:{tmp_path / 'b'}",
+    }
+    alone = Git().environment(objects=ObjectDirs(tmp_path))
+    assert "GIT_ALTERNATE_OBJECT_DIRECTORIES" not in alone
+
+
+@pytest.mark.parametrize("name", ["a:b", "a;b", '"a', "a\nb", "a\\b", "tab\there"])
+def test_object_dirs_refuse_what_the_alternates_list_cannot_carry(
+    tmp_path: Path, name: str
+) -> None:
+    bad = tmp_path / name
+    bad.mkdir()
+    for objects in (ObjectDirs(bad), ObjectDirs(tmp_path, (bad,))):
+        with pytest.raises(GitRefusedError, match="object directory") as caught:
+            Git().environment(objects=objects)
+        assert "\n" not in str(caught.value.message)  # one line, the name shown escaped
+
+
+def test_object_dirs_refuse_relative_and_missing_paths(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    for path, why in ((Path("objects"), "absolute"), (tmp_path / "gone", "existing"),
+                      (tmp_path / "file", "existing")):  # fmt: skip
+        with pytest.raises(GitRefusedError, match=why):
+            Git().environment(objects=ObjectDirs(path))
+        with pytest.raises(GitRefusedError, match=why):
+            Git().environment(objects=ObjectDirs(tmp_path, (path,)))
+
+
+@pytest.mark.integration
+def test_a_scratch_object_directory_borrows_and_receives(repo: Path, tmp_path: Path) -> None:
+    """Objects are read through the alternates and written to the primary directory only."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    head = run_git(repo, "rev-parse", "HEAD").strip()
+    git = Git()
+    borrowed = ObjectDirs(scratch, (repo / ".git" / "objects",))
+    assert git.run(["cat-file", "-t", head], repo=repo, objects=borrowed).text == "commit\n"
+    with pytest.raises(GitError):  # without the alternate the scratch directory is empty
+        git.run(["cat-file", "-t", head], repo=repo, objects=ObjectDirs(scratch))
+    before = sorted(p.name for p in (repo / ".git" / "objects").rglob("*"))
+    blob = git.run(["hash-object", "-w", "--no-filters", "--stdin"], repo=repo, input=b"new\n",
+                   objects=borrowed).text.strip()  # fmt: skip
+    assert (scratch / blob[:2] / blob[2:]).is_file()
+    assert sorted(p.name for p in (repo / ".git" / "objects").rglob("*")) == before
 
 
 # --------------------------------------------------------------------------- repositories

@@ -12,34 +12,71 @@ a deleted branch made unreachable is simply not excluded, so the chain never dep
 vanished object). The pack is not thin: it holds no delta against an object outside it,
 so it can be installed as it is.
 
-The walk trusts no derived data (``DISTRUST_DERIVED``: no bitmap, commit-graph or
+Two ways to the pack, and ``PackFiles.method``/``reason`` say which was taken and why:
+
+* **copy**, for a full bundle (nothing excluded) only, when the repository's objects are
+  in exactly one pack (no loose object, no other pack, cruft or not, no promisor pack, no
+  ``objects/info/alternates``) and that pack holds exactly the objects the captured refs
+  reach. The second part is proved, not assumed: the pack and its ``.idx`` are opened
+  first (a repack replacing them meanwhile cannot swap what is walked and copied), then
+  ``rev-list --objects --count`` of the captured ids runs in an object directory holding
+  only links to those descriptors and no alternates. rev-list dies on any missing object,
+  so its success means every reachable object is in that pack, and its count equal to the
+  ``.idx``'s means the pack holds nothing else. The bundle is then the header and the
+  pack's bytes as they are, the stored index that ``.idx``; each is hashed as it is
+  copied, and a trailer that is not the hash of the bytes before it, or an ``.idx`` that
+  names another pack checksum, is refused (IntegrityError naming the file).
+* **generate**, anything else: ``pack-objects --revs`` fed the captured ids writes the pack
+  by name into a scratch object directory that borrows the repository's objects through
+  ``GIT_ALTERNATE_OBJECT_DIRECTORIES`` (git stages its temporary pack there, never in the
+  repository, and no rename crosses filesystems; the repository's own alternates are
+  still followed). Writing by name, git checks each reused object's CRC against its
+  source ``.idx`` (a damaged source pack is refused, where ``--stdout`` copied it) and
+  writes the ``.idx``: no ``index-pack``.
+
+The walks trust no derived data (``DISTRUST_DERIVED``: no bitmap, commit-graph or
 multi-pack-index, which can lie: one wrong bit in a ``.bitmap`` left a blob out). Then
-the pack's object count is checked against ``rev-list --objects --count`` of the same
+a generated pack's object count is checked against ``rev-list --objects --count`` of the same
 ids, a second walk that never reads bitmaps: a pack short of any object is refused, and
 no backup is recorded. Both walks mark the excluded side alike (``pack.useSparse=false``:
 the sparse walk may add objects), so the counts agree exactly. In a shallow repository
 both stop at the commits of its ``shallow`` file, which the manifest records.
 
 The bundle is git's own format (gitformat-bundle: ``# v2 git bundle`` for SHA-1, ``# v3``
-with ``@object-format=sha256``), the prerequisites being the excluded tips, then the pack
-bytes; plain ``git fetch``/``git clone`` read it (the disaster-recovery path). custode
+with ``@object-format=sha256``), the prerequisites being the excluded tips (by default), then
+the pack bytes; plain ``git fetch``/``git clone`` read it (the disaster-recovery path). custode
 restores faster (``custode.backup.restore``): the pack is copied out of the bundle beside
 its stored ``.idx`` into ``objects/pack/`` (no ``index-pack`` hashing every object).
+
+A minimal header (``header_refs``, for an incremental whose refs are recorded elsewhere)
+lists only the refs given and, as prerequisites, only the boundary commits the new pack
+points at (``rev-list --boundary``, as ``git bundle create`` does), not every excluded tip:
+an incremental may then have no prerequisite at all. Fetched in order without
+``--prune``, such a chain still gives plain git every object; deletions are not in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import re
 import shutil
+import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, Literal
 
 from custode.backup.roots import worktree_refs
 from custode.errors import IntegrityError
 from custode.git.refsnapshot import SYMREF_PREFIX, snapshot
-from custode.git.runner import DISTRUST_DERIVED, Git
+from custode.git.runner import DISTRUST_DERIVED, Git, ObjectDirs, git_dir_of
 
 _OID_LEN = (40, 64)
+_CHUNK = 1 << 20  # bytes copied at a time: memory stays flat whatever the pack's size
+_FANOUT_DIR = re.compile(r"[0-9a-f]{2}")  # objects/ab/: loose objects
+_PACK_NAME = re.compile(r"pack-(?:[0-9a-f]{40}|[0-9a-f]{64})")
 
 
 @dataclass(frozen=True)
@@ -75,13 +112,15 @@ class Refs:
 
 @dataclass(frozen=True)
 class PackFiles:
-    """A written bundle and the index of the pack inside it."""
+    """A written bundle and the index of the pack inside it, and how the pack was made."""
 
     bundle: Path
     index: Path | None  # None: the pack holds no object (only the refs changed)
     pack_name: str  # pack-<hash>: the name its .pack/.idx take in objects/pack ("" if empty)
     header_bytes: int  # where the pack starts inside the bundle
     prerequisites: tuple[str, ...]
+    method: Literal["copy", "generate"] = "generate"  # the repository's pack as it is, or new
+    reason: str = ""  # why, with numbers: "one pack of 91,413 objects, exactly the refs' closure"
 
 
 def capture(git: Git, git_dir: Path) -> Refs:
@@ -111,48 +150,285 @@ def existing_commits(git: Git, git_dir: Path, oids: set[str]) -> set[str]:
 
 
 def write_bundle(
-    git: Git, git_dir: Path, refs: Refs, exclude: set[str], out_dir: Path, *, object_format: str
+    git: Git,
+    git_dir: Path,
+    refs: Refs,
+    exclude: set[str],
+    out_dir: Path,
+    *,
+    object_format: str,
+    header_refs: Mapping[str, str] | None = None,
 ) -> PackFiles | None:
     """Write ``bundle`` (and ``index``) into ``out_dir`` for ``refs`` minus what ``exclude``
     reaches (only tips the repository still has are used). A tip the parent already had is
     in the chain: it is not sent again. With no new object the bundle still records the
-    refs (a deleted branch), over an empty pack and without index; None when there is no
-    ref at all (an empty repository)."""
+    refs (a deleted branch), over an empty pack and without index.
+
+    ``header_refs`` None: the header lists every ref and every excluded commit as a
+    prerequisite. Given (a minimal header): it lists those refs (the ones added or moved
+    since the parent; a detached HEAD that is a new tip is added as ``HEAD``) and only the
+    boundary commits the pack needs; every new tip must be among them (ValueError).
+
+    None: nothing to store, when there is no ref at all (an empty repository), or with
+    ``header_refs`` empty and no new tip (the refs are recorded elsewhere)."""
     if not refs.tips():
         return None
+    out_dir = out_dir.absolute()  # git runs elsewhere and is given object directories in it
     tips = sorted(refs.tips() - exclude)
     have = sorted(existing_commits(git, git_dir, exclude))
-    header = _header(refs, have, object_format)
-    bundle = out_dir / "bundle"
-    pack = out_dir / "objects.pack"
-    objects = 0
-    if tips:
-        revs = "".join(f"{oid}\n" for oid in tips) + "".join(f"^{oid}\n" for oid in have)
-        # --stdout into the scratch directory: written by name, git would stage the pack
-        # in the repository's own objects/pack and fail to move it to another filesystem
-        with pack.open("wb") as out:
-            git.run(["pack-objects", "--revs", "--stdout", "--delta-base-offset", "--quiet"],
-                    repo=git_dir, input=revs.encode(), stdout=out,
-                    config=(*DISTRUST_DERIVED, ("pack.useSparse", "false")))  # fmt: skip
-        objects = _pack_objects(pack)
-        check_complete(git, git_dir, revs, objects)
-    with bundle.open("wb") as out:
+    revs = "".join(f"{oid}\n" for oid in tips) + "".join(f"^{oid}\n" for oid in have)
+    listed = _listed(refs, tips, header_refs)
+    if header_refs is not None and not listed:
+        return None  # every new tip is listed (_listed), so there is no new object either
+    prerequisites = have
+    if header_refs is not None:  # only what the pack's objects point at, as git bundle does
+        prerequisites = _boundary(git, git_dir, revs) if tips and have else []
+    header = _header(listed, prerequisites, object_format)
+    if tips and not exclude:
+        copied = _copy(git, git_dir, revs, out_dir, header, object_format)
+        if isinstance(copied, _Copied):
+            return PackFiles(out_dir / "bundle", out_dir / "index", copied.name, len(header),
+                             (), "copy", copied.reason)  # fmt: skip
+        why = copied
+    else:
+        why = "an incremental: only the objects new since the parent"
+    return _generate(git, git_dir, tips, revs, out_dir, header, object_format,
+                     tuple(prerequisites), why)  # fmt: skip
+
+
+def _listed(refs: Refs, tips: list[str], header_refs: Mapping[str, str] | None) -> list[str]:
+    """The header's ref lines: ``<oid> <name>``, sorted by name."""
+    named = dict(refs.refs if header_refs is None else header_refs)
+    head = refs.detached()
+    if head and (header_refs is None or head in tips):  # a clone of it checks that out
+        named.setdefault("HEAD", head)
+    if missing := set(tips) - set(named.values()):
+        raise ValueError(f"header_refs names no ref for the new tips {sorted(missing)[:3]}")
+    lines = [f"{oid} {name}" for name, oid in sorted(named.items()) if name != "HEAD"]
+    return lines + ([f"{named['HEAD']} HEAD"] if "HEAD" in named else [])
+
+
+def _boundary(git: Git, git_dir: Path, revs: str) -> list[str]:
+    """The excluded commits the new commits have as parents: what the pack may point at
+    without holding (``rev-list --boundary``, as ``git bundle create`` lists them)."""
+    out = git.run(["rev-list", "--boundary", "--stdin"], repo=git_dir, input=revs.encode(),
+                  config=DISTRUST_DERIVED).text  # fmt: skip
+    return sorted({line[1:].strip() for line in out.splitlines() if line.startswith("-")})
+
+
+def _generate(  # noqa: PLR0917  (one bundle's facts, passed through once)
+    git: Git, git_dir: Path, tips: list[str], revs: str, out_dir: Path, header: bytes,
+    object_format: str, prerequisites: tuple[str, ...], why: str,
+) -> PackFiles:  # fmt: skip
+    """A new pack of exactly the captured ids' objects, written by name into a scratch
+    object directory that borrows the repository's objects (git stages its temporary pack
+    there, never in the repository; when it reuses packed data it checks each object's
+    CRC against the source's .idx), with the .idx git writes for it: no index-pack."""
+    scratch, source = out_dir / "objects", out_dir / "source-objects"
+    try:
+        pack, objects = None, 0
+        if tips:
+            (scratch / "pack").mkdir(parents=True, exist_ok=True)
+            # the repository's objects by a plain path, whatever characters its own holds
+            source.unlink(missing_ok=True)
+            source.symlink_to(git_dir_of(git_dir) / "objects", target_is_directory=True)
+            name = git.run(["pack-objects", "--revs", "--delta-base-offset", "--quiet",
+                            str(scratch / "pack" / "pack")], repo=git_dir, input=revs.encode(),
+                           objects=ObjectDirs(scratch, (source,)),
+                           config=(*DISTRUST_DERIVED, ("pack.useSparse", "false"),
+                                   ("pack.writeReverseIndex", "false"))).text.strip()  # fmt: skip
+            pack = scratch / "pack" / f"pack-{name}.pack"
+            objects = _pack_objects(pack)
+            check_complete(git, git_dir, revs, objects)
+        bundle = out_dir / "bundle"
+        with bundle.open("wb") as out:
+            out.write(header)
+            if pack is None or objects == 0:
+                out.write(_empty_pack(object_format))
+            else:
+                with pack.open("rb") as src:
+                    shutil.copyfileobj(src, out, _CHUNK)
+        if pack is None or objects == 0:
+            return PackFiles(bundle, None, "", len(header), prerequisites, "generate",
+                             f"{why}; no new object")  # fmt: skip
+        index = out_dir / "index"
+        os.replace(pack.with_suffix(".idx"), index)
+        return PackFiles(bundle, index, pack.stem, len(header), prerequisites, "generate",
+                         f"{why}; {objects:,} objects packed")  # fmt: skip
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        source.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class _Copied:
+    name: str
+    reason: str
+
+
+def _copy(  # noqa: PLR0917
+    git: Git, git_dir: Path, revs: str, out_dir: Path, header: bytes, object_format: str
+) -> _Copied | str:
+    """The copy path (module docstring): the bundle and index written from the
+    repository's one pack, or why not (a reason for the generate path)."""
+    found = _single_pack(git_dir_of(git_dir) / "objects")
+    if isinstance(found, str):
+        return found
+    with contextlib.ExitStack() as stack:
+        pinned = _pin(stack, found, _hash_size(object_format))
+        if isinstance(pinned, str):
+            return pinned
+        pack_fd, idx_fd, count = pinned
+        walked = _walk_pinned(git, git_dir, revs, out_dir, found.name, pack_fd, idx_fd)
+        if walked != count:
+            return walked if isinstance(walked, str) else (
+                f"one pack of {count:,} objects, but the refs reach {walked:,} "
+                "(it holds unreachable objects)")  # fmt: skip
+        _stream_checked(found, pack_fd, idx_fd, out_dir, header, object_format)
+    return _Copied(found.name, f"one pack of {count:,} objects, exactly the refs' closure")
+
+
+def _pin(stack: contextlib.ExitStack, found: Path, size: int) -> tuple[int, int, int] | str:
+    """Open descriptors of the pack and its index (closed with ``stack``) and its object
+    count: what is walked and copied is that file, whatever a repack does to the names
+    meanwhile. Else why not."""
+    if not Path("/proc/self/fd").is_dir():
+        return "no /proc/self/fd to pin the pack while it is walked"
+    fds: list[int] = []
+    for path in (found.with_suffix(".pack"), found.with_suffix(".idx")):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:  # gone (a repack) or a symlink: generate instead
+            return f"{path.name} cannot be opened ({exc.strerror})"
+        stack.callback(os.close, fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return f"{path.name} is not a regular file"
+        fds.append(fd)
+    count = _idx_objects(fds[1], size)
+    if isinstance(count, str):
+        return f"{found.name}.idx: {count}"
+    head = os.pread(fds[0], 12, 0)
+    if head[:4] != b"PACK" or int.from_bytes(head[8:12], "big") != count:
+        return f"{found.name}.pack does not start as a pack of {count:,} objects"
+    return fds[0], fds[1], count
+
+
+def _single_pack(objects_dir: Path) -> Path | str:
+    """``objects/pack/pack-<hash>`` (no suffix) when it is the repository's only store of
+    objects, else why not, with numbers."""
+    if os.path.lexists(objects_dir / "info" / "alternates"):
+        return "objects/info/alternates borrows objects from another repository"
+    loose = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(objects_dir) as entries:
+        for entry in entries:
+            if _FANOUT_DIR.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                with os.scandir(entry.path) as inner:
+                    loose += sum(1 for _ in inner)
+    pack_dir = objects_dir / "pack"
+    try:
+        names = sorted(os.listdir(pack_dir))
+    except OSError:
+        names = []
+    packs = [n[: -len(".pack")] for n in names if n.endswith(".pack") and not n.startswith("tmp")]
+    cruft = sum(1 for n in packs if f"{n}.mtimes" in names)
+    if loose or len(packs) != 1:
+        parts = [f"{len(packs)} pack{'s' * (len(packs) != 1)}"]
+        parts += [f"{cruft} cruft"] if cruft else []
+        parts += [f"{loose:,} loose object{'s' * (loose != 1)}"] if loose else []
+        return " and ".join(parts)
+    name = packs[0]
+    if cruft:
+        return "its one pack is a cruft pack"
+    if f"{name}.promisor" in names:
+        return "its one pack is a promisor pack (a partial clone)"
+    if not _PACK_NAME.fullmatch(name) or f"{name}.idx" not in names:
+        return f"its one pack {name!r} has no index or an unusual name"
+    return pack_dir / name
+
+
+def _hash_size(object_format: str) -> int:
+    return hashlib.new(object_format).digest_size
+
+
+def _idx_objects(fd: int, size: int) -> int | str:
+    """The object count of a version 2 pack index (its fan-out's last entry), checked
+    against the file's size; else why it cannot be copied."""
+    head = os.pread(fd, 8 + 256 * 4, 0)
+    if len(head) < 8 + 256 * 4 or head[:8] != b"\xfftOc\x00\x00\x00\x02":
+        return "not a version 2 pack index"
+    count = int.from_bytes(head[-4:], "big")
+    least = 8 + 256 * 4 + count * (size + 8) + 2 * size
+    have = os.fstat(fd).st_size
+    if not least <= have <= least + count * 8:  # 64-bit offsets: at most one per object
+        return f"{have} bytes do not fit {count:,} objects"
+    return count
+
+
+def _walk_pinned(  # noqa: PLR0917
+    git: Git, git_dir: Path, revs: str, out_dir: Path, name: str, pack_fd: int, idx_fd: int
+) -> int | str:
+    """``rev-list --objects --count`` of ``revs`` in an object directory holding only the
+    pinned pack: git dies on a missing object (rev-list's finish_object), so a count is
+    proof that every object the refs reach is in that pack. The files are links to our
+    open descriptors, which git inherits: a repack replacing the pack meanwhile cannot
+    swap what is walked (nor what is then copied)."""
+    pinned = out_dir / "pinned-objects"
+    shutil.rmtree(pinned, ignore_errors=True)
+    (pinned / "pack").mkdir(parents=True)
+    try:
+        for fd, suffix in ((pack_fd, ".pack"), (idx_fd, ".idx")):
+            (pinned / "pack" / f"{name}{suffix}").symlink_to(f"/proc/self/fd/{fd}")
+        result = git.run(["rev-list", "--objects", "--count", "--stdin"], repo=git_dir,
+                         input=revs.encode(), config=DISTRUST_DERIVED, check=False,
+                         objects=ObjectDirs(pinned), pass_fds=(pack_fd, idx_fd))  # fmt: skip
+    finally:
+        shutil.rmtree(pinned, ignore_errors=True)
+    out = result.text.strip()
+    if result.returncode != 0 or not out.isdigit():
+        cause = result.stderr.decode("utf-8", "replace").strip().splitlines()[:1]
+        return "its one pack lacks an object the refs reach" + (f" ({cause[0]})" if cause else "")
+    return int(out)
+
+
+def _stream_checked(  # noqa: PLR0917
+    found: Path, pack_fd: int, idx_fd: int, out_dir: Path, header: bytes, object_format: str
+) -> None:
+    """The bundle (header, then the pack's bytes as they are) and the index, each hashed
+    as it is copied: the pack's trailer must be the hash of all its bytes before it, the
+    index's own trailer likewise, and the index must name that pack checksum."""
+    size = _hash_size(object_format)
+    with (out_dir / "bundle").open("wb") as out:
         out.write(header)
-        if objects == 0:
-            out.write(_empty_pack(object_format))
-        else:
-            with pack.open("rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-    if objects == 0:
-        pack.unlink(missing_ok=True)
-        return PackFiles(bundle, None, "", len(header), tuple(have))
-    index = out_dir / "index"
-    # outside any repository (no collision check against the source's objects, which all
-    # exist there): hashes each object once, like the idx pack-objects would have written
-    name = git.run(["index-pack", f"--object-format={object_format}", "-o", str(index),
-                    str(pack)], repo=None, cwd=out_dir).text.strip()  # fmt: skip
-    pack.unlink()
-    return PackFiles(bundle, index, f"pack-{name.split()[-1]}", len(header), tuple(have))
+        pack_sum = _copy_hashed(pack_fd, out, object_format, size, f"{found}.pack")
+    with (out_dir / "index").open("wb") as out:
+        _copy_hashed(idx_fd, out, object_format, size, f"{found}.idx")
+    if os.pread(idx_fd, size, os.fstat(idx_fd).st_size - 2 * size) != pack_sum:
+        raise IntegrityError(
+            f"{found}.idx does not belong to {found.name}.pack (its pack checksum differs); "
+            "nothing was recorded: run git fsck on the repository"
+        )
+
+
+def _copy_hashed(fd: int, out: BinaryIO, object_format: str, size: int, name: str) -> bytes:
+    """Copy the file behind ``fd`` to ``out`` and return its trailer, IntegrityError when
+    the trailer is not the hash of the bytes before it."""
+    total, at = os.fstat(fd).st_size, 0
+    body = total - size
+    digest = hashlib.new(object_format)
+    while at < total:
+        chunk = os.pread(fd, min(_CHUNK, total - at), at)
+        if not chunk:
+            break
+        out.write(chunk)
+        digest.update(chunk[: max(0, body - at)])
+        at += len(chunk)
+    trailer = os.pread(fd, size, body) if body >= 0 else b""
+    if at != total or body < 0 or digest.digest() != trailer:
+        raise IntegrityError(
+            f"{name} is damaged: its checksum does not match its content; nothing was "
+            "recorded: run git fsck on the repository and repair it from another copy"
+        )
+    return trailer
 
 
 def check_complete(git: Git, git_dir: Path, revs: str, objects: int) -> None:
@@ -175,13 +451,11 @@ def _empty_pack(object_format: str) -> bytes:
     return body + hashlib.new(object_format, body).digest()
 
 
-def _header(refs: Refs, prerequisites: list[str], object_format: str) -> bytes:
+def _header(listed: list[str], prerequisites: list[str], object_format: str) -> bytes:
     lines = ["# v2 git bundle"] if object_format == "sha1" else [
         "# v3 git bundle", f"@object-format={object_format}"]  # fmt: skip
     lines += [f"-{oid}" for oid in prerequisites]
-    lines += [f"{oid} {name}" for name, oid in sorted(refs.refs.items())]
-    if refs.detached():  # as git bundle create HEAD does: a clone of it checks that out
-        lines.append(f"{refs.detached()} HEAD")
+    lines += listed
     return ("\n".join(lines) + "\n\n").encode()
 
 

@@ -20,6 +20,12 @@ of its choosing. Four layers see to that:
   ``protocol.allow`` does not (see ``gitpolicy``). ``GIT_NO_LAZY_FETCH`` stops the fetch
   before it starts where git honours it (the May 2024 security releases on: 2.39.4...).
 
+One narrow exception to the fixed environment: ``ObjectDirs`` runs a git with another object
+directory and alternates (``GIT_OBJECT_DIRECTORY``, ``GIT_ALTERNATE_OBJECT_DIRECTORIES``, and
+nothing else), so a backup can write a pack into its own scratch directory, or prove a walk
+finds every object in one pack. Only absolute paths of existing directories, free of what
+git's alternates list would split or unquote, are accepted.
+
 The repository goes in as ``--git-dir=<git dir>`` (given a bare repository, a ``.git``
 directory or a working copy), never ``-C``: no discovery, so neither custode's cwd nor a
 ``.git`` file redirects git, and bare repositories and clones behave alike. custode never
@@ -66,7 +72,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOWLIST", "DISTRUST_DERIVED", "FEATURES", "HARDENING", "MINIMUM_VERSION", "NO_PROTOCOL",
-    "Git", "GitResult", "GitVersion", "git_dir_of", "unknown_extensions",
+    "Git", "GitResult", "GitVersion", "ObjectDirs", "git_dir_of", "unknown_extensions",
 ]  # fmt: skip
 
 IoNice = Literal["none", "idle", "best-effort"]
@@ -131,6 +137,50 @@ _FIXED_ENV = {
     "GIT_ALLOW_PROTOCOL": NO_PROTOCOL, "GIT_NO_LAZY_FETCH": "1",
 }  # fmt: skip
 _KEPT_ENV = ("PATH", "HOME", "TMPDIR")
+
+
+#: What a path in the object-directory variables may not hold: git splits the alternates
+#: list at ':' (';' on Windows) and C-unquotes an entry that starts with '"' (backslash
+#: escapes); a control character (newline, NUL...) has no business in a path custode hands
+#: git. The repository's own objects need none of this: a backup links them from scratch.
+_UNSAFE_IN_OBJECT_DIR = frozenset(':;"\\') | {chr(c) for c in (*range(32), 127)}
+
+
+@dataclass(frozen=True)
+class ObjectDirs:
+    """Where a git finds and writes objects instead of the repository's ``objects``:
+    ``primary`` (``GIT_OBJECT_DIRECTORY``: new objects and packs go there) and
+    ``alternates`` (``GIT_ALTERNATE_OBJECT_DIRECTORIES``, read only; each one's own
+    ``info/alternates`` is followed, as git does). The repository itself (refs, config,
+    ``shallow``) is still the ``--git-dir``. Checked by ``environment``."""
+
+    primary: Path
+    alternates: tuple[Path, ...] = ()
+
+    def environment(self) -> dict[str, str]:
+        """The two variables, or GitRefusedError naming the path git could misread."""
+        for path in (self.primary, *self.alternates):
+            text = os.fspath(path)
+            bad = sorted(set(text) & _UNSAFE_IN_OBJECT_DIR)
+            if bad:
+                raise GitRefusedError(
+                    f"refusing to run git with object directory {text!r}: it holds "
+                    f"{', '.join(repr(c) for c in bad)}, which git's alternates list cannot "
+                    "carry; use a scratch directory with a plain path"
+                )
+            if not Path(text).is_absolute():
+                raise GitRefusedError(
+                    f"refusing to run git with object directory {text!r}: not an absolute "
+                    "path (git would resolve it against its own working directory)"
+                )
+            if not Path(text).is_dir():
+                raise GitRefusedError(
+                    f"refusing to run git with object directory {text}: not an existing directory"
+                )
+        env = {"GIT_OBJECT_DIRECTORY": os.fspath(self.primary)}
+        if self.alternates:
+            env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = ":".join(map(os.fspath, self.alternates))
+        return env
 
 
 def git_dir_of(repo: Path) -> Path:
@@ -236,8 +286,12 @@ class Git:
             )
         return found
 
-    def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The environment git runs in: allowlisted, never inherited wholesale."""
+    def environment(
+        self, extra: Mapping[str, str] | None = None, objects: ObjectDirs | None = None
+    ) -> dict[str, str]:
+        """The environment git runs in: allowlisted, never inherited wholesale. ``extra``
+        may not set a ``GIT_*`` variable; ``objects`` sets exactly the object directory
+        and its alternates (``ObjectDirs``)."""
         env = {k: os.environ[k] for k in _KEPT_ENV if k in os.environ}
         env.setdefault("PATH", os.defpath)
         env.update(_FIXED_ENV)
@@ -246,6 +300,8 @@ class Git:
             if locked or key in _FIXED_ENV:
                 raise GitRefusedError(f"refusing to set {key} for git: the runner fixes it")
             env[key] = value
+        if objects is not None:
+            env.update(objects.environment())
         return env
 
     def command_line(
@@ -321,6 +377,7 @@ class Git:
         pass_fds: Sequence[int] = (),
         stdout: BinaryIO | None = None,
         config: Sequence[tuple[str, str]] = (),
+        objects: ObjectDirs | None = None,
     ) -> GitResult:
         """Run ``git <args>`` on ``repo`` (a git dir or a working copy; None for none).
 
@@ -330,6 +387,9 @@ class Git:
         ``stdout``, an open file, receives git's output directly (a pack of any size) at
         its current position; the result's ``stdout`` is then empty.
 
+        ``objects``: read and write objects there instead of the repository's own
+        ``objects`` directory (``ObjectDirs``; GitRefusedError for a path it refuses).
+
         git runs in ``cwd``, by default the git dir. ``timeout`` is in seconds (default the
         instance's; 0 for none). ``pass_fds`` are inherited by git and its children: pass
         the custode repository lock, so that a git outliving a killed custode still holds
@@ -337,7 +397,7 @@ class Git:
         non-zero exit when ``check``.
         """
         argv = self.command_line(args, repo, config)
-        env = self.environment(env_extra)
+        env = self.environment(env_extra, objects)
         self.check_version()
         sub = os.fspath(args[0])
         git_dir = git_dir_of(repo) if repo is not None else None
