@@ -1,17 +1,27 @@
 """Moving files between a repository and a store: encrypt and put, get and decrypt.
 
 Reading streams: the store writes the ciphertext into a pipe from a thread while age
-decrypts from the other end into the destination, and the ciphertext's size and SHA-256
-are checked against the manifest on the way, so a restore never holds a second copy of a
-file on disk and a swapped or damaged file is named exactly. The stream stops as soon as
-more bytes come than the manifest records: a huge (or endless) file in a stored file's
-place costs no more time than the real one would.
+decrypts from the other end, and the ciphertext's size and SHA-256 are checked against
+the manifest on the way, so a restore never holds a second copy of a file on disk and a
+swapped or damaged file is named exactly. The stream stops as soon as more bytes come
+than the manifest records: a huge (or endless) file in a stored file's place costs no
+more time than the real one would.
+
+Speed: pyrage's ``decrypt_io`` holds the GIL while it decrypts, so everything else runs
+in calls that let go of it, on the other core: the store thread reads and hashes, and a
+second thread writes the plaintext to the destination in 1 MiB pieces (a write is a
+system call, the decryption need not wait for it). Pipe and buffers are 1 MiB, not the
+8 KiB age reads and writes at a time. Memory stays a few MiB whatever the file's size.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import os
+import queue
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,11 +88,136 @@ def check(ref: FileRef, size: int, sha256: str) -> None:
         )
 
 
-def decrypt_to(store: Store, ref: FileRef, sink: BinaryIO, identities: Sequence[Identity]) -> None:
+_PIECE = 1 << 20  # pipe, read buffer and plaintext pieces: 8 KiB ones cost a system call each
+_DEPTH = 4  # plaintext pieces waiting to be written: memory stays flat
+
+
+def _widen(fd: int) -> None:
+    with contextlib.suppress(OSError):  # a user over the pipe-buffer quota keeps 64 KiB
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIECE)
+
+
+_FLUSH_EVERY = 32 << 20
+
+
+class _Flusher:
+    """Has the kernel write a file to disk while it is being written: ``fdatasync`` in a
+    thread of its own after every 32 MiB, so the caller's fsync before its rename waits
+    for the last few MiB only, not for the whole file. Its error is kept (the kernel
+    reports a failed write-back once per open file: it must not be lost)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.unsynced, self.stop = fd, 0, False
+        self.error: OSError | None = None
+        self.due = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="custode-flush", daemon=True)
+        self.thread.start()
+
+    def wrote(self, n: int) -> None:
+        self.unsynced += n
+        if self.unsynced >= _FLUSH_EVERY:
+            self.unsynced = 0
+            self.due.set()  # a sync running now takes the next as well: at most one waits
+
+    def _run(self) -> None:
+        while True:
+            self.due.wait()
+            self.due.clear()
+            if self.stop or self.error is not None:
+                return
+            try:
+                os.fdatasync(self.fd)
+            except OSError as exc:
+                self.error = exc
+
+    def close(self) -> None:
+        self.stop = True
+        self.due.set()
+        self.thread.join()
+
+
+class _Writer:
+    """A write-only sink that gathers the plaintext into pieces and writes them to ``sink``
+    from a thread of its own, so that writing overlaps decrypting.
+
+    ``sink`` is only ever called from that thread, one piece after another, in order. Its
+    first error is kept and raised at the next ``write`` (which stops the decryption) and
+    by ``close``; the pieces after it are dropped."""
+
+    def __init__(self, sink: BinaryIO, flush: int | None = None) -> None:
+        self.sink = sink
+        self.flusher = None if flush is None else _Flusher(flush)
+        self.pending: list[bytes] = []
+        self.buffered = 0
+        self.error: BaseException | None = None
+        self.pieces: queue.Queue[bytes | None] = queue.Queue(_DEPTH)
+        self.thread = threading.Thread(target=self._drain, name="custode-plain-write", daemon=True)
+        self.thread.start()
+
+    def write(self, data: bytes) -> int:
+        if self.error is not None:
+            raise self.error
+        self.pending.append(data)
+        self.buffered += len(data)
+        if self.buffered >= _PIECE:
+            self._hand_over()
+        return len(data)
+
+    def _hand_over(self) -> None:
+        piece = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
+        self.pending, self.buffered = [], 0
+        self.pieces.put(piece)  # never blocks for good: the thread takes pieces until None
+
+    def _drain(self) -> None:
+        while (piece := self.pieces.get()) is not None:
+            if self.error is None:
+                try:
+                    self._write(piece)
+                except BaseException as exc:
+                    self.error = exc
+                if self.flusher is not None:
+                    self.flusher.wrote(len(piece))
+
+    def _write(self, piece: bytes) -> None:
+        done = self.sink.write(piece)
+        while done < len(piece):  # a raw file may take less than it was given
+            more = self.sink.write(piece[done:])
+            if not more:
+                raise OSError(errno.EIO, "the destination took no more bytes")
+            done += more
+
+    def close(self) -> None:
+        """Write what is left and wait for it; raise the sink's error, if any."""
+        if self.pending:
+            self._hand_over()
+        self.finish()
+        if self.error is not None:
+            raise self.error
+
+    def finish(self) -> None:
+        """Stop the thread once it has taken every piece given (written or dropped)."""
+        if self.thread.is_alive():
+            self.pieces.put(None)
+            self.thread.join()
+        if self.flusher is not None:
+            self.flusher.close()
+            if self.error is None:
+                self.error = self.flusher.error
+
+
+def decrypt_to(
+    store: Store, ref: FileRef, sink: BinaryIO, identities: Sequence[Identity],
+    *, flush: int | None = None,
+) -> None:  # fmt: skip
     """Decrypt the stored file ``ref`` into ``sink``, checking the ciphertext on the way.
 
-    On error ``sink`` holds a partial plaintext the caller must discard."""
+    ``sink`` is written from another thread (one at a time, in order), every write done
+    when this returns. On error it holds a partial plaintext the caller must discard; an
+    error of ``sink`` itself is raised as it is. ``flush``, the descriptor of the file
+    ``sink`` writes to, is written back to disk as the plaintext comes (the caller still
+    fsyncs it: this only leaves that fsync little to wait for)."""
     rfd, wfd = os.pipe()
+    _widen(wfd)
     tee = _Hashing(wfd, ref)
     failure: list[BaseException] = []
 
@@ -98,16 +233,25 @@ def decrypt_to(store: Store, ref: FileRef, sink: BinaryIO, identities: Sequence[
 
     thread = threading.Thread(target=pump, name="custode-store-get", daemon=True)
     thread.start()
+    writer = _Writer(sink, flush)
     decrypt_error: IntegrityError | None = None
     try:
-        with os.fdopen(rfd, "rb") as reader:
+        with os.fdopen(rfd, "rb", buffering=_PIECE) as reader:
             try:
-                decrypt_file(reader, sink, identities, name=ref.key)
-            except IntegrityError as exc:
-                decrypt_error = exc
-            while reader.read(1 << 20):  # a clean end: the store sent nothing more
-                pass
+                decrypt_file(reader, writer, identities, name=ref.key)  # type: ignore[arg-type]
+            except BaseException as exc:
+                if writer.error is not None and isinstance(exc, Exception):
+                    pass  # the sink failed: close raises its own error
+                elif isinstance(exc, IntegrityError):
+                    decrypt_error = exc
+                else:
+                    raise
+            if writer.error is None:
+                while reader.read(_PIECE):  # a clean end: the store sent nothing more
+                    pass
+        writer.close()
     finally:
+        writer.finish()
         thread.join()
     if failure:
         raise failure[0]
