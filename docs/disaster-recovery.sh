@@ -1,9 +1,9 @@
 #!/bin/sh
-# Restore one repository from a custode store with only age, git and coreutils.
+# Restore one repository from a custode store with only age, git, coreutils, sed and awk.
 # Usage: disaster-recovery.sh STORE_DIR REPOSITORY IDENTITY_FILE DEST.git [HOST]
 #   STORE_DIR   a local copy of the store (for S3: aws s3 sync s3://bucket/prefix STORE_DIR)
 #   REPOSITORY  its path relative to its root, as `custode snapshots --json` lists it
-# Restores the repository's latest backup; writes its refs record to DEST.git.refs.json.
+# Restores the repository's latest backup; writes its refs to DEST.git.refs (oid name).
 set -eu
 store=$1 repo=$2 identity=$3 dest=$4
 host=${5:-$(ls "$store/hosts" | head -n 1)}
@@ -17,27 +17,58 @@ for id in $(ls "$dir" | sort -r); do
 done
 [ -n "$latest" ] || { echo "no backup of $repo in $dir" >&2; exit 1; }
 manifest="$dir/$latest/manifest.json"
-field() { grep -o "\"$1\":[^,}]*" "$manifest" | head -n 1 | cut -d: -f2 | tr -d '"'; }
-format=$(field object_format)
-bare=$(field bare)
-# 3. a new repository, then every bundle of the chain in order (oldest first)
-git init -q --bare --object-format="$format" "$dest"
-# a shallow repository: its shallow commits (in the manifest's chain) before any fetch
-grep -o '"shallow":\[[^]]*\]' "$manifest" | tail -n 1 | tr -c '0-9a-f' '\n' \
-  | grep -E '^[0-9a-f]{40}([0-9a-f]{24})?$' > "$dest/shallow" || rm "$dest/shallow"
-for key in $(grep -o '"key":"[^"]*/bundle.age"' "$manifest" | cut -d'"' -f4); do
-  age -d -i "$identity" -o "$dest/restore.bundle" "$store/$key"
-  git -C "$dest" bundle verify -q restore.bundle
-  git -C "$dest" fetch -q --prune restore.bundle '+refs/*:refs/*'
-  rm "$dest/restore.bundle"
+field() { grep -o "\"$1\":[^,}]*" "$2" | head -n 1 | cut -d: -f2 | tr -d '"'; }
+format=$(field object_format "$manifest")
+bare=$(field bare "$manifest")
+# 3. the chain: each manifest (format 3) names the one it builds on in "base"; follow
+#    them back to the first (a format 1/2 manifest lists its whole chain itself)
+chain=$manifest at=$manifest
+while base=$(grep -o '"base":{"key":"[^"]*"' "$at" | cut -d'"' -f6) && [ -n "$base" ]; do
+  at="$store/$base" chain="$at $chain"
 done
-# 4. HEAD from the decrypted refs record (JSON: head, refs, symrefs)
-age -d -i "$identity" -o "$dest.refs.json" "$dir/$latest/refs.age"
+# 4. a new repository, then every bundle's objects in chain order (oldest first)
+git init -q --bare --object-format="$format" "$dest"
+# a shallow repository: its shallow commits (in the chain's last bundle) before any unbundle
+for m in $chain; do cat "$m"; done | grep -o '"shallow":\[[^]]*\]' | tail -n 1 \
+  | tr -c '0-9a-f' '\n' | grep -E '^[0-9a-f]{40}([0-9a-f]{24})?$' > "$dest/shallow" \
+  || rm "$dest/shallow"
+for m in $chain; do
+  for key in $(grep -o '"key":"[^"]*/bundle.age"' "$m" | cut -d'"' -f4); do
+    age -d -i "$identity" -o "$dest/restore.bundle" "$store/$key"
+    git -C "$dest" bundle unbundle restore.bundle > /dev/null
+    rm "$dest/restore.bundle"
+  done
+done
+# 5. the refs: each manifest's refs.age holds every ref ("refs_delta":false) or what
+#    changed since its parent ("set" and "delete"): applied in chain order
+pairs() {  # the "name":"oid" members of JSON object $1 in file $2, as "oid name" lines
+  grep -o "\"$1\":{[^}]*}" "$2" | head -n 1 | sed -e "s/^\"$1\":{//" -e 's/}$//' \
+    -e 's/","/"\n"/g' | sed -n 's/^"\(.*\)":"\([0-9a-f]*\)"$/\2 \1/p'
+}
+: > "$dest.refs"
+for m in $chain; do
+  key=$(grep -o '"refs":{"key":"[^"]*"' "$m" | cut -d'"' -f6)
+  age -d -i "$identity" -o "$dest.refs.json" "$store/$key"
+  if grep -q '"refs_delta":true' "$m"; then
+    grep -o '"delete":\[[^]]*\]' "$dest.refs.json" | sed -e 's/^"delete":\[//' -e 's/\]$//' \
+      -e 's/","/"\n"/g' | sed -n 's/^"\(.*\)"$/\1/p' > "$dest.gone"
+    pairs set "$dest.refs.json" > "$dest.set"
+    awk 'FILENAME == ARGV[1] { drop[$0] = 1; next } FILENAME == ARGV[2] { drop[$2] = 1; next }
+         !($2 in drop)' "$dest.gone" "$dest.set" "$dest.refs" > "$dest.kept"
+    cat "$dest.kept" "$dest.set" > "$dest.refs"
+    rm "$dest.gone" "$dest.set" "$dest.kept"
+  else
+    pairs refs "$dest.refs.json" > "$dest.refs"
+  fi
+done
+awk '{ print "update " $2 " " $1 }' "$dest.refs" | git -C "$dest" update-ref --stdin
+# 6. HEAD from the last refs record (JSON: head, refs or set/delete, symrefs)
 head=$(grep -o '"head":"ref:[^"]*"' "$dest.refs.json" | cut -d'"' -f4 | cut -c5-)
 [ -n "$head" ] && git -C "$dest" symbolic-ref HEAD "$head"
 detached=$(grep -o '"head":"[0-9a-f]*"' "$dest.refs.json" | cut -d'"' -f4)
 [ -n "$detached" ] && git -C "$dest" update-ref --no-deref HEAD "$detached"
-# 5. config, hooks, description and info/: files.age, a gzipped tar
+rm "$dest.refs.json"
+# 7. config, hooks, description and info/: files.age, a gzipped tar
 files=$(grep -o '"files":{[^}]*}' "$manifest" | grep -o '"key":"[^"]*"' | cut -d'"' -f4)
 age -d -i "$identity" "$store/$files" | tar -xz -C "$dest"
 # a working copy ("bare": false): clone it from $dest, or move $dest to DIR/.git,

@@ -169,11 +169,21 @@ def test_forget_keeps_every_file_a_kept_snapshot_needs(
         fast_import(main, history_stream("refs/heads/main", 2, start=200 + 2 * n,
                                          parent="refs/heads/main^0"))  # fmt: skip
         states.append(state_of(main))
-        backup(custode, root, store, pub)
+        if n == 1:  # a new chain: the first backup's files are needed by no later one
+            made = custode("backup", root, "--store", store, "--recipient", pub, "--full")
+            assert made.code == 0, made.stderr
+        else:
+            backup(custode, root, store, pub)
+    # each repository's first backup (all are in the first snapshot, none changed since)
+    first = [
+        p for p in store.glob("hosts/*/repos/*/*/*") if p.parent == min(p.parent.parent.iterdir())
+    ]
     before = sorted(p for p in store.rglob("*") if p.is_file())
     dry = custode("forget", "--store", store, "--keep-last", "1", "--prune", "--dry-run", "--json")
     assert dry.code == 0, dry.stderr
-    assert len(dry.json()["removed"]) == 3 and dry.json()["pruned_files"] > 0
+    # the first chain's files go; the kept incremental needs its chain's earlier
+    # manifests and refs files (format 3 links each to its parent)
+    assert len(dry.json()["removed"]) == 3 and dry.json()["pruned_files"] == len(first)
     assert sorted(p for p in store.rglob("*") if p.is_file()) == before
     done = custode("forget", "--store", store, "--keep-last", "1", "--prune", "--json")
     assert done.code == 0, done.stderr
@@ -238,14 +248,19 @@ def test_disaster_recovery_with_only_age_and_git(
     custode: Run, root: Path, tmp_path: Path, keys: tuple[str, Path]
 ) -> None:
     """The README's recovery, step by step: find the repository in the latest snapshot,
-    decrypt its chain's bundles in order with age, fetch each into a new bare repository,
-    set HEAD from the refs file. No custode code is used after the backups."""
+    follow its manifests' parents, decrypt the chain's bundles in order with age and
+    unbundle each into a new bare repository, apply the refs records (whole, then
+    deltas), set HEAD. No custode code is used after the backups."""
     pub, identity = keys
     store, main = tmp_path / "store", root / "org" / "main.git"
     backup(custode, root, store, pub)
     run_git(main, "update-ref", "-d", "refs/heads/topic")
     fast_import(main, history_stream("refs/heads/main", 2, start=400, parent="refs/heads/main^0"))
     backup(custode, root, store, pub)
+    repo_dir = next(p.parent.parent for p in store.rglob("manifest.json")
+                    if b'"repository":"org/main.git"' in p.read_bytes())  # fmt: skip
+    second = max(repo_dir.iterdir()) / "manifest.json"
+    assert b'"refs_delta":true' in second.read_bytes()  # only the change was stored
     script = (PROJECT / "docs" / "disaster-recovery.sh").read_text()
     out = tmp_path / "recovered.git"
     proc = subprocess.run(
@@ -263,7 +278,9 @@ def test_disaster_recovery_with_only_age_and_git(
     assert (out / "hooks" / "pre-receive").read_bytes() == (main / "hooks/pre-receive").read_bytes()
     assert run_git(out, "config", "custom.key").strip() == "kept"
     run_git(out, "fsck", "--strict")
-    assert json.loads((tmp_path / "recovered.git.refs.json").read_text())["head"].startswith("ref:")
+    # the refs it applied: a whole record, then the second backup's delta (topic deleted)
+    applied = set((tmp_path / "recovered.git.refs").read_text().splitlines())
+    assert applied == set(got.splitlines()) and not any("topic" in r for r in applied)
 
 
 def test_round_trip_through_an_s3_store(

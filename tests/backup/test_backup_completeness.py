@@ -14,8 +14,6 @@ at a work tree).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import subprocess
 from collections.abc import Callable, Sequence
@@ -28,17 +26,9 @@ import pytest
 from custode.backup import bundle
 from custode.backup.crypto import generate_identity, parse_recipient
 from custode.backup.engine import BackupSettings, RepoBackup, backup_repository, write_snapshot
-from custode.backup.manifest import (
-    FileRef,
-    Link,
-    RepoManifest,
-    backup_prefix,
-    canonical,
-    repo_key,
-)
 from custode.backup.roots import read_shallow, worktree_refs
 from custode.backup.store import LocalStore
-from custode.errors import IntegrityError, StateError
+from custode.errors import StateError
 from custode.git.runner import Git, GitResult
 from fixtures.builders import fast_import, git_env, history_stream, run_git
 from fixtures.cli import CliResult
@@ -406,35 +396,6 @@ def test_restore_force_of_a_working_copy_replaces_only_its_git_dir(
     assert clash.code != 0 and "work tree" in clash.stderr, clash.stderr
     assert (work / "untracked.txt").read_text() == "precious\n"
     assert run_git(work, "rev-parse", "HEAD").strip() == backed_up
-
-
-def _manifest(shallow: tuple[str, ...]) -> RepoManifest:
-    # 20 bytes: the bundle holds its 20-byte header (a manifest saying otherwise is forged)
-    ref = FileRef("hosts/h/repos/" + repo_key("r.git") + "/x/bundle.age", 20, "0" * 64)
-    bid = "20260101T000000000000Z-00000000"
-    own = backup_prefix("h", "r.git", bid)
-    link = Link(bid, ref, None, "", 20, 0, (), shallow)
-    return RepoManifest("h", "r.git", bid, "2026-01-01T00:00:00+00:00", None, "sha1", True,
-                        ("a" * 40,), "0" * 64, 1, FileRef(own + "refs.age", 1, "0" * 64),
-                        ref, "0" * 64, (link,))  # fmt: skip
-
-
-def test_only_a_shallow_chain_needs_the_new_manifest_format() -> None:
-    """Manifests without shallow commits stay ``custode-backup/1`` (every custode reads
-    them, and every earlier one still restores); one with them says ``/2``, which an
-    older custode refuses rather than restoring a broken repository."""
-    plain, shallow = _manifest(()), _manifest(("b" * 40,))
-    assert b'"format":"custode-backup/1"' in plain.to_bytes()
-    assert b'"format":"custode-backup/2"' in shallow.to_bytes()
-    for m in (plain, shallow):
-        back = RepoManifest.from_bytes(m.to_bytes(), m.manifest_key)
-        assert back == m and back.chain[0].shallow == m.chain[0].shallow
-    future = shallow.to_bytes().replace(b"custode-backup/2", b"custode-backup/3")
-    body = json.loads(future)
-    body.pop("checksum")
-    body["checksum"] = hashlib.sha256(canonical(body)).hexdigest()
-    with pytest.raises(IntegrityError, match="upgrade custode"):
-        RepoManifest.from_bytes(canonical(body), shallow.manifest_key)
 
 
 def test_worktree_files_are_read_defensively(tmp_path: Path) -> None:

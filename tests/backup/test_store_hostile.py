@@ -29,13 +29,13 @@ import pyrage  # type: ignore[import-untyped]
 import pytest
 
 from custode.backup.catalog import load
+from custode.backup.chain import read_manifest
 from custode.backup.crypto import generate_identity, parse_recipient
 from custode.backup.manifest import (
     RepoManifest,
     Snapshot,
     canonical,
     new_id,
-    read_manifest,
     repo_prefix,
 )
 from custode.backup.records import MAX_DEPTH, load_json
@@ -325,10 +325,11 @@ def damage_file(copy: Copy, kind: str, form: str) -> tuple[str, bool]:
     elif form == "huge":
         huge(SPARSE_RECORD if kind == "manifest" else SPARSE_DATA)(path)
     elif kind == "manifest":
-        last = dict(m.chain[-1].to_json(), header_bytes=10**19)  # 20 digits, beyond any file
+        # 20 digits, beyond any file
+        last = dict(m.chain[-1].to_json_linked(), header_bytes=10**19)
 
         def out_of_range(body: dict) -> None:
-            body["chain"][-1] = last
+            body["link"] = last
 
         copy.replace(key, {
             "deep": lambda: DEEP,

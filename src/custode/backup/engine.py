@@ -5,16 +5,23 @@ the parent backup, the non-object files and LFS objects, then the manifest (data
   is decided before this module is called (``custode.jobs.backup``).
 * Nothing changed (same refs, same files, same LFS objects) → no new file at all: the
   snapshot points at the parent's manifest again.
-* ``full`` (``custode backup --full``) → a new chain with no parent for every repository,
-  changed or not: neither skip above applies. It is the way out of a damaged chain (a
-  bundle ``verify --level full`` found lacking objects): otherwise an unchanged
-  repository's damaged chain would stay its latest backup for ever.
-* Refs changed → one new bundle, excluding the parent's tips that still exist (a deleted
-  branch or a force-push only shrinks the exclusion; nothing usable → a full bundle).
-* The chain is cut (a full bundle) once it is ``full_every`` bundles long or its first
-  bundle is older than ``full_after``: restore time stays bounded. It is cut too when a
-  shallow repository's ``shallow`` file changed (deepened, or made complete): excluding
-  the parent's tips would then exclude history the chain never held.
+* Only kept files or LFS objects changed → a manifest in the parent's place: same link,
+  refs file and tips, built on the same manifest (a chain grows only when refs change).
+* ``full`` (``custode backup --full``) → a new chain for every repository, changed or not:
+  neither skip above applies. It is the way out of a damaged chain (a bundle ``verify
+  --level full`` found lacking objects): otherwise an unchanged repository's damaged chain
+  would stay its latest backup for ever.
+* Refs changed → one new bundle (none when no object is new), excluding the parent's tips
+  that still exist (a deleted branch or a force-push only shrinks the exclusion), its
+  header naming only the refs that moved; the refs stored as the change since the
+  parent's when this machine still knows those exactly (``backup/refscache.py``).
+* A new chain starts once the chain is ``full_every`` long or its first bundle is older
+  than ``full_after`` (restore time stays bounded), and when a shallow repository's
+  ``shallow`` file changed (excluding the parent's tips would then exclude history the
+  chain never held). It starts with a full bundle — copied from the repository's one
+  pack when that pack is exactly what the refs reach (``backup/bundle.py``) — or, for a
+  repository sharing history with another (``backup/plan.py``: a fork, a pool's
+  borrower), on that one's latest backup: only its own objects are stored.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ import hashlib
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from custode.backup.bundle import Refs, capture, write_bundle
+from custode.backup.bundle import Refs, capture, existing_commits, write_bundle
+from custode.backup.chain import pinned, resolve_on
+from custode.backup.chain import read_manifest as chain_manifest
 from custode.backup.crypto import Recipient
 from custode.backup.extras import build_tar, compress, lfs_objects
 from custode.backup.freshness import FUTURE_TOLERANCE
@@ -38,14 +47,15 @@ from custode.backup.manifest import (
     RepoManifest,
     Snapshot,
     backup_prefix,
-    canonical,
     id_time,
     lfs_key,
     new_id,
     repo_prefix,
     salted_digest,
 )
-from custode.backup.manifest import read_manifest as bounded_read_manifest
+from custode.backup.plan import Sharing
+from custode.backup.refscache import RefsCache
+from custode.backup.refsfile import RefsDelta, changed, diff, encode
 from custode.backup.roots import read_shallow
 from custode.backup.store import KeyExistsError, Store
 from custode.backup.streams import put_bytes, put_file
@@ -63,6 +73,7 @@ class BackupSettings:
     full_every: int = 30  # bundles in a chain before a full one
     full_after: float = 30 * 86400.0  # seconds since the chain's first bundle
     full: bool = False  # a new chain for every repository, changed or not (backup --full)
+    refs_cache: RefsCache | None = None  # the refs last stored: incrementals store a delta
 
 
 @dataclass
@@ -80,6 +91,10 @@ class RepoBackup:
     manifest_key: str = ""  # set with ``manifest``, or alone when history showed no change
     fingerprint: str = ""  # the repository's fingerprint and kept-files stamp before it began
     stamp: str = ""
+    method: str = ""  # how its new bundle was made: "copy" or "generate" (bundle.py)
+    method_why: str = ""
+    base: str = ""  # the repository whose backup a new chain of this one builds on
+    base_why: str = ""
 
     @property
     def backup_id(self) -> str | None:
@@ -97,7 +112,8 @@ def manifests_by_repo(store: Store, host: str) -> dict[str, list[str]]:
 
 
 def read_manifest(store: Store, key: str) -> RepoManifest:
-    return bounded_read_manifest(store, key)  # bounded in size, nesting and numbers
+    """The manifest at ``key``, resolved along its chain (``backup/chain.py``)."""
+    return chain_manifest(store, key)  # bounded in size, nesting, numbers and depth
 
 
 def by_age(keys: Sequence[str], now: datetime) -> list[str]:
@@ -135,14 +151,18 @@ def latest_usable(
 def backup_repository(
     store: Store, git: Git, settings: BackupSettings, *, repository: str, root: str,
     git_dir: Path, bare: bool, object_format: str, manifests: list[str],
+    base: Sharing | None = None,
 ) -> RepoBackup:  # fmt: skip
-    """Back up one repository; failures come back as a ``failed`` result, never raised."""
+    """Back up one repository; failures come back as a ``failed`` result, never raised.
+    ``base``: the repository it shares history with (``backup/plan.py``), whose latest
+    backup (``base_key``) a new chain of this one builds on."""
     started = time.monotonic()
     result = RepoBackup(repository, root, "failed")
     work = settings.scratch / f"{repository.replace('/', '_')[:60]}-{new_id()}"
     try:
         work.mkdir(parents=True)
-        _backup(store, git, settings, result, git_dir, bare, object_format, manifests, work)
+        _backup(store, git, settings, result, git_dir, bare, object_format, manifests, work,
+                base)  # fmt: skip
     except CustodeError as exc:
         result.outcome, result.message = "failed", exc.message
     except OSError as exc:
@@ -156,7 +176,7 @@ def backup_repository(
 
 def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
     store: Store, git: Git, settings: BackupSettings, result: RepoBackup, git_dir: Path,
-    bare: bool, object_format: str, manifests: list[str], work: Path,
+    bare: bool, object_format: str, manifests: list[str], work: Path, base: Sharing | None,
 ) -> None:  # fmt: skip
     if not git_dir.is_dir():
         raise StateError(f"{git_dir} is gone (deleted or moved since it was found)")
@@ -167,7 +187,7 @@ def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
     refs_json, tar = refs.to_json(), build_tar(git_dir)
     tar_hex = tar.hex()  # what the files digest is of
     lfs = lfs_objects(git_dir)
-    same_shallow = parent is not None and shallow == _shallow_of(parent)
+    same_shallow = parent is not None and shallow == parent.shallow
     same_refs = (
         parent is not None
         and same_shallow
@@ -182,44 +202,145 @@ def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
     now = datetime.now(UTC)
     backup_id = new_id(now)
     own = backup_prefix(host, repository, backup_id)
-    chain: list[Link] = list(parent.chain) if parent else []
-    if not same_refs:
-        full = parent is None or not same_shallow or _chain_is_long(chain, settings, now)
-        if full:
-            chain = []
-        exclude = set() if full or parent is None else set(parent.tips)
-        files = write_bundle(git, git_dir, refs, exclude, work, object_format=object_format)
-        if files is None:  # no ref at all: nothing to bundle, nothing earlier is needed
-            chain = []
-        else:
-            bundle = _put(store, own + "bundle.age", files.bundle, settings, work, result)
-            index = None
-            if files.index is not None:
-                index = _put(store, own + "index.age", files.index, settings, work, result)
-            chain.append(Link(backup_id, bundle, index, files.pack_name, files.header_bytes,
-                              _objects(files.index), files.prerequisites, shallow))  # fmt: skip
-        result.full = len(chain) <= 1
-    refs_file = put_bytes(store, own + "refs.age", _refs_bytes(refs), settings.recipients)
-    result.bytes_added += refs_file.size
     if parent is not None and same_files:
         files_ref = parent.files
     else:
         files_ref = put_bytes(store, own + "files.age", compress(tar), settings.recipients)
         result.bytes_added += files_ref.size
         result.files_added += 1
-    lfs_refs = _store_lfs(store, settings, parent, lfs, work, result)
-    manifest = RepoManifest(
-        host, repository, backup_id, now.isoformat(timespec="seconds"),
-        parent.backup_id if parent else None, object_format, bare,
-        tuple(sorted(refs.tips())), salted_digest(backup_id, refs_json),
-        len(refs.refs) + len(refs.symrefs), refs_file, files_ref,
-        salted_digest(backup_id, tar_hex), tuple(chain), tuple(lfs_refs),
+    lfs_refs = tuple(_store_lfs(store, settings, parent, lfs, work, result))
+    head = RepoManifest(
+        host, repository, backup_id, now.isoformat(timespec="seconds"), None, object_format,
+        bare, (), salted_digest(backup_id, refs_json), len(refs.refs) + len(refs.symrefs),
+        files_ref, files_ref, salted_digest(backup_id, tar_hex), (), lfs_refs,
     )  # fmt: skip
+    on = parent  # the manifest the new one is resolved on
+    if parent is not None and same_refs:
+        manifest = _in_place_of(parent, head)
+    else:
+        manifest, on = _new_link(store, git, settings, result, parent, refs, head,
+                             git_dir=git_dir, shallow=shallow, same_shallow=same_shallow,
+                             now=now, work=work, base=base)  # fmt: skip
     data = manifest.to_bytes()
     store.put_bytes(manifest.manifest_key, data)  # last: the backup exists from here on
     result.bytes_added += len(data)
+    manifest = replace(manifest, stored=FileRef(manifest.manifest_key, len(data),
+                                                hashlib.sha256(data).hexdigest()))  # fmt: skip
+    if parent is not None and same_refs and parent.version >= 3:
+        # in its parent's place: on the same manifest, so with the same resolution
+        manifest = replace(manifest, chain=parent.chain, refs_chain=parent.refs_chain,
+                           tips=parent.tips, ancestors=parent.ancestors, resolved=True)  # fmt: skip
+    else:
+        manifest = resolve_on(manifest, on if manifest.base else None)
+    if settings.refs_cache is not None:  # the next backup stores only what changes
+        settings.refs_cache.remember(repository, refs, _base_of(manifest))
     result.outcome, result.manifest = "new", manifest
     result.manifest_key = manifest.manifest_key
+
+
+def _in_place_of(parent: RepoManifest, head: RepoManifest) -> RepoManifest:
+    """Only kept files or LFS objects changed: the new backup takes its parent's place in
+    the chain (same bundle, refs file and tips, built on the same manifest), so a chain
+    grows only when refs change. A format 1/2 parent is built on instead (once)."""
+    if parent.version < 3:
+        return replace(head, base=pinned(parent), refs=parent.refs, parent=parent.backup_id)
+    return replace(head, base=parent.base, parent=parent.parent, link=parent.link,
+                   refs=parent.refs, refs_delta=parent.refs_delta,
+                   tips_added=parent.tips_added, tips_removed=parent.tips_removed)  # fmt: skip
+
+
+def _new_link(  # noqa: PLR0917  (one repository's facts, passed through once)
+    store: Store, git: Git, settings: BackupSettings, result: RepoBackup,
+    parent: RepoManifest | None, refs: Refs, head: RepoManifest, *, git_dir: Path,
+    shallow: tuple[str, ...], same_shallow: bool, now: datetime, work: Path,
+    base: Sharing | None,
+) -> tuple[RepoManifest, RepoManifest | None]:  # fmt: skip
+    """Refs changed: a bundle of what is new (none when nothing is), and the refs whole
+    or as the change since the parent's (when this machine still knows them exactly).
+    A new chain builds on the repository it shares history with, when there is one."""
+    full = parent is None or not same_shallow or _chain_is_long(parent, settings, now)
+    on = parent
+    if full:
+        on = _shared_base(store, git, git_dir, head, parent, base, shallow, result)
+    known = None
+    if not full and parent is not None and settings.refs_cache is not None:
+        known = settings.refs_cache.parent_refs(
+            head.repository, parent.backup_id, parent.refs_digest
+        )
+    exclude = set(on.tips) if on is not None else set()
+    own = backup_prefix(head.host, head.repository, head.backup_id)
+    header = None if known is None else changed(known, refs)
+    if on is not None and on is not parent:  # on a base: its tips need no objects here
+        header = {name: oid for name, oid in refs.refs.items() if oid not in set(on.tips)}
+    files = write_bundle(git, git_dir, refs, exclude, work, object_format=head.object_format,
+                         header_refs=header)  # fmt: skip
+    link = None
+    if files is not None and files.index is not None:
+        bundle = _put(store, own + "bundle.age", files.bundle, settings, work, result)
+        index = _put(store, own + "index.age", files.index, settings, work, result)
+        link = Link(head.backup_id, bundle, index, files.pack_name, files.header_bytes,
+                    _objects(files.index), files.prerequisites, shallow, on is None,
+                    files.method)  # fmt: skip
+        result.method, result.method_why = files.method, files.reason
+    content: Refs | RefsDelta = refs if known is None else diff(known, refs)
+    refs_file = put_bytes(store, own + "refs.age", encode(content), settings.recipients)
+    result.bytes_added += refs_file.size
+    result.full = on is None
+    tips = refs.tips()
+    before = set(on.tips) if on is not None else set()
+    return replace(
+        head, parent=on.backup_id if on else None, base=pinned(on) if on else None,
+        link=link, refs=refs_file, refs_delta=isinstance(content, RefsDelta),
+        tips_added=tuple(sorted(tips - before)), tips_removed=tuple(sorted(before - tips)),
+    ), on  # fmt: skip
+
+
+def _shared_base(  # noqa: PLR0917
+    store: Store, git: Git, git_dir: Path, head: RepoManifest, parent: RepoManifest | None,
+    base: Sharing | None, shallow: tuple[str, ...], result: RepoBackup,
+) -> RepoManifest | None:  # fmt: skip
+    """The latest backup of the repository this one shares history with, for a new chain
+    to build on: the plan's base, or the one its current chain builds on. None when there
+    is none usable (then the chain starts with a full bundle)."""
+    key, why = (base.key, base.why) if base else _current_base(store, parent)
+    if not key or shallow:
+        return None
+    try:
+        found = read_manifest(store, key)
+    except CustodeError as exc:
+        result.warnings.append(f"{head.repository}: not building on {key}: {exc.message}")
+        return None
+    own = repo_prefix(found.host, found.repository)
+    if (
+        found.object_format != head.object_format
+        or found.shallow
+        or found.repository == head.repository
+        or any(not a.key.startswith(own) for a in found.ancestors)  # a fork itself
+        or not existing_commits(git, git_dir, set(found.tips))  # nothing shared after all
+    ):
+        return None
+    result.base, result.base_why = found.repository, why
+    return found
+
+
+def _current_base(store: Store, parent: RepoManifest | None) -> tuple[str, str]:
+    """The latest backup of the repository ``parent``'s chain builds on ("" for none)."""
+    if parent is None:
+        return "", ""
+    own = repo_prefix(parent.host, parent.repository)
+    other = next((a.key for a in parent.ancestors if not a.key.startswith(own)), "")
+    if not other:
+        return "", ""
+    directory = other.rsplit("/", 2)[0] + "/"
+    keys = [k for k in store.list(directory) if k.endswith("/manifest.json")]
+    latest = by_age(keys, datetime.now(UTC))[-1:]
+    return (latest[0], "its chain built on it before") if latest else ("", "")
+
+
+def _base_of(m: RepoManifest) -> str:
+    """The repository a resolved manifest's chain builds on ("" for its own)."""
+    own = repo_prefix(m.host, m.repository)
+    return next((a.key.rsplit("/", 2)[0] for a in m.ancestors if not a.key.startswith(own)), "")
 
 
 def _parent(  # noqa: PLR0917
@@ -283,15 +404,13 @@ def _stored(store: Store, key: str) -> FileRef | None:
     return FileRef(key, len(data), hashlib.sha256(data).hexdigest())
 
 
-def _shallow_of(manifest: RepoManifest) -> tuple[str, ...]:
-    """The shallow commits a backup's chain was made with (a chain holds one set)."""
-    return manifest.chain[-1].shallow if manifest.chain else ()
-
-
-def _chain_is_long(chain: list[Link], settings: BackupSettings, now: datetime) -> bool:
+def _chain_is_long(parent: RepoManifest, settings: BackupSettings, now: datetime) -> bool:
+    """Time for a new chain: ``full_every`` backups long (bundles, or manifests each
+    adding a refs delta), or its first bundle ``full_after`` old; restores stay bounded."""
+    chain = parent.chain
     if not chain:
         return True
-    if len(chain) >= settings.full_every:
+    if max(len(chain), len(parent.ancestors) + 1) >= settings.full_every:
         return True
     return (now - id_time(chain[0].backup_id)).total_seconds() >= settings.full_after
 
@@ -314,10 +433,6 @@ def _objects(index: Path | None) -> int:
     if head[:4] != b"\xfftOc" or len(head) < 8 + 256 * 4:
         raise IntegrityError(f"{index} is not a version 2 pack index")
     return int.from_bytes(head[-4:], "big")
-
-
-def _refs_bytes(refs: Refs) -> bytes:
-    return canonical(refs.to_json()) + b"\n"
 
 
 __all__ = [

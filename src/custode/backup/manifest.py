@@ -8,12 +8,20 @@ Store layout (every key under ``hosts/<host>/``, so several hosts share one stor
     hosts/<host>/snapshots/<snapshot-id>.json                    one run, written last
     hosts/<host>/locks/<lock-id>.json                            running backup / prune
 
-A repository manifest lists the whole chain of bundles a restore needs, oldest first,
-each with the size and SHA-256 of its stored (encrypted) file: restoring needs exactly
-one manifest, and retention knows every file a kept snapshot depends on. Ref names stay
-encrypted (``refs.age``); the manifest carries only the tips' object ids (what the next
-incremental backup excludes, readable without the secret key) and a digest of the refs,
-salted with the backup id, to tell whether anything changed.
+A repository manifest of format 3 (what custode writes) records one link of a chain: its
+own bundle (if it stored new objects), its refs file (whole, or the change since its
+parent: ``refsfile``), the tips it added and removed, and its parent manifest pinned by
+size and SHA-256 — so each manifest's pin is a checksum of the whole chain before it, and
+a manifest's size does not grow with the chain's length. ``backup/chain.py`` follows the
+pins back to the chain's start (``RepoManifest.resolved``): the whole chain of bundles a
+restore needs, the refs files to apply in order, every tip, and every ancestor manifest,
+so that retention still knows every file a kept snapshot depends on. Formats 1 and 2
+(written before) list the whole chain and every tip in each manifest; they are read as
+they are, and a format 3 manifest may build on one.
+
+Ref names stay encrypted (``refs.age``); the manifest carries only tip object ids (what
+the next incremental backup excludes, readable without the secret key) and a digest of
+the refs, salted with the backup id, to tell whether anything changed.
 
 Manifests and snapshots are JSON with a ``checksum`` over their canonical form, and are
 validated field by field on reading: a store is treated as possibly hostile, so every key
@@ -28,7 +36,7 @@ import hashlib
 import json
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +56,8 @@ MANIFEST_FORMAT = "custode-backup/1"
 # a custode reading only /1 would restore it broken, so such a manifest says /2 (all
 # others stay /1, readable by every custode)
 MANIFEST_FORMAT_SHALLOW = "custode-backup/2"
+# one link per manifest, pinned to its parent; refs and tips as deltas (written since 0.x)
+MANIFEST_FORMAT_LINKED = "custode-backup/3"
 SNAPSHOT_FORMAT = "custode-snapshot/1"
 LOCK_FORMAT = "custode-lock/1"
 _ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")
@@ -58,6 +68,7 @@ _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_SIZE = 1 << 50  # bytes in one stored file (a PiB): a larger size is forged
 MAX_COUNT = 1 << 40  # objects or refs in one backup
 _MACHINE = re.compile(r"^[0-9a-f]{32}$")
+_METHOD = re.compile(r"^(copy|generate)$")
 
 
 def new_id(now: datetime | None = None) -> str:
@@ -215,6 +226,9 @@ class Link:
     objects: int
     prerequisites: tuple[str, ...]
     shallow: tuple[str, ...] = ()  # the repository's shallow commits (the same along a chain)
+    # a chain's first bundle: it needs nothing before it (formats 1 and 2: no prerequisite)
+    full: bool = False
+    method: str = ""  # format 3: "copy" (an existing pack as it was) or "generate"
 
     def files(self) -> list[FileRef]:
         return [self.bundle] + ([self.index] if self.index else [])
@@ -227,57 +241,107 @@ class Link:
             "prerequisites": list(self.prerequisites),
         } | ({"shallow": list(self.shallow)} if self.shallow else {})  # fmt: skip
 
+    def to_json_linked(self) -> dict[str, Any]:
+        return self.to_json() | {"full": self.full, "method": self.method}
+
+    @classmethod
+    def read(cls, r: _Reader, item: Any, repos: str, *, linked: bool) -> Link:
+        if not isinstance(item, dict):
+            raise r.bad("chain", "holds a non-object")
+        index, bundle = item.get("index"), FileRef.read(r, item.get("bundle"), repos)
+        prerequisites = tuple(_oids(r, r.items("prerequisites", item), "prerequisites"))
+        full = item.get("full") if linked else not prerequisites
+        if not isinstance(full, bool):
+            raise r.bad("full", "is not true or false")
+        return cls(
+            r.text("backup_id", _ID, item), bundle,
+            None if index is None else FileRef.read(r, index, repos),
+            r.text("pack_name", re.compile(r"^(pack-[0-9a-f]{40,64})?$"), item),
+            # the header is inside the bundle (a plaintext is never longer than its
+            # age file): a larger one would have a reader allocate it
+            r.num("header_bytes", item, bundle.size), r.num("objects", item),
+            prerequisites,
+            tuple(_oids(r, r.items("shallow", item), "shallow")) if "shallow" in item else (),
+            full, r.text("method", _METHOD, item) if linked else "",
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class RepoManifest:
+    """One repository's backup. Fields after ``lfs`` are format 3's own link and what
+    ``backup/chain.py`` resolves by following the parents (formats 1 and 2 hold them)."""
+
     host: str
     repository: str  # path relative to its root: the repository's identity
     backup_id: str
     created: str
-    parent: str | None
+    parent: str | None  # the parent backup's id (format 3: its manifest's, ``base``)
     object_format: str
     bare: bool
-    tips: tuple[str, ...]
+    tips: tuple[str, ...]  # every tip (format 3: resolved from the chain's deltas)
     refs_digest: str
     refs_count: int
     refs: FileRef
     files: FileRef
     files_digest: str
-    chain: tuple[Link, ...]
+    chain: tuple[Link, ...]  # every bundle a restore needs, oldest first (resolved)
     lfs: tuple[FileRef, ...] = ()  # LFS objects, shared by every backup of the host
     key: str = field(default="", compare=False)  # where it was read from
+    version: int = 3
+    base: FileRef | None = None  # format 3: the parent manifest, pinned by size and SHA-256
+    link: Link | None = None  # format 3: this backup's own bundle (None: no new object)
+    refs_delta: bool = False  # format 3: ``refs`` holds the change since the parent
+    tips_added: tuple[str, ...] = ()  # format 3, against the parent's tips
+    tips_removed: tuple[str, ...] = ()
+    # resolved (never stored): the refs files to apply in order (whole first), the
+    # manifests this one builds on, and this one's own stored bytes
+    refs_chain: tuple[FileRef, ...] = ()
+    ancestors: tuple[FileRef, ...] = ()
+    stored: FileRef | None = field(default=None, compare=False)
+    resolved: bool = False
 
     @property
     def manifest_key(self) -> str:
         return backup_prefix(self.host, self.repository, self.backup_id) + "manifest.json"
 
     def file_refs(self) -> list[FileRef]:
-        """Every stored file this backup needs."""
-        out = [self.refs, self.files]
+        """Every stored file this backup needs (once resolved: its ancestors' too)."""
+        out = [*(self.refs_chain or (self.refs,)), self.files]
         for link in self.chain:
             out += link.files()
-        return out + list(self.lfs)
+        return out + list(self.lfs) + list(self.ancestors)
 
     def lfs_oids(self) -> dict[str, FileRef]:
         return {lfs_oid(ref.key): ref for ref in self.lfs}
 
+    @property
+    def shallow(self) -> tuple[str, ...]:
+        """The shallow commits the chain was made with (a chain holds one set)."""
+        return self.chain[-1].shallow if self.chain else ()
+
     def to_bytes(self) -> bytes:
-        shallow = any(link.shallow for link in self.chain)
+        """Format 3: this backup's own link, its parent pinned (``base``)."""
         return _seal({
-            "format": MANIFEST_FORMAT_SHALLOW if shallow else MANIFEST_FORMAT,
+            "format": MANIFEST_FORMAT_LINKED,
             "host": self.host, "repository": self.repository,
-            "backup_id": self.backup_id, "created": self.created, "parent": self.parent,
-            "object_format": self.object_format, "bare": self.bare, "tips": list(self.tips),
+            "backup_id": self.backup_id, "created": self.created,
+            "base": self.base.to_json() if self.base else None,
+            "object_format": self.object_format, "bare": self.bare,
+            "link": self.link.to_json_linked() if self.link else None,
+            "refs": self.refs.to_json(), "refs_delta": self.refs_delta,
             "refs_digest": self.refs_digest, "refs_count": self.refs_count,
-            "refs": self.refs.to_json(), "files": self.files.to_json(),
-            "files_digest": self.files_digest, "chain": [c.to_json() for c in self.chain],
+            "tips_added": list(self.tips_added), "tips_removed": list(self.tips_removed),
+            "files": self.files.to_json(), "files_digest": self.files_digest,
             "lfs": [ref.to_json() for ref in self.lfs],
         })  # fmt: skip
 
     @classmethod
     def from_bytes(cls, data: bytes, key: str) -> RepoManifest:
+        """The manifest as stored: format 3's is not yet resolved (``backup/chain.py``)."""
         what = f"manifest {key}"
-        r = _Reader(_open(data, what, (MANIFEST_FORMAT, MANIFEST_FORMAT_SHALLOW)), what)
+        formats = (MANIFEST_FORMAT, MANIFEST_FORMAT_SHALLOW, MANIFEST_FORMAT_LINKED)
+        r = _Reader(_open(data, what, formats), what)
+        linked = r.body["format"] == MANIFEST_FORMAT_LINKED
         host = r.text("host", _HOST)
         repository = r.text("repository")
         if not repository or "\0" in repository:
@@ -287,21 +351,6 @@ class RepoManifest:
         if key and key != own + "manifest.json":
             raise IntegrityError(f"{what} describes {own}manifest.json; it was moved or forged")
         repos = f"hosts/{host}/repos/{repo_key(repository)}/"
-        chain = []
-        for item in r.items("chain"):
-            if not isinstance(item, dict):
-                raise r.bad("chain", "holds a non-object")
-            index, bundle = item.get("index"), FileRef.read(r, item.get("bundle"), repos)
-            chain.append(Link(
-                r.text("backup_id", _ID, item), bundle,
-                None if index is None else FileRef.read(r, index, repos),
-                r.text("pack_name", re.compile(r"^(pack-[0-9a-f]{40,64})?$"), item),
-                # the header is inside the bundle (a plaintext is never longer than its
-                # age file): a larger one would have a reader allocate it
-                r.num("header_bytes", item, bundle.size), r.num("objects", item),
-                tuple(_oids(r, r.items("prerequisites", item), "prerequisites")),
-                tuple(_oids(r, r.items("shallow", item), "shallow")) if "shallow" in item else (),
-            ))  # fmt: skip
         fmt = r.text("object_format", re.compile(r"^(sha1|sha256)$"))
         bare = r.body.get("bare")
         if not isinstance(bare, bool):
@@ -309,14 +358,40 @@ class RepoManifest:
         lfs = [FileRef.read(r, item, f"hosts/{host}/lfs/") for item in r.items("lfs")]
         if not all(_LFS_KEY.match(ref.key) for ref in lfs):
             raise r.bad("lfs", "names a file that is not an LFS object")
-        return cls(
-            host, repository, backup_id, r.text("created"),
-            r.opt_text("parent", _ID), fmt, bare,
-            tuple(_oids(r, r.items("tips"), "tips")), r.text("refs_digest", _SHA256),
-            r.num("refs_count"), FileRef.read(r, r.body.get("refs"), own, REFS_LIMIT),
+        refs = FileRef.read(r, r.body.get("refs"), repos, REFS_LIMIT)
+        m = cls(
+            host, repository, backup_id, r.text("created"), None, fmt, bare, (),
+            r.text("refs_digest", _SHA256), r.num("refs_count"), refs,
             FileRef.read(r, r.body.get("files"), repos, FILES_LIMIT),
-            r.text("files_digest", _SHA256),
-            tuple(chain), tuple(lfs), key or own + "manifest.json",
+            r.text("files_digest", _SHA256), (), tuple(lfs), key or own + "manifest.json",
+        )  # fmt: skip
+        if not linked:
+            if not refs.key.startswith(own):
+                raise r.bad("refs", "names a file outside its own backup")
+            chain = tuple(Link.read(r, item, repos, linked=False) for item in r.items("chain"))
+            return replace(
+                m, parent=r.opt_text("parent", _ID),
+                tips=tuple(_oids(r, r.items("tips"), "tips")), chain=chain,
+                version=1 if r.body["format"] == MANIFEST_FORMAT else 2,
+                refs_chain=(refs,), resolved=True,
+            )  # fmt: skip
+        raw_base, raw_link = r.body.get("base"), r.body.get("link")
+        base = None
+        if raw_base is not None:
+            base = FileRef.read(r, raw_base, f"hosts/{host}/repos/", MANIFEST_LIMIT)
+            if not base.key.endswith("/manifest.json"):
+                raise r.bad("base", "names a file that is not a manifest")
+        link = None if raw_link is None else Link.read(r, raw_link, repos, linked=True)
+        delta = r.body.get("refs_delta")
+        if not isinstance(delta, bool):
+            raise r.bad("refs_delta", "is not true or false")
+        added = tuple(_oids(r, r.items("tips_added"), "tips_added"))
+        removed = tuple(_oids(r, r.items("tips_removed"), "tips_removed"))
+        if base is None and (delta or removed or (link is not None and not link.full)):
+            raise r.bad("base", "is missing where the backup builds on a parent")
+        return replace(
+            m, parent=base.key.rsplit("/", 2)[1] if base else None, version=3, base=base,
+            link=link, refs_delta=delta, tips_added=added, tips_removed=removed,
         )  # fmt: skip
 
 
@@ -411,8 +486,9 @@ class Snapshot:
                    {str(k): str(v) for k, v in failed.items()}, seq, machine)  # fmt: skip
 
 
-def read_manifest(store: Store, key: str) -> RepoManifest:
-    """The manifest at ``key``, read within the bounds of ``records``."""
+def read_stored_manifest(store: Store, key: str) -> RepoManifest:
+    """The manifest at ``key`` as stored (format 3: not resolved, see ``backup/chain.py``),
+    read within the bounds of ``records``."""
     return RepoManifest.from_bytes(store.get_bytes(key, MANIFEST_LIMIT), key)
 
 

@@ -2,10 +2,11 @@
 
 ``forget`` deletes snapshot records only. ``prune`` then deletes every stored file of the
 host that no remaining snapshot needs: what a kept snapshot needs is the manifest of each
-of its repositories and every file that manifest lists (the whole chain of bundles, the
-refs, the kept files, the LFS objects). A manifest that cannot be read makes prune refuse
-(it cannot tell what that snapshot needs). It runs under the store's exclusive lock, so no
-backup is choosing a parent or writing files meanwhile.
+of its repositories, the manifests it builds on, and every file they name (the whole
+chain of bundles, the refs files, the kept files, the LFS objects). A manifest that
+cannot be read makes prune refuse (it cannot tell what that snapshot needs). It runs
+under the store's exclusive lock, so no backup is choosing a parent or writing files
+meanwhile.
 
 A host whose snapshots were written by another machine (two machines under one host
 name, ``backup/freshness.py``) is refused before anything is deleted: its retention
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from custode.backup.catalog import Catalog, load
-from custode.backup.engine import read_manifest
+from custode.backup.chain import Manifests
 from custode.backup.freshness import refuse_clash
 from custode.backup.locks import store_lock
 from custode.backup.retention import Decision, Policy, apply
@@ -41,13 +42,16 @@ def plan_prune(store: Store, host: str, catalog: Catalog) -> PrunePlan:
             "run custode verify, then forget or repair it before pruning"
         )
     out = PrunePlan()
+    known = Manifests(store)  # a manifest many backups build on is read once
+    listed: set[str] = set()  # manifests whose files are in (an ancestor's key alone is not)
     for snap in catalog.snapshots:
         out.needed.add(snap.key)
         for entry in snap.entries:
-            if entry.manifest in out.needed:
+            if entry.manifest in listed:
                 continue
+            listed.add(entry.manifest)
             try:
-                manifest = read_manifest(store, entry.manifest)
+                manifest = known.load(entry.manifest)
             except CustodeError as exc:
                 raise IntegrityError(
                     f"prune refused: {exc.message} (needed by snapshot {snap.snapshot_id})"

@@ -32,12 +32,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from custode.backup import refsfile
 from custode.backup.bundle import Refs
 from custode.backup.crypto import Identity
 from custode.backup.extras import extract, lfs_path
 from custode.backup.manifest import FileRef, Link, RepoManifest, lfs_oid
-from custode.backup.records import load_object
-from custode.backup.roots import valid_ref_name
+from custode.backup.refsfile import RefsDelta
 from custode.backup.store import Store
 from custode.backup.streams import decrypt_to
 from custode.errors import GitError, IntegrityError, StateError, UsageError
@@ -195,12 +195,9 @@ def _assemble(  # noqa: PLR0917
         size += _install(store, link, identities, git_dir)
     for ref in m.lfs:
         size += _lfs(store, ref, identities, git_dir)
-    if m.chain and m.chain[-1].shallow:  # before any git reads the history it bounds
-        _create(git_dir / "shallow", "".join(f"{oid}\n" for oid in m.chain[-1].shallow))
-    plain = io.BytesIO()
-    decrypt_to(store, m.refs, plain, identities)
-    refs = parse_refs(plain.getvalue(), m.refs.key)
-    write_refs(git_dir, refs)
+    if m.shallow:  # before any git reads the history it bounds
+        _create(git_dir / "shallow", "".join(f"{oid}\n" for oid in m.shallow))
+    write_refs(git_dir, stored_refs(store, m, identities))
     try:  # one git: every ref's object must be there (for-each-ref fails on a missing one)
         git.run(["for-each-ref", "--format=%(objecttype)"], repo=git_dir)
     except GitError as exc:
@@ -247,7 +244,8 @@ def _install(store: Store, link: Link, identities: Sequence[Identity], git_dir: 
         pack_dir / f"tmp_{link.pack_name}.idx",
     )
     with tmp_pack.open("wb") as out:
-        decrypt_to(store, link.bundle, _SkipHeader(out, link.header_bytes), identities)  # type: ignore[arg-type]
+        sink = _SkipHeader(out, link.header_bytes)
+        decrypt_to(store, link.bundle, sink, identities, flush=out.fileno())  # type: ignore[arg-type]
         out.flush()
         os.fsync(out.fileno())
     with tmp_pack.open("rb") as f:
@@ -278,7 +276,9 @@ def _lfs(store: Store, ref: FileRef, identities: Sequence[Identity], git_dir: Pa
             return self.out.write(data)
 
     with tmp.open("wb") as out:
-        decrypt_to(store, ref, _Hash(out), identities)  # type: ignore[arg-type]
+        decrypt_to(store, ref, _Hash(out), identities, flush=out.fileno())  # type: ignore[arg-type]
+        out.flush()
+        os.fsync(out.fileno())  # on disk before the rename, as the pack
     if digest.hexdigest() != oid:
         raise IntegrityError(f"LFS object {ref.key} does not match its id; it is damaged")
     os.replace(tmp, path)
@@ -315,17 +315,20 @@ def _create(path: Path, text: str, *, replace: bool = False) -> None:
         tmp.unlink()
 
 
-def parse_refs(data: bytes, key: str) -> Refs:
-    """The decrypted refs of the stored file ``key``, read as hostile as any store file."""
-    refs = Refs.from_json(load_object(data, f"{key} (decrypted)"))
-    names = [*refs.refs, *refs.symrefs, *refs.symrefs.values()]
-    if refs.head.startswith(SYMREF_PREFIX):
-        names.append(refs.head[len(SYMREF_PREFIX) :])
-    elif refs.head and not _OID.match(refs.head):
-        raise IntegrityError(f"{key}: HEAD is neither a ref nor an object id")
-    bad = [n for n in names if not valid_ref_name(n)]
-    if bad:
-        raise IntegrityError(f"{key}: refs hold an invalid name: {bad[0]!r}")
-    if any(not _OID.match(oid) for oid in refs.refs.values()):
-        raise IntegrityError(f"{key}: refs hold a malformed object id")
+def stored_refs(store: Store, m: RepoManifest, identities: Sequence[Identity]) -> Refs:
+    """The refs backup ``m`` recorded: its chain's last whole refs file with the deltas
+    after it applied in order (``refsfile``); each file decrypted and checked."""
+    refs: Refs | None = None
+    for ref in m.refs_chain or (m.refs,):
+        plain = io.BytesIO()
+        decrypt_to(store, ref, plain, identities)
+        content = refsfile.decode(plain.getvalue(), ref.key)
+        if isinstance(content, RefsDelta):
+            if refs is None:
+                raise IntegrityError(f"{ref.key}: a refs delta with no whole refs before it")
+            refs = refsfile.apply(refs, content)
+        else:
+            refs = content
+    if refs is None:
+        raise IntegrityError(f"manifest {m.key} names no refs file; it is damaged")
     return refs

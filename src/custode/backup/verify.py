@@ -22,6 +22,7 @@ repository is known by its name alone, another identity in the store and the his
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import shlex
@@ -33,15 +34,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from custode.backup import refsfile
 from custode.backup.catalog import Catalog
+from custode.backup.chain import DamagedManifest, Manifests
 from custode.backup.crypto import Identity
-from custode.backup.engine import read_manifest
 from custode.backup.freshness import ROLLBACK_FIX
 from custode.backup.guard import Standing
 from custode.backup.manifest import FileRef, Link, RepoManifest
-from custode.backup.restore import _SkipHeader, parse_refs, restore_repository
+from custode.backup.restore import _SkipHeader, restore_repository, stored_refs
 from custode.backup.store import Store
-from custode.backup.streams import decrypt_to, require
+from custode.backup.streams import check, decrypt_to, require
 from custode.errors import CustodeError, GitError, IntegrityError
 from custode.git.refsnapshot import snapshot
 from custode.git.runner import DISTRUST_DERIVED, Git
@@ -126,19 +128,31 @@ class _Verifier:
     users: dict[str, _Users] = field(default_factory=dict)  # manifest key -> its users
     broken: set[str] = field(default_factory=set)
     current: set[str] = field(default_factory=set)  # what each repository's latest backup needs
+    raised: dict[str, tuple[str, _Users]] = field(default_factory=dict)  # key -> first words
 
     def tick(self, phase: str, done: int, total: int) -> None:
         if self.progress:
             self.progress(phase, done, total)
 
     def problem(self, key: str, message: str, u: _Users) -> None:
+        """Report ``key``; one file met again (a base's bundle, checked in the chain of
+        each fork built on it) stays one problem naming every backup that needs it."""
+        if key in self.raised:
+            message, before = self.raised[key]
+            u = _Users(before.snapshots | u.snapshots, before.repositories | u.repositories,
+                       before.roots | u.roots)  # fmt: skip
+        self.raised[key] = (message, u)
         if u.roots and key in self.current:  # the backups to come build on it, or reuse it
             message += f"; start a new chain for the next backups: {new_chain(u.roots)}"
         elif u.roots:  # a new chain was made since: what is left is old snapshots
             message += ("; no latest backup needs it, only the older snapshots named "
                         "(custode forget can drop them)")  # fmt: skip
-        self.report.problems.append(Problem(key, message, set(u.snapshots),
-                                            set(u.repositories)))  # fmt: skip
+        found = Problem(key, message, set(u.snapshots), set(u.repositories))
+        at = next((n for n, p in enumerate(self.report.problems) if p.key == key), None)
+        if at is None:
+            self.report.problems.append(found)
+        else:
+            self.report.problems[at] = found
 
     def read_manifests(self, catalog: Catalog) -> None:
         latest: dict[tuple[str, str], str] = {}
@@ -150,12 +164,23 @@ class _Verifier:
                 u.roots.add(entry.root)
                 latest[entry.root, entry.repository] = entry.manifest
         self.current = set(latest.values())
+        known = Manifests(self.store)  # a manifest many backups build on is read once
+        damaged: dict[str, tuple[str, _Users]] = {}
         for n, (key, u) in enumerate(sorted(self.users.items())):
             self.tick("manifests", n, len(self.users))
             try:
-                self.manifests[key] = read_manifest(self.store, key)
+                self.manifests[key] = known.load(key)
             except CustodeError as exc:
-                self.problem(key, exc.message, u)
+                # an ancestor at fault is named once, with every backup that builds on it
+                at = exc.key if isinstance(exc, DamagedManifest) else key
+                _, users = damaged.setdefault(at, (exc.message, _Users()))
+                users.snapshots.update(u.snapshots)
+                users.repositories.update(u.repositories)
+                users.roots.update(u.roots)
+                if key in self.current:  # the next backups would build on it too
+                    self.current.add(at)
+        for at, (message, users) in sorted(damaged.items()):
+            self.problem(at, message, users)
         self.report.manifests = len(self.manifests)
         for key in list(self.current):
             if key in self.manifests:
@@ -173,18 +198,21 @@ class _Verifier:
                 held[1].repositories.add(m.repository)
                 held[1].roots.update(self.users[key].roots)
         self.report.files = len(files)
-        refs = {m.refs.key for m in self.manifests.values()}
+        refs = {ref.key for m in self.manifests.values() for ref in m.refs_chain}
         for n, (ref, u) in enumerate(files.values()):
             self.tick("files", n, len(files))
             try:
                 require(self.store, ref)
-                if read and not ref.key.endswith("/bundle.age"):  # bundles: in chain order
+                if read and ref.key.endswith("/manifest.json"):  # an ancestor: plain JSON
+                    data = self.store.get_bytes(ref.key, ref.size)
+                    check(ref, len(data), hashlib.sha256(data).hexdigest())
+                elif read and not ref.key.endswith("/bundle.age"):  # bundles: in chain order
                     # refs are parsed too (a restore would, and fail): held in memory, as
                     # a restore holds them, within the manifest's bound on their size
                     sink = io.BytesIO() if ref.key in refs else _Null()
                     decrypt_to(self.store, ref, sink, self.identities)  # type: ignore[arg-type]
                     if isinstance(sink, io.BytesIO):
-                        parse_refs(sink.getvalue(), ref.key)
+                        refsfile.decode(sink.getvalue(), ref.key)
                     self.report.bytes_read += ref.size
             except CustodeError as exc:
                 self.broken.add(ref.key)
@@ -206,7 +234,7 @@ class _Verifier:
                               str(work / "r.git")], repo=None, cwd=work)  # fmt: skip
                 cut = False  # an earlier pack is missing: git cannot check the rest
                 for _, (link, _) in sorted(links.items()):
-                    cut = cut and bool(link.prerequisites)  # a full bundle needs nothing
+                    cut = cut and not link.full  # a full bundle needs nothing
                     if link.bundle.key in self.broken:
                         cut = True
                         continue
@@ -243,7 +271,7 @@ class _Verifier:
         except GitError as exc:
             raise GitError(f"git bundle verify failed: {exc.message}") from None
         pack_dir = repo / "objects" / "pack"
-        if not link.prerequisites:  # a full bundle: the chain starts again, from nothing
+        if link.full:  # a full bundle: the chain starts again, from nothing
             for old in pack_dir.iterdir():
                 old.unlink()
         if link.index is not None and install:
@@ -337,9 +365,7 @@ def _compare(
     if not checked.ok:
         first = checked.findings[0] if checked.findings else checked.verdict
         raise GitError(f"the restored copy failed the integrity check ({checked.verdict}): {first}")
-    plain = io.BytesIO()
-    decrypt_to(store, m.refs, plain, identities)
-    want = parse_refs(plain.getvalue(), m.refs.key)  # as a restore reads them
+    want = stored_refs(store, m, identities)  # as a restore reads them
     got = snapshot(git, git_dir)
     if got.direct() != want.refs or got.symrefs != want.symrefs or got.head != want.head:
         missing = set(want.refs) ^ set(got.direct())

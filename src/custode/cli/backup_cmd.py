@@ -109,6 +109,8 @@ def _show(app: App, result: BackupResult, *, as_json: bool) -> None:
                 "root": r.root,
                 "outcome": r.outcome,
                 "full": r.full,
+                "method": r.method,  # how a new bundle's pack was made, and why
+                "reason": r.reason,
                 "bytes_added": r.bytes_added,
                 "seconds": round(r.seconds, 3),
                 "backup_id": r.backup_id,

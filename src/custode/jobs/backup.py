@@ -15,22 +15,26 @@ repository, the audit log an entry.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from custode import interrupts
 from custode.backup import extras
+from custode.backup.bundle import capture
 from custode.backup.catalog import load
 from custode.backup.crypto import Recipient
 from custode.backup.engine import BackupSettings, RepoBackup, backup_repository, write_snapshot
 from custode.backup.guard import after_backup, before_backup
 from custode.backup.locks import store_lock
 from custode.backup.manifest import Snapshot, repo_prefix
+from custode.backup.plan import Known, Sharing, share
+from custode.backup.refscache import REFS_CACHE, RefsCache
 from custode.backup.store import Store
 from custode.errors import CustodeError, RepositoryError
 from custode.git.runner import Git
@@ -86,6 +90,7 @@ class RepositoryBackup:
     outcome: str  # "new", "unchanged" or "failed"
     reason: str  # why it was read or not, or why it failed
     full: bool = False  # a new chain (a full bundle)
+    method: str = ""  # a new bundle's pack: "copy" or "generate" (reason says why)
     bytes_added: int = 0
     files_added: int = 0
     seconds: float = 0.0
@@ -180,8 +185,9 @@ def backup(
     ):
         # another machine under this host name is refused; this one numbers its snapshots
         ticket = before_backup(job.state_dir, store.url, host, load(store, host), warn)
+        cache = RefsCache(job.state_dir / REFS_CACHE, store.url, host)
         settings = BackupSettings(host, job.recipients, scratch, job.full_every,
-                                  job.full_after, job.full)  # fmt: skip
+                                  job.full_after, job.full, cache)  # fmt: skip
         done = _run(job, settings, states, digest, warn=warn, progress=progress)
         for d, _ in done:
             for warning in d.warnings:
@@ -248,28 +254,76 @@ def _run(
             seen[s.relative] = s.root
             todo.append(s)
     before = _history(job.state_dir, warn)
+    sharing = _sharing(job, settings, todo, before, warn)
+    done: dict[str, RepoBackup] = {}  # by relative path: a base's backup, for its forks
 
     def one(s: RepoState) -> tuple[RepoBackup, str]:
         if interrupts.requested():  # taken from the queue before the loop could cancel it
             return RepoBackup(s.relative, s.root, "failed", message=CANCELLED), CANCELLED
-        return _one(job, settings, s, before.get((s.root, s.relative)), digest)
+        base = sharing.get(s.relative)
+        if base is not None:  # its latest backup: written in the first wave, or earlier
+            row = before.get((seen[base.base], base.base)) if base.base in seen else None
+            key = done[base.base].manifest_key if base.base in done else ""
+            key = key or (str(row.details.get("manifest") or "") if row else "")
+            base = replace(base, key=key) if key else None
+        return _one(job, settings, s, before.get((s.root, s.relative)), digest, base)
 
+    # bases (and every repository sharing nothing) first, then the forks built on them
+    waves = [[s for s in todo if s.relative not in sharing],
+             [s for s in todo if s.relative in sharing]]  # fmt: skip
+    total, n = len(todo), 0
+    left: dict[Future[tuple[RepoBackup, str]], RepoState] = {}
     with ThreadPoolExecutor(job.jobs) as pool:
-        futures = {pool.submit(one, s): s for s in todo}
-        left = dict(futures)
-        for n, future in enumerate(interrupts.harvest(futures), start=1):
-            results.append(future.result())
-            del left[future]
-            progress(n, len(futures))
+        for wave in waves:
+            futures = {pool.submit(one, s): s for s in wave}
+            left.update(futures)
+            for future in interrupts.harvest(futures):
+                result = future.result()
+                results.append(result)
+                done[result[0].repository] = result[0]
+                del left[future]
+                n += 1
+                progress(n, total)
     for s in left.values():  # cancelled by an interrupt: in the snapshot as not backed up
         results.append((RepoBackup(s.relative, s.root, "failed", message=CANCELLED), CANCELLED))
     results.sort(key=lambda r: r[0].repository)
     return results
 
 
-def _one(
+def _sharing(
+    job: BackupJob, settings: BackupSettings, todo: Sequence[RepoState],
+    before: dict[tuple[str, str], TaskHistory], warn: Say,
+) -> dict[str, Sharing]:  # fmt: skip
+    """Which repositories starting a chain tonight build on another's backup
+    (``backup/plan.py``): those new to this store (no history row), or all with
+    ``--full``. What the others hold is known from this machine's refs cache."""
+    starters = [s for s in todo if job.full or before.get((s.root, s.relative)) is None]
+    if not starters or settings.refs_cache is None or len(todo) < 2:
+        return {}
+    names = {s.relative for s in todo}
+    known: dict[str, Known] = {}
+    for entry in settings.refs_cache.entries():
+        if entry.repository in names:
+            known[entry.repository] = Known(entry.repository, frozenset(entry.refs.tips()),
+                                            is_fork=bool(entry.base))  # fmt: skip
+    objects = {os.path.realpath(os.path.join(s.git_dir, "objects")): s.relative for s in todo}
+    objects = {**objects, **{os.path.normpath(os.path.join(s.git_dir, "objects")): s.relative
+                             for s in todo}}  # fmt: skip
+    for s in starters:
+        try:
+            tips = frozenset(capture(job.git, Path(s.git_dir)).tips())
+        except CustodeError as exc:  # its own backup says what is wrong
+            warn(f"{s.relative}: not compared with the fleet for shared history: {exc}")
+            continue
+        named = [p for a in s.alternates for p in (os.path.normpath(a), os.path.realpath(a))]
+        borrows = next((objects[p] for p in named if p in objects), "")
+        known[s.relative] = Known(s.relative, tips, borrows, starts_chain=True)
+    return share(known)
+
+
+def _one(  # noqa: PLR0917
     job: BackupJob, settings: BackupSettings, s: RepoState, before: TaskHistory | None,
-    digest: str,
+    digest: str, base: Sharing | None = None,
 ) -> tuple[RepoBackup, str]:  # fmt: skip
     """Back up one repository, unread when the history shows nothing changed since its
     last backup (whose manifest is still stored)."""
@@ -291,14 +345,18 @@ def _one(
     done = backup_repository(
         job.store, job.git, settings, repository=s.relative, root=s.root,
         git_dir=Path(s.git_dir), bare=s.bare, object_format=s.object_format,
-        manifests=manifests,
+        manifests=manifests, base=base,
     )  # fmt: skip
     done.fingerprint, done.stamp = s.fingerprint, stamp
     if done.outcome == "failed":
         return done, done.message
     if done.outcome == "unchanged":
         return done, f"{why}; read: the same refs and files as backup {done.backup_id}"
-    return done, f"{why}; {'a full bundle (a new chain)' if done.full else 'what is new'} stored"
+    stored = "a full bundle (a new chain)" if done.full else "what is new"
+    if done.base:
+        stored = f"a new chain on {done.base}'s backup ({done.base_why})"
+    how = f", {'copied' if done.method == 'copy' else 'packed'}: {done.method_why}"
+    return done, f"{why}; {stored} stored{how if done.method else ''}"
 
 
 def _outcome(d: RepoBackup, why: str) -> RepositoryBackup:
@@ -308,6 +366,7 @@ def _outcome(d: RepoBackup, why: str) -> RepositoryBackup:
         outcome=d.outcome,
         reason=why,
         full=d.full,
+        method=d.method,
         bytes_added=d.bytes_added,
         files_added=d.files_added,
         seconds=d.seconds,
