@@ -209,7 +209,7 @@ def test_a_chain_is_cut_by_a_full_backup_after_full_every(
     config = tmp_path / "custode.toml"
     config.write_text("[backup]\nfull_every = 2\n")
     store, main = tmp_path / "store", root / "org" / "main.git"
-    fulls = []
+    actions = []
     for n in range(4):
         fast_import(main, history_stream("refs/heads/main", 1, start=300 + n,
                                          parent="refs/heads/main^0"))  # fmt: skip
@@ -217,14 +217,18 @@ def test_a_chain_is_cut_by_a_full_backup_after_full_every(
                          "--recipient", pub, "--json")  # fmt: skip
         assert result.code == 0, result.stderr
         repos = {r["repository"]: r for r in result.json()["repositories"]}
-        fulls.append(repos["org/main.git"]["full"])
-    assert fulls == [True, False, True, False]
+        actions.append(repos["org/main.git"]["action"])
+    # a new chain: a full bundle, or one on the repository it shares history with (the
+    # root's working-copy clone of it)
+    assert actions == ["new-chain", "incremental", "new-chain", "incremental"]
+    assert "full_every 2" in repos["org/main.git"]["decided"] or n < 3
     config.write_text('[backup]\nfull_after = "0s"\n')  # every chain already too old
     fast_import(main, history_stream("refs/heads/main", 1, start=310, parent="refs/heads/main^0"))
     result = custode("--config", config, "backup", root, "--store", store, "--recipient", pub,
                      "--json")  # fmt: skip
     repos = {r["repository"]: r for r in result.json()["repositories"]}
-    assert repos["org/main.git"]["full"] and repos["org/main.git"]["outcome"] == "new"
+    assert repos["org/main.git"]["action"] == "new-chain"
+    assert "full_after" in repos["org/main.git"]["decided"]
 
 
 def test_no_config_generates_a_key_and_uses_the_default_store(

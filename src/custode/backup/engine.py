@@ -1,5 +1,7 @@
 """Back up one repository into a store: refs at one moment, the bundle of what is new since
 the parent backup, the non-object files and LFS objects, then the manifest (data first).
+Which of the cases below applies is decided by ``backup/decide.py`` from what ``observe``
+reads (``plan_repository``: the decision ``custode backup --dry-run`` prints).
 
 * Nothing changed since the last backup by the history's record → not read at all: that
   is decided before this module is called (``custode.jobs.backup``).
@@ -38,6 +40,7 @@ from custode.backup.bundle import Refs, capture, existing_commits, write_bundle
 from custode.backup.chain import pinned, resolve_on
 from custode.backup.chain import read_manifest as chain_manifest
 from custode.backup.crypto import Recipient
+from custode.backup.decide import NO_PARENT, Decision, Facts, Policy, decide
 from custode.backup.extras import build_tar, compress, lfs_objects
 from custode.backup.freshness import FUTURE_TOLERANCE
 from custode.backup.manifest import (
@@ -95,6 +98,12 @@ class RepoBackup:
     method_why: str = ""
     base: str = ""  # the repository whose backup a new chain of this one builds on
     base_why: str = ""
+    decision: Decision | None = None  # what it was decided to do, and why (backup/decide.py)
+
+    @property
+    def action(self) -> str:
+        """The decision's action ("" when not read: the history showed no change)."""
+        return self.decision.action if self.decision else ""
 
     @property
     def backup_id(self) -> str | None:
@@ -174,59 +183,120 @@ def backup_repository(
     return result
 
 
-def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
-    store: Store, git: Git, settings: BackupSettings, result: RepoBackup, git_dir: Path,
-    bare: bool, object_format: str, manifests: list[str], work: Path, base: Sharing | None,
-) -> None:  # fmt: skip
+@dataclass(frozen=True)
+class Observed:
+    """One repository as its backup finds it: the facts its decision is made from
+    (``backup/decide.py``), and what a new backup stores."""
+
+    facts: Facts
+    refs: Refs
+    shallow: tuple[str, ...]
+    tar: bytes  # the kept files (config, hooks, info), as stored
+    lfs: dict[str, Path]
+
+    @property
+    def parent(self) -> RepoManifest | None:
+        return self.facts.parent
+
+
+def observe(  # noqa: PLR0917  (one repository's facts, passed through once)
+    store: Store, git: Git, settings: BackupSettings, repository: str, git_dir: Path,
+    bare: bool, object_format: str, manifests: list[str], warn: Warn,
+) -> Observed:  # fmt: skip
+    """Read one repository and its latest backup: refs captured at one moment, kept files,
+    LFS objects, shallow commits, each compared with the parent's. Reads only."""
     if not git_dir.is_dir():
         raise StateError(f"{git_dir} is gone (deleted or moved since it was found)")
-    repository, host = result.repository, settings.host
-    parent = _parent(store, settings, manifests, result, object_format, bare)
+    parent, no_parent = _parent(store, settings, manifests, repository, object_format, bare,
+                                warn)  # fmt: skip
     refs = capture(git, git_dir)
     shallow = read_shallow(git_dir)
-    refs_json, tar = refs.to_json(), build_tar(git_dir)
-    tar_hex = tar.hex()  # what the files digest is of
+    tar = build_tar(git_dir)
     lfs = lfs_objects(git_dir)
     same_shallow = parent is not None and shallow == parent.shallow
     same_refs = (
         parent is not None
         and same_shallow
-        and salted_digest(parent.backup_id, refs_json) == parent.refs_digest
+        and salted_digest(parent.backup_id, refs.to_json()) == parent.refs_digest
     )
-    same_files = parent is not None and salted_digest(parent.backup_id, tar_hex) == (
+    same_files = parent is not None and salted_digest(parent.backup_id, tar.hex()) == (
         parent.files_digest
     )
-    if parent is not None and same_refs and same_files and set(lfs) == set(parent.lfs_oids()):
+    same_lfs = parent is not None and set(lfs) == set(parent.lfs_oids())
+    facts = Facts(parent, no_parent, same_refs, same_files, same_lfs, same_shallow,
+                  bool(shallow))  # fmt: skip
+    return Observed(facts, refs, shallow, tar, lfs)
+
+
+def plan_repository(
+    store: Store, git: Git, settings: BackupSettings, obs: Observed, *, repository: str,
+    git_dir: Path, object_format: str, base: Sharing | None, now: datetime, warn: Warn,
+) -> tuple[Decision, RepoManifest | None]:  # fmt: skip
+    """What the backup of an observed repository does (``backup/decide.py``), and the
+    manifest of the base a new chain builds on (None: none). Reads only: the dry run's
+    decision and the backup's are this one."""
+    policy = Policy(settings.full_every, settings.full_after)
+    decision = decide(obs.facts, policy, now, base)
+    if decision.action == "new-chain" and base is None and obs.parent is not None:
+        current = _current_base(store, obs.parent)  # a fork's next chain: on the same base
+        decision = decide(obs.facts, policy, now, current) if current else decision
+    if decision.base is None:
+        return decision, None
+    found = _base_manifest(store, git, git_dir, repository, object_format,
+                           decision.base.key, warn)  # fmt: skip
+    if isinstance(found, str):
+        return decision.without_base(found), None
+    if not decision.base.base:  # its chain's base, known by its backup's key until read
+        decision = decide(obs.facts, policy, now, replace(decision.base, base=found.repository))
+    return decision, found
+
+
+def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
+    store: Store, git: Git, settings: BackupSettings, result: RepoBackup, git_dir: Path,
+    bare: bool, object_format: str, manifests: list[str], work: Path, base: Sharing | None,
+) -> None:  # fmt: skip
+    repository, host = result.repository, settings.host
+    obs = observe(store, git, settings, repository, git_dir, bare, object_format, manifests,
+                  result.warnings.append)  # fmt: skip
+    parent, refs, tar = obs.parent, obs.refs, obs.tar
+    now = datetime.now(UTC)
+    decision, on_base = plan_repository(
+        store, git, settings, obs, repository=repository, git_dir=git_dir,
+        object_format=object_format, base=base, now=now, warn=result.warnings.append,
+    )  # fmt: skip
+    result.decision = decision
+    if decision.action == "unchanged" and parent is not None:
         result.outcome, result.manifest, result.manifest_key = "unchanged", parent, parent.key
         return
-    now = datetime.now(UTC)
     backup_id = new_id(now)
     own = backup_prefix(host, repository, backup_id)
-    if parent is not None and same_files:
+    if parent is not None and obs.facts.same_files:
         files_ref = parent.files
     else:
         files_ref = put_bytes(store, own + "files.age", compress(tar), settings.recipients)
         result.bytes_added += files_ref.size
         result.files_added += 1
-    lfs_refs = tuple(_store_lfs(store, settings, parent, lfs, work, result))
+    lfs_refs = tuple(_store_lfs(store, settings, parent, obs.lfs, work, result))
+    refs_json = refs.to_json()
     head = RepoManifest(
         host, repository, backup_id, now.isoformat(timespec="seconds"), None, object_format,
         bare, (), salted_digest(backup_id, refs_json), len(refs.refs) + len(refs.symrefs),
-        files_ref, files_ref, salted_digest(backup_id, tar_hex), (), lfs_refs,
+        files_ref, files_ref, salted_digest(backup_id, tar.hex()), (), lfs_refs,
     )  # fmt: skip
     on = parent  # the manifest the new one is resolved on
-    if parent is not None and same_refs:
+    in_place = decision.action == "in-place" and parent is not None
+    if in_place and parent is not None:
         manifest = _in_place_of(parent, head)
     else:
         manifest, on = _new_link(store, git, settings, result, parent, refs, head,
-                             git_dir=git_dir, shallow=shallow, same_shallow=same_shallow,
-                             now=now, work=work, base=base)  # fmt: skip
+                                 git_dir=git_dir, shallow=obs.shallow, decision=decision,
+                                 on_base=on_base, work=work)  # fmt: skip
     data = manifest.to_bytes()
     store.put_bytes(manifest.manifest_key, data)  # last: the backup exists from here on
     result.bytes_added += len(data)
     manifest = replace(manifest, stored=FileRef(manifest.manifest_key, len(data),
                                                 hashlib.sha256(data).hexdigest()))  # fmt: skip
-    if parent is not None and same_refs and parent.version >= 3:
+    if in_place and parent is not None and parent.version >= 3:
         # in its parent's place: on the same manifest, so with the same resolution
         manifest = replace(manifest, chain=parent.chain, refs_chain=parent.refs_chain,
                            tips=parent.tips, ancestors=parent.ancestors, resolved=True)  # fmt: skip
@@ -252,16 +322,15 @@ def _in_place_of(parent: RepoManifest, head: RepoManifest) -> RepoManifest:
 def _new_link(  # noqa: PLR0917  (one repository's facts, passed through once)
     store: Store, git: Git, settings: BackupSettings, result: RepoBackup,
     parent: RepoManifest | None, refs: Refs, head: RepoManifest, *, git_dir: Path,
-    shallow: tuple[str, ...], same_shallow: bool, now: datetime, work: Path,
-    base: Sharing | None,
+    shallow: tuple[str, ...], decision: Decision, on_base: RepoManifest | None, work: Path,
 ) -> tuple[RepoManifest, RepoManifest | None]:  # fmt: skip
     """Refs changed: a bundle of what is new (none when nothing is), and the refs whole
     or as the change since the parent's (when this machine still knows them exactly).
     A new chain builds on the repository it shares history with, when there is one."""
-    full = parent is None or not same_shallow or _chain_is_long(parent, settings, now)
-    on = parent
-    if full:
-        on = _shared_base(store, git, git_dir, head, parent, base, shallow, result)
+    full = decision.action == "new-chain"
+    on = on_base if full else parent
+    if on_base is not None and decision.base is not None:
+        result.base, result.base_why = on_base.repository, decision.base.why
     known = None
     if not full and parent is not None and settings.refs_cache is not None:
         known = settings.refs_cache.parent_refs(
@@ -295,46 +364,43 @@ def _new_link(  # noqa: PLR0917  (one repository's facts, passed through once)
     ), on  # fmt: skip
 
 
-def _shared_base(  # noqa: PLR0917
-    store: Store, git: Git, git_dir: Path, head: RepoManifest, parent: RepoManifest | None,
-    base: Sharing | None, shallow: tuple[str, ...], result: RepoBackup,
-) -> RepoManifest | None:  # fmt: skip
+def _base_manifest(  # noqa: PLR0917
+    store: Store, git: Git, git_dir: Path, repository: str, object_format: str, key: str,
+    warn: Warn,
+) -> RepoManifest | str:  # fmt: skip
     """The latest backup of the repository this one shares history with, for a new chain
-    to build on: the plan's base, or the one its current chain builds on. None when there
-    is none usable (then the chain starts with a full bundle)."""
-    key, why = (base.key, base.why) if base else _current_base(store, parent)
-    if not key or shallow:
-        return None
+    to build on, or why it cannot be (then the chain starts with a full bundle)."""
     try:
         found = read_manifest(store, key)
     except CustodeError as exc:
-        result.warnings.append(f"{head.repository}: not building on {key}: {exc.message}")
-        return None
+        warn(f"{repository}: not building on {key}: {exc.message}")
+        return f"its backup {key} is unusable ({exc.message})"
     own = repo_prefix(found.host, found.repository)
-    if (
-        found.object_format != head.object_format
-        or found.shallow
-        or found.repository == head.repository
-        or any(not a.key.startswith(own) for a in found.ancestors)  # a fork itself
-        or not existing_commits(git, git_dir, set(found.tips))  # nothing shared after all
-    ):
-        return None
-    result.base, result.base_why = found.repository, why
-    return found
+    reasons = (
+        (found.object_format != object_format, f"its object format is {found.object_format}"),
+        (bool(found.shallow), "its backup is of a shallow repository"),
+        (found.repository == repository, "it is this repository"),
+        (any(not a.key.startswith(own) for a in found.ancestors), "it builds on another itself"),
+    )
+    why = next((why for bad, why in reasons if bad), "")
+    if not why and not existing_commits(git, git_dir, set(found.tips)):
+        why = "none of its backup's tips is here: nothing shared after all"
+    return why or found
 
 
-def _current_base(store: Store, parent: RepoManifest | None) -> tuple[str, str]:
-    """The latest backup of the repository ``parent``'s chain builds on ("" for none)."""
-    if parent is None:
-        return "", ""
+def _current_base(store: Store, parent: RepoManifest) -> Sharing | None:
+    """The repository ``parent``'s chain builds on, with its latest backup (None: its
+    own): a fork whose chain grew too long starts the next one on the same base."""
     own = repo_prefix(parent.host, parent.repository)
     other = next((a.key for a in parent.ancestors if not a.key.startswith(own)), "")
     if not other:
-        return "", ""
+        return None
     directory = other.rsplit("/", 2)[0] + "/"
     keys = [k for k in store.list(directory) if k.endswith("/manifest.json")]
     latest = by_age(keys, datetime.now(UTC))[-1:]
-    return (latest[0], "its chain built on it before") if latest else ("", "")
+    if not latest:
+        return None
+    return Sharing("", "its chain built on it before", latest[0])  # named once read
 
 
 def _base_of(m: RepoManifest) -> str:
@@ -344,17 +410,22 @@ def _base_of(m: RepoManifest) -> str:
 
 
 def _parent(  # noqa: PLR0917
-    store: Store, settings: BackupSettings, manifests: list[str], result: RepoBackup,
-    object_format: str, bare: bool,
-) -> RepoManifest | None:  # fmt: skip
-    """The backup to build on: none with ``full`` (a new chain, however sound the old one
-    looks), none when the repository changed its object format or kind."""
+    store: Store, settings: BackupSettings, manifests: list[str], repository: str,
+    object_format: str, bare: bool, warn: Warn,
+) -> tuple[RepoManifest | None, str]:  # fmt: skip
+    """The backup to build on, or why there is none: none with ``full`` (a new chain,
+    however sound the old one looks), none when the repository changed its object format
+    or kind."""
     if settings.full:
-        return None
-    parent = latest_usable(store, manifests, result.repository, result.warnings.append)
-    if parent is not None and (parent.object_format != object_format or parent.bare != bare):
-        return None
-    return parent
+        return None, "a new chain was asked for (--full)"
+    parent = latest_usable(store, manifests, repository, warn)
+    if parent is None:
+        return None, NO_PARENT
+    if parent.object_format != object_format or parent.bare != bare:
+        kind = "bare" if parent.bare else "with a working tree"
+        return None, (f"its object format or kind changed since backup {parent.backup_id} "
+                      f"({parent.object_format}, {kind})")  # fmt: skip
+    return parent, ""
 
 
 def write_snapshot(
@@ -404,17 +475,6 @@ def _stored(store: Store, key: str) -> FileRef | None:
     return FileRef(key, len(data), hashlib.sha256(data).hexdigest())
 
 
-def _chain_is_long(parent: RepoManifest, settings: BackupSettings, now: datetime) -> bool:
-    """Time for a new chain: ``full_every`` backups long (bundles, or manifests each
-    adding a refs delta), or its first bundle ``full_after`` old; restores stay bounded."""
-    chain = parent.chain
-    if not chain:
-        return True
-    if max(len(chain), len(parent.ancestors) + 1) >= settings.full_every:
-        return True
-    return (now - id_time(chain[0].backup_id)).total_seconds() >= settings.full_after
-
-
 def _put(  # noqa: PLR0917
     store: Store, key: str, src: Path, settings: BackupSettings, work: Path, result: RepoBackup
 ) -> FileRef:
@@ -437,11 +497,14 @@ def _objects(index: Path | None) -> int:
 
 __all__ = [
     "BackupSettings",
+    "Observed",
     "RepoBackup",
     "backup_repository",
     "by_age",
     "latest_usable",
     "manifests_by_repo",
+    "observe",
+    "plan_repository",
     "read_manifest",
     "repo_prefix",
     "write_snapshot",

@@ -3,10 +3,10 @@
 * ``quick`` — every snapshot and manifest parses and passes its checksum; every file they
   name is present with its recorded size. Needs no secret.
 * ``full`` — also reads every file: SHA-256 of the stored bytes, age decryption (which
-  authenticates every chunk), and ``git bundle verify`` of each bundle along its chain in
-  a scratch repository holding the chain's earlier packs. ``git bundle verify`` checks
-  only the prerequisites, so each bundle's pack is installed there too and a walk from
-  its refs (``rev-list --objects``, down to its prerequisites or the shallow commits the
+  authenticates every chunk), and ``git bundle verify`` of each bundle once, against
+  the packs of its own chain before it (a fork's: its base's and its own). ``git bundle
+  verify`` checks only the prerequisites, so each bundle's pack is added too and a walk
+  from its refs (``rev-list --objects``, down to its prerequisites or the shallow commits the
   chain records) must find every object: a bundle that lacks one (written by a walk that
   trusted a lying bitmap, say) is reported, as the restore of it would fail.
 * ``drill`` — restores repositories into a scratch directory, runs ``git fsck`` and
@@ -46,7 +46,7 @@ from custode.backup.store import Store
 from custode.backup.streams import check, decrypt_to, require
 from custode.errors import CustodeError, GitError, IntegrityError
 from custode.git.refsnapshot import snapshot
-from custode.git.runner import DISTRUST_DERIVED, Git
+from custode.git.runner import DISTRUST_DERIVED, Git, ObjectDirs
 from custode.integrity import check as integrity
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -219,38 +219,56 @@ class _Verifier:
                 self.problem(ref.key, exc.message, u)
 
     def bundles(self) -> None:
-        """Every bundle, in chain order per repository, decrypted and ``git bundle
-        verify``-ed in a scratch repository holding the packs of the bundles before it."""
-        by_repo: dict[str, dict[str, tuple[Link, str]]] = {}
+        """Every bundle once, decrypted and ``git bundle verify``-ed, and its refs walked
+        against the packs of its own chain only: a fork's link sees its base's packs and
+        its own, never another fork's. The packs of a family of chains (those starting
+        with the same bundle: a base and its forks) are decrypted once into a scratch
+        pool; each check sees them through an object directory of links to its chain's."""
+        prefixes: dict[str, tuple[Link, ...]] = {}  # bundle key -> its chain up to it
+        formats: dict[str, str] = {}
         for m in self.manifests.values():
-            for link in m.chain:
-                by_repo.setdefault(m.repository, {})[link.backup_id] = (link, m.object_format)
-        for n, links in enumerate(by_repo.values()):
-            self.tick("bundles", n, len(by_repo))
+            for n, link in enumerate(m.chain):
+                prefixes.setdefault(link.bundle.key, m.chain[: n + 1])
+                formats.setdefault(link.bundle.key, m.object_format)
+        families: dict[str, list[str]] = {}
+        for key, prefix in prefixes.items():
+            families.setdefault(prefix[0].bundle.key, []).append(key)
+        for n, keys in enumerate(families.values()):
+            self.tick("bundles", n, len(families))
             work = Path(tempfile.mkdtemp(prefix="verify-", dir=self.scratch))
             try:
-                fmt = next(iter(links.values()))[1]
-                self.git.run(["init", "-q", "--bare", "--template=", f"--object-format={fmt}",
-                              str(work / "r.git")], repo=None, cwd=work)  # fmt: skip
-                cut = False  # an earlier pack is missing: git cannot check the rest
-                for _, (link, _) in sorted(links.items()):
-                    cut = cut and not link.full  # a full bundle needs nothing
-                    if link.bundle.key in self.broken:
-                        cut = True
-                        continue
-                    install = not cut and not (link.index and link.index.key in self.broken)
-                    try:
-                        if cut:  # its own bytes still are checked, never blamed on others
-                            decrypt_to(self.store, link.bundle, _Null(), self.identities)  # type: ignore[arg-type]
-                            self.report.bytes_read += link.bundle.size
-                        else:
-                            self.report.bytes_read += self._check_bundle(link, work, install)
-                    except CustodeError as exc:
-                        self.problem(link.bundle.key, exc.message, self._users_of(link))
-                        install = False
-                    cut = cut or not install
+                self._family(sorted(keys, key=lambda k: prefixes[k][-1].backup_id),
+                             prefixes, formats[keys[0]], work)  # fmt: skip
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+
+    def _family(
+        self, keys: list[str], prefixes: dict[str, tuple[Link, ...]], fmt: str, work: Path
+    ) -> None:
+        self.git.run(["init", "-q", "--bare", "--template=", f"--object-format={fmt}",
+                      str(work / "r.git")], repo=None, cwd=work)  # fmt: skip
+        pool = work / "pool"
+        pool.mkdir()
+        ready: set[str] = set()  # links whose packs are in the pool (or that have none)
+        for key in keys:
+            prefix = prefixes[key]
+            link = prefix[-1]
+            if key in self.broken:
+                continue
+            # an earlier link is missing or damaged: git cannot check this one; its own
+            # bytes still are checked, never blamed on others
+            cut = any(earlier.bundle.key not in ready for earlier in prefix[:-1])
+            install = not cut and not (link.index and link.index.key in self.broken)
+            try:
+                if cut:
+                    decrypt_to(self.store, link.bundle, _Null(), self.identities)  # type: ignore[arg-type]
+                    self.report.bytes_read += link.bundle.size
+                else:
+                    self.report.bytes_read += self._check_bundle(prefix, work, pool, install)
+                    if install:
+                        ready.add(key)
+            except CustodeError as exc:
+                self.problem(link.bundle.key, exc.message, self._users_of(link))
 
     def _users_of(self, link: Link) -> _Users:
         u = _Users()
@@ -261,34 +279,43 @@ class _Verifier:
                 u.roots.update(self.users[key].roots)
         return u
 
-    def _check_bundle(self, link: Link, work: Path, install: bool) -> int:
+    def _check_bundle(self, prefix: tuple[Link, ...], work: Path, pool: Path, install: bool) -> int:
+        link = prefix[-1]
         repo = work / "r.git"
+        view = work / f"view-{link.backup_id}"
+        (view / "pack").mkdir(parents=True)
+        for earlier in prefix[:-1]:  # the packs of its chain before it, and nothing else
+            if earlier.index is not None:
+                for ext in ("pack", "idx"):
+                    name = f"{earlier.pack_name}.{ext}"
+                    (view / "pack" / name).symlink_to(pool / name)
+        objects = ObjectDirs(view)
         bundle = work / "b.bundle"
         with bundle.open("wb") as out:
             decrypt_to(self.store, link.bundle, out, self.identities)
         try:
-            self.git.run(["bundle", "verify", "-q", str(bundle)], repo=repo)
+            self.git.run(["bundle", "verify", "-q", str(bundle)], repo=repo, objects=objects)
         except GitError as exc:
             raise GitError(f"git bundle verify failed: {exc.message}") from None
-        pack_dir = repo / "objects" / "pack"
-        if link.full:  # a full bundle: the chain starts again, from nothing
-            for old in pack_dir.iterdir():
-                old.unlink()
         if link.index is not None and install:
-            with (pack_dir / f"{link.pack_name}.pack").open("wb") as out, bundle.open("rb") as f:
+            with (pool / f"{link.pack_name}.pack").open("wb") as out, bundle.open("rb") as f:
                 sink = _SkipHeader(out, link.header_bytes)
                 while chunk := f.read(1 << 20):
                     sink.write(chunk)
-            with (pack_dir / f"{link.pack_name}.idx").open("wb") as out:
+            with (pool / f"{link.pack_name}.idx").open("wb") as out:
                 decrypt_to(self.store, link.index, out, self.identities)
+            for ext in ("pack", "idx"):
+                name = f"{link.pack_name}.{ext}"
+                (view / "pack" / name).symlink_to(pool / name)
         if install:
-            self._connected(link, bundle, repo)
+            self._connected(link, bundle, repo, objects)
         bundle.unlink()
+        shutil.rmtree(view)
         return link.bundle.size
 
-    def _connected(self, link: Link, bundle: Path, repo: Path) -> None:
-        """Every object the bundle's refs need beyond its prerequisites is in the chain's
-        packs so far (the scratch repository holds nothing else)."""
+    def _connected(self, link: Link, bundle: Path, repo: Path, objects: ObjectDirs) -> None:
+        """Every object the bundle's refs need beyond its prerequisites is in its chain's
+        packs so far (the object directory holds nothing else)."""
         with bundle.open("rb") as f:
             header = f.read(link.header_bytes).decode("utf-8", "replace")
         revs = []
@@ -303,7 +330,7 @@ class _Verifier:
             shallow.write_text("".join(f"{oid}\n" for oid in link.shallow))
         walk = self.git.run(["rev-list", "--objects", "--quiet", "--stdin"], repo=repo,
                             input="".join(f"{r}\n" for r in revs).encode(), check=False,
-                            config=DISTRUST_DERIVED)  # fmt: skip
+                            config=DISTRUST_DERIVED, objects=objects)  # fmt: skip
         if walk.returncode != 0:
             said = walk.stderr.decode("utf-8", "replace").strip().splitlines()[:1]
             raise IntegrityError(

@@ -9,19 +9,20 @@ from __future__ import annotations
 import time
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from custode import interrupts
 from custode.base.units import format_bytes
 from custode.cli import backup_common as bc
-from custode.cli.app import App
-from custode.cli.progress import progress_bar
 from custode.errors import EXIT_CODES_HELP
-from custode.git.runner import Git
-from custode.jobs import backupsetup, fleet
-from custode.jobs.backup import BackupJob, BackupResult
-from custode.jobs.backup import backup as backup_job
+
+if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
+    from custode.cli.app import App
+    from custode.git.runner import Git
+    from custode.jobs.backup import BackupResult
+    from custode.jobs.backupplan import BackupPlan
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -47,6 +48,12 @@ from custode.jobs.backup import backup as backup_job
     help="Start a new chain: a full bundle of every repository under ROOTS, even an "
     "unchanged one (the fix for a chain verify found damaged).",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the backup plan and write nothing: per repository unchanged, in place, "
+    "incremental on which backup or a new chain (on which base), copy or generate, and why.",
+)
 @bc.json_option
 @click.pass_obj
 def backup(  # noqa: PLR0917
@@ -56,6 +63,7 @@ def backup(  # noqa: PLR0917
     recipient: tuple[str, ...],
     jobs: int | None,
     full: bool,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Back up every repository under ROOTS into the store, as one snapshot.
@@ -65,6 +73,12 @@ def backup(  # noqa: PLR0917
     repository gets a full bundle with no parent, changed or not. Everything is encrypted
     with age to public keys: restoring needs the matching identity.
     """
+    from custode.cli.progress import progress_bar
+    from custode.git.runner import Git
+    from custode.jobs import backupsetup, fleet
+    from custode.jobs.backup import BackupJob
+    from custode.jobs.backup import backup as backup_job
+
     app.stop_on_signals()
     started = time.monotonic()
     cfg = app.config.backup
@@ -72,6 +86,9 @@ def backup(  # noqa: PLR0917
     git = Git.from_config(app.config.git)
     git.lower_own_priority()
     git.check_version()
+    if dry_run:
+        _dry_run(app, roots, store_url, recipient, git, full=full, as_json=as_json)
+        return
     found = fleet.read(app.roots(roots), app.config, app.state_dir(),
                        bar=partial(progress_bar, app), notice=app.say)  # fmt: skip
     keys = bc.recipients(app, recipient)  # after the scan: no key made for a wrong root
@@ -109,6 +126,8 @@ def _show(app: App, result: BackupResult, *, as_json: bool) -> None:
                 "root": r.root,
                 "outcome": r.outcome,
                 "full": r.full,
+                "action": r.action,  # what was decided, as --dry-run plans it
+                "decided": r.decided,  # why, with numbers
                 "method": r.method,  # how a new bundle's pack was made, and why
                 "reason": r.reason,
                 "bytes_added": r.bytes_added,
@@ -129,3 +148,52 @@ def _show(app: App, result: BackupResult, *, as_json: bool) -> None:
         markup=False,
         highlight=False,
     )
+
+
+def _dry_run(
+    app: App, roots: tuple[Path, ...], store_url: str | None, recipient: tuple[str, ...],
+    git: Git, *, full: bool, as_json: bool,
+) -> None:  # fmt: skip
+    """The backup plan (``custode.jobs.backupplan``): what a backup would do, writing
+    nothing (no store, key, lock, history, cache or scratch file is made)."""
+    from custode.cli.progress import progress_bar
+    from custode.jobs import backupplan as planner
+    from custode.jobs import backupsetup
+    from custode.jobs.backup import BackupJob
+
+    cfg = app.config.backup
+    found = planner.read_fleet(app.roots(roots), app.config, bar=partial(progress_bar, app),
+                               notice=app.say)  # fmt: skip
+    store, exists = planner.open_for_plan(cfg, store_url)
+    if not exists:
+        app.say(f"store {store.url} does not exist yet: every repository starts a new chain")
+    keys = planner.known_recipients(cfg, recipient)
+    if not keys:
+        app.say(f"no backup key yet: the backup would create {backupsetup.identity_path(cfg)}")
+    job = BackupJob(store=store, host=bc.host(app, None), recipients=keys,
+                    state_dir=app.state_dir(), git=git,
+                    scratch=backupsetup.scratch_base(cfg, app.state_dir()),
+                    full_every=cfg.full_every, full_after=cfg.full_after, full=full)  # fmt: skip
+    _show_plan(app, planner.plan(job, found.states, store_exists=exists, warn=app.warn),
+               as_json=as_json)  # fmt: skip
+
+
+def _show_plan(app: App, plan: BackupPlan, *, as_json: bool) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    if as_json:
+        repos = [r.to_json() for r in plan.repositories]
+        app.print_json({"summary": plan.summary(), "repositories": repos})
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("repository", "action", "on", "pack (predicted)", "why"):
+        table.add_column(column)
+    for r in plan.repositories:
+        pack = f"{r.pack}: {r.pack_why.removeprefix('predicted: ')}" if r.pack else ""
+        table.add_row(*(Text(cell) for cell in (r.repository, r.action, r.on, pack, r.why)))
+    app.out.print(table)
+    counts = ", ".join(f"{plan.count(a)} {a}" for a in
+                       ("unchanged", "in-place", "incremental", "new-chain", "failed"))  # fmt: skip
+    app.out.print(f"plan (dry run, nothing written): {counts}; into {plan.store}",
+                  markup=False, highlight=False)  # fmt: skip

@@ -91,6 +91,8 @@ class RepositoryBackup:
     reason: str  # why it was read or not, or why it failed
     full: bool = False  # a new chain (a full bundle)
     method: str = ""  # a new bundle's pack: "copy" or "generate" (reason says why)
+    action: str = ""  # what was decided (backup/decide.py), as --dry-run plans it
+    decided: str = ""  # why, with numbers
     bytes_added: int = 0
     files_added: int = 0
     seconds: float = 0.0
@@ -367,6 +369,8 @@ def _outcome(d: RepoBackup, why: str) -> RepositoryBackup:
         reason=why,
         full=d.full,
         method=d.method,
+        action=d.action or ("unchanged" if d.outcome == "unchanged" else ""),
+        decided=d.decision.why if d.decision else "",
         bytes_added=d.bytes_added,
         files_added=d.files_added,
         seconds=d.seconds,
