@@ -1,14 +1,15 @@
 """The command line: parse, call the core, render. Only ``main`` turns errors into exits.
 
 Each command lives in its own module (``<name>_cmd.py``) and is imported lazily so that
-start-up stays fast.
+start-up stays fast: ``custode --help`` lists the summaries kept in ``COMMANDS`` and imports
+no command, and a command module imports the core it runs inside the command, so that its
+own ``--help`` does not load it (``tests/cli/test_startup.py`` keeps both true).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -18,38 +19,82 @@ from custode import __version__
 from custode.base.pathtext import escape_streams
 from custode.errors import EXIT_CODES_HELP, CustodeError, ExitCode
 
-COMMANDS = {
-    "status": "custode.cli.status_cmd:status",
-    "init": "custode.cli.init_cmd:init",
-    "audit": "custode.cli.audit_cmd:audit",
-    "doctor": "custode.cli.doctor_cmd:doctor",
-    "maintain": "custode.cli.maintain_cmd:maintain",
-    "check": "custode.cli.check_cmd:check",
-    "backup": "custode.cli.backup_cmd:backup",
-    "snapshots": "custode.cli.snapshots_cmd:snapshots",
-    "restore": "custode.cli.restore_cmd:restore",
-    "verify": "custode.cli.verify_cmd:verify_cmd",
-    "forget": "custode.cli.forget_cmd:forget",
-    "trace2": "custode.cli.trace2_cmd:trace2",
-    "serve": "custode.cli.serve_cmd:serve",
-    "metrics": "custode.cli.metrics_cmd:metrics",
-    "report": "custode.cli.report_cmd:report",
-    "run": "custode.cli.run_cmd:run",
-    "rules": "custode.cli.rules_cmd:rules",
-}
+#: Every command: the module and attribute that define it, and its summary (the first
+#: sentence of its help, what ``custode --help`` lists). ``--help`` shows the summaries from
+#: here so that listing the commands imports none of them; a test keeps them equal.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "status": ("custode.cli.status_cmd:status",
+               "Show the health of every repository under ROOTS (default: roots from config)."),
+    "init": ("custode.cli.init_cmd:init",
+             "Write a commented default config (to --config, or "
+             "$XDG_CONFIG_HOME/custode/config.toml)."),
+    "audit": ("custode.cli.audit_cmd:audit",
+              "Check and read the audit log of every action custode took."),
+    "doctor": ("custode.cli.doctor_cmd:doctor",
+               "Show custode's and git's versions, git features in use, and custode's paths."),
+    "maintain": ("custode.cli.maintain_cmd:maintain",
+                 "Clean up and optimise every repository under ROOTS that needs it."),
+    "check": ("custode.cli.check_cmd:check",
+              "Verify the integrity of every repository under ROOTS (default: roots from "
+              "config)."),
+    "backup": ("custode.cli.backup_cmd:backup",
+               "Back up every repository under ROOTS into the store, as one snapshot."),
+    "snapshots": ("custode.cli.snapshots_cmd:snapshots",
+                  "List the snapshots of this host (or --host) in the store, oldest first (in "
+                  "the order their machine wrote them: a snapshot dated in the future is "
+                  "marked, never the latest by its date)."),
+    "restore": ("custode.cli.restore_cmd:restore",
+                "Restore REPOSITORIES (all when none is named) from a snapshot into --to."),
+    "verify": ("custode.cli.verify_cmd:verify_cmd",
+               "Check that the backups in the store are whole and restorable, and that the "
+               "store still holds the last snapshot this host wrote (it did not go back in "
+               "time)."),
+    "forget": ("custode.cli.forget_cmd:forget",
+               "Remove the snapshots the policy does not keep (restic's forget semantics)."),
+    "trace2": ("custode.cli.trace2_cmd:trace2",
+               "Live git telemetry: every git on the host reports its duration to custode "
+               "serve."),
+    "serve": ("custode.cli.serve_cmd:serve",
+              "Serve metrics of the repositories under ROOTS (default: roots from config)."),
+    "metrics": ("custode.cli.metrics_cmd:metrics",
+                "Print every custode metric in the Prometheus text format, once."),
+    "report": ("custode.cli.report_cmd:report",
+               "Report from the history database: fleet summary, repositories needing "
+               "attention and why, maintenance and space reclaimed, backup freshness and "
+               "sizes, restore-drill times against the 5-minute target, alerts, and host "
+               "resource use against the 70% target."),
+    "run": ("custode.cli.run_cmd:run",
+            "One nightly cycle on every repository under ROOTS: check, maintain (only what the "
+            "check found sound), back up, verify (quick, and a restore drill of a few "
+            "repositories), forget old snapshots, report."),
+    "rules": ("custode.cli.rules_cmd:rules",
+              "Print the alert rules custode serve evaluates (the config's [alerting] rules, "
+              "else the shipped ones) as a Prometheus rules file: same names, thresholds, "
+              "durations, labels and annotations, plus CustodeMetricsStale, which only "
+              "Prometheus can raise."),
+}  # fmt: skip
 
 
 class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs (or shows its own help)."""
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
             return None
-        module, attr = target.split(":")
+        module, attr = entry[0].split(":")
         command: click.Command = getattr(importlib.import_module(module), attr)
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``--help``, from the summaries: click shortens each one to
+        the width exactly as it would the command's own help."""
+        listing = click.Group(commands=[click.Command(name, help=summary)
+                                        for name, (_, summary) in COMMANDS.items()])  # fmt: skip
+        listing.format_commands(ctx, formatter)
 
 
 @click.group(cls=LazyGroup, epilog=EXIT_CODES_HELP)
@@ -81,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         code: Any = cli.main(args=argv, prog_name="custode", standalone_mode=False)
     except CustodeError as exc:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         click.echo(f"custode: {exc.message}", err=True)
         sys.exit(int(exc.exit_code))
     except click.exceptions.Abort:
@@ -97,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(int(ExitCode.OK))
     except Exception as exc:  # a bug: one line unless --debug
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         click.echo(
             f"custode: internal error: {type(exc).__name__}: {exc} (rerun with --debug and "
             "report the traceback)",
@@ -105,3 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(int(ExitCode.ERROR))
     sys.exit(int(code) if isinstance(code, int) else 0)
+
+
+def _print_traceback() -> None:
+    import traceback  # only for --debug: most runs never need it
+
+    traceback.print_exc()

@@ -8,15 +8,16 @@ import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from custode import interrupts
 from custode.base import paths
-from custode.config.model import Config, load_config
 from custode.errors import PathNotFoundError
-from custode.records import problems as stateproblems
+
+if TYPE_CHECKING:
+    from custode.config.model import Config
 
 
 def _stdout_console() -> Console:
@@ -38,6 +39,11 @@ class App:
 
     @cached_property
     def config(self) -> Config:
+        # Imported here: the config model (pydantic) is the largest import of start-up, and
+        # --help, --version and the commands that read no config do without it.
+        from custode.config.model import load_config
+        from custode.records import problems as stateproblems
+
         if self.config_path is not None:
             config = load_config(self.config_path, required=True)
         else:

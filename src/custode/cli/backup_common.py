@@ -5,13 +5,14 @@ host, keys, jobs) applied to the App's config, and the jobs' notices on stderr."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from custode.backup.crypto import Identity, Recipient
-from custode.backup.store import Store
-from custode.cli.app import App
-from custode.jobs import backupsetup
+if TYPE_CHECKING:  # imported where used: a command's --help needs only the options
+    from custode.backup.crypto import Identity, Recipient
+    from custode.backup.store import Store
+    from custode.cli.app import App
 
 store_option = click.option(
     "--store", "store_url", metavar="URL",
@@ -32,26 +33,38 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 
 
 def open_app_store(app: App, given: str | None, *, create: bool = True) -> Store:
+    from custode.jobs import backupsetup
+
     return backupsetup.open_backup_store(app.config.backup, given, create=create)
 
 
 def host(app: App, given: str | None) -> str:
+    from custode.jobs import backupsetup
+
     return backupsetup.host(app.config.backup, given)
 
 
 def identity_path(app: App, given: Path | None) -> Path:
+    from custode.jobs import backupsetup
+
     return backupsetup.identity_path(app.config.backup, given)
 
 
 def recipients(app: App, given: tuple[str, ...]) -> list[Recipient]:
     """--recipient, else backup.recipients, else the identity file's public key (the file
     is generated on first use, with a notice on stderr to keep a copy elsewhere)."""
+    from custode.jobs import backupsetup
+
     return backupsetup.recipients(app.config.backup, given, notice=app.say)
 
 
 def identities(app: App, given: Path | None) -> list[Identity]:
+    from custode.jobs import backupsetup
+
     return backupsetup.identities(app.config.backup, given)
 
 
 def jobs(app: App, given: int | None) -> int:
+    from custode.jobs import backupsetup
+
     return backupsetup.jobs(app.config.backup, given)

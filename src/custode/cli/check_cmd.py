@@ -7,25 +7,27 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
 from custode import interrupts
 from custode.base.units import counted
-from custode.cli.app import App
-from custode.cli.progress import progress_bar
 from custode.errors import EXIT_CODES_HELP
-from custode.git.runner import Git
-from custode.jobs.check import CheckJob, FleetCheck, RepositoryCheck, failure
-from custode.jobs.check import check as check_job
+
+if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
+    from rich.table import Table
+
+    from custode.cli.app import App
+    from custode.jobs.check import FleetCheck, RepositoryCheck
 
 _STYLE = {"ok": "green", "corrupt": "bold red", "error": "yellow"}
 
 
 def _table(done: tuple[RepositoryCheck, ...]) -> Table:
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(show_edge=False, pad_edge=False)
     table.add_column("repository", overflow="fold")
     table.add_column("verdict")
@@ -61,6 +63,11 @@ def check(app: App, roots: tuple[Path, ...], full: bool, as_json: bool) -> None:
     wrote oddly, e.g. a bad time zone; git's message ids) are reported, not counted as
     damage.
     """
+    from custode.cli.progress import progress_bar
+    from custode.git.runner import Git
+    from custode.jobs.check import CheckJob
+    from custode.jobs.check import check as check_job
+
     app.stop_on_signals()
     job = CheckJob(tuple(app.roots(roots)), app.config, app.state_dir(),
                    Git.from_config(app.config.git), full=full)  # fmt: skip
@@ -100,6 +107,8 @@ def _print_text(app: App, result: FleetCheck) -> None:
 def _raise_for(result: FleetCheck) -> None:
     """Exit status 3 when any repository is corrupt or could not be checked, or a path
     could not be read."""
+    from custode.jobs.check import failure
+
     error = failure(result)
     if error is not None:
         raise error

@@ -5,20 +5,19 @@ prune the files no remaining snapshot needs. The policy and the job are the core
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.table import Table
 
-from custode.backup.manifest import Snapshot
-from custode.backup.retention import Policy
 from custode.base.units import format_bytes, format_duration
 from custode.cli import backup_common as bc
-from custode.cli.app import App
 from custode.cli.params import DURATION
-from custode.cli.progress import progress_bar
 from custode.errors import EXIT_CODES_HELP
-from custode.jobs import forget as forget_job
+
+if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
+    from custode.backup.manifest import Snapshot
+    from custode.backup.retention import Policy
+    from custode.cli.app import App
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,6 +81,9 @@ def forget(  # noqa: PLR0917
     name under which another machine also wrote snapshots is refused (set a distinct
     backup.host on each machine).
     """
+    from custode.cli.progress import progress_bar
+    from custode.jobs import forget as forget_job
+
     retention = forget_job.require(
         forget_job.policy(
             app.config.backup,
@@ -132,6 +134,8 @@ def forget(  # noqa: PLR0917
 def _show(app: App, keep: list[Snapshot], reasons: dict[str, list[str]], policy: Policy) -> None:
     if not keep:
         return
+    from rich.table import Table
+
     table = Table(show_edge=False, pad_edge=False)
     for column in ("kept snapshot", "created", "why"):
         table.add_column(column)

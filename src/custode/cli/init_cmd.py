@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from custode.base import paths
 from custode.base.atomicfile import write_atomically
-from custode.cli.app import App
-from custode.config.model import render_default_config, render_reference
 from custode.errors import EXIT_CODES_HELP, ConfigError
+
+if TYPE_CHECKING:
+    from custode.cli.app import App
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -17,6 +20,8 @@ from custode.errors import EXIT_CODES_HELP, ConfigError
 @click.pass_obj
 def init(app: App, force: bool, reference: bool) -> None:
     """Write a commented default config (to --config, or $XDG_CONFIG_HOME/custode/config.toml)."""
+    from custode.config.model import render_default_config, render_reference
+
     if reference:
         click.echo(render_reference())
         return

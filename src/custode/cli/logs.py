@@ -5,9 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from pythonjsonlogger.json import JsonFormatter
-from rich.logging import RichHandler
-
 
 def configure(*, interactive: bool, debug: bool) -> None:
     root = logging.getLogger("custode")
@@ -15,10 +12,15 @@ def configure(*, interactive: bool, debug: bool) -> None:
     root.propagate = False
     root.setLevel(logging.DEBUG if debug else logging.INFO if interactive else logging.WARNING)
     handler: logging.Handler
+    # Each formatter is imported in its branch: a run needs only one of them.
     if interactive:
+        from rich.logging import RichHandler
+
         handler = RichHandler(show_time=False, show_path=False, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
+        from pythonjsonlogger.json import JsonFormatter
+
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(
             JsonFormatter(

@@ -7,20 +7,18 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
 
 from custode import interrupts
 from custode.base.units import format_bytes
-from custode.cli.app import App
 from custode.cli.params import DURATION
-from custode.cli.progress import progress_bar
 from custode.errors import EXIT_CODES_HELP
-from custode.git.runner import Git
-from custode.jobs.maintain import MaintainJob, Maintenance, RepositoryMaintenance, failure
-from custode.jobs.maintain import maintain as maintain_job
+
+if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
+    from custode.cli.app import App
+    from custode.jobs.maintain import Maintenance, RepositoryMaintenance
 
 
 def _plan_json(m: RepositoryMaintenance) -> dict[str, Any]:
@@ -102,6 +100,11 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
     Broken repositories are reported and left untouched. Every action goes to the audit
     log, every result to the history database.
     """
+    from custode.cli.progress import progress_bar
+    from custode.git.runner import Git
+    from custode.jobs.maintain import MaintainJob
+    from custode.jobs.maintain import maintain as maintain_job
+
     app.stop_on_signals()
     job = MaintainJob(
         roots=tuple(app.roots(roots)),
@@ -134,6 +137,8 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
 def _raise_for(failed: int, broken: int, total: int, doubted: int = 0) -> None:
     """Exit status 3 when any repository failed, or was left untouched as broken or in
     doubt (its last check was not clean)."""
+    from custode.jobs.maintain import failure
+
     error = failure(failed, broken, total, doubted)
     if error is not None:
         raise error
@@ -144,6 +149,8 @@ def _show_plans(app: App, done: Maintenance, as_json: bool) -> None:
         repos = [_plan_json(m) for m in done.repositories]
         app.print_json({"dry_run": True, "repositories": repos})
         return
+    from rich.table import Table
+
     busy = done.planned
     table = Table(show_edge=False, pad_edge=False)
     for column in ("repository", "task", "why"):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from custode.base.atomicfile import write_atomically
-from custode.cli.app import App
 from custode.errors import EXIT_CODES_HELP, PathNotFoundError
-from custode.jobs.record import HostSamples
-from custode.monitoring.exporter import Exporter
+
+if TYPE_CHECKING:
+    from custode.cli.app import App
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -29,6 +30,9 @@ def metrics(app: App, roots: tuple[Path, ...], textfile_dir: Path | None, no_pro
 
     For a scrape target that stays up, see custode serve.
     """
+    from custode.jobs.record import HostSamples
+    from custode.monitoring.exporter import Exporter
+
     exporter = Exporter(roots=app.roots(roots), config=app.config, state_dir=app.state_dir(),
                         probes=not no_probes,
                         record_host=HostSamples(app.config.state.keep_history))  # fmt: skip

@@ -10,29 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from custode import interrupts
-from custode.cli.app import App
+
+if TYPE_CHECKING:
+    from rich.progress import ProgressColumn
+
+    from custode.cli.app import App
 
 Tick = Callable[[int, int | None], None]  # (done, total or None while still counting)
-
-
-class StopColumn(ProgressColumn):
-    """``interrupted: finishing N, cancelled M`` once a stop was requested."""
-
-    def render(self, task: Task) -> Text:
-        return Text(interrupts.status(), style="bold yellow")
 
 
 @contextmanager
@@ -42,8 +29,17 @@ def progress_bar(app: App, what: str) -> Iterator[Tick]:
     if not app.interactive:
         yield _nothing
         return
+    # Imported here: only a person at a terminal sees a bar (start-up of every other run).
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), StopColumn())  # fmt: skip
+               TimeElapsedColumn(), _stop_column())  # fmt: skip
     with Progress(*columns, console=app.err, transient=True) as bar:
         task = bar.add_task(what, total=None)
 
@@ -51,6 +47,18 @@ def progress_bar(app: App, what: str) -> Iterator[Tick]:
             bar.update(task, completed=done, total=total)
 
         yield tick
+
+
+def _stop_column() -> ProgressColumn:
+    """``interrupted: finishing N, cancelled M`` once a stop was requested."""
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
+
+    class StopColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            return Text(interrupts.status(), style="bold yellow")
+
+    return StopColumn()
 
 
 def _nothing(done: int, total: int | None) -> None:

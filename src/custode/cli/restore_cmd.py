@@ -6,20 +6,20 @@ restored working copy, and the error lines."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from custode import interrupts
-from custode.backup.restore import Restored
 from custode.base.units import format_bytes
 from custode.cli import backup_common as bc
-from custode.cli.app import App
 from custode.cli.params import SNAPSHOT_OR_TIME
-from custode.cli.progress import progress_bar
 from custode.errors import EXIT_CODES_HELP, RepositoryError
-from custode.git.runner import Git
-from custode.jobs.restore import RestoreJob, RestoreResult, count
-from custode.jobs.restore import restore as restore_job
+
+if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
+    from custode.backup.restore import Restored
+    from custode.cli.app import App
+    from custode.jobs.restore import RestoreResult
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -75,6 +75,11 @@ def restore(  # noqa: PLR0917
     Each repository is assembled beside its destination and moved into place only when
     complete: an error never leaves a half-restored repository behind.
     """
+    from custode.cli.progress import progress_bar
+    from custode.git.runner import Git
+    from custode.jobs.restore import RestoreJob, count
+    from custode.jobs.restore import restore as restore_job
+
     app.stop_on_signals()
     keys = bc.identities(app, identity_path)
     store = bc.open_app_store(app, store_url, create=False)

@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
 
-from custode.cli.app import App
-from custode.cli.progress import progress_bar
 from custode.errors import EXIT_CODES_HELP, PathNotFoundError
-from custode.jobs.cycle import CycleJob, Stage, cycle
+
+if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
+    from custode.cli.app import App
+    from custode.jobs.cycle import Stage
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -41,6 +41,9 @@ def run(app: App, roots: tuple[Path, ...], drill: int | None, as_json: bool) -> 
     $XDG_DATA_HOME/custode/backups, and an age key created at first use in
     $XDG_CONFIG_HOME/custode (keep a copy elsewhere).
     """
+    from custode.cli.progress import progress_bar
+    from custode.jobs.cycle import CycleJob, cycle
+
     root_paths = tuple(app.roots(roots))  # fail early, once, when no root is known
     for root in root_paths:
         if not root.is_dir():
@@ -93,6 +96,8 @@ def _show(app: App, stages: list[Stage], code: int, seconds: float, *, as_json: 
         rows = [{**s.row(), "summary": s.summary} for s in stages]
         app.print_json({"code": code, "seconds": round(seconds, 3), "stages": rows})
         return
+    from rich.table import Table
+
     table = Table(show_edge=False, pad_edge=False)
     for column in ("stage", "outcome", "seconds", "what happened"):
         table.add_column(column, justify="right" if column == "seconds" else "left")

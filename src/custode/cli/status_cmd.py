@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
 
 from custode.base.units import counted, format_bytes
-from custode.cli.app import App
-from custode.cli.scanning import scan_progress, show_problems
 from custode.errors import EXIT_CODES_HELP, RepositoryError
-from custode.jobs.scan import scan
-from custode.maintenance.health import Health
-from custode.scan.repostate import RepoState
+
+if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
+    from rich.table import Table
+
+    from custode.cli.app import App
+    from custode.maintenance.health import Health
+    from custode.scan.repostate import RepoState
 
 _STYLE = {"ok": "green", "attention": "yellow", "broken": "bold red"}
 
@@ -27,6 +28,8 @@ def _row_json(state: RepoState, health: Health) -> dict[str, Any]:
 
 
 def _table(rows: list[tuple[RepoState, Health]]) -> Table:
+    from rich.table import Table
+
     table = Table(show_edge=False, pad_edge=False)
     table.add_column("repository", overflow="fold")
     table.add_column("health")
@@ -66,6 +69,9 @@ def status(
     Repositories whose directories are unchanged since the previous run are not read
     again (their state is kept in the state directory); --rescan reads them all.
     """
+    from custode.cli.scanning import scan_progress, show_problems
+    from custode.jobs.scan import scan
+
     app.stop_on_signals()
     root_paths = app.roots(roots)
     with scan_progress(app) as progress:
