@@ -426,6 +426,34 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def test_a_restart_is_counted_before_the_new_thread_does_any_work(listen: Listen) -> None:
+    """The count is raised before the new thread starts: a slow watchdog (a busy machine)
+    must not let the restarted thread's work be seen with the restart uncounted."""
+    listener = listen()
+    threads = listener._threads
+    spawn = threads._spawn
+
+    def slow_spawn(role: str) -> None:
+        spawn(role)
+        time.sleep(0.5)  # the watchdog descheduled right after starting the thread
+
+    threads._spawn = slow_spawn  # type: ignore[method-assign]
+    original = listener._handle
+    crashed = threading.Event()
+
+    def crash_once(*args: Any) -> Any:
+        if not crashed.is_set():
+            crashed.set()
+            raise _Crash("injected")
+        return original(*args)
+
+    listener._handle = crash_once  # type: ignore[method-assign]
+    send(listener, event("start", "lost"))
+    wait_for(crashed.is_set)
+    still_listening(listener)  # the restarted parser has done work
+    assert listener.restarts["parser"] == 1
+
+
 @pytest.mark.parametrize("thread", ["parser", "reader"])
 def test_a_dead_thread_is_restarted_and_reported(listen: Listen, thread: str) -> None:
     listener = listen()

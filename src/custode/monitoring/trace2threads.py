@@ -119,10 +119,13 @@ class Threads:
             for role in self.loops:
                 if self.running(role) or time.monotonic() < self._restart_at[role]:
                     continue
+                # counted before it starts: whoever sees the new thread's work sees the
+                # restart counted (the test of a restart found 0 under load otherwise)
+                self.restarts[role] += 1
                 try:
                     self._spawn(role)
                 except RuntimeError as exc:  # no thread to be had: try again later
+                    self.restarts[role] -= 1
                     log.error("cannot restart the trace2 %s thread: %s", role, exc)
                     self._restart_at[role] = time.monotonic() + self._delay[role]
                     continue
-                self.restarts[role] += 1
