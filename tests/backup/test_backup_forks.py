@@ -205,6 +205,21 @@ def test_the_plan_picks_one_base_per_family_depth_one() -> None:
     assert not set(plan) & {s.base for s in plan.values()}  # no base builds on another
 
 
+def test_an_upstream_mirror_with_many_refs_of_its_own_is_the_forks_base() -> None:
+    """A forge's upstream mirror holds hundreds of refs its forks lack (refs/pull/...):
+    it still is the base every fork builds on, not one fork the others resemble."""
+    branches = [f"{n:040x}" for n in range(58)]
+    pulls = [f"{n + 1000:040x}" for n in range(600)]
+    fleet = {"upstream.git": Known("upstream.git", frozenset(branches + pulls), starts_chain=True)}
+    for n in range(5):
+        own = f"{n + 5000:040x}"
+        fleet[f"fork{n}.git"] = Known(f"fork{n}.git", frozenset([*branches, own]),
+                                      starts_chain=True)  # fmt: skip
+    plan = share(fleet)
+    assert {r: s.base for r, s in plan.items()} == {f"fork{n}.git": "upstream.git"
+                                                     for n in range(5)}  # fmt: skip
+
+
 OPS = st.lists(
     st.one_of(
         st.tuples(st.just("fork"), st.integers(0, 2)),

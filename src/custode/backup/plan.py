@@ -20,7 +20,8 @@ on the same base, ``backup/engine.py``):
 A base never builds on another (depth one: a restore reads at most two chains, each
 bounded by ``backup.full_every``). Repositories that already have a chain of their own
 are bases as they are; those starting a chain are taken upstream first (borrowers last,
-then most tips shared with others, then fewest of their own, then by name), each building
+then the one most others could build on, then most tips shared with others, then fewest
+of their own, then by name), each building
 on the base it shares most tips with, or becoming a base itself. So the repository forks
 were made from is their base, and a base stays one from night to night.
 """
@@ -64,13 +65,13 @@ def share(fleet: Mapping[str, Known]) -> dict[str, Sharing]:
     for r in bases:
         for tip in fleet[r].tips:
             by_tip.setdefault(tip, set()).add(r)
-    holders: dict[str, int] = {}
+    holders: dict[str, set[str]] = {}
     for k in fleet.values():
         for tip in k.tips:
-            holders[tip] = holders.get(tip, 0) + 1
+            holders.setdefault(tip, set()).add(k.repository)
     chosen: dict[str, Sharing] = {}
     starters = [k for k in fleet.values() if k.starts_chain]
-    for k in sorted(starters, key=lambda k: _upstream_first(k, holders)):
+    for k in sorted(starters, key=lambda k: _upstream_first(k, fleet, holders)):
         found = _best(k, bases, by_tip)
         if found is not None:
             chosen[k.repository] = found
@@ -81,12 +82,26 @@ def share(fleet: Mapping[str, Known]) -> dict[str, Sharing]:
     return chosen
 
 
-def _upstream_first(k: Known, holders: dict[str, int]) -> tuple[bool, int, int, str]:
-    """The order starters are taken in: borrowers after what they borrow from; then most
-    tips shared with others, then fewest of its own (the upstream a fork was made from
-    has nothing the forks lack)."""
-    shared = sum(1 for tip in k.tips if holders[tip] > 1)
-    return (bool(k.borrows), -shared, len(k.tips) - shared, k.repository)
+def _upstream_first(
+    k: Known, fleet: Mapping[str, Known], holders: dict[str, set[str]]
+) -> tuple[bool, int, int, int, str]:
+    """The order starters are taken in: borrowers after what they borrow from; then the
+    one most others could build on (an upstream mirror with hundreds of refs of its own
+    still serves every fork made from it); then most tips shared with others, then fewest
+    of its own (the upstream a fork was made from has nothing the forks lack)."""
+    together: dict[str, int] = {}
+    for tip in k.tips:
+        for other in holders[tip]:
+            if other != k.repository:
+                together[other] = together.get(other, 0) + 1
+    serves = sum(1 for other, n in together.items() if _enough(n, fleet[other]))
+    shared = sum(1 for tip in k.tips if len(holders[tip]) > 1)
+    return (bool(k.borrows), -serves, -shared, len(k.tips) - shared, k.repository)
+
+
+def _enough(shared: int, k: Known) -> bool:
+    """Whether ``k`` shares enough of its tips to build on another."""
+    return shared >= MIN_SHARED and shared >= MIN_FRACTION * len(k.tips)
 
 
 def _best(k: Known, bases: set[str], by_tip: dict[str, set[str]]) -> Sharing | None:
@@ -99,6 +114,6 @@ def _best(k: Known, bases: set[str], by_tip: dict[str, set[str]]) -> Sharing | N
     if not counts:
         return None
     other, shared = max(counts.items(), key=lambda kv: (kv[1], [-ord(c) for c in kv[0]]))
-    if shared < MIN_SHARED or shared < MIN_FRACTION * len(k.tips):
+    if not _enough(shared, k):
         return None
     return Sharing(other, f"shares {shared} of its {len(k.tips)} tips")
