@@ -237,3 +237,44 @@ def test_memory_stays_flat_whatever_the_size_of_the_file(
     finally:
         tracemalloc.stop()
     assert peak < 16 * MIB, peak
+
+
+class _NoStream:
+    """A store that takes files only (as S3 does): put_file stages through scratch."""
+
+    def __init__(self, inner: LocalStore) -> None:
+        self.inner = inner
+
+    def put(self, key: str, src: Path) -> None:
+        self.inner.put(key, src)
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_an_encrypted_file_is_recorded_as_stored_and_staged_only_when_needed(
+    store: LocalStore, identity: Identity, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    streamed: bool,
+) -> None:  # fmt: skip
+    """Size and SHA-256 are those of the bytes in the store; a store taking a stream gets
+    the ciphertext directly (nothing written to scratch), another through scratch."""
+    staged: list[Path] = []
+    real_open = Path.open
+
+    def watch(path: Path, mode: str = "r", *args: object, **kw: object) -> object:
+        if "w" in mode and path.parent.name == "scratch":
+            staged.append(path)
+        return real_open(path, mode, *args, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(Path, "open", watch)
+    target = store if streamed else _NoStream(store)
+    data = os.urandom(3 * MIB)
+    src, scratch = tmp_path / "plain.bin", tmp_path / "scratch"
+    src.write_bytes(data)
+    scratch.mkdir()
+    recipient = parse_recipient(str(identity.to_public()))
+    ref = put_file(target, "k/plain.age", src, [recipient], scratch)  # type: ignore[arg-type]
+    stored = (tmp_path / "store" / "k" / "plain.age").read_bytes()
+    assert (ref.size, ref.sha256) == (len(stored), hashlib.sha256(stored).hexdigest())
+    assert bool(staged) is not streamed and not list(scratch.iterdir())
+    out = io.BytesIO()
+    decrypt_to(store, ref, out, [identity])  # type: ignore[arg-type]
+    assert out.getvalue() == data

@@ -217,6 +217,11 @@ class LocalStore:
 
         self._put(key, write)
 
+    def put_stream(self, key: str, write: Callable[[BinaryIO], None]) -> None:
+        """Store what ``write`` writes, with ``put``'s guarantees (no staging copy: an
+        encrypted file goes straight into the store)."""
+        self._put(key, write)
+
     def _put(self, key: str, write: Callable[[BinaryIO], None]) -> None:
         fd: int | None = None
         tmp = ""

@@ -39,7 +39,19 @@ from custode.errors import IntegrityError, StateError
 def put_file(
     store: Store, key: str, src: Path, recipients: Sequence[Recipient], scratch: Path
 ) -> FileRef:
-    """Encrypt ``src`` to ``key``; the ciphertext passes through ``scratch``."""
+    """Encrypt ``src`` to ``key``, hashing the ciphertext as it is written. A store that
+    takes a stream (``LocalStore.put_stream``) gets it directly; another (S3, which may
+    resend a part) gets it through a file in ``scratch``."""
+    stream = getattr(store, "put_stream", None)
+    if stream is not None:
+        sink = _Counting()
+
+        def write(out: BinaryIO) -> None:
+            sink.out = out
+            encrypt_file(src, sink, recipients)  # type: ignore[arg-type]
+
+        stream(key, write)
+        return FileRef(key, sink.size, sink.digest.hexdigest())
     tmp = scratch / f"{src.name}.age"
     try:
         with tmp.open("wb") as out:
@@ -49,6 +61,27 @@ def put_file(
     finally:
         tmp.unlink(missing_ok=True)
     return ref
+
+
+class _Counting:
+    """A write-only sink that passes bytes on to ``out``, hashing and counting them."""
+
+    def __init__(self) -> None:
+        self.out: BinaryIO | None = None
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        if self.out is None:
+            raise StateError("no store file to write to")
+        self.digest.update(data)
+        self.size += len(data)
+        self.out.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        if self.out is not None:
+            self.out.flush()
 
 
 def put_bytes(store: Store, key: str, data: bytes, recipients: Sequence[Recipient]) -> FileRef:
