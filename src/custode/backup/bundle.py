@@ -180,9 +180,13 @@ def write_bundle(
     listed = _listed(refs, tips, header_refs)
     if header_refs is not None and not listed:
         return None  # every new tip is listed (_listed), so there is no new object either
-    prerequisites = have
-    if header_refs is not None:  # only what the pack's objects point at, as git bundle does
-        prerequisites = _boundary(git, git_dir, revs) if tips and have else []
+    prerequisites, walked = have, None
+    if header_refs is not None and tips and have:
+        # only what the pack's objects point at, as git bundle does; the same walk counts
+        # the objects the pack must hold (check_complete's independent count)
+        walked, prerequisites = _walk(git, git_dir, revs)
+    elif header_refs is not None:
+        prerequisites = []
     header = _header(listed, prerequisites, object_format)
     if tips and not exclude:
         copied = _copy(git, git_dir, revs, out_dir, header, object_format)
@@ -193,7 +197,7 @@ def write_bundle(
     else:
         why = "an incremental: only the objects new since the parent"
     return _generate(git, git_dir, tips, revs, out_dir, header, object_format,
-                     tuple(prerequisites), why)  # fmt: skip
+                     tuple(prerequisites), why, walked)  # fmt: skip
 
 
 def _listed(refs: Refs, tips: list[str], header_refs: Mapping[str, str] | None) -> list[str]:
@@ -208,17 +212,21 @@ def _listed(refs: Refs, tips: list[str], header_refs: Mapping[str, str] | None) 
     return lines + ([f"{named['HEAD']} HEAD"] if "HEAD" in named else [])
 
 
-def _boundary(git: Git, git_dir: Path, revs: str) -> list[str]:
-    """The excluded commits the new commits have as parents: what the pack may point at
-    without holding (``rev-list --boundary``, as ``git bundle create`` lists them)."""
-    out = git.run(["rev-list", "--boundary", "--stdin"], repo=git_dir, input=revs.encode(),
-                  config=DISTRUST_DERIVED).text  # fmt: skip
-    return sorted({line[1:].strip() for line in out.splitlines() if line.startswith("-")})
+def _walk(git: Git, git_dir: Path, revs: str) -> tuple[int, list[str]]:
+    """One walk of ``revs`` (no derived data): how many objects they reach beyond the
+    excluded side, and the excluded commits the new commits have as parents — what the
+    pack may point at without holding (``--boundary``, as ``git bundle create`` lists
+    them; boundary commits are printed with ``-`` and not counted among the objects)."""
+    out = git.run(["rev-list", "--objects", "--boundary", "--no-object-names", "--stdin"],
+                  repo=git_dir, input=revs.encode(), config=DISTRUST_DERIVED).text  # fmt: skip
+    lines = out.splitlines()
+    boundary = {line[1:].strip() for line in lines if line.startswith("-")}
+    return sum(1 for line in lines if line and not line.startswith("-")), sorted(boundary)
 
 
 def _generate(  # noqa: PLR0917  (one bundle's facts, passed through once)
     git: Git, git_dir: Path, tips: list[str], revs: str, out_dir: Path, header: bytes,
-    object_format: str, prerequisites: tuple[str, ...], why: str,
+    object_format: str, prerequisites: tuple[str, ...], why: str, walked: int | None,
 ) -> PackFiles:  # fmt: skip
     """A new pack of exactly the captured ids' objects, written by name into a scratch
     object directory that borrows the repository's objects (git stages its temporary pack
@@ -239,7 +247,7 @@ def _generate(  # noqa: PLR0917  (one bundle's facts, passed through once)
                                    ("pack.writeReverseIndex", "false"))).text.strip()  # fmt: skip
             pack = scratch / "pack" / f"pack-{name}.pack"
             objects = _pack_objects(pack)
-            check_complete(git, git_dir, revs, objects)
+            check_complete(git, git_dir, revs, objects, walked)
         bundle = out_dir / "bundle"
         with bundle.open("wb") as out:
             out.write(header)
@@ -431,12 +439,16 @@ def _copy_hashed(fd: int, out: BinaryIO, object_format: str, size: int, name: st
     return trailer
 
 
-def check_complete(git: Git, git_dir: Path, revs: str, objects: int) -> None:
+def check_complete(
+    git: Git, git_dir: Path, revs: str, objects: int, walked: int | None = None
+) -> None:
     """Refuse a pack that holds fewer (or more) objects than an independent walk of the
-    same ids finds: ``rev-list`` reads no bitmap, and here no other derived data."""
-    out = git.run(["rev-list", "--objects", "--count", "--stdin"], repo=git_dir,
-                  input=revs.encode(), config=DISTRUST_DERIVED).text.strip()  # fmt: skip
-    walked = int(out) if out.isdigit() else -1
+    same ids finds: ``rev-list`` reads no bitmap, and here no other derived data.
+    ``walked``: that walk's count when it was already made (``_walk``)."""
+    if walked is None:
+        out = git.run(["rev-list", "--objects", "--count", "--stdin"], repo=git_dir,
+                      input=revs.encode(), config=DISTRUST_DERIVED).text.strip()  # fmt: skip
+        walked = int(out) if out.isdigit() else -1
     if walked != objects:
         raise IntegrityError(
             f"the backup's pack is incomplete: it holds {objects} objects where a walk of "
