@@ -110,18 +110,16 @@ def build_forks(out: Path, corpus: Path, base: str, forks: int, seed: int) -> No
     shutil.rmtree(out.parent / f".home-{out.name}")
 
 
-def run_forks(args: argparse.Namespace, work: Path) -> Results:
-    corpus = args.corpus
-    pristine = dataset(
-        work,
-        "forks",
-        f"{args.fork_base}-n{args.forks}-s{args.seed}",
-        lambda out: build_forks(out, corpus, args.fork_base, args.forks, args.seed),
-    )
-    runs = fresh_dir(work / "run-forks")
+def _full_then_restore(
+    args: argparse.Namespace, work: Path, name: str, pristine: Path
+) -> tuple[Results, Path, list[str], list[str], dict[str, bool]]:
+    """A full backup by each tool of a hard-linked copy of ``pristine``, then a restore
+    by each, checked: (results, run dir, repositories, custode's wrong ones, whether each
+    peer's restore had the same refs)."""
+    runs = fresh_dir(work / f"run-{name}")
     data = runs / "data"
     link_copy(pristine, data)  # no tool ever writes into the cached set
-    res = Results("forks", Tools(args, runs, data))
+    res = Results(name, Tools(args, runs, data))
     rels = repositories(data)
     res.backup_step("full")
     env = res.tools.env
@@ -131,6 +129,18 @@ def run_forks(args: argparse.Namespace, work: Path) -> Results:
     peers = {t: not check_restore(restored[t], expected, [], env) for t in ("restic", "borg")}
     for t in restored:
         shutil.rmtree(runs / f"restore-{t}")
+    return res, runs, rels, wrong, peers
+
+
+def run_forks(args: argparse.Namespace, work: Path) -> Results:
+    corpus = args.corpus
+    pristine = dataset(
+        work,
+        "forks",
+        f"{args.fork_base}-n{args.forks}-s{args.seed}",
+        lambda out: build_forks(out, corpus, args.fork_base, args.forks, args.seed),
+    )
+    res, _, rels, wrong, peers = _full_then_restore(args, work, "forks", pristine)
     res.notes += [
         f"{args.fork_base}: upstream mirror + {args.forks} forks (bare clones, a few commits "
         f"apart, git repack -a -d), {fmt_bytes(du(pristine))} on disk, seed {args.seed}",
@@ -348,19 +358,7 @@ def run_large(args: argparse.Namespace, work: Path) -> Results:
         f"m{args.large_repo_mb:g}-s{args.seed}",
         lambda out: build_large_repo(out, args.large_repo_mb, args.seed),
     )
-    runs = fresh_dir(work / "run-large")
-    data = runs / "data"
-    link_copy(pristine, data)  # no tool ever writes into the cached set
-    res = Results("large", Tools(args, runs, data))
-    rels = repositories(data)
-    res.backup_step("full")
-    env = res.tools.env
-    expected = {rel: ref_state(data / rel, env) for rel in rels}
-    restored = res.restore_step()
-    wrong = check_restore(restored["custode"], expected, rels, env)
-    peers = {t: not check_restore(restored[t], expected, [], env) for t in ("restic", "borg")}
-    for t in restored:
-        shutil.rmtree(runs / f"restore-{t}")
+    res, runs, rels, wrong, peers = _full_then_restore(args, work, "large", pristine)
     repo = pristine / rels[0]
     packs = sorted((repo / "objects" / "pack").glob("*.pack"))
     git = Git(fresh_dir(runs / "git-home"))

@@ -426,6 +426,21 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def crash_once(listener: Trace2Listener, method: str) -> threading.Event:
+    """Make the listener's ``method`` raise once (its thread dies); set when it has."""
+    original = getattr(listener, method)
+    crashed = threading.Event()
+
+    def crash(*args: Any) -> Any:
+        if not crashed.is_set():
+            crashed.set()
+            raise _Crash("injected")
+        return original(*args)
+
+    setattr(listener, method, crash)
+    return crashed
+
+
 def test_a_restart_is_counted_before_the_new_thread_does_any_work(listen: Listen) -> None:
     """The count is raised before the new thread starts: a slow watchdog (a busy machine)
     must not let the restarted thread's work be seen with the restart uncounted."""
@@ -438,16 +453,7 @@ def test_a_restart_is_counted_before_the_new_thread_does_any_work(listen: Listen
         time.sleep(0.5)  # the watchdog descheduled right after starting the thread
 
     threads._spawn = slow_spawn  # type: ignore[method-assign]
-    original = listener._handle
-    crashed = threading.Event()
-
-    def crash_once(*args: Any) -> Any:
-        if not crashed.is_set():
-            crashed.set()
-            raise _Crash("injected")
-        return original(*args)
-
-    listener._handle = crash_once  # type: ignore[method-assign]
+    crashed = crash_once(listener, "_handle")
     send(listener, event("start", "lost"))
     wait_for(crashed.is_set)
     still_listening(listener)  # the restarted parser has done work
@@ -457,17 +463,7 @@ def test_a_restart_is_counted_before_the_new_thread_does_any_work(listen: Listen
 @pytest.mark.parametrize("thread", ["parser", "reader"])
 def test_a_dead_thread_is_restarted_and_reported(listen: Listen, thread: str) -> None:
     listener = listen()
-    method = "_handle" if thread == "parser" else "_drain"
-    original = getattr(listener, method)
-    crashed = threading.Event()
-
-    def crash_once(*args: Any) -> Any:
-        if not crashed.is_set():
-            crashed.set()
-            raise _Crash("injected")
-        return original(*args)
-
-    setattr(listener, method, crash_once)
+    crashed = crash_once(listener, "_handle" if thread == "parser" else "_drain")
     server = MetricsServer(("127.0.0.1", 0), MetricsApp(_Exposition(listener), lambda: None))
     serving = threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True)
     serving.start()
