@@ -243,7 +243,7 @@ def plan_repository(
     if decision.base is None:
         return decision, None
     found = _base_manifest(store, git, git_dir, repository, object_format,
-                           decision.base.key, warn)  # fmt: skip
+                           decision.base.key, warn, obs.refs.tips())  # fmt: skip
     if isinstance(found, str):
         return decision.without_base(found), None
     if not decision.base.base:  # its chain's base, known by its backup's key until read
@@ -366,7 +366,7 @@ def _new_link(  # noqa: PLR0917  (one repository's facts, passed through once)
 
 def _base_manifest(  # noqa: PLR0917
     store: Store, git: Git, git_dir: Path, repository: str, object_format: str, key: str,
-    warn: Warn,
+    warn: Warn, tips: set[str],
 ) -> RepoManifest | str:  # fmt: skip
     """The latest backup of the repository this one shares history with, for a new chain
     to build on, or why it cannot be (then the chain starts with a full bundle)."""
@@ -383,7 +383,13 @@ def _base_manifest(  # noqa: PLR0917
         (any(not a.key.startswith(own) for a in found.ancestors), "it builds on another itself"),
     )
     why = next((why for bad, why in reasons if bad), "")
-    if not why and not existing_commits(git, git_dir, set(found.tips)):
+    # a tip of its own that is one of the base's proves shared history without asking git
+    # (each of the base's commits it lacks costs git a rescan of its object directory)
+    if (
+        not why
+        and not tips & set(found.tips)
+        and not existing_commits(git, git_dir, set(found.tips))
+    ):
         why = "none of its backup's tips is here: nothing shared after all"
     return why or found
 
