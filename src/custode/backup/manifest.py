@@ -27,7 +27,8 @@ Manifests and snapshots are JSON with a ``checksum`` over their canonical form, 
 validated field by field on reading: a store is treated as possibly hostile, so every key
 a manifest names must be a plain relative key inside its own host's namespace, and every
 number must lie in its field's range. Reading is bounded in size, nesting and number
-(``records``): ``read_manifest`` and ``read_snapshot`` read one from a store.
+(``records``): ``read_snapshot`` reads a snapshot from a store, ``backup/chain.py`` a
+manifest (resolved along its parents).
 """
 
 from __future__ import annotations
@@ -484,12 +485,6 @@ class Snapshot:
         machine = r.text("machine", _MACHINE) if seq else ""
         return cls(host, sid, created, r.text("finished"), tuple(entries),
                    {str(k): str(v) for k, v in failed.items()}, seq, machine)  # fmt: skip
-
-
-def read_stored_manifest(store: Store, key: str) -> RepoManifest:
-    """The manifest at ``key`` as stored (format 3: not resolved, see ``backup/chain.py``),
-    read within the bounds of ``records``."""
-    return RepoManifest.from_bytes(store.get_bytes(key, MANIFEST_LIMIT), key)
 
 
 def read_snapshot(store: Store, key: str) -> Snapshot:

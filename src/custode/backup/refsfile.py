@@ -98,11 +98,3 @@ def _check(key: str, head: str, names: list[str], oids: Iterable[str]) -> None:
         raise IntegrityError(f"{key}: refs hold an invalid name: {bad[0]!r}")
     if any(not _OID.match(oid) for oid in oids):
         raise IntegrityError(f"{key}: refs hold a malformed object id")
-
-
-def whole(data: bytes, key: str) -> Refs:
-    """A refs file that must hold every ref (a chain's first, or a format 1/2 backup's)."""
-    content = decode(data, key)
-    if isinstance(content, RefsDelta):
-        raise IntegrityError(f"{key}: holds a refs delta where whole refs are needed")
-    return content
