@@ -102,12 +102,15 @@ def _damage(repo: Path, refs: str, where: str) -> list[str]:
 
 
 def _running(pid: int) -> bool:
-    """Alive and not a zombie (a zombie has closed its files, the lock among them)."""
+    """Alive, not a zombie and not exiting: a zombie has closed its files (the lock among
+    them), and so has a process caught in its exit after releasing its memory, whose
+    cmdline reads empty (CI once saw one such 'survivor', with the lock rightly free)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" and bool(cmdline)
 
 
 def _lock_free(repo: Path) -> bool:
