@@ -303,7 +303,7 @@ def _backup(  # noqa: PLR0917  (one repository's facts, passed through once)
     else:
         manifest = resolve_on(manifest, on if manifest.base else None)
     if settings.refs_cache is not None:  # the next backup stores only what changes
-        settings.refs_cache.remember(repository, refs, _base_of(manifest))
+        settings.refs_cache.remember(repository, refs, manifest.base_dir)
     result.outcome, result.manifest = "new", manifest
     result.manifest_key = manifest.manifest_key
 
@@ -375,12 +375,11 @@ def _base_manifest(  # noqa: PLR0917
     except CustodeError as exc:
         warn(f"{repository}: not building on {key}: {exc.message}")
         return f"its backup {key} is unusable ({exc.message})"
-    own = repo_prefix(found.host, found.repository)
     reasons = (
         (found.object_format != object_format, f"its object format is {found.object_format}"),
         (bool(found.shallow), "its backup is of a shallow repository"),
         (found.repository == repository, "it is this repository"),
-        (any(not a.key.startswith(own) for a in found.ancestors), "it builds on another itself"),
+        (bool(found.base_dir), "it builds on another itself"),
     )
     why = next((why for bad, why in reasons if bad), "")
     # a tip of its own that is one of the base's proves shared history without asking git
@@ -397,22 +396,13 @@ def _base_manifest(  # noqa: PLR0917
 def _current_base(store: Store, parent: RepoManifest) -> Sharing | None:
     """The repository ``parent``'s chain builds on, with its latest backup (None: its
     own): a fork whose chain grew too long starts the next one on the same base."""
-    own = repo_prefix(parent.host, parent.repository)
-    other = next((a.key for a in parent.ancestors if not a.key.startswith(own)), "")
-    if not other:
+    if not parent.base_dir:
         return None
-    directory = other.rsplit("/", 2)[0] + "/"
-    keys = [k for k in store.list(directory) if k.endswith("/manifest.json")]
+    keys = [k for k in store.list(parent.base_dir) if k.endswith("/manifest.json")]
     latest = by_age(keys, datetime.now(UTC))[-1:]
     if not latest:
         return None
     return Sharing("", "its chain built on it before", latest[0])  # named once read
-
-
-def _base_of(m: RepoManifest) -> str:
-    """The repository a resolved manifest's chain builds on ("" for its own)."""
-    own = repo_prefix(m.host, m.repository)
-    return next((a.key.rsplit("/", 2)[0] for a in m.ancestors if not a.key.startswith(own)), "")
 
 
 def _parent(  # noqa: PLR0917

@@ -316,6 +316,14 @@ class RepoManifest:
         return {lfs_oid(ref.key): ref for ref in self.lfs}
 
     @property
+    def base_dir(self) -> str:
+        """The store directory (``hosts/H/repos/KEY/``) of the repository this resolved
+        backup's chain builds on (a fork's base); "" when the chain is its own."""
+        own = repo_prefix(self.host, self.repository)
+        other = next((a.key for a in self.ancestors if not a.key.startswith(own)), "")
+        return other.rsplit("/", 2)[0] + "/" if other else ""
+
+    @property
     def shallow(self) -> tuple[str, ...]:
         """The shallow commits the chain was made with (a chain holds one set)."""
         return self.chain[-1].shallow if self.chain else ()
