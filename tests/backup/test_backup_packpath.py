@@ -20,6 +20,9 @@ import pytest
 
 from custode.backup import bundle
 from custode.backup.bundle import PackFiles, Refs, capture, write_bundle
+from custode.backup.crypto import generate_identity, parse_recipient
+from custode.backup.engine import BackupSettings, backup_repository
+from custode.backup.store import LocalStore
 from custode.backup.restore import write_refs
 from custode.errors import CustodeError, IntegrityError
 from custode.git.runner import Git
@@ -335,3 +338,61 @@ def test_header_refs_must_name_every_new_tip(tmp_path: Path) -> None:
     fast_import(repo, history_stream("refs/heads/new", 1, label="new"))
     with pytest.raises(ValueError, match="names no ref for the new tips"):
         _write(repo, tmp_path / "b", "sha1", set(refs1.tips()), header_refs={})
+
+
+def _early(calls: list[str], fail: bool = False) -> bundle.Early:
+    def deliver(files: PackFiles) -> None:
+        calls.append(f"deliver {files.method} {files.pack_name}")
+        if fail:
+            raise OSError(28, "No space left on device")
+
+    return bundle.Early(deliver, lambda: calls.append("undo"))
+
+
+def test_a_copy_is_handed_over_while_it_is_proved_and_taken_back_when_it_is_not(
+    tmp_path: Path,
+) -> None:
+    """``Early``: the copy is delivered during the proving walk; proved, that is all;
+    disproved (an unreachable object in the pack), it is taken back and generated."""
+    repo = _repo(tmp_path)
+    calls: list[str] = []
+    _, files = _write(repo, tmp_path / "a", early=_early(calls))
+    assert files is not None and files.method == "copy"
+    assert calls == [f"deliver copy {files.pack_name}"]
+    _loose_unreachable(repo)
+    run_git(repo, "repack", "-adq", "--keep-unreachable")
+    calls.clear()
+    refs, files = _write(repo, tmp_path / "b", early=_early(calls))
+    assert files is not None and files.method == "generate"
+    assert calls == [calls[0], "undo"] and calls[0].startswith("deliver copy")
+    _restore(files, refs, tmp_path / "restored.git", "sha1")
+    run_git(tmp_path / "restored.git", "fsck", "--strict", "--no-dangling")
+
+
+def test_a_delivery_that_fails_is_undone_after_the_walk_ends(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    calls: list[str] = []
+    with pytest.raises(OSError, match="No space"):
+        _write(repo, tmp_path / "out", early=_early(calls, fail=True))
+    assert len(calls) == 2 and calls[1] == "undo"
+    assert not (tmp_path / "out" / "pinned-objects").exists()  # the walk was waited for
+
+
+def test_a_bare_repositorys_copy_taken_back_leaves_no_file_in_the_store(tmp_path: Path) -> None:
+    """The engine stores a bare repository's copy during the proof: disproved, the copy's
+    files are deleted and the generated ones stored; the store holds only what the
+    manifest names and the byte count is the stored files' sizes."""
+    repo = _repo(tmp_path)
+    _loose_unreachable(repo)
+    run_git(repo, "repack", "-adq", "--keep-unreachable")
+    store, scratch = LocalStore(tmp_path / "store"), tmp_path / "scratch"
+    scratch.mkdir()
+    settings = BackupSettings("h", [parse_recipient(generate_identity(tmp_path / "k"))], scratch)
+    result = backup_repository(store, GIT, settings, repository="src.git", root=str(tmp_path),
+                               git_dir=repo, bare=True, object_format="sha1", manifests=[])  # fmt: skip
+    assert result.outcome == "new" and result.manifest is not None, result.message
+    assert result.manifest.link is not None and result.manifest.link.method == "generate"
+    named = {ref.key for ref in result.manifest.file_refs()} | {result.manifest_key}
+    assert set(store.list("")) == named
+    sizes = [store.size(key) for key in named]
+    assert result.bytes_added == sum(size or 0 for size in sizes)

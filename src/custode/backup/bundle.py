@@ -25,7 +25,10 @@ Two ways to the pack, and ``PackFiles.method``/``reason`` say which was taken an
   ``.idx``'s means the pack holds nothing else. The bundle is then the header and the
   pack's bytes as they are, the stored index that ``.idx``; each is hashed as it is
   copied, and a trailer that is not the hash of the bytes before it, or an ``.idx`` that
-  names another pack checksum, is refused (IntegrityError naming the file).
+  names another pack checksum, is refused (IntegrityError naming the file). The proving
+  walk and the copy run at once (git on one core, the copy on another); a caller that
+  passes ``Early`` also stores the copy during the walk, and is told to take it back
+  when the walk does not prove it (a bare repository's pack usually is the closure).
 * **generate**, anything else: ``pack-objects --revs`` fed the captured ids writes the pack
   by name into a scratch object directory that borrows the repository's objects through
   ``GIT_ALTERNATE_OBJECT_DIRECTORIES`` (git stages its temporary pack there, never in the
@@ -63,7 +66,8 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -123,6 +127,16 @@ class PackFiles:
     reason: str = ""  # why, with numbers: "one pack of 91,413 objects, exactly the refs' closure"
 
 
+@dataclass(frozen=True)
+class Early:
+    """How a caller stores a copied bundle while its proving walk still runs: ``deliver``
+    stores the files; ``undo`` removes what it stored when the walk disproves the copy
+    (then the pack is generated and ``deliver`` is not called for it)."""
+
+    deliver: Callable[[PackFiles], None]
+    undo: Callable[[], None]
+
+
 def capture(git: Git, git_dir: Path) -> Refs:
     """Every ref with its object id, symbolic refs with their targets, HEAD, and each
     linked worktree's HEAD and per-worktree refs (in custode's namespace)."""
@@ -140,13 +154,24 @@ def existing_commits(git: Git, git_dir: Path, oids: set[str]) -> set[str]:
     """The commits ``oids`` name (tags peeled) that the repository still has: a bundle's
     prerequisites must be commits; an excluded tag object is simply sent again, it is small,
     but the history under it is not."""
-    if not oids:
-        return set()
-    data = "".join(f"{oid}^{{}}\n" for oid in sorted(oids)).encode()
+    commits, tags = _object_types(git, git_dir, sorted(oids))
+    if tags:  # peeling parses a name per line (costly by the thousand): only for tags
+        commits |= _object_types(git, git_dir, [f"{oid}^{{}}" for oid in sorted(tags)])[0]
+    return commits
+
+
+def _object_types(git: Git, git_dir: Path, names: list[str]) -> tuple[set[str], set[str]]:
+    """Of ``names`` (object ids, or ``<id>^{}``): the ids that are commits, and the ids of
+    tag objects; a missing object is in neither."""
+    if not names:
+        return set(), set()
+    data = "".join(f"{name}\n" for name in names).encode()
     fmt = "--batch-check=%(objectname) %(objecttype)"
-    out = git.run(["cat-file", fmt], repo=git_dir, input=data).text
-    return {oid for oid, _, kind in (line.partition(" ") for line in out.splitlines())
-            if kind == "commit"}  # fmt: skip
+    out = git.run(["cat-file", "--buffer", fmt], repo=git_dir, input=data).text
+    found: dict[str, set[str]] = {"commit": set(), "tag": set()}
+    for oid, _, kind in (line.partition(" ") for line in out.splitlines()):
+        found.get(kind, set()).add(oid)
+    return found["commit"], found["tag"]
 
 
 def write_bundle(
@@ -158,6 +183,7 @@ def write_bundle(
     *,
     object_format: str,
     header_refs: Mapping[str, str] | None = None,
+    early: Early | None = None,
 ) -> PackFiles | None:
     """Write ``bundle`` (and ``index``) into ``out_dir`` for ``refs`` minus what ``exclude``
     reaches (only tips the repository still has are used). A tip the parent already had is
@@ -170,7 +196,11 @@ def write_bundle(
     boundary commits the pack needs; every new tip must be among them (ValueError).
 
     None: nothing to store, when there is no ref at all (an empty repository), or with
-    ``header_refs`` empty and no new tip (the refs are recorded elsewhere)."""
+    ``header_refs`` empty and no new tip (the refs are recorded elsewhere).
+
+    ``early``: a copied bundle is handed to ``early.deliver`` while the walk proving it
+    runs (module docstring); the result then is that same PackFiles. Other bundles are
+    only returned."""
     if not refs.tips():
         return None
     out_dir = out_dir.absolute()  # git runs elsewhere and is given object directories in it
@@ -189,10 +219,9 @@ def write_bundle(
         prerequisites = []
     header = _header(listed, prerequisites, object_format)
     if tips and not exclude:
-        copied = _copy(git, git_dir, revs, out_dir, header, object_format)
-        if isinstance(copied, _Copied):
-            return PackFiles(out_dir / "bundle", out_dir / "index", copied.name, len(header),
-                             (), "copy", copied.reason)  # fmt: skip
+        copied = _copy(git, git_dir, revs, out_dir, header, object_format, early)
+        if isinstance(copied, PackFiles):
+            return copied
         why = copied
     else:
         why = "an incremental: only the objects new since the parent"
@@ -268,17 +297,13 @@ def _generate(  # noqa: PLR0917  (one bundle's facts, passed through once)
         source.unlink(missing_ok=True)
 
 
-@dataclass(frozen=True)
-class _Copied:
-    name: str
-    reason: str
-
-
 def _copy(  # noqa: PLR0917
-    git: Git, git_dir: Path, revs: str, out_dir: Path, header: bytes, object_format: str
-) -> _Copied | str:
+    git: Git, git_dir: Path, revs: str, out_dir: Path, header: bytes, object_format: str,
+    early: Early | None,
+) -> PackFiles | str:  # fmt: skip
     """The copy path (module docstring): the bundle and index written from the
-    repository's one pack, or why not (a reason for the generate path)."""
+    repository's one pack (and given to ``early``) while git walks it, or why not (a
+    reason for the generate path)."""
     found = _single_pack(git_dir_of(git_dir) / "objects")
     if isinstance(found, str):
         return found
@@ -287,13 +312,44 @@ def _copy(  # noqa: PLR0917
         if isinstance(pinned, str):
             return pinned
         pack_fd, idx_fd, count = pinned
-        walked = _walk_pinned(git, git_dir, revs, out_dir, found.name, pack_fd, idx_fd)
-        if walked != count:
-            return walked if isinstance(walked, str) else (
-                f"one pack of {count:,} objects, but the refs reach {walked:,} "
-                "(it holds unreachable objects)")  # fmt: skip
-        _stream_checked(found, pack_fd, idx_fd, out_dir, header, object_format)
-    return _Copied(found.name, f"one pack of {count:,} objects, exactly the refs' closure")
+        walked: list[int | str | BaseException] = []
+
+        def walk() -> None:
+            try:
+                walked.append(_walk_pinned(git, git_dir, revs, out_dir, found.name,
+                                           pack_fd, idx_fd))  # fmt: skip
+            except BaseException as exc:  # raised below, in the caller's thread
+                walked.append(exc)
+
+        walker = threading.Thread(target=walk, name="custode-copy-walk", daemon=True)
+        walker.start()
+        delivered = False
+        try:  # the descriptors stay open until git has finished with them
+            _stream_checked(found, pack_fd, idx_fd, out_dir, header, object_format)
+            reason = f"one pack of {count:,} objects, exactly the refs' closure"
+            files = PackFiles(out_dir / "bundle", out_dir / "index", found.name, len(header),
+                              (), "copy", reason)  # fmt: skip
+            if early is not None:
+                delivered = True  # a failed deliver is undone too: it may have stored part
+                early.deliver(files)
+        except BaseException:
+            walker.join()
+            if delivered and early is not None:
+                early.undo()
+            raise
+        walker.join()
+    result = walked[0] if walked else RuntimeError("the copy's walk ended without a result")
+    if isinstance(result, BaseException):
+        if delivered and early is not None:
+            early.undo()
+        raise result
+    if result == count:
+        return files  # bound: an error in the copy was raised above
+    if delivered and early is not None:
+        early.undo()
+    return result if isinstance(result, str) else (
+        f"one pack of {count:,} objects, but the refs reach {result:,} "
+        "(it holds unreachable objects)")  # fmt: skip
 
 
 def _pin(stack: contextlib.ExitStack, found: Path, size: int) -> tuple[int, int, int] | str:

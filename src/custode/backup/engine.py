@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from custode.backup.bundle import Refs, capture, existing_commits, write_bundle
+from custode.backup.bundle import Early, PackFiles, Refs, capture, existing_commits, write_bundle
 from custode.backup.chain import pinned, resolve_on
 from custode.backup.chain import read_manifest as chain_manifest
 from custode.backup.crypto import Recipient
@@ -341,12 +341,15 @@ def _new_link(  # noqa: PLR0917  (one repository's facts, passed through once)
     header = None if known is None else changed(known, refs)
     if on is not None and on is not parent:  # on a base: its tips need no objects here
         header = {name: oid for name, oid in refs.refs.items() if oid not in set(on.tips)}
+    stored: list[FileRef] = []
+    early = _early(store, own, settings, work, result, stored) if head.bare else None
     files = write_bundle(git, git_dir, refs, exclude, work, object_format=head.object_format,
-                         header_refs=header)  # fmt: skip
+                         header_refs=header, early=early)  # fmt: skip
     link = None
     if files is not None and files.index is not None:
-        bundle = _put(store, own + "bundle.age", files.bundle, settings, work, result)
-        index = _put(store, own + "index.age", files.index, settings, work, result)
+        if not stored:  # not stored early (``_early``)
+            _put_pack(store, own, files, settings, work, result, stored)
+        bundle, index = stored
         link = Link(head.backup_id, bundle, index, files.pack_name, files.header_bytes,
                     _objects(files.index), files.prerequisites, shallow, on is None,
                     files.method)  # fmt: skip
@@ -478,6 +481,39 @@ def _put(  # noqa: PLR0917
     result.bytes_added += ref.size
     result.files_added += 1
     return ref
+
+
+def _early(  # noqa: PLR0917
+    store: Store, own: str, settings: BackupSettings, work: Path, result: RepoBackup,
+    stored: list[FileRef],
+) -> Early:  # fmt: skip
+    """Store a copied bundle and its index while git proves the copy (``bundle.Early``),
+    into ``stored``; taken back out of the store if the proof fails. Only for a bare
+    repository, whose one pack is usually exactly its refs' closure (a work tree's also
+    holds what only its reflogs and index reach: the proof would fail, the work be lost)."""
+
+    def deliver(files: PackFiles) -> None:
+        _put_pack(store, own, files, settings, work, result, stored)
+
+    def undo() -> None:
+        for ref in stored:
+            store.delete(ref.key)  # its backup id is new: no manifest names it
+            result.bytes_added -= ref.size
+            result.files_added -= 1
+        stored.clear()
+
+    return Early(deliver, undo)
+
+
+def _put_pack(  # noqa: PLR0917
+    store: Store, own: str, files: PackFiles, settings: BackupSettings, work: Path,
+    result: RepoBackup, stored: list[FileRef],
+) -> None:  # fmt: skip
+    """Store a bundle and its pack's index, each added to ``stored`` once it is there."""
+    if files.index is None:
+        raise ValueError("a bundle with an empty pack has no index to store")
+    stored.append(_put(store, own + "bundle.age", files.bundle, settings, work, result))
+    stored.append(_put(store, own + "index.age", files.index, settings, work, result))
 
 
 def _objects(index: Path | None) -> int:
