@@ -13,8 +13,9 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,10 +23,10 @@ from custode.backup import bundle
 from custode.backup.bundle import PackFiles, Refs, capture, write_bundle
 from custode.backup.crypto import generate_identity, parse_recipient
 from custode.backup.engine import BackupSettings, backup_repository
-from custode.backup.store import LocalStore
 from custode.backup.restore import write_refs
+from custode.backup.store import LocalStore
 from custode.errors import CustodeError, IntegrityError
-from custode.git.runner import Git
+from custode.git.runner import Git, GitResult
 from fixtures.builders import fast_import, history_stream, run_git
 
 pytestmark = pytest.mark.integration
@@ -396,3 +397,41 @@ def test_a_bare_repositorys_copy_taken_back_leaves_no_file_in_the_store(tmp_path
     assert set(store.list("")) == named
     sizes = [store.size(key) for key in named]
     assert result.bytes_added == sum(size or 0 for size in sizes)
+
+
+class _Recording(Git):
+    def __init__(self) -> None:
+        super().__init__()
+        self.commands: list[list[str]] = []
+
+    def run(self, args: Sequence[str], *a: Any, **kw: Any) -> GitResult:
+        self.commands.append(list(args))
+        return super().run(args, *a, **kw)
+
+
+def test_an_incremental_walks_once_and_packs_what_the_walk_listed(tmp_path: Path) -> None:
+    """One rev-list (boundary and objects) and a pack-objects fed its list, not a second
+    walk; the pack holds exactly the new objects, and a listed object that is missing is
+    refused."""
+    repo = _repo(tmp_path)
+    refs1 = capture(GIT, repo)
+    blob = run_git(repo, "hash-object", "-w", "--stdin", input=b"new\n").strip()  # loose
+    tree = run_git(repo, "mktree", input=f"100644 blob {blob}\tnew.txt\n".encode()).strip()
+    commit = run_git(repo, "commit-tree", "-p", "refs/heads/main", "-m", "new", tree).strip()
+    run_git(repo, "update-ref", "refs/heads/main", commit)
+    git = _Recording()
+    refs2 = capture(git, repo)
+    (tmp_path / "b").mkdir()
+    files = write_bundle(git, repo, refs2, set(refs1.tips()), tmp_path / "b",
+                         object_format="sha1", header_refs=_changed(refs1, refs2))  # fmt: skip
+    walks = [c for c in git.commands if c[0] in ("rev-list", "pack-objects")]
+    assert [c[0] for c in walks] == ["rev-list", "pack-objects"]
+    assert "--revs" not in walks[1]
+    assert files is not None and files.index is not None
+    listed = run_git(repo, "show-index", input=files.index.read_bytes()).split()[1::3]
+    assert sorted(listed) == sorted([blob, tree, commit])
+    (repo / "objects" / blob[:2] / blob[2:]).unlink()
+    (tmp_path / "c").mkdir()
+    with pytest.raises(CustodeError):
+        write_bundle(GIT, repo, refs2, set(refs1.tips()), tmp_path / "c",
+                     object_format="sha1", header_refs=_changed(refs1, refs2))  # fmt: skip

@@ -41,9 +41,12 @@ The walks trust no derived data (``DISTRUST_DERIVED``: no bitmap, commit-graph o
 multi-pack-index, which can lie: one wrong bit in a ``.bitmap`` left a blob out). Then
 a generated pack's object count is checked against ``rev-list --objects --count`` of the same
 ids, a second walk that never reads bitmaps: a pack short of any object is refused, and
-no backup is recorded. Both walks mark the excluded side alike (``pack.useSparse=false``:
-the sparse walk may add objects), so the counts agree exactly. In a shallow repository
-both stop at the commits of its ``shallow`` file, which the manifest records.
+no backup is recorded. An incremental with a minimal header walks once: the walk that
+finds its boundary lists its objects, and pack-objects packs that list (dying on a listed
+object it lacks) into a pack whose count must be the list's. Otherwise both walks mark
+the excluded side alike (``pack.useSparse=false``: the sparse walk may add objects), so
+the counts agree exactly. In a shallow repository both stop at the commits of its
+``shallow`` file, which the manifest records.
 
 The bundle is git's own format (gitformat-bundle: ``# v2 git bundle`` for SHA-1, ``# v3``
 with ``@object-format=sha256``), the prerequisites being the excluded tips (by default), then
@@ -212,9 +215,10 @@ def write_bundle(
         return None  # every new tip is listed (_listed), so there is no new object either
     prerequisites, walked = have, None
     if header_refs is not None and tips and have:
-        # only what the pack's objects point at, as git bundle does; the same walk counts
-        # the objects the pack must hold (check_complete's independent count)
-        walked, prerequisites = _walk(git, git_dir, revs)
+        # only what the pack's objects point at, as git bundle does; the same walk lists
+        # the objects the pack is made of (no second walk)
+        walked = _walk(git, git_dir, revs)
+        prerequisites = walked.boundary
     elif header_refs is not None:
         prerequisites = []
     header = _header(listed, prerequisites, object_format)
@@ -241,42 +245,64 @@ def _listed(refs: Refs, tips: list[str], header_refs: Mapping[str, str] | None) 
     return lines + ([f"{named['HEAD']} HEAD"] if "HEAD" in named else [])
 
 
-def _walk(git: Git, git_dir: Path, revs: str) -> tuple[int, list[str]]:
-    """One walk of ``revs`` (no derived data): how many objects they reach beyond the
-    excluded side, and the excluded commits the new commits have as parents — what the
-    pack may point at without holding (``--boundary``, as ``git bundle create`` lists
-    them; boundary commits are printed with ``-`` and not counted among the objects)."""
-    out = git.run(["rev-list", "--objects", "--boundary", "--no-object-names", "--stdin"],
-                  repo=git_dir, input=revs.encode(), config=DISTRUST_DERIVED).text  # fmt: skip
-    lines = out.splitlines()
-    boundary = {line[1:].strip() for line in lines if line.startswith("-")}
-    return sum(1 for line in lines if line and not line.startswith("-")), sorted(boundary)
+@dataclass(frozen=True)
+class _Walked:
+    """One walk's result: the objects beyond the excluded side (``oid[ path]`` lines, as
+    pack-objects reads them), their count, and the boundary commits."""
+
+    objects: bytes
+    count: int
+    boundary: list[str]
+
+
+def _walk(git: Git, git_dir: Path, revs: str) -> _Walked:
+    """One walk of ``revs`` (no derived data): the objects they reach beyond the excluded
+    side, and the excluded commits the new commits have as parents — what the pack may
+    point at without holding (``--boundary``, as ``git bundle create`` lists them;
+    boundary commits are printed with ``-`` and are not objects of the pack). Names stay
+    with the objects: pack-objects groups deltas by them."""
+    out = git.run(["rev-list", "--objects", "--boundary", "--stdin"], repo=git_dir,
+                  input=revs.encode(), config=DISTRUST_DERIVED).stdout  # fmt: skip
+    objects, boundary = [], set()
+    for line in out.splitlines(keepends=True):
+        if line.startswith(b"-"):
+            boundary.add(line[1:].split(b" ", 1)[0].strip().decode("ascii"))
+        elif line.strip():
+            objects.append(line)
+    return _Walked(b"".join(objects), len(objects), sorted(boundary))
 
 
 def _generate(  # noqa: PLR0917  (one bundle's facts, passed through once)
     git: Git, git_dir: Path, tips: list[str], revs: str, out_dir: Path, header: bytes,
-    object_format: str, prerequisites: tuple[str, ...], why: str, walked: int | None,
+    object_format: str, prerequisites: tuple[str, ...], why: str, walked: _Walked | None,
 ) -> PackFiles:  # fmt: skip
     """A new pack of exactly the captured ids' objects, written by name into a scratch
     object directory that borrows the repository's objects (git stages its temporary pack
     there, never in the repository; when it reuses packed data it checks each object's
-    CRC against the source's .idx), with the .idx git writes for it: no index-pack."""
+    CRC against the source's .idx), with the .idx git writes for it: no index-pack.
+
+    ``walked`` (an incremental's walk, made without derived data): pack-objects is given
+    its object list instead of walking again (it dies on a listed object it lacks), and
+    the pack's count must be the list's. Otherwise pack-objects walks ``revs`` and a
+    second walk that reads no derived data checks its count (``check_complete``)."""
     scratch, source = out_dir / "objects", out_dir / "source-objects"
     try:
         pack, objects = None, 0
-        if tips:
+        if tips and (walked is None or walked.count):
             (scratch / "pack").mkdir(parents=True, exist_ok=True)
             # the repository's objects by a plain path, whatever characters its own holds
             source.unlink(missing_ok=True)
             source.symlink_to(git_dir_of(git_dir) / "objects", target_is_directory=True)
-            name = git.run(["pack-objects", "--revs", "--delta-base-offset", "--quiet",
-                            str(scratch / "pack" / "pack")], repo=git_dir, input=revs.encode(),
+            how = ["--revs"] if walked is None else []  # else: the walk's objects, listed
+            name = git.run(["pack-objects", *how, "--delta-base-offset", "--quiet",
+                            str(scratch / "pack" / "pack")], repo=git_dir,
+                           input=revs.encode() if walked is None else walked.objects,
                            objects=ObjectDirs(scratch, (source,)),
                            config=(*DISTRUST_DERIVED, ("pack.useSparse", "false"),
                                    ("pack.writeReverseIndex", "false"))).text.strip()  # fmt: skip
             pack = scratch / "pack" / f"pack-{name}.pack"
             objects = _pack_objects(pack)
-            check_complete(git, git_dir, revs, objects, walked)
+            check_complete(git, git_dir, revs, objects, walked.count if walked else None)
         bundle = out_dir / "bundle"
         with bundle.open("wb") as out:
             out.write(header)
