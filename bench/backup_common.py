@@ -32,6 +32,10 @@ INSTALL = "install them with: apt-get install restic borgbackup (Debian/Ubuntu)"
 TOOLS = ("custode", "restic", "borg")
 DATASET_VERSION = 1  # bump when a builder changes what it writes: cached sets are rebuilt
 SAMPLE_EVERY = 0.05  # seconds between two samples of a child's process tree
+_PEER_PRIORITY = [
+    *(["nice", "-n", "10"] if shutil.which("nice") else []),
+    *(["ionice", "-t", "-c", "2", "-n", "7"] if shutil.which("ionice") else []),
+]
 
 
 def _load_maintenance():  # type: ignore[no-untyped-def]
@@ -276,7 +280,11 @@ class Tools:
         )
         self.custode = maint.custode_argv(args.custode)
         self.jobs = [] if args.jobs is None else ["--jobs", str(args.jobs)]
-        self.restic, self.borg = args.restic, args.borg
+        # restic and borg run at the priority custode gives its own work by default
+        # (git.nice = 10, best-effort I/O class 7: a nightly job beside a git server), so
+        # that other load on the machine weighs on the three tools alike
+        self.restic = [*_PEER_PRIORITY, args.restic]
+        self.borg = [*_PEER_PRIORITY, args.borg]
         self.key = scratch / "age-identity.txt"
         try:
             from custode.backup.crypto import generate_identity  # noqa: PLC0415
@@ -305,8 +313,8 @@ class Tools:
         self.custode_json: list[dict[str, Any]] = []  # every custode backup's --json
         self.restore_json: dict[str, Any] = {}
         restic, borg = self.stores["restic"], self.stores["borg"]
-        measure([self.restic, "init", "--repo", str(restic)], self.peer_env)
-        measure([self.borg, "init", "--encryption=repokey", str(borg)], self.peer_env)
+        measure([*self.restic, "init", "--repo", str(restic)], self.peer_env)
+        measure([*self.borg, "init", "--encryption=repokey", str(borg)], self.peer_env)
 
     def backup(self, tool: str) -> Measurement:
         store = str(self.stores[tool])
@@ -322,11 +330,11 @@ class Tools:
             self.custode_json.append(doc)
             return m
         if tool == "restic":
-            argv = [self.restic, "backup", "--repo", store, "--host", "bench", "--quiet"]
+            argv = [*self.restic, "backup", "--repo", store, "--host", "bench", "--quiet"]
             return measure([*argv, str(self.data)], self.peer_env)
         self.serial += 1
         archive = f"{store}::snap-{self.serial}"
-        return measure([self.borg, "create", archive, str(self.data)], self.peer_env)
+        return measure([*self.borg, "create", archive, str(self.data)], self.peer_env)
 
     def restore(self, tool: str) -> tuple[Measurement, Path]:
         """Restore the latest snapshot into an empty directory; return where the data is."""
@@ -342,16 +350,16 @@ class Tools:
                 self.restore_json = {}
             return m, into
         if tool == "restic":
-            argv = [self.restic, "restore", "latest", "--repo", store, "--target", str(into)]
+            argv = [*self.restic, "restore", "latest", "--repo", store, "--target", str(into)]
             return measure(argv, self.peer_env), inside
         archive = f"{store}::snap-{self.serial}"
-        return measure([self.borg, "extract", archive], self.peer_env, cwd=into), inside
+        return measure([*self.borg, "extract", archive], self.peer_env, cwd=into), inside
 
     def versions(self) -> dict[str, str]:
         return {
             "git": version(["git", "--version"]),
-            "restic": version([self.restic, "version"]),
-            "borg": version([self.borg, "--version"]),
+            "restic": version([*self.restic, "version"]),
+            "borg": version([*self.borg, "--version"]),
         }
 
 
