@@ -2,32 +2,22 @@
 the same facts in JSON, Markdown and HTML, an HTML file that needs no network and renders
 in headless Chromium; plus the model's windows and targets on a hand-made history."""
 
-import os
 import re
-import struct
-import subprocess
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from report_pages import plain, render_in_chromium
 
 from custode.records.state import Observation, RepositoryResult, StateDB, utcnow
 from custode.report.history import build
 from custode.report.render import fmt_bytes, fmt_ratio, fmt_seconds, render
 from fixtures.builders import Fleet
 from fixtures.cli import CliResult
-from fixtures.system import need
 
 Run = Callable[..., CliResult]
 RESOURCE = re.compile(r"https?://|<script|<link|<iframe|<img|@import|url\(", re.IGNORECASE)
-
-
-def plain(text: str) -> str:
-    """What a reader sees, roughly: no tags, no Markdown emphasis or code marks, one space."""
-    text = re.sub(r"<[^>]+>", " ", text).replace("**", "").replace("`", "")
-    return " ".join(text.split())
 
 
 def state_db(env: dict[str, str]) -> Path:
@@ -48,8 +38,9 @@ def test_report_from_real_history_carries_the_same_facts_in_every_format(
     repositories = status.json()["summary"]["repositories"]
     maintain = custode("maintain", "--json", root)
     assert maintain.code == 0, maintain.stderr
-    reclaimed = maintain.json()["summary"]["reclaimed_bytes"]
-    assert reclaimed > 0
+    freed = [r["reclaimed_bytes"] for r in maintain.json()["repositories"] if r.get("tasks")]
+    reclaimed, grown = sum(max(0, f) for f in freed), sum(max(0, -f) for f in freed)
+    assert reclaimed - grown == maintain.json()["summary"]["reclaimed_bytes"] and reclaimed > 0
     backup = custode("backup", "--json", "--store", store, root)
     assert backup.code == 0, backup.stderr
     backed = backup.json()["summary"]
@@ -63,10 +54,11 @@ def test_report_from_real_history_carries_the_same_facts_in_every_format(
     assert custode("status", root).code == 3
     assert custode("metrics", "--no-probes", root).code == 0  # a host sample
 
-    result = custode("report", "--format", "json")
+    result = custode("report", "--format", "json", root)
     assert result.code == 0, result.stderr
     data = result.json()
-    assert data["schema"] == 1 and not data["empty"]
+    assert data["schema"] == 2 and not data["empty"]
+    assert data["scope"]["roots"] == [str(root)] and not data["scope"]["everything"]
     fleet = data["fleet"]
     assert fleet["repositories"] == repositories
     assert (fleet["broken"], fleet["unobserved"]) == (1, 0)
@@ -82,12 +74,14 @@ def test_report_from_real_history_carries_the_same_facts_in_every_format(
     assert fleet["needing_attention"] == len(data["problems"])
     m = data["maintenance"]
     assert (m["runs"], m["failed"], m["reclaimed_bytes"]) == (1, 0, reclaimed)
+    assert m["grown_bytes"] == grown  # what repacks wrote, not taken off what others freed
     assert m["repositories"] == maintain.json()["summary"]["maintained"]
     assert {t["task"] for t in m["tasks"]} >= {"write_commit_graph"}
     assert data["checks"]["failed"] == 2 and data["checks"]["repositories"] == repositories
     b = data["backups"]
-    assert (b["runs"], b["bytes_added"]) == (1, backed["bytes_added"])
-    assert b["last_run"]["snapshot"] == backed["snapshot"]
+    (s,) = b["stores"]
+    assert (s["store"], s["runs"], s["bytes_added"]) == (backed["store"], 1, backed["bytes_added"])
+    assert s["last_run"]["snapshot"] == backed["snapshot"]
     assert b["fresh"] == repositories and b["stale"] == b["never"] == b["failed"] == 0
     d = data["drills"]
     assert (d["drills"], d["failed"], d["over_target"]) == (drilled["drills"], 0, 0)
@@ -114,12 +108,12 @@ def test_report_from_real_history_carries_the_same_facts_in_every_format(
         fmt_ratio(r["cpu_max"]),
         "No alert fired in this window",
     ]
-    md = custode("report", "--format", "md")
+    md = custode("report", "--format", "md", root)
     assert md.code == 0, md.stderr
     for fact in facts:
         assert fact in plain(md.stdout), fact
     html_path = tmp_path / "out" / "report.html"
-    written = custode("report", "-o", html_path)  # the format from the suffix
+    written = custode("report", "-o", html_path, root)  # the format from the suffix
     assert written.code == 0 and written.stdout == "", written.stderr
     html = html_path.read_text()
     assert html.startswith("<!DOCTYPE html>")
@@ -129,43 +123,6 @@ def test_report_from_real_history_carries_the_same_facts_in_every_format(
     assert html.count("<svg") == 5  # fleet, reclaimed, backups, drills, resources
     assert not list(html_path.parent.glob(".report.html.*"))  # no temporary file left
     render_in_chromium(html_path, tmp_path)
-
-
-def render_in_chromium(page: Path, tmp_path: Path) -> None:
-    binary = need("chromium", "chromium-browser", package="chromium")
-    shot = tmp_path / "report.png"
-    common = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-              f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,2000"]  # fmt: skip
-    env = {**os.environ, "HOME": str(tmp_path)}
-    dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True,
-                         text=True, timeout=120, check=True, env=env)  # fmt: skip
-    assert dom.stdout.count("<svg") == 5 and "Restore drills" in dom.stdout
-    subprocess.run([*common, f"--screenshot={shot}", page.as_uri()], capture_output=True,
-                   timeout=120, check=True, env=env)  # fmt: skip
-    width, height, rows = png_rows(shot.read_bytes())
-    assert (width, height) == (1280, 2000)
-    assert len(set(rows)) > 100, "the screenshot is (nearly) blank"
-
-
-def png_rows(data: bytes) -> tuple[int, int, list[bytes]]:
-    """Width, height and the (filtered) pixel rows of an 8-bit, non-interlaced PNG.
-
-    A blank page gives a handful of distinct rows; charts and text give hundreds.
-    """
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", b""
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        body = data[pos + 8 : pos + 8 + length]
-        header = body if kind == b"IHDR" else header
-        idat += body if kind == b"IDAT" else b""
-        pos += 12 + length
-    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
-    assert depth == 8 and interlace == 0 and colour in (2, 6)
-    stride = 1 + width * (3 if colour == 2 else 4)
-    raw = zlib.decompress(idat)
-    assert len(raw) == stride * height
-    return width, height, [raw[i : i + stride] for i in range(0, len(raw), stride)]
 
 
 def test_empty_history_is_a_report_that_says_so(custode: Run, isolated_env: dict[str, str]) -> None:
@@ -252,7 +209,8 @@ def test_model_targets_reasons_and_escaping(history: StateDB) -> None:
     assert [d.message for d in report.drills.failures] == ["fsck failed"]
     assert (report.resources.cpu_max, report.resources.cpu_over_target) == (0.9, 1)
     assert (report.resources.memory_over_target, report.resources.samples) == (0, 2)
-    assert (report.backups.fresh, report.backups.never, report.backups.bytes_added) == (2, 1, 200)
+    assert (report.backups.fresh, report.backups.never) == (2, 1)
+    assert [(s.store, s.bytes_added) for s in report.backups.stores] == [("unknown store", 200)]
     html, md = render(report, "html"), render(report, "md")
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;.git" in html
     assert "`pipe\\|name.git`" in md and "`<script>alert(1)</script>.git`" in md
@@ -264,7 +222,7 @@ def test_the_window_and_the_freshness_move_with_now(history: StateDB) -> None:
     later = time.time() + 3 * 86400
     report = build(history, since_seconds=86400, now=later)
     assert report.runs == () and report.maintenance.runs == 0 and report.drills.runs == ()
-    assert report.resources.samples == 0 and report.backups.runs == 0
+    assert report.resources.samples == 0 and report.backups.stores == ()
     assert report.fleet.repositories == 3  # the current state is not windowed
     assert report.backups.stale == 2 and report.backups.fresh == 0
     stale = [r for r in report.backups.repositories if r.state == "stale"]

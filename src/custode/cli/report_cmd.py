@@ -14,6 +14,7 @@ from custode.errors import EXIT_CODES_HELP
 
 
 @click.command(epilog=EXIT_CODES_HELP)
+@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "--since", type=DURATION, default="7d", show_default=True,
     help="How far back the report looks (e.g. 24h, 7d, 4w).",
@@ -33,10 +34,15 @@ from custode.errors import EXIT_CODES_HELP
     "configures (smtp_host, sender, recipients).",
 )  # fmt: skip
 @click.pass_obj
-def report(app: App, since: float, fmt: str | None, output: Path | None, email: bool) -> None:
-    """Report from the history database: fleet summary, repositories needing attention and
-    why, maintenance and space reclaimed, backup freshness and sizes, restore-drill times
-    against the 5-minute target, alerts, and host resource use against the 70% target.
+def report(  # noqa: PLR0917  (click passes the options by position)
+    app: App, roots: tuple[Path, ...], since: float, fmt: str | None, output: Path | None,
+    email: bool,
+) -> None:  # fmt: skip
+    """Report from the history database on the repositories under ROOTS (default: roots
+    from config; none there: every root recorded): fleet summary, repositories needing
+    attention and why, maintenance and space reclaimed, backups per store and freshness,
+    restore-drill times against the 5-minute target, alerts, and host resource use against
+    the 70% target.
 
     Reads only what custode status, maintain, check, backup, verify, metrics and serve
     recorded; it never scans the fleet. An empty history gives a report that says so.
@@ -47,7 +53,7 @@ def report(app: App, since: float, fmt: str | None, output: Path | None, email: 
     fmt = fmt or report_job.format_for(output)
     if email:
         report_job.require_mail(app.config)
-    job = report_job.ReportJob(app.config, app.state_dir(), since, fmt, output)
+    job = report_job.ReportJob(app.config, app.state_dir(), since, fmt, output, roots)
     done = report_job.report(job)
     if output is None:
         click.echo(done.text, nl=False)

@@ -4,7 +4,9 @@ email as ``[email]`` configures.
 
 It reads only what the other jobs recorded; it never scans the fleet, and it does not
 create the history database just to read it (an empty history gives a report that says
-so). ``custode report`` and the nightly cycle call it; they say what it wrote or sent.
+so). It is about one fleet: the job's roots, else the configured ones, else every root
+the history recorded. ``custode report`` and the nightly cycle call it; they say what it
+wrote or sent.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ class ReportJob:
     since: float  # seconds back from now
     fmt: str = "md"  # one of FORMATS
     output: Path | None = None  # written atomically there; None: only returned
+    roots: tuple[Path, ...] = ()  # the fleet; () the configured roots (none: all recorded)
+
+    @property
+    def fleet(self) -> tuple[Path, ...]:
+        return self.roots or tuple(self.config.roots)
 
 
 @dataclass(frozen=True)
@@ -71,11 +78,12 @@ def report(job: ReportJob, *, now: float | None = None) -> ReportResult:
     targets = Targets(resource_ratio=job.config.maintenance.cpu_share)
     path = record.database(job.state_dir)
     now = time.time() if now is None else now
+    roots = [str(r.expanduser()) for r in job.fleet]
     if path.exists():
         with StateDB.open(path) as db:
-            model = build(db, since_seconds=job.since, now=now, targets=targets)
+            model = build(db, since_seconds=job.since, now=now, targets=targets, roots=roots)
     else:  # no history yet: say so, and do not create the database just to read it
-        model = build(None, since_seconds=job.since, now=now, targets=targets)
+        model = build(None, since_seconds=job.since, now=now, targets=targets, roots=roots)
     text = render(model, job.fmt)
     if job.output is not None:
         _write(job.output, text)

@@ -138,6 +138,7 @@ class ResultTotals:
     seconds: float  # the durations summed
     longest: float  # the longest duration
     detail: int  # a numeric key of the results' details, summed (0: not asked, none recorded)
+    detail_negative: int = 0  # that key's negative values alone, summed (<= 0)
 
 
 #: the groups ``StateDB.totals_by_*`` sum over: SQL of this module, never of input
@@ -466,46 +467,54 @@ class StateDB:
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     def totals_by_run(
-        self, command: str, since: str, until: str, *, task: str | None = None, detail: str = ""
-    ) -> dict[int, ResultTotals]:
-        """Run id → totals of its results (of ``task`` only, if given), for the ``command``
-        runs started in the window, in the order they started; ``detail``: a numeric key
-        of the results' details to sum."""
-        rows = self._totals("run", command, since, until, task=task, detail=detail)
+        self, command: str, since: str, until: str, *, task: str | None = None, detail: str = "",
+        roots: Iterable[str] | None = None,
+    ) -> dict[int, ResultTotals]:  # fmt: skip
+        """Run id → totals of its results (of ``task`` only, if given; of results under
+        ``roots`` only, if given), for the ``command`` runs started in the window, in the
+        order they started; ``detail``: a numeric key of the results' details to sum."""
+        rows = self._totals("run", command, since, until, task=task, detail=detail, roots=roots)
         return {r[0]: ResultTotals(*r[1:]) for r in rows}
 
     def totals_by_repository(
-        self, command: str, since: str, until: str, *, task: str | None = None, detail: str = ""
-    ) -> dict[tuple[str, str], ResultTotals]:
+        self, command: str, since: str, until: str, *, task: str | None = None, detail: str = "",
+        roots: Iterable[str] | None = None,
+    ) -> dict[tuple[str, str], ResultTotals]:  # fmt: skip
         """(root, repository) → totals of its results, as ``totals_by_run``."""
-        rows = self._totals("repository", command, since, until, task=task, detail=detail)
+        rows = self._totals(
+            "repository", command, since, until, task=task, detail=detail, roots=roots
+        )
         return {(r[0], r[1]): ResultTotals(*r[2:]) for r in rows}
 
-    def totals_by_task(self, command: str, since: str, until: str) -> dict[str, ResultTotals]:
+    def totals_by_task(
+        self, command: str, since: str, until: str, *, roots: Iterable[str] | None = None
+    ) -> dict[str, ResultTotals]:
         """Task → totals of its results, as ``totals_by_run``."""
-        return {r[0]: ResultTotals(*r[1:]) for r in self._totals("task", command, since, until)}
+        rows = self._totals("task", command, since, until, roots=roots)
+        return {r[0]: ResultTotals(*r[1:]) for r in rows}
 
     @_guarded
     def _totals(
         self, by: str, command: str, since: str, until: str, *, task: str | None = None,
-        detail: str = "",
+        detail: str = "", roots: Iterable[str] | None = None,
     ) -> list[tuple[Any, ...]]:  # fmt: skip
         group = _GROUPS[by]
-        summed = "IFNULL(SUM(json_extract(r.details, ?)), 0)" if detail else "0"
-        only = " AND r.task = ?" if task is not None else ""
-        params = ([f"$.{detail}"] if detail else []) + [command, since, until]
+        value = "json_extract(r.details, ?)"
+        summed = f"IFNULL(SUM({value}), 0), IFNULL(SUM(MIN(0, {value})), 0)" if detail else "0, 0"
+        only, where = _only(task, roots)
+        params = ([f"$.{detail}"] * 2 if detail else []) + [command, since, until]
         rows = self._conn.execute(  # only this module's SQL and "?" placeholders go in
             f"SELECT {group}, COUNT(*), SUM(r.outcome = 'ok'), SUM(r.outcome = 'failed'), "  # noqa: S608
             f"SUM(r.outcome = 'skipped'), SUM(r.duration_s), MAX(r.duration_s), {summed} "
             "FROM repository_results r JOIN runs u ON r.run_id = u.id "
             f"WHERE u.command = ? AND u.started_at >= ? AND u.started_at <= ?{only} "
             f"GROUP BY {group} ORDER BY MIN(u.started_at)",
-            params + ([task] if task is not None else []),
+            params + where,
         )
         n = group.count(",") + 1  # the group's columns come first
         return [
             (*r[:n], *(int(v) for v in r[n : n + 4]), float(r[n + 4]), float(r[n + 5]),
-             int(r[n + 6]))
+             int(r[n + 6]), int(r[n + 7]))
             for r in rows
         ]  # fmt: skip
 
@@ -513,18 +522,20 @@ class StateDB:
     def results_between(
         self, command: str, since: str, until: str, *, task: str,
         order: Literal["slowest", "newest"], limit: int, failing: bool = False,
+        roots: Iterable[str] | None = None,
     ) -> list[tuple[str, RepositoryResult]]:  # fmt: skip
         """Up to ``limit`` results of ``task`` recorded by the ``command`` runs started in
         the window, each with when its run started, ``order`` "slowest" or "newest" first;
-        only those not ok if ``failing``."""
+        only those not ok if ``failing``, only those under ``roots`` if given."""
         by = {"slowest": "r.duration_s DESC", "newest": "u.started_at DESC"}[order]
-        only = " AND r.outcome != 'ok'" if failing else ""
+        only, where = _only(task, roots)
+        only += " AND r.outcome != 'ok'" if failing else ""
         rows = self._conn.execute(  # only this module's SQL and "?" placeholders go in
             "SELECT u.started_at, r.repository, r.root, r.task, r.outcome, r.started_at, "  # noqa: S608
             "r.duration_s, r.details FROM repository_results r JOIN runs u ON r.run_id = u.id "
-            "WHERE u.command = ? AND u.started_at >= ? AND u.started_at <= ? AND r.task = ?"
+            "WHERE u.command = ? AND u.started_at >= ? AND u.started_at <= ?"
             f"{only} ORDER BY {by} LIMIT ?",
-            (command, since, until, task, limit),
+            [command, since, until, *where, limit],
         )
         return [
             (r[0], RepositoryResult(r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7])))
@@ -533,15 +544,17 @@ class StateDB:
 
     @_guarded
     def count_slower(
-        self, command: str, since: str, until: str, *, task: str, seconds: float
-    ) -> int:
-        """How many results of ``task`` the ``command`` runs started in the window recorded
-        that took longer than ``seconds``."""
-        row = self._conn.execute(
-            "SELECT COUNT(*) FROM repository_results r JOIN runs u ON r.run_id = u.id "
-            "WHERE u.command = ? AND u.started_at >= ? AND u.started_at <= ? AND r.task = ? "
+        self, command: str, since: str, until: str, *, task: str, seconds: float,
+        roots: Iterable[str] | None = None,
+    ) -> int:  # fmt: skip
+        """How many results of ``task`` (under ``roots`` only, if given) the ``command``
+        runs started in the window recorded that took longer than ``seconds``."""
+        only, where = _only(task, roots)
+        row = self._conn.execute(  # only this module's SQL and "?" placeholders go in
+            "SELECT COUNT(*) FROM repository_results r JOIN runs u ON r.run_id = u.id "  # noqa: S608
+            f"WHERE u.command = ? AND u.started_at >= ? AND u.started_at <= ?{only} "
             "AND r.duration_s > ?",
-            (command, since, until, task, seconds),
+            [command, since, until, *where, seconds],
         ).fetchone()
         return int(row[0])
 
@@ -643,6 +656,18 @@ class StateDB:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _only(task: str | None, roots: Iterable[str] | None) -> tuple[str, list[Any]]:
+    """The SQL that keeps the results of ``task`` under ``roots`` (None: any), its values."""
+    sql, values = "", list[Any]()
+    if task is not None:
+        sql, values = " AND r.task = ?", [task]
+    if roots is not None:
+        names = sorted(set(roots))
+        sql += f" AND r.root IN ({','.join('?' * len(names))})" if names else " AND 0"
+        values += names
+    return sql, values
 
 
 def _dumps(obj: dict[str, Any]) -> str:

@@ -1,5 +1,9 @@
 """Small inline SVG charts, written by hand: a time axis, bars or lines, a dashed target.
 
+The value axis scales to the data: a target far above every value (a 5-minute restore
+target over 5-second drills) is a note at the top of the chart, not an axis that
+flattens the data to nothing.
+
 No plotting dependency and nothing fetched: each chart is one ``<svg>`` element with its
 own styles as attributes, so the HTML report stays a single self-contained file. Every
 text is XML-escaped here; the result is ``Markup`` so the template's autoescape keeps it.
@@ -20,6 +24,8 @@ LEFT, RIGHT, TOP, BOTTOM = 72, 16, 28, 30
 PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 AXIS, GRID, TARGET = "#57606a", "#d0d7de", "#cf222e"
 COLOURS = ("#0969da", "#8250df", "#1a7f37", "#bf8700")
+#: a target more than this many times the largest value is noted, not drawn to scale
+FAR = 3.0
 
 Format = Callable[[float], str]
 
@@ -37,11 +43,12 @@ def _when(epoch: float, span: float) -> str:
 
 
 def _nice(top: float) -> float:
-    """Round numbers on the axis: the least 1, 2, 2.5 or 5 times a power of ten >= top."""
+    """Round numbers on the axis (a quarter of each is a grid line): the least of 1, 1.2,
+    1.6, 2, 2.5, 3, 4, 5, 6 or 8 times a power of ten >= top, so the data fills most of it."""
     if top <= 0:
         return 1.0
     power = 10.0 ** math.floor(math.log10(top))
-    return next(power * m for m in (1, 2, 2.5, 5, 10) if power * m >= top)
+    return next(power * m for m in (1, 1.2, 1.6, 2, 2.5, 3, 4, 5, 6, 8, 10) if power * m >= top)
 
 
 class _Frame:
@@ -78,6 +85,11 @@ class _Frame:
         return parts
 
     def target(self, value: float, label: str) -> list[str]:
+        if value > self.top:  # off the scale: say where it is instead
+            return [
+                f'<text x="{LEFT + PLOT_W - 4}" y="{TOP - 6}" text-anchor="end" font-size="11" '
+                f'fill="{TARGET}">{escape(label)}, far above this scale</text>'
+            ]
         y = self.y(value)
         return [
             f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + PLOT_W}" y2="{y:.1f}" stroke="{TARGET}" '
@@ -85,6 +97,14 @@ class _Frame:
             f'<text x="{LEFT + PLOT_W - 4}" y="{y - 5:.1f}" text-anchor="end" font-size="11" '
             f'fill="{TARGET}">{escape(label)}</text>',
         ]
+
+
+def _top(values: Sequence[float], target: float | None) -> float:
+    """The axis's top: the data's with headroom, and the target's when it is near."""
+    data = max(values, default=0.0)
+    if target is not None and target <= FAR * data:
+        data = max(data, target)
+    return data * 1.1
 
 
 def stacked_bar(title: str, parts: Sequence[tuple[str, float, str]]) -> Markup:
@@ -130,10 +150,12 @@ def bar_chart(
     target: float | None = None,
     target_label: str = "",
     colour: str = COLOURS[0],
+    legend: str = "",
 ) -> Markup:
-    """One bar per (epoch, value), ``bar_seconds`` wide on a time axis from start to end."""
-    top = max([v for _, v in bars] + [target or 0.0]) * 1.1
-    frame = _Frame(start, end, top)
+    """One bar per (epoch, value), ``bar_seconds`` wide on a time axis from start to end;
+    ``target`` a dashed line, or a note when it is far above the data; ``legend`` names
+    what the bars are, when the title alone (a tooltip) would not tell charts apart."""
+    frame = _Frame(start, end, _top([v for _, v in bars], target))
     parts = frame.axes(fmt)
     width = max(3.0, bar_seconds / (frame.end - frame.start) * PLOT_W - 1)
     for t, v in bars:
@@ -145,7 +167,7 @@ def bar_chart(
                      f"<title>{escape(label)}</title></rect>")  # fmt: skip
     if target is not None:
         parts += frame.target(target, target_label)
-    return _svg(title, parts)
+    return _svg(title, parts, [(legend, colour)] if legend else ())
 
 
 def line_chart(
@@ -161,7 +183,7 @@ def line_chart(
 ) -> Markup:
     """One line per series on a time axis; a lone point is drawn as a dot."""
     values = [v for s in series for _, v in s.points]
-    frame = _Frame(start, end, top or max([*values, target or 0.0]) * 1.1)
+    frame = _Frame(start, end, top or _top(values, target))
     parts = frame.axes(fmt)
     span = frame.end - frame.start
     for s in series:

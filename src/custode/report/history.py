@@ -5,13 +5,20 @@ Read only, through ``StateDB``'s reads for reports; the fleet is never scanned, 
 latest check, maintain and backup results. Aggregates come computed from the database
 (``StateDB.totals_by_*``: counts, sums, details summed) so a long history is not loaded
 into memory.
+
+The fleet is the repositories under the given roots: results and observations under other
+roots are left out of every figure (and counted as left out), the restore drills and
+restores are those of the stores and hosts the fleet was backed up to. Without roots the
+fleet is every root recorded.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 from custode.base.times import epoch, iso, minute
 from custode.base.units import format_duration
@@ -39,6 +46,8 @@ from custode.report.model import (
     ResourceBucket,
     Resources,
     RestoreRun,
+    Scope,
+    StoreBackups,
     Targets,
     TaskStats,
     Window,
@@ -51,12 +60,15 @@ _Labels = tuple[tuple[str, str], ...]
 
 
 def build(
-    db: StateDB | None, *, since_seconds: float, now: float, targets: Targets | None = None
-) -> Report:
-    """The report for the window ``now - since_seconds`` … ``now`` (``db`` None: no history)."""
+    db: StateDB | None, *, since_seconds: float, now: float, targets: Targets | None = None,
+    roots: Iterable[str] = (),
+) -> Report:  # fmt: skip
+    """The report for the window ``now - since_seconds`` … ``now`` (``db`` None: no history)
+    about the repositories under ``roots`` (none: every recorded root)."""
     targets = targets or Targets()
+    fleet = tuple(sorted({os.path.abspath(r) for r in roots}))  # as discovery records them
     # a busy or damaged database fails in StateDB's reads, with the fix
-    return _Builder(db, since_seconds, now, targets).report()
+    return _Builder(db, since_seconds, now, targets, fleet).report()
 
 
 def _labels(fields: dict[str, str]) -> _Labels:
@@ -87,10 +99,17 @@ def _p95(values: list[float]) -> float | None:
 
 
 class _Builder:
-    def __init__(self, db: StateDB | None, since_s: float, now: float, targets: Targets) -> None:
+    def __init__(
+        self, db: StateDB | None, since_s: float, now: float, targets: Targets,
+        roots: tuple[str, ...],
+    ) -> None:  # fmt: skip
         self.db = db
         self.now = now
         self.targets = targets
+        self.roots: tuple[str, ...] | None = roots or None  # None: every recorded root
+        # the "store#host" the fleet's backups went to, as verify records a drill's root
+        self.drill_roots: set[str] | None = None if self.roots is None else set()
+        self.pairs: set[tuple[str, str]] = set()  # those (store, host)
         start = now - since_s
         self.since = iso(start, "microseconds")
         self.until = iso(now, "microseconds")
@@ -99,24 +118,41 @@ class _Builder:
     def _bucket(self, at: str, width: float) -> str:
         return iso(epoch(at) // width * width)
 
+    def _in(self, root: str) -> bool:
+        return self.roots is None or root in self.roots
+
     def report(self) -> Report:
         db = self.db
         self.runs: list[Run] = db.runs_between(self.since, self.until) if db else []
-        observed = db.latest_observations() if db else {}
+        everywhere = db.latest_observations() if db else {}
         latest: dict[str, dict[tuple[str, str], LatestResult]] = defaultdict(dict)
+        outside: set[tuple[str, str]] = {k for k in everywhere if not self._in(k[0])}
         for res in db.latest_results(_LATEST_TASKS) if db else []:
-            latest[res.task][(res.root, res.repository)] = res
+            key = (res.root, res.repository)
+            if self._in(res.root):
+                latest[res.task][key] = res
+            else:
+                outside.add(key)
+        observed = {k: o for k, o in everywhere.items() if self._in(k[0])}
         anything = db.has_records() if db else False
         backups = self._backups(observed, latest["backup"])
-        problems = self._problems(observed, latest, backups.repositories)
+        since = self._maintained_since(observed, latest["maintain"])
+        problems = self._problems(observed, latest, backups.repositories, since)
+        known = set(observed).union(*(latest[t] for t in _LATEST_TASKS))
+        roots = self.roots or tuple(sorted({root for root, _ in known}))
+        scope = Scope(
+            roots, self.roots is None, len(outside), tuple(sorted({r for r, _ in outside})),
+            tuple(sorted({store for store, _ in self.pairs})),
+        )  # fmt: skip
         return Report(
             generated_at=iso(self.now),
             database=str(self.db.path) if self.db else "",
+            scope=scope,
             window=self.window,
             targets=self.targets,
-            empty=not anything and not observed,
+            empty=not anything and not everywhere,
             runs=self._command_runs(),
-            fleet=self._fleet(observed, latest, len(problems)),
+            fleet=self._fleet(observed, latest, since, len(problems)),
             problems=problems,
             maintenance=self._maintenance(),
             checks=self._checks(),
@@ -178,15 +214,17 @@ class _Builder:
         self,
         observed: dict[tuple[str, str], Observation],
         latest: dict[str, dict[tuple[str, str], LatestResult]],
+        maintained_since: set[tuple[str, str]],
         problems: int,
     ) -> Fleet:
         known = set(observed).union(*(latest[t] for t in _LATEST_TASKS))
-        verdicts = [o.verdict for o in observed.values()]
+        verdicts = [o.verdict for k, o in observed.items() if k not in maintained_since]
         newest = max((o.observed_at for o in observed.values()), default=None)
         return Fleet(
             repositories=len(known),
             ok=verdicts.count("ok"),
             attention=verdicts.count("attention"),
+            maintained_since=len(maintained_since),
             broken=verdicts.count("broken"),
             unobserved=len(known - set(observed)),
             size_bytes=sum(o.size_bytes for o in observed.values()),
@@ -196,21 +234,36 @@ class _Builder:
             needing_attention=problems,
         )
 
+    def _maintained_since(
+        self,
+        observed: dict[tuple[str, str], Observation],
+        maintained: dict[tuple[str, str], LatestResult],
+    ) -> set[tuple[str, str]]:
+        """Those status last saw needing maintenance ("attention") and maintained since."""
+        # status records a repository only when its verdict or fingerprint changes, so its
+        # latest observation is what the latest status run saw: "since" the observation.
+        seen = self.db.last_started("status") if self.db else None
+        last_status = epoch(seen) if seen else 0.0
+        return {
+            key
+            for key, o in observed.items()
+            if o.verdict == "attention"
+            and (done := maintained.get(key)) is not None
+            and done.outcome == "ok"
+            and done.at > last_status
+        }
+
     def _problems(
         self,
         observed: dict[tuple[str, str], Observation],
         latest: dict[str, dict[tuple[str, str], LatestResult]],
         backups: tuple[RepositoryBackup, ...],
+        maintained_since: set[tuple[str, str]],
     ) -> tuple[Problem, ...]:
         reasons: dict[tuple[str, str], list[str]] = defaultdict(list)
-        # status records a repository only when its verdict or fingerprint changes, so its
-        # latest observation is what the latest status run saw: "since" the observation.
-        seen = self.db.last_started("status") if self.db else None
-        last_status = epoch(seen) if seen else 0.0
         for key, o in observed.items():
-            done = latest["maintain"].get(key)
-            if o.verdict == "attention" and done and done.outcome == "ok" and done.at > last_status:
-                continue  # maintained after status last looked; attention means "maintain it"
+            if key in maintained_since:
+                continue  # attention means "maintain it", and it was
             if o.verdict in ("attention", "broken"):
                 said = f"custode status: {o.verdict} since {minute(epoch(o.observed_at))}"
                 reasons[key].append(f"{said}: {o.reasons}" if o.reasons else said)
@@ -241,35 +294,41 @@ class _Builder:
 
     def _maintenance(self) -> Maintenance:
         window = ("maintain", self.since, self.until)
-        db = self.db
-        tasks = db.totals_by_task(*window) if db else {}
+        db, roots = self.db, self.roots
+        tasks = db.totals_by_task(*window, roots=roots) if db else {}
         tasks.pop("maintain", None)  # the row per repository, not a task
-        per_run = {
-            run: (t.results, t.failed, t.skipped, t.detail)
-            for run, t in (
-                db.totals_by_run(*window, task="maintain", detail="reclaimed_bytes") if db else {}
-            ).items()
-        }
-        distinct = len(db.totals_by_repository(*window, task="maintain")) if db else 0
-        buckets: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-        results = failed = skipped = reclaimed = 0
+        freed = "reclaimed_bytes"  # per repository: negative when it grew
+        per_run = (
+            db.totals_by_run(*window, task="maintain", detail=freed, roots=roots) if db else {}
+        )
+        per_repo = (
+            db.totals_by_repository(*window, task="maintain", detail=freed, roots=roots)
+            if db
+            else {}
+        )
+        buckets: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+        results = failed = skipped = reclaimed = grown = 0
         runs = [r for r in self.runs if r.command == "maintain"]
+        if roots is not None:  # a run that recorded nothing of this fleet is another's
+            runs = [r for r in runs if r.id in per_run]
         for run in runs:
-            count, bad, skip, freed = per_run.get(run.id, (0, 0, 0, 0))
-            freed = int(run.summary.get("reclaimed_bytes", freed))
+            t = per_run.get(run.id)
+            count, bad, skip = (t.results, t.failed, t.skipped) if t else (0, 0, 0)
+            plus, minus = (t.detail - t.detail_negative, -t.detail_negative) if t else (0, 0)
             b = buckets[self._bucket(run.started_at, self.window.bucket_seconds)]
-            for i, v in enumerate((1, count, bad, freed)):
+            for i, v in enumerate((1, count, bad, plus, minus)):
                 b[i] += v
-            results, failed, skipped, reclaimed = (
-                results + count, failed + bad, skipped + skip, reclaimed + freed
-            )  # fmt: skip
+            results, failed, skipped = results + count, failed + bad, skipped + skip
+            reclaimed, grown = reclaimed + plus, grown + minus
         return Maintenance(
             runs=len(runs),
-            repositories=distinct,
+            repositories=len(per_repo),
             ok=results - failed - skipped,
             failed=failed,
             skipped=skipped,
             reclaimed_bytes=reclaimed,
+            grown_bytes=grown,
+            grown_repositories=sum(1 for t in per_repo.values() if t.detail_negative < 0),
             tasks=tuple(
                 TaskStats(t, n.ok, n.failed, n.skipped, round(n.seconds, 3))
                 for t, n in sorted(tasks.items())
@@ -279,10 +338,13 @@ class _Builder:
 
     def _checks(self) -> Checks:
         window = ("check", self.since, self.until)
-        tasks = self.db.totals_by_task(*window) if self.db else {}
+        db, roots = self.db, self.roots
+        tasks = db.totals_by_task(*window, roots=roots) if db else {}
+        per_run = db.totals_by_run(*window, roots=roots) if db else {}
+        runs = [r for r in self.runs if r.command == "check"]
         return Checks(
-            runs=sum(1 for r in self.runs if r.command == "check"),
-            repositories=len(self.db.totals_by_repository(*window)) if self.db else 0,
+            runs=len(runs if roots is None else [r for r in runs if r.id in per_run]),
+            repositories=len(db.totals_by_repository(*window, roots=roots)) if db else 0,
             ok=sum(t.ok for t in tasks.values()),
             failed=sum(t.results - t.ok for t in tasks.values()),
             full=tasks["check-full"].results if "check-full" in tasks else 0,
@@ -293,26 +355,32 @@ class _Builder:
         observed: dict[tuple[str, str], Observation],
         latest: dict[tuple[str, str], LatestResult],
     ) -> Backups:
-        runs = []
-        buckets: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-        for u in self.runs:
-            if u.command != "backup":
-                continue
-            at, status, s = u.started_at, u.status, u.summary
-            run = BackupRun(
-                iso(epoch(at)), status, s.get("snapshot"), s.get("store"),
-                int(s.get("repositories", 0)), int(s.get("new", 0)), int(s.get("unchanged", 0)),
-                int(s.get("failed", 0)), int(s.get("full", 0)), int(s.get("bytes_added", 0)),
-                float(s.get("seconds", 0.0)),
-            )  # fmt: skip
-            runs.append(run)
-            b = buckets[self._bucket(at, self.window.bucket_seconds)]
-            b[0], b[1], b[2] = b[0] + 1, b[1] + (status != "ok"), b[2] + run.bytes_added
-        totals = (
-            self.db.totals_by_repository("backup", self.since, self.until, detail="bytes_added")
-            if self.db
+        db, roots = self.db, self.roots
+        window = ("backup", self.since, self.until)
+        per_run = (
+            db.totals_by_run(*window, task="backup", detail="bytes_added", roots=roots)
+            if db
             else {}
         )
+        by_store: dict[str, list[BackupRun]] = defaultdict(list)
+        for u in self.runs:
+            t = per_run.get(u.id)
+            if u.command != "backup" or (t is None and roots is not None):
+                continue  # another command's, or no repository of this fleet in it
+            s = u.summary
+            store = str(s.get("store") or "unknown store")
+            self._went_to(store, s.get("host"))
+            by_store[store].append(BackupRun(
+                iso(epoch(u.started_at)), u.status, s.get("snapshot"), store,
+                t.results if t else int(s.get("repositories", 0)),
+                t.failed if t else int(s.get("failed", 0)),
+                t.detail if t else int(s.get("bytes_added", 0)),
+                float(s.get("seconds", 0.0)),
+            ))  # fmt: skip
+        for res in latest.values():  # the stores of backups older than the window too
+            if res.details.get("store"):
+                self._went_to(str(res.details["store"]), res.details.get("host"))
+        totals = db.totals_by_repository(*window, detail="bytes_added", roots=roots) if db else {}
         in_window = {key: (t.results, t.detail) for key, t in totals.items()}
         backed_roots = {root for root, _ in latest}
         repos = []
@@ -324,17 +392,33 @@ class _Builder:
         ages = [r.age_seconds for r in repos if r.age_seconds is not None]
         return Backups(
             stale_after_seconds=self.targets.backup_age_seconds,
-            runs=len(runs),
-            failed_runs=sum(r.status != "ok" for r in runs),
-            bytes_added=sum(r.bytes_added for r in runs),
-            last_run=runs[-1] if runs else None,
-            buckets=tuple(BackupBucket(k, *v) for k, v in sorted(buckets.items())),
+            stores=tuple(self._store(name, runs) for name, runs in sorted(by_store.items())),
             fresh=states.count("fresh"),
             stale=states.count("stale"),
             failed=states.count("failed"),
             never=states.count("never"),
             oldest_age_seconds=round(max(ages), 3) if ages else None,
             repositories=tuple(repos),
+        )
+
+    def _went_to(self, store: str, host: Any) -> None:
+        """Note that the fleet was backed up to ``store`` as ``host``: its drills are ours."""
+        self.pairs.add((store, str(host)))
+        if self.drill_roots is not None:
+            self.drill_roots.add(f"{store}#{host}")
+
+    def _store(self, name: str, runs: list[BackupRun]) -> StoreBackups:
+        buckets: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        for run in runs:
+            b = buckets[self._bucket(run.at, self.window.bucket_seconds)]
+            b[0], b[1], b[2] = b[0] + 1, b[1] + (run.status != "ok"), b[2] + run.bytes_added
+        return StoreBackups(
+            store=name,
+            runs=len(runs),
+            failed_runs=sum(r.status != "ok" for r in runs),
+            bytes_added=sum(r.bytes_added for r in runs),
+            last_run=runs[-1],
+            buckets=tuple(BackupBucket(k, *v) for k, v in sorted(buckets.items())),
         )
 
     def _freshness(
@@ -367,10 +451,10 @@ class _Builder:
     def _drills(self) -> Drills:
         target = self.targets.drill_seconds
         window = ("verify", self.since, self.until)
-        db = self.db
+        db, roots = self.db, self.drill_roots
         summaries = {r.id: r for r in self.runs if r.command == "verify"}
         runs = []
-        for run, t in (db.totals_by_run(*window, task=_DRILL) if db else {}).items():
+        for run, t in (db.totals_by_run(*window, task=_DRILL, roots=roots) if db else {}).items():
             at, s = summaries[run].started_at, summaries[run].summary
             runs.append(DrillRun(iso(epoch(at)), s.get("store"), t.results, t.results - t.ok,
                                  round(t.longest, 3), float(s.get("seconds", 0.0)),
@@ -380,7 +464,9 @@ class _Builder:
             order: Literal["slowest", "newest"], limit: int, *, failing: bool = False
         ) -> tuple[Drill, ...]:
             found = (
-                db.results_between(*window, task=_DRILL, order=order, limit=limit, failing=failing)
+                db.results_between(
+                    *window, task=_DRILL, order=order, limit=limit, failing=failing, roots=roots
+                )
                 if db
                 else []
             )
@@ -391,18 +477,22 @@ class _Builder:
             )  # fmt: skip
 
         restores = [
-            RestoreRun(iso(epoch(u.started_at)), int(u.summary.get("restored", 0)),
-                       int(u.summary.get("failed", 0)), int(u.summary.get("bytes", 0)),
-                       float(u.summary.get("seconds", 0.0)))
+            RestoreRun(iso(epoch(u.started_at)), str(u.summary.get("store") or "unknown store"),
+                       int(u.summary.get("restored", 0)), int(u.summary.get("failed", 0)),
+                       int(u.summary.get("bytes", 0)), float(u.summary.get("seconds", 0.0)))
             for u in self.runs
             if u.command == "restore"
+            and (roots is None
+                 or (str(u.summary.get("store")), str(u.summary.get("host"))) in self.pairs)
         ]  # fmt: skip
         return Drills(
             target_seconds=target,
             runs=tuple(runs),
             drills=sum(r.repositories for r in runs),
             failed=sum(r.failed for r in runs),
-            over_target=db.count_slower(*window, task=_DRILL, seconds=target) if db else 0,
+            over_target=(
+                db.count_slower(*window, task=_DRILL, seconds=target, roots=roots) if db else 0
+            ),
             max_seconds=max((r.max_seconds for r in runs), default=None),
             slowest=drills("slowest", SLOWEST),
             failures=drills("newest", 50, failing=True),

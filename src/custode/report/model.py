@@ -1,10 +1,13 @@
 """The report as plain data: frozen dataclasses holding everything the three formats show.
 
-Two kinds of facts: the fleet's *current* state (each repository's latest observation and
-latest maintain/check/backup result, whenever recorded) and what happened *within the
-window* (runs, reclaimed space, backups, drills, host samples). Series for charts are
-bucketed (hour, day or week by the window's length), so a report stays small whatever the
-history holds. ``custode.report.history.build`` fills it in from the database.
+Every figure is about one fleet, the repositories under the report's roots (``Scope``),
+but the host's own (resources, alerts) and the log of runs; backup figures are per store,
+never summed across stores. Two kinds of facts: the fleet's *current* state (each
+repository's latest observation and latest maintain/check/backup result, whenever
+recorded) and what happened *within the window* (runs, reclaimed space, backups, drills,
+host samples). Series for charts are bucketed (hour, day or week by the window's length),
+so a report stays small whatever the history holds. ``custode.report.history.build``
+fills it in from the database.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-SCHEMA = 1  # of to_json(); bump on incompatible changes
+SCHEMA = 2  # of to_json(); bump on incompatible changes
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,17 @@ class Targets:
     drill_seconds: float = 300.0  # a repository restored within 5 minutes
     resource_ratio: float = 0.7  # CPU and memory below 70% (maintenance.cpu_share)
     backup_age_seconds: float = 26 * 3600.0  # as the shipped CustodeBackupStale alert
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which fleet the figures are about: the repositories recorded under ``roots``."""
+
+    roots: tuple[str, ...]  # absolute; when ``everything``, every root the history recorded
+    everything: bool  # no roots configured or given: all recorded roots
+    left_out: int  # repositories recorded under other roots, in none of the figures
+    left_out_roots: tuple[str, ...]
+    stores: tuple[str, ...]  # where the fleet's backups went (by its latest backup, the window's)
 
 
 @dataclass(frozen=True)
@@ -44,9 +58,13 @@ class CommandRuns:
 
 @dataclass(frozen=True)
 class Fleet:
+    """The fleet's repositories now. The verdicts are custode status's, as it last saw
+    them: ``ok + attention + maintained_since + broken + unobserved == repositories``."""
+
     repositories: int
     ok: int
-    attention: int
+    attention: int  # status said "attention" (maintenance due), not maintained since
+    maintained_since: int  # status said "attention", maintained successfully after it looked
     broken: int
     unobserved: int  # known from results only: custode status never recorded them
     size_bytes: int
@@ -54,6 +72,10 @@ class Fleet:
     packs: int
     observed_at: str | None  # the newest observation
     needing_attention: int
+    """The one count of repositories that need attention, shown wherever that fact is:
+    those listed in ``Report.problems``, for any reason — a verdict of attention (not
+    maintained since) or broken, a failed integrity check, a failed maintenance, a
+    backup that failed, is stale or never ran."""
 
 
 @dataclass(frozen=True)
@@ -80,17 +102,25 @@ class MaintenanceBucket:
     runs: int
     repositories: int
     failed: int
-    reclaimed_bytes: int
+    reclaimed_bytes: int  # >= 0, as Maintenance's
+    grown_bytes: int  # >= 0
 
 
 @dataclass(frozen=True)
 class Maintenance:
-    runs: int
+    """Space: each repository's maintenance either freed space (``reclaimed_bytes``, the
+    sum of what each freed) or grew it (``grown_bytes``: what it wrote, a repack with
+    bitmaps or a multi-pack index, a commit-graph, outweighed what it removed); neither is
+    ever negative and one does not hide the other."""
+
+    runs: int  # maintain runs with a result for the fleet (all maintain runs, unscoped)
     repositories: int  # distinct repositories with a result
     ok: int  # results (one per repository per run)
     failed: int
     skipped: int
     reclaimed_bytes: int
+    grown_bytes: int
+    grown_repositories: int  # distinct repositories that grew in some run
     tasks: tuple[TaskStats, ...]
     buckets: tuple[MaintenanceBucket, ...]
 
@@ -106,17 +136,16 @@ class Checks:
 
 @dataclass(frozen=True)
 class BackupRun:
+    """One backup run, its figures the fleet's: its repositories there, their bytes."""
+
     at: str
     status: str
     snapshot: str | None
-    store: str | None
-    repositories: int
-    new: int
-    unchanged: int
-    failed: int
-    full: int
-    bytes_added: int
-    seconds: float
+    store: str
+    repositories: int  # of the fleet, in this run
+    failed: int  # of those
+    bytes_added: int  # by those
+    seconds: float  # the whole run
 
 
 @dataclass(frozen=True)
@@ -144,13 +173,24 @@ class RepositoryBackup:
 
 
 @dataclass(frozen=True)
-class Backups:
-    stale_after_seconds: float
-    runs: int
-    failed_runs: int
-    bytes_added: int
-    last_run: BackupRun | None
+class StoreBackups:
+    """The fleet's backups into one store within the window."""
+
+    store: str
+    runs: int  # backup runs that backed up a repository of the fleet there
+    failed_runs: int  # of those, not ok
+    bytes_added: int  # by the fleet's repositories
+    last_run: BackupRun
     buckets: tuple[BackupBucket, ...]
+
+
+@dataclass(frozen=True)
+class Backups:
+    """Per store what was backed up in the window (``stores``, never summed across
+    them); per repository how fresh its latest backup is, wherever it went."""
+
+    stale_after_seconds: float
+    stores: tuple[StoreBackups, ...]  # by name
     fresh: int
     stale: int
     failed: int
@@ -183,6 +223,7 @@ class Drill:
 @dataclass(frozen=True)
 class RestoreRun:
     at: str
+    store: str
     restored: int
     failed: int
     bytes: int
@@ -259,6 +300,7 @@ class Resources:
 class Report:
     generated_at: str
     database: str
+    scope: Scope
     window: Window
     targets: Targets
     empty: bool  # nothing recorded at all

@@ -23,10 +23,12 @@ from custode.report.model import Report
 
 FORMATS = ("html", "md", "json")
 LIMITS = {"html": 500, "md": 50}  # rows of long tables (problems, backups); JSON has all
+CHARTED_STORES = 4  # a chart of bytes added for each of the first stores (by name)
 
 
 def fmt_bytes(n: float) -> str:
-    return format_bytes(int(n))
+    """Humanised, whatever the sign (the model's sizes are never negative)."""
+    return "-" + format_bytes(-int(n)) if n < 0 else format_bytes(int(n))
 
 
 def fmt_seconds(s: float | None) -> str:
@@ -120,6 +122,7 @@ def _charts(r: Report) -> dict[str, Markup]:
             [
                 ("ok", r.fleet.ok, "#2da44e"),
                 ("attention", r.fleet.attention, "#d4a72c"),
+                ("maintained since", r.fleet.maintained_since, "#54aeff"),
                 ("broken", r.fleet.broken, "#cf222e"),
                 ("not observed", r.fleet.unobserved, "#8c959f"),
             ],
@@ -131,12 +134,15 @@ def _charts(r: Report) -> dict[str, Markup]:
             [(epoch(b.start), b.reclaimed_bytes) for b in r.maintenance.buckets],
             start=start, end=end, bar_seconds=width, fmt=fmt_bytes, colour=charts.COLOURS[2],
         )  # fmt: skip
-    if any(b.bytes_added for b in r.backups.buckets):
-        found["backups"] = charts.bar_chart(
-            "Bytes added to the backup store",
-            [(epoch(b.start), b.bytes_added) for b in r.backups.buckets],
-            start=start, end=end, bar_seconds=width, fmt=fmt_bytes,
-        )  # fmt: skip
+    for i, store in enumerate(r.backups.stores[:CHARTED_STORES]):
+        if any(b.bytes_added for b in store.buckets):
+            found[f"backups{i}"] = charts.bar_chart(
+                f"Bytes added to {store.store}",
+                [(epoch(b.start), b.bytes_added) for b in store.buckets],
+                start=start, end=end, bar_seconds=width, fmt=fmt_bytes,
+                colour=charts.COLOURS[i % len(charts.COLOURS)],
+                legend=f"bytes added to {store.store}",
+            )  # fmt: skip
     if r.drills.runs:
         found["drills"] = charts.bar_chart(
             "Slowest repository restore per drill",
