@@ -90,6 +90,8 @@ def test_every_stage_returns_its_typed_result_and_its_summary(tmp_path: Path, ro
     assert forget is not None and set(forget.summary["reasons"]) == set(forget.summary["kept"])
     report = Path(done.stages[-1].summary["file"])
     assert report.is_file() and "<svg" in report.read_text()
+    model = done.stages[-1].result.model  # about the night's roots, not the config's (none)
+    assert not model.scope.everything and list(model.scope.roots) == [str(root)]
     assert said.echoed == [f"wrote {report}"]
     assert any("created the backup key" in n for n in said.notices)  # the key, made at first use
     with StateDB.open(tmp_path / "state" / "state.db") as db:

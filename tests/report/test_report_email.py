@@ -258,6 +258,7 @@ def test_scheduled_report_job_writes_the_file_and_mails_the_same_numbers(
     job = next(j for j in jobs_from(ScheduleConfig(), [root], tmp_path, email=True)
                if j.name == "report")  # fmt: skip
     assert job.argv[-1] == "--email" and "--format" in job.argv
+    assert job.argv[1] == str(root)  # the report is about serve's roots
     assert jobs_from(ScheduleConfig(), [root], tmp_path)[2].argv[-1] != "--email"
     sent = custode("--config", cfg, *job.argv)
     assert sent.code == 0, sent.stderr

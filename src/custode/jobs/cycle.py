@@ -382,5 +382,5 @@ def _report(job: CycleJob, talk: _Talk, stage: Stage) -> None:
     target = job.report_directory / f"custode-report-{time.strftime('%Y-%m-%d')}.html"
     stage.summary = {"file": str(target)}
     stage.result = report_job.report(ReportJob(job.config, job.state_dir, REPORT_WINDOW,
-                                               "html", target))  # fmt: skip
+                                               "html", target, job.roots))  # fmt: skip
     talk.echo(f"wrote {target}")

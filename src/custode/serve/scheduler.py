@@ -177,7 +177,7 @@ def jobs_from(
     return [
         Job("cycle", schedule.cycle, ["run", *root_args]),
         Job("drill", schedule.drill, ["verify", "--level", "drill"]),
-        Job("report", schedule.report, ["report", "--since", "1d", "--format", "html",
-                                        "-o", str(report_dir / "custode-report-daily.html"),
-                                        *mail]),
+        Job("report", schedule.report, ["report", *root_args, "--since", "1d", "--format",
+                                        "html", "-o",
+                                        str(report_dir / "custode-report-daily.html"), *mail]),
     ]  # fmt: skip
