@@ -1,6 +1,7 @@
 """``custode status`` end to end: real command, real repositories, exact exit codes."""
 
 import os
+import pwd
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -152,6 +153,36 @@ def test_unreadable_directory_is_reported_not_fatal(
     )
     assert "1 unreadable paths" in result.stderr
     assert [r["relative"] for r in result.json()["repositories"]] == ["a.git"]
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="setpriv (util-linux) is not installed")
+def test_a_state_directory_this_user_cannot_enter_is_one_line_naming_it(
+    custode: Run, fleet: Fleet, tmp_path: Path
+) -> None:
+    """As after a first run as root: the history is in a directory this user may not
+    enter. One line names the file, the directory in the way, its owner and the fix; no
+    "internal error"."""
+    top = tmp_path / "fleet"
+    shutil.copytree(fleet.packed, top / "a.git", symlinks=True)
+    assert custode("status", top).code == 0
+    state = tmp_path / "xdg" / "state" / "custode"
+    assert (state / "state.db").is_file()
+    os.chmod(state, 0)
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:  # root ignores file modes: drop what lets it
+        prefix = ("setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search",
+                  "--")  # fmt: skip
+    try:
+        result = custode("status", top, prefix=prefix)
+    finally:
+        os.chmod(state, 0o700)
+    assert result.code == 4, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    owner = pwd.getpwuid(os.geteuid()).pw_name
+    assert last == (
+        f"custode: permission denied: {state / 'state.db'} ({state}, in the way, is owned by "
+        f"{owner}, mode 0000); run custode as {owner}, or chown it to this user"
+    )
 
 
 def test_every_command_has_help_with_exit_codes(custode: Run) -> None:

@@ -59,10 +59,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "metrics": ("custode.cli.metrics_cmd:metrics",
                 "Print every custode metric in the Prometheus text format, once."),
     "report": ("custode.cli.report_cmd:report",
-               "Report from the history database: fleet summary, repositories needing "
-               "attention and why, maintenance and space reclaimed, backup freshness and "
-               "sizes, restore-drill times against the 5-minute target, alerts, and host "
-               "resource use against the 70% target."),
+               "Report from the history database on the repositories under ROOTS (default: "
+               "roots from config; none there: every root recorded): fleet summary, "
+               "repositories needing attention and why, maintenance and space reclaimed, "
+               "backups per store and freshness, restore-drill times against the 5-minute "
+               "target, alerts, and host resource use against the 70% target."),
     "run": ("custode.cli.run_cmd:run",
             "One nightly cycle on every repository under ROOTS: check, maintain (only what the "
             "check found sound), back up, verify (quick, and a restore drill of a few "
@@ -140,6 +141,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code)
     except BrokenPipeError:
         sys.exit(int(ExitCode.OK))
+    except PermissionError as exc:  # a file this user may not read or write, wherever it is
+        if debug:
+            _print_traceback()
+        click.echo(f"custode: {denied(exc)}", err=True)
+        sys.exit(int(ExitCode.NOT_FOUND))
     except Exception as exc:  # a bug: one line unless --debug
         if debug:
             _print_traceback()
@@ -150,6 +156,41 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(int(ExitCode.ERROR))
     sys.exit(int(code) if isinstance(code, int) else 0)
+
+
+def denied(exc: PermissionError) -> str:
+    """One line for a file custode was refused: which, whose it (or the directory in the
+    way) is, and the fix (often the first run was as root, and the service's user now
+    meets root's files)."""
+    import os  # only on this error
+    import pwd
+
+    if exc.filename is None:
+        return f"permission denied ({exc.strerror or exc}); run custode as its files' owner"
+    name = os.path.abspath(os.fsdecode(exc.filename))
+    at, whose, owner = name, "", ""
+    while True:  # the file, or the nearest directory above it this user can look at
+        try:
+            st = os.stat(at)
+        except OSError:
+            parent = os.path.dirname(at)
+            if parent == at:
+                break
+            at = parent
+            continue
+        try:
+            owner = pwd.getpwuid(st.st_uid).pw_name
+        except KeyError:
+            owner = f"uid {st.st_uid}"
+        what = "" if at == name else f"{at}, in the way, is "
+        whose = f" ({what}owned by {owner}, mode {st.st_mode & 0o777:04o})"
+        break
+    fix = (
+        f"run custode as {owner}, or chown it to this user"
+        if owner
+        else "run custode as the user that owns it, or give this user access"
+    )
+    return f"permission denied: {name}{whose}; {fix}"
 
 
 def _print_traceback() -> None:
