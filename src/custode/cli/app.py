@@ -4,28 +4,36 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any, TextIO
 
 from custode import interrupts
 from custode.base import paths
 from custode.errors import PathNotFoundError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from custode.config.model import Config
 
 
-def _stdout_console() -> Console:
-    """Terminal width on a terminal; wide lines (no folding) into a pipe or file."""
-    console = Console(soft_wrap=True)
-    if not console.is_terminal:
-        console.width = 240
-    return console
+def _surely_not_a_terminal(stream: TextIO | None) -> bool:
+    """True where rich's ``Console.is_terminal`` is certainly False: no tty, and neither
+    TTY_COMPATIBLE=1 nor FORCE_COLOR (which make rich say True) set. A run into a pipe or
+    file (``--json``, a cron job) then decides without importing rich; any other case asks
+    rich itself."""
+    if os.environ.get("TTY_COMPATIBLE") == "1" or "FORCE_COLOR" in os.environ:
+        return False
+    stream = getattr(stream, "rich_proxied_file", stream)  # as rich does
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return isatty is None or not isatty()
+    except ValueError:  # closed
+        return True
 
 
 @dataclass
@@ -34,8 +42,22 @@ class App:
 
     config_path: Path | None = None
     debug: bool = False
-    out: Console = field(default_factory=_stdout_console)
-    err: Console = field(default_factory=lambda: Console(stderr=True, soft_wrap=True))
+
+    @cached_property
+    def out(self) -> Console:
+        """stdout: terminal width on a terminal; wide lines (no folding) into a pipe or file."""
+        from rich.console import Console  # only what is drawn or said needs rich
+
+        console = Console(soft_wrap=True)
+        if not console.is_terminal:
+            console.width = 240
+        return console
+
+    @cached_property
+    def err(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=True, soft_wrap=True)
 
     @cached_property
     def config(self) -> Config:
@@ -54,7 +76,7 @@ class App:
     @property
     def interactive(self) -> bool:
         """True when a person watches stderr: show progress bars and colour."""
-        return self.err.is_terminal
+        return not _surely_not_a_terminal(sys.stderr) and self.err.is_terminal
 
     def state_dir(self) -> Path:
         return self.config.state.directory or paths.state_dir()
@@ -71,7 +93,7 @@ class App:
 
     def print_json(self, obj: Any) -> None:
         """Indented for a person at a terminal, compact (and faster) for programs."""
-        indent = 2 if self.out.is_terminal else None
+        indent = None if _surely_not_a_terminal(sys.stdout) or not self.out.is_terminal else 2
         sys.stdout.write(json.dumps(obj, indent=indent, default=str) + "\n")
 
     def stop_on_signals(self) -> None:

@@ -308,9 +308,9 @@ class AlertRule(Section):
         description="How long the condition must hold for an instance before it fires.",
     )
     severity: str = Field(default="warning", min_length=1, description="The severity label.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels.")
+    labels: dict[str, str] = Field(default={}, description="Extra labels.")
     annotations: dict[str, str] = Field(
-        default_factory=dict, description="summary, description, ...; may use templates."
+        default={}, description="summary, description, ...; may use templates."
     )
     _expression: Expression = PrivateAttr()
 
@@ -382,9 +382,11 @@ _SHIPPED = (  # name, expr, for, severity, summary, description
      "custode's probes of git {{ $labels.operation }} are slow; check the storage."),
 )  # fmt: skip
 
+# Not validated here (model_construct, as every default): importing the config builds no
+# validator. A test keeps each rule equal to the same rule validated.
 DEFAULT_RULES: tuple[AlertRule, ...] = tuple(
-    AlertRule(name=name, expr=expr, for_=for_, severity=severity,
-              annotations={"summary": summary, "description": description})
+    AlertRule.model_construct(name=name, expr=expr, for_=float(for_), severity=severity,
+                              annotations={"summary": summary, "description": description})
     for name, expr, for_, severity, summary, description in _SHIPPED
 )  # fmt: skip
 
@@ -404,7 +406,7 @@ class AlertingConfig(Section):
         "loose objects, git latency).",
     )
     alertmanagers: list[str] = Field(
-        default_factory=list,
+        default=[],
         description="Alertmanager base URLs (http://host:9093); alerts go to each one's "
         "/api/v2/alerts, renewed at every evaluation while firing.",
     )

@@ -43,7 +43,7 @@ class EmailConfig(Section):
         default="", description="The From address, e.g. custode@example.org (required for email)."
     )
     recipients: list[str] = Field(
-        default_factory=list, description="Where the report goes (required for email)."
+        default=[], description="Where the report goes (required for email)."
     )
     subject: str = Field(
         default="custode report for {host}, {date}",

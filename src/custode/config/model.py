@@ -8,9 +8,7 @@ from this model, so the model is the single source of truth for names and defaul
 
 from __future__ import annotations
 
-import difflib
 import textwrap
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +27,7 @@ from custode.errors import ConfigError
 
 class DiscoveryConfig(Section):
     exclude: list[str] = Field(
-        default_factory=list,
+        default=[],
         description="Glob patterns (matched against paths relative to a root, and against "
         'directory names) that discovery skips, e.g. ["**/node_modules", "archive/*"].',
     )
@@ -99,7 +97,7 @@ class BackupConfig(Section):
         "(default: $XDG_DATA_HOME/custode/backups).",
     )
     recipients: list[str] = Field(
-        default_factory=list,
+        default=[],
         description="age public keys (age1...) backups are encrypted to. The host needs no "
         "secret to back up. Default: the public key of the identity file below, which is "
         "generated on first use if it does not exist.",
@@ -162,23 +160,25 @@ class RunConfig(Section):
     )
 
 
+# A section the file leaves out is its defaults, made as pydantic makes every default: not
+# validated (model_construct), so that no validator is built for it (``Section``).
 class Config(Section):
     roots: list[Path] = Field(
-        default_factory=list,
+        default=[],
         description="Directories holding the repositories to look after. Roots given on the "
         "command line replace these.",
     )
-    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
-    git: GitConfig = Field(default_factory=GitConfig)
-    maintenance: MaintenancePolicy = Field(default_factory=MaintenancePolicy)
-    state: StateConfig = Field(default_factory=StateConfig)
-    backup: BackupConfig = Field(default_factory=BackupConfig)
-    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
-    alerting: AlertingConfig = Field(default_factory=AlertingConfig)
-    trace2: Trace2Config = Field(default_factory=Trace2Config)
-    run: RunConfig = Field(default_factory=RunConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    email: EmailConfig = Field(default_factory=EmailConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig.model_construct)
+    git: GitConfig = Field(default_factory=GitConfig.model_construct)
+    maintenance: MaintenancePolicy = Field(default_factory=MaintenancePolicy.model_construct)
+    state: StateConfig = Field(default_factory=StateConfig.model_construct)
+    backup: BackupConfig = Field(default_factory=BackupConfig.model_construct)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig.model_construct)
+    alerting: AlertingConfig = Field(default_factory=AlertingConfig.model_construct)
+    trace2: Trace2Config = Field(default_factory=Trace2Config.model_construct)
+    run: RunConfig = Field(default_factory=RunConfig.model_construct)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig.model_construct)
+    email: EmailConfig = Field(default_factory=EmailConfig.model_construct)
 
 
 def load_config(path: Path, *, required: bool) -> Config:
@@ -190,11 +190,13 @@ def load_config(path: Path, *, required: bool) -> Config:
             raise ConfigError(
                 f"config file {path} does not exist; create it with 'custode init --config {path}'"
             ) from None
-        return Config()
+        return Config.model_construct()  # equal to Config() (tested), with no validator built
     except IsADirectoryError:
         raise ConfigError(f"config file {path} is a directory; pass a TOML file") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    import tomllib  # noqa: PLC0415  (only with a file: start-up of the runs without one)
+
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -218,6 +220,8 @@ def parse_config(data: dict[str, Any], *, source: str) -> Config:
 
 def _describe(exc: ValidationError) -> str:
     """One line for the first error: key path, what is wrong, and a suggestion for typos."""
+    import difflib  # noqa: PLC0415  (only for an error: start-up)
+
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
     key = ".".join(loc) or "(top level)"

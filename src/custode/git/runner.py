@@ -59,8 +59,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
-import psutil
-
 from custode import interrupts
 from custode.base.fsread import read_prefix
 from custode.errors import GitError, GitNotFoundError, GitRefusedError, GitTimeoutError
@@ -258,6 +256,8 @@ class Git:
         """Lower the calling thread to the runner's nice/ionice, for itself, the threads it
         starts and every git from then on; call it from the main thread before any other
         thread starts. Where the kernel refuses, the wrappers stay."""
+        import psutil  # noqa: PLC0415  (most commands that run git never call this: start-up)
+
         try:
             if self.nice:
                 now = os.getpriority(os.PRIO_PROCESS, 0)

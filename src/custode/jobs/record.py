@@ -15,14 +15,16 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from custode.errors import CustodeError
-from custode.maintenance.health import Health
-from custode.monitoring.view import HostView
 from custode.records.audit import AuditLog
 from custode.records.state import Observation, RepositoryResult, StateDB
-from custode.scan.repostate import RepoState
+
+if TYPE_CHECKING:  # types only: a backup or restore records without loading the scanner
+    from custode.maintenance.health import Health
+    from custode.monitoring.view import HostView
+    from custode.scan.repostate import RepoState
 
 log = logging.getLogger("custode")
 

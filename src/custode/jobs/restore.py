@@ -26,8 +26,8 @@ from typing import Any
 from custode import interrupts
 from custode.backup import restorejournal
 from custode.backup.catalog import Catalog, choose, load
+from custode.backup.chain import read_manifest  # (engine.read_manifest calls it)
 from custode.backup.crypto import Identity
-from custode.backup.engine import read_manifest
 from custode.backup.guard import check_restore
 from custode.backup.manifest import Entry
 from custode.backup.restore import Restored, destination, occupied, restore_repository

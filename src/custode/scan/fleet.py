@@ -8,14 +8,13 @@ one chunk is read in-process, with no pool at all.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
-from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from custode import interrupts
 from custode.base.fsread import Watch
@@ -23,6 +22,10 @@ from custode.config.model import DiscoveryConfig
 from custode.scan.cache import Entry, ScanCache
 from custode.scan.discovery import OUTSIDE, Problem, Repository, discover, within
 from custode.scan.repostate import RepoState, inspect, inspect_failed, link_borrowers
+
+if TYPE_CHECKING:  # the pool is imported with it: a fleet read in-process needs neither
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing.synchronize import Event as EventType
 
 CHUNK = 128
 
@@ -87,6 +90,9 @@ class _Inspector:
             self._report(None)
         if len(self.pending) >= CHUNK and self.workers > 1:
             if self.pool is None:
+                import multiprocessing  # noqa: PLC0415
+                from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+
                 global _stop  # noqa: PLW0603  (workers are forked: a global is how they inherit it)
                 ctx = multiprocessing.get_context("fork")
                 _stop = ctx.Event()
