@@ -32,9 +32,22 @@ git init -q --bare --object-format="$format" "$dest"
 for m in $chain; do cat "$m"; done | grep -o '"shallow":\[[^]]*\]' | tail -n 1 \
   | tr -c '0-9a-f' '\n' | grep -E '^[0-9a-f]{40}([0-9a-f]{24})?$' > "$dest/shallow" \
   || rm "$dest/shallow"
+#    A large bundle (format 4) is stored as parts, listed after its own key in the
+#    manifest (bundle.<8 hex>.part0001.age, ...): each an age file of the next slice of
+#    the bundle, so the parts decrypted one after another, in order, are the bundle.
 for m in $chain; do
-  for key in $(grep -o '"key":"[^"]*/bundle.age"' "$m" | cut -d'"' -f4); do
-    age -d -i "$identity" -o "$dest/restore.bundle" "$store/$key"
+  keys=$(grep -o '"key":"[^"]*/bundle[.a-z0-9]*[.]age"' "$m" | cut -d'"' -f4)
+  for key in $keys; do
+    case $key in *.part[0-9]*.age) continue ;; esac  # a part: read with its bundle
+    parts=$(printf '%s\n' $keys | grep -F "${key%.age}." | grep '[.]part[0-9]*[.]age$' || :)
+    if [ -n "$parts" ]; then
+      : > "$dest/restore.bundle"
+      for part in $parts; do
+        age -d -i "$identity" "$store/$part" >> "$dest/restore.bundle"
+      done
+    else
+      age -d -i "$identity" -o "$dest/restore.bundle" "$store/$key"
+    fi
     git -C "$dest" bundle unbundle restore.bundle > /dev/null
     rm "$dest/restore.bundle"
   done

@@ -200,7 +200,7 @@ def test_format_3_round_trips_and_a_newer_format_is_refused() -> None:
     assert back.link == link and back.tips_added == ("a" * 40,) and back.base is None
     body = json.loads(m.to_bytes())
     body.pop("checksum")
-    body["format"] = "custode-backup/4"
+    body["format"] = "custode-backup/5"
     with pytest.raises(IntegrityError, match="upgrade custode"):
         RepoManifest.from_bytes(_sealed(body), m.manifest_key)
     # a parent claimed with a full link, or a delta without a parent, is refused

@@ -56,6 +56,7 @@ from custode.backup.manifest import (
     repo_prefix,
     salted_digest,
 )
+from custode.backup.parts import parted, put_parts
 from custode.backup.plan import Sharing
 from custode.backup.refscache import RefsCache
 from custode.backup.refsfile import RefsDelta, changed, diff, encode
@@ -477,7 +478,10 @@ def _stored(store: Store, key: str) -> FileRef | None:
 def _put(  # noqa: PLR0917
     store: Store, key: str, src: Path, settings: BackupSettings, work: Path, result: RepoBackup
 ) -> FileRef:
-    ref = put_file(store, key, src, settings.recipients, work)
+    if parted(key, src.stat().st_size):
+        ref = put_parts(store, key, src, settings.recipients)
+    else:
+        ref = put_file(store, key, src, settings.recipients, work)
     result.bytes_added += ref.size
     result.files_added += 1
     return ref
@@ -497,7 +501,8 @@ def _early(  # noqa: PLR0917
 
     def undo() -> None:
         for ref in stored:
-            store.delete(ref.key)  # its backup id is new: no manifest names it
+            for part in ref.stored():  # its backup id is new: no manifest names it
+                store.delete(part.key)
             result.bytes_added -= ref.size
             result.files_added -= 1
         stored.clear()

@@ -17,7 +17,10 @@ pins back to the chain's start (``RepoManifest.resolved``): the whole chain of b
 restore needs, the refs files to apply in order, every tip, and every ancestor manifest,
 so that retention still knows every file a kept snapshot depends on. Formats 1 and 2
 (written before) list the whole chain and every tip in each manifest; they are read as
-they are, and a format 3 manifest may build on one.
+they are, and a format 3 manifest may build on one. Format 4 is format 3 naming a large
+file stored as several parts, each an ordinary age file of a slice of its plaintext
+(``FileRef.parts``: restores decrypt them on every core); only a manifest that names one
+says 4, so a store stays readable by the custode before wherever it can be.
 
 Ref names stay encrypted (``refs.age``); the manifest carries only tip object ids (what
 the next incremental backup excludes, readable without the secret key) and a digest of
@@ -59,6 +62,9 @@ MANIFEST_FORMAT = "custode-backup/1"
 MANIFEST_FORMAT_SHALLOW = "custode-backup/2"
 # one link per manifest, pinned to its parent; refs and tips as deltas (written since 0.x)
 MANIFEST_FORMAT_LINKED = "custode-backup/3"
+# format 3 whose large files are stored as parts (``FileRef.parts``): a custode reading only
+# /3 would look for a file that is not there, so only such a manifest says /4
+MANIFEST_FORMAT_PARTS = "custode-backup/4"
 SNAPSHOT_FORMAT = "custode-snapshot/1"
 LOCK_FORMAT = "custode-lock/1"
 _ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")
@@ -70,6 +76,10 @@ MAX_SIZE = 1 << 50  # bytes in one stored file (a PiB): a larger size is forged
 MAX_COUNT = 1 << 40  # objects or refs in one backup
 _MACHINE = re.compile(r"^[0-9a-f]{32}$")
 _METHOD = re.compile(r"^(copy|generate)$")
+# a parted file: at most this many parts, each at most this much plaintext (a worker holds
+# one part's plaintext in memory while it decrypts it)
+MAX_PARTS = 1 << 16
+MAX_PART_BYTES = 256 << 20
 
 
 def new_id(now: datetime | None = None) -> str:
@@ -111,6 +121,27 @@ def lfs_key(host: str, oid: str) -> str:
 
 def lfs_oid(key: str) -> str:
     return key.rsplit("/", 1)[1].removesuffix(".age")
+
+
+def part_key(key: str, token: str, n: int) -> str:
+    """The key of part ``n`` (from 1) of the parted file ``key``, written by the put that
+    drew ``token`` (8 hex digits: parts left by a put taken back never stand in the way of
+    the next one): ``bundle.0a1b2c3d.part0001.age``."""
+    return f"{key.removesuffix('.age')}.{token}.part{n:04d}.age"
+
+
+def part_token(key: str, first: str) -> str | None:
+    """The token of ``first``, if it is the key of part 1 of ``key``."""
+    stem, _, rest = first.rpartition(".part0001.age")
+    head, _, token = stem.rpartition(".")
+    ok = not rest and head == key.removesuffix(".age") and re.fullmatch(r"[0-9a-f]{8}", token)
+    return token if ok else None
+
+
+def parts_digest(parts: tuple[FileRef, ...] | list[FileRef]) -> str:
+    """A parted file's ``sha256``: the SHA-256 of its parts' SHA-256s, in order (each part
+    is checked as it is read: this only ties the list together)."""
+    return hashlib.sha256(b"".join(bytes.fromhex(p.sha256) for p in parts)).hexdigest()
 
 
 def snapshot_key(host: str, snapshot_id: str) -> str:
@@ -155,6 +186,7 @@ class _Reader:
 
     def __init__(self, body: dict[str, Any], what: str) -> None:
         self.body, self.what = body, what
+        self.parted = body.get("format") == MANIFEST_FORMAT_PARTS  # may name parted files
 
     def bad(self, name: str, why: str) -> IntegrityError:
         return IntegrityError(f"{self.what}: field {name!r} {why}; the file is damaged")
@@ -196,19 +228,61 @@ class _Reader:
 
 @dataclass(frozen=True)
 class FileRef:
-    """A stored file: its key, and the size and SHA-256 of its stored (encrypted) bytes."""
+    """A stored file: its key, and the size and SHA-256 of its stored (encrypted) bytes.
+
+    A large file is stored as ``parts`` (format 4): each an ordinary age file of
+    ``part_bytes`` consecutive bytes of the plaintext (the last one: what is left), at
+    ``part_key(key, n)``; nothing is stored at ``key`` itself. Its ``size`` is then the
+    sum of the parts' and its ``sha256`` their ``parts_digest``. ``stored()`` is what the
+    store holds for it: every place that needs a file present, or keeps it, goes by it."""
 
     key: str
     size: int
     sha256: str
+    parts: tuple[FileRef, ...] = ()
+    part_bytes: int = 0  # plaintext bytes in each part but the last
+
+    def stored(self) -> tuple[FileRef, ...]:
+        """The files the store holds for this one: its parts, or itself."""
+        return self.parts or (self,)
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "size": self.size, "sha256": self.sha256}
+        out: dict[str, Any] = {"key": self.key, "size": self.size, "sha256": self.sha256}
+        if self.parts:
+            out |= {"part_bytes": self.part_bytes, "parts": [p.to_json() for p in self.parts]}
+        return out
 
     @classmethod
     def read(cls, r: _Reader, src: Any, prefix: str, most: int = MAX_SIZE) -> FileRef:
         """``most``: the largest size the file can have (refs and kept files are held in
         memory when restored)."""
+        whole = cls._plain(r, src, prefix, most)
+        if "parts" not in src:
+            return whole
+        if not r.parted:
+            raise r.bad("parts", "appears in a manifest of a format without parts")
+        part_bytes = r.num("part_bytes", src, MAX_PART_BYTES)
+        items = r.items("parts", src)
+        if part_bytes < 1 or not 2 <= len(items) <= MAX_PARTS:
+            raise r.bad("parts", f"of {whole.key} are not 2 to {MAX_PARTS} parts of 1 byte or more")
+        # a part's stored bytes: its plaintext, an age header and 16 bytes a 64 KiB chunk
+        largest = part_bytes + part_bytes // 4096 + (1 << 20)
+        parts: list[FileRef] = []
+        token = ""
+        for n, item in enumerate(items, 1):
+            if isinstance(item, dict) and "parts" in item:
+                raise r.bad("parts", f"of {whole.key} hold parts of their own")
+            part = cls._plain(r, item, prefix, largest)
+            token = token or part_token(whole.key, part.key) or "?"
+            if part.key != part_key(whole.key, token, n):
+                raise r.bad("parts", f"of {whole.key} name {part.key!r} as part {n}")
+            parts.append(part)
+        if sum(p.size for p in parts) != whole.size or parts_digest(parts) != whole.sha256:
+            raise r.bad("parts", f"of {whole.key} do not add up to its size and checksum")
+        return replace(whole, parts=tuple(parts), part_bytes=part_bytes)
+
+    @classmethod
+    def _plain(cls, r: _Reader, src: Any, prefix: str, most: int) -> FileRef:
         if not isinstance(src, dict):
             raise r.bad("file", "is not an object")
         return cls(r.key("key", prefix, src), r.num("size", src, most),
@@ -312,6 +386,10 @@ class RepoManifest:
             out += link.files()
         return out + list(self.lfs) + list(self.ancestors)
 
+    def stored_files(self) -> list[FileRef]:
+        """What the store holds for ``file_refs()``: a parted file's parts in its place."""
+        return [part for ref in self.file_refs() for part in ref.stored()]
+
     def lfs_oids(self) -> dict[str, FileRef]:
         return {lfs_oid(ref.key): ref for ref in self.lfs}
 
@@ -328,10 +406,17 @@ class RepoManifest:
         """The shallow commits the chain was made with (a chain holds one set)."""
         return self.chain[-1].shallow if self.chain else ()
 
+    def own_files(self) -> list[FileRef]:
+        """The stored files this manifest names itself (not its ancestors')."""
+        link = self.link.files() if self.link else []
+        return [self.refs, self.files, *link, *self.lfs]
+
     def to_bytes(self) -> bytes:
-        """Format 3: this backup's own link, its parent pinned (``base``)."""
+        """Format 3: this backup's own link, its parent pinned (``base``); format 4 when
+        it names a parted file (which a custode reading only 3 could not restore)."""
+        parted = any(ref.parts for ref in self.own_files())
         return _seal({
-            "format": MANIFEST_FORMAT_LINKED,
+            "format": MANIFEST_FORMAT_PARTS if parted else MANIFEST_FORMAT_LINKED,
             "host": self.host, "repository": self.repository,
             "backup_id": self.backup_id, "created": self.created,
             "base": self.base.to_json() if self.base else None,
@@ -348,9 +433,10 @@ class RepoManifest:
     def from_bytes(cls, data: bytes, key: str) -> RepoManifest:
         """The manifest as stored: format 3's is not yet resolved (``backup/chain.py``)."""
         what = f"manifest {key}"
-        formats = (MANIFEST_FORMAT, MANIFEST_FORMAT_SHALLOW, MANIFEST_FORMAT_LINKED)
+        formats = (MANIFEST_FORMAT, MANIFEST_FORMAT_SHALLOW, MANIFEST_FORMAT_LINKED,
+                   MANIFEST_FORMAT_PARTS)  # fmt: skip
         r = _Reader(_open(data, what, formats), what)
-        linked = r.body["format"] == MANIFEST_FORMAT_LINKED
+        linked = r.body["format"] in (MANIFEST_FORMAT_LINKED, MANIFEST_FORMAT_PARTS)
         host = r.text("host", _HOST)
         repository = r.text("repository")
         if not repository or "\0" in repository:
@@ -399,7 +485,8 @@ class RepoManifest:
         if base is None and (delta or removed or (link is not None and not link.full)):
             raise r.bad("base", "is missing where the backup builds on a parent")
         return replace(
-            m, parent=base.key.rsplit("/", 2)[1] if base else None, version=3, base=base,
+            m, parent=base.key.rsplit("/", 2)[1] if base else None,
+            version=4 if r.parted else 3, base=base,
             link=link, refs_delta=delta, tips_added=added, tips_removed=removed,
         )  # fmt: skip
 

@@ -3,10 +3,10 @@
 ``forget`` deletes snapshot records only. ``prune`` then deletes every stored file of the
 host that no remaining snapshot needs: what a kept snapshot needs is the manifest of each
 of its repositories, the manifests it builds on, and every file they name (the whole
-chain of bundles, the refs files, the kept files, the LFS objects). A manifest that
-cannot be read makes prune refuse (it cannot tell what that snapshot needs). It runs
-under the store's exclusive lock, so no backup is choosing a parent or writing files
-meanwhile.
+chain of bundles, the refs files, the kept files, the LFS objects; for a file stored as
+parts, each part). A manifest that cannot be read makes prune refuse (it cannot tell
+what that snapshot needs). It runs under the store's exclusive lock, so no backup is
+choosing a parent or writing files meanwhile.
 
 A host whose snapshots were written by another machine (two machines under one host
 name, ``backup/freshness.py``) is refused before anything is deleted: its retention
@@ -57,7 +57,7 @@ def plan_prune(store: Store, host: str, catalog: Catalog) -> PrunePlan:
                     f"prune refused: {exc.message} (needed by snapshot {snap.snapshot_id})"
                 ) from None
             out.needed.add(entry.manifest)
-            out.needed.update(ref.key for ref in manifest.file_refs())
+            out.needed.update(ref.key for ref in manifest.stored_files())  # parts, not wholes
     for prefix in (f"hosts/{host}/repos/", f"hosts/{host}/lfs/"):
         for key in store.list(prefix):
             if key not in out.needed:

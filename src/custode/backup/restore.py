@@ -37,6 +37,7 @@ from custode.backup.bundle import Refs
 from custode.backup.crypto import Identity
 from custode.backup.extras import extract, lfs_path
 from custode.backup.manifest import FileRef, Link, RepoManifest, lfs_oid
+from custode.backup.parts import decrypt_parts
 from custode.backup.refsfile import RefsDelta
 from custode.backup.store import Store
 from custode.backup.streams import decrypt_to
@@ -244,15 +245,24 @@ def _install(store: Store, link: Link, identities: Sequence[Identity], git_dir: 
         pack_dir / f"tmp_{link.pack_name}.idx",
     )
     with tmp_pack.open("wb") as out:
-        sink = _SkipHeader(out, link.header_bytes)
-        decrypt_to(store, link.bundle, sink, identities, flush=out.fileno())  # type: ignore[arg-type]
+        if link.bundle.parts:  # decrypted on every core, each part written at its place
+            heads = (b"# v2 git bundle\n", b"# v3 git bundle\n")
+            decrypt_parts(store, link.bundle, tmp_pack, identities, skip=link.header_bytes,
+                          heads=heads, what="the decrypted file is not a git bundle",
+                          flush=out.fileno())  # fmt: skip
+        else:
+            sink = _SkipHeader(out, link.header_bytes)
+            decrypt_to(store, link.bundle, sink, identities, flush=out.fileno())  # type: ignore[arg-type]
         out.flush()
         os.fsync(out.fileno())
     with tmp_pack.open("rb") as f:
         if f.read(4) != b"PACK":
             raise IntegrityError(f"{link.bundle.key}: no pack after the bundle header")
     with tmp_idx.open("wb") as out:
-        decrypt_to(store, link.index, out, identities)
+        if link.index.parts:
+            decrypt_parts(store, link.index, tmp_idx, identities, flush=out.fileno())
+        else:
+            decrypt_to(store, link.index, out, identities)
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp_pack, pack_dir / f"{link.pack_name}.pack")

@@ -12,6 +12,10 @@ in calls that let go of it, on the other core: the store thread reads and hashes
 second thread writes the plaintext to the destination in 1 MiB pieces (a write is a
 system call, the decryption need not wait for it). Pipe and buffers are 1 MiB, not the
 8 KiB age reads and writes at a time. Memory stays a few MiB whatever the file's size.
+
+A large file stored as parts (``backup/parts.py``) is written by ``parts.put_parts``;
+``decrypt_to`` and ``require`` take one part after another (a restore of a pack decrypts
+them on every core instead: ``parts.decrypt_parts``).
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ def put_file(
 ) -> FileRef:
     """Encrypt ``src`` to ``key``, hashing the ciphertext as it is written. A store that
     takes a stream (``LocalStore.put_stream``) gets it directly; another (S3, which may
-    resend a part) gets it through a file in ``scratch``."""
+    resend a part) gets it through a file in ``scratch``. (A large bundle or index is
+    stored as parts instead: ``parts.put_parts``.)"""
     stream = getattr(store, "put_stream", None)
     if stream is not None:
         sink = _Counting()
@@ -133,7 +138,7 @@ def _widen(fd: int) -> None:
 _FLUSH_EVERY = 32 << 20
 
 
-class _Flusher:
+class Flusher:
     """Has the kernel write a file to disk while it is being written: ``fdatasync`` in a
     thread of its own after every 32 MiB, so the caller's fsync before its rename waits
     for the last few MiB only, not for the whole file. Its error is kept (the kernel
@@ -179,7 +184,7 @@ class _Writer:
 
     def __init__(self, sink: BinaryIO, flush: int | None = None) -> None:
         self.sink = sink
-        self.flusher = None if flush is None else _Flusher(flush)
+        self.flusher = None if flush is None else Flusher(flush)
         self.pending: list[bytes] = []
         self.buffered = 0
         self.error: BaseException | None = None
@@ -248,7 +253,15 @@ def decrypt_to(
     when this returns. On error it holds a partial plaintext the caller must discard; an
     error of ``sink`` itself is raised as it is. ``flush``, the descriptor of the file
     ``sink`` writes to, is written back to disk as the plaintext comes (the caller still
-    fsyncs it: this only leaves that fsync little to wait for)."""
+    fsyncs it: this only leaves that fsync little to wait for). A parted file's parts are
+    decrypted one after another, their plaintexts in order."""
+    for part in ref.stored():
+        _decrypt_one(store, part, sink, identities, flush)
+
+
+def _decrypt_one(
+    store: Store, ref: FileRef, sink: BinaryIO, identities: Sequence[Identity], flush: int | None
+) -> None:
     rfd, wfd = os.pipe()
     _widen(wfd)
     tee = _Hashing(wfd, ref)
@@ -297,11 +310,14 @@ def decrypt_to(
 
 
 def require(store: Store, ref: FileRef) -> None:
-    """Raise StateError unless ``ref`` is present in ``store`` with its recorded size."""
-    size = store.size(ref.key)
-    if size is None:
-        raise StateError(f"stored file {ref.key} is missing from {store.url}")
-    if size != ref.size:
-        raise IntegrityError(
-            f"stored file {ref.key} is damaged: it has {size} bytes, its manifest says {ref.size}"
-        )
+    """Raise StateError unless ``ref`` (each of its parts) is present in ``store`` with its
+    recorded size."""
+    for part in ref.stored():
+        size = store.size(part.key)
+        if size is None:
+            raise StateError(f"stored file {part.key} is missing from {store.url}")
+        if size != part.size:
+            raise IntegrityError(
+                f"stored file {part.key} is damaged: it has {size} bytes, its manifest says "
+                f"{part.size}"
+            )

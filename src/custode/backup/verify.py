@@ -41,6 +41,7 @@ from custode.backup.crypto import Identity
 from custode.backup.freshness import ROLLBACK_FIX
 from custode.backup.guard import Standing
 from custode.backup.manifest import FileRef, Link, RepoManifest
+from custode.backup.parts import decrypt_parts
 from custode.backup.restore import _SkipHeader, restore_repository, stored_refs
 from custode.backup.store import Store
 from custode.backup.streams import check, decrypt_to, require
@@ -185,6 +186,7 @@ class _Verifier:
         for key in list(self.current):
             if key in self.manifests:
                 self.current.update(ref.key for ref in self.manifests[key].file_refs())
+                self.current.update(ref.key for ref in self.manifests[key].stored_files())
 
     def check_files(self, *, read: bool) -> None:
         files: dict[str, tuple[FileRef, _Users]] = {}
@@ -216,7 +218,9 @@ class _Verifier:
                     self.report.bytes_read += ref.size
             except CustodeError as exc:
                 self.broken.add(ref.key)
-                self.problem(ref.key, exc.message, u)
+                # a parted file's problem is its part's: named exactly, as a whole file is
+                at = next((p.key for p in ref.parts if p.key in exc.message), ref.key)
+                self.problem(at, exc.message, u)
 
     def bundles(self) -> None:
         """Every bundle once, decrypted and ``git bundle verify``-ed, and its refs walked
@@ -268,7 +272,9 @@ class _Verifier:
                     if install:
                         ready.add(key)
             except CustodeError as exc:
-                self.problem(link.bundle.key, exc.message, self._users_of(link))
+                at = next((p.key for p in link.bundle.parts if p.key in exc.message),
+                          link.bundle.key)  # fmt: skip
+                self.problem(at, exc.message, self._users_of(link))
 
     def _users_of(self, link: Link) -> _Users:
         u = _Users()
@@ -292,7 +298,10 @@ class _Verifier:
         objects = ObjectDirs(view)
         bundle = work / "b.bundle"
         with bundle.open("wb") as out:
-            decrypt_to(self.store, link.bundle, out, self.identities)
+            if link.bundle.parts:  # on every core, as a restore does
+                decrypt_parts(self.store, link.bundle, bundle, self.identities)
+            else:
+                decrypt_to(self.store, link.bundle, out, self.identities)
         try:
             self.git.run(["bundle", "verify", "-q", str(bundle)], repo=repo, objects=objects)
         except GitError as exc:
