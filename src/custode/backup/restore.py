@@ -1,11 +1,12 @@
 """Restore one repository from its manifest, at copy speed, never half-way.
 
 The repository is assembled in a hidden sibling of its destination
-(``.custode-restore-…``): ``git init`` without templates, the kept files, each bundle's
-pack streamed out of its decrypted bundle straight into ``objects/pack`` beside its stored
-index (no ``index-pack``), the LFS objects (each checked against its id), then the refs
-(``update-ref`` refuses a ref whose object is missing). Only then is it renamed into
-place, so an error, a full disk or a kill leaves no directory that looks like a valid
+(``.custode-restore-…``): ``git init`` without templates, each bundle's pack streamed out
+of its decrypted bundle straight into ``objects/pack`` beside its stored index (no
+``index-pack``), the LFS objects (each checked against its id), then the refs (written as
+git stores them: ``packed-refs``, symbolic refs, HEAD; one ``for-each-ref`` then fails on
+a ref whose object is missing), the kept files last. Only then is it renamed into place,
+so an error, a full disk or a kill leaves no directory that looks like a valid
 repository. Destinations are checked to stay inside the target directory.
 
 A working copy comes back as its ``.git`` with an empty work tree: checking files out runs
@@ -100,13 +101,19 @@ def occupied(dest: Path) -> bool:
 def restore_repository(
     store: Store, manifest: RepoManifest, identities: Sequence[Identity], git: Git,
     dest: Path, *, force: bool = False, check: Callable[[Path], None] | None = None,
+    alternates: str = "", borrowed: frozenset[str] = frozenset(),
 ) -> Restored:  # fmt: skip
     """Restore ``manifest`` at ``dest``; an occupied ``dest`` needs ``force`` (replaced).
 
     ``check`` gets the assembled git dir once objects and refs are in, before the kept
     files (config, hooks) are: a drill's fsck and ref comparison run there, under git's
     defaults rather than the backed-up config (whose ``core.worktree``, say, may name a
-    directory that does not exist yet)."""
+    directory that does not exist yet).
+
+    ``alternates`` (a path relative to the restored ``objects`` directory, written to
+    ``objects/info/alternates``) and ``borrowed`` (bundle keys of links of its chain)
+    restore it as a borrower: those links' packs are not installed, the object directory
+    named holds them (checked by name before anything is written)."""
     started = time.monotonic()
     busy = occupied(dest)
     if busy and not force:
@@ -123,7 +130,7 @@ def restore_repository(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f"{HIDDEN}{secrets.token_hex(4)}-{dest.name}"
     try:
-        size = _assemble(store, manifest, identities, git, tmp, check)
+        size = _assemble(store, manifest, identities, git, tmp, check, (alternates, borrowed))
         if in_place:
             _swap_git_dir(tmp / ".git", dest)
             shutil.rmtree(tmp)  # the empty work tree it was assembled in
@@ -186,14 +193,18 @@ def _swap_git_dir(new: Path, work_tree: Path) -> None:
 
 def _assemble(  # noqa: PLR0917
     store: Store, m: RepoManifest, identities: Sequence[Identity], git: Git, tmp: Path,
-    check: Callable[[Path], None] | None,
+    check: Callable[[Path], None] | None, borrow: tuple[str, frozenset[str]] = ("", frozenset()),
 ) -> int:  # fmt: skip
     args = ["init", "-q", "--template=", f"--object-format={m.object_format}"]
     git.run([*args, *(["--bare"] if m.bare else []), str(tmp)], repo=None, cwd=tmp.parent)
     git_dir = tmp if m.bare else tmp / ".git"
     size = 0
+    alternates, borrowed = borrow
+    if alternates or borrowed:  # before the packs: a base lacking them fails first
+        _borrow(m, git_dir, alternates, borrowed)
     for link in m.chain:
-        size += _install(store, link, identities, git_dir)
+        if link.bundle.key not in borrowed:
+            size += _install(store, link, identities, git_dir)
     for ref in m.lfs:
         size += _lfs(store, ref, identities, git_dir)
     if m.shallow:  # before any git reads the history it bounds
@@ -213,6 +224,27 @@ def _assemble(  # noqa: PLR0917
     decrypt_to(store, m.files, files, identities)
     extract(files.getvalue(), git_dir)
     return size
+
+
+def _borrow(m: RepoManifest, git_dir: Path, alternates: str, borrowed: frozenset[str]) -> None:
+    """Write ``objects/info/alternates`` naming ``alternates`` (relative to ``objects``),
+    once the object directory there holds the pack of every borrowed link: a borrower
+    never points at a directory that lacks what it leaves out."""
+    objects = git_dir / "objects"
+    base = objects / alternates
+    links = [link for link in m.chain if link.bundle.key in borrowed]
+    bad = not alternates or os.path.isabs(alternates) or "\n" in alternates
+    if bad or len(links) != len(borrowed):  # a caller's mistake, never a store's
+        raise StateError(f"{m.repository}: bad borrowed links or alternates {alternates!r}")
+    for link in links:
+        names = [f"{link.pack_name}.pack", f"{link.pack_name}.idx"] if link.index else []
+        if not all((base / "pack" / name).is_file() for name in names):
+            raise IntegrityError(
+                f"{m.repository}: {base} lacks {link.pack_name or 'a pack'} of the backup it "
+                "builds on; restore it complete (without --borrow)"
+            )
+    (objects / "info").mkdir(parents=True, exist_ok=True)
+    _create(objects / "info" / "alternates", f"{alternates}\n")
 
 
 class _SkipHeader:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from custode import interrupts
+from custode.base.pathtext import display
 from custode.base.units import format_bytes
 from custode.cli import backup_common as bc
 from custode.cli.params import SNAPSHOT_OR_TIME
@@ -56,6 +57,13 @@ if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
     default=None,
     help="Repositories restored at once [default: backup.jobs, 0 = one per CPU].",
 )
+@click.option(
+    "--borrow",
+    is_flag=True,
+    help="Restore a pool's members and forks whose base repository is restored with them "
+    "as borrowers of it: only their own packs, and objects/info/alternates naming the "
+    "base's objects by a relative path [default: every repository complete].",
+)
 @bc.json_option
 @click.pass_obj
 def restore(  # noqa: PLR0917
@@ -68,6 +76,7 @@ def restore(  # noqa: PLR0917
     at: str | None,
     force: bool,
     jobs: int | None,
+    borrow: bool,
     as_json: bool,
 ) -> None:
     """Restore REPOSITORIES (all when none is named) from a snapshot into --to.
@@ -95,6 +104,7 @@ def restore(  # noqa: PLR0917
         repositories=repositories,
         force=force,
         jobs=bc.jobs(app, jobs),
+        borrow=borrow,
     )
     with progress_bar(app, "restoring") as tick:
         result = restore_job(job, warn=app.warn, notice=app.say, progress=tick)
@@ -109,20 +119,24 @@ def restore(  # noqa: PLR0917
                         "path": str(r.path),
                         "seconds": round(r.seconds, 3),
                     }
+                    | (_borrowing(result, r.repository) if borrow else {})
                     for r in result.restored
                 ],
                 "already_restored": result.already_restored,
             }
         )
     else:
-        kept = len(result.already_restored)
+        kept, lent = len(result.already_restored), len(result.borrowed)
         app.out.print(
             f"restored {count(len(result.restored))} from snapshot {result.snapshot} into "
             f"{result.target} ({format_bytes(result.bytes)} read) in {result.seconds:.1f}s"
-            + (f"; {kept} were already in place" if kept else ""),
+            + (f"; {kept} were already in place" if kept else "")
+            + (f"; {lent} as borrower{'' if lent == 1 else 's'}" if lent else ""),
             markup=False,
             highlight=False,
         )
+    for name, why in result.complete.items():
+        app.say(f"{display(name)}: restored complete: {why}")
     _notes(app, result.restored)
     _raise_if_interrupted(result)
     if result.failed:
@@ -135,6 +149,17 @@ def restore(  # noqa: PLR0917
             f"{len(result.failed)} of {result.selected} repositories were not restored; see "
             f"the messages above ({again})"
         )
+
+
+def _borrowing(result: RestoreResult, repository: str) -> dict[str, object]:
+    """``--borrow``'s fields of a restored repository: the base it borrows from and its
+    alternates (null when complete), and why it is complete although it has a base."""
+    b = result.borrowed.get(repository)
+    return {
+        "borrows": b.base if b else None,
+        "alternates": b.alternates if b else None,
+        "complete_because": result.complete.get(repository),
+    }
 
 
 def _raise_if_interrupted(result: RestoreResult) -> None:

@@ -10,26 +10,33 @@ back in time is refused (``backup/guard.py``). Repositories nested in another's 
 restored after it, in waves; on SIGINT or SIGTERM no further one starts
 (``custode.interrupts``). The history gets a ``restore`` run with a row per repository,
 the audit log an entry.
+
+Asked to (``borrow``), a pool's member or a fork whose base repository this restore puts
+in place too is restored as a borrower of it (``backup/borrowing.py``): after it, with only
+its own packs and ``objects/info/alternates``. Any other, or one whose base failed, is
+restored complete and the result says why.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from custode import interrupts
-from custode.backup import restorejournal
+from custode.backup import borrowing, restorejournal
+from custode.backup.borrowing import Borrowing
 from custode.backup.catalog import Catalog, choose, load
-from custode.backup.chain import read_manifest  # (engine.read_manifest calls it)
+from custode.backup.chain import Manifests, read_manifest  # (engine.read_manifest calls it)
 from custode.backup.crypto import Identity
 from custode.backup.guard import check_restore
-from custode.backup.manifest import Entry
+from custode.backup.manifest import Entry, RepoManifest, repo_prefix
 from custode.backup.restore import Restored, destination, occupied, restore_repository
 from custode.backup.store import Store
 from custode.backup.streams import decrypt_to
@@ -65,6 +72,7 @@ class RestoreJob:
     repositories: tuple[str, ...] = ()  # relative paths (as stored or as shown); (): all
     force: bool = False  # replace what is at the destination; ignore an unfinished restore
     jobs: int = 1
+    borrow: bool = False  # forks and pool members borrow from their base restored with them
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,10 @@ class RestoreResult:
     seconds: float
     resumable: bool  # the journal holds the progress: the same call finishes the rest
     interrupted: bool
+    # with ``borrow``: the repositories restored as borrowers, and those restored complete
+    # although their backup builds on another repository's (repository -> why)
+    borrowed: dict[str, Borrowing] = field(default_factory=dict)
+    complete: dict[str, str] = field(default_factory=dict)
 
     @property
     def bytes(self) -> int:
@@ -104,7 +116,7 @@ class RestoreResult:
             "failed": len(self.failed),
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
-        }
+        } | ({"borrowers": len(self.borrowed)} if self.borrowed else {})
 
 
 def restore(
@@ -136,8 +148,11 @@ def restore(
         journal = restorejournal.Journal(target, store.url, host, snap.snapshot_id)
     kept, todo = _split(journal, entries, dests, force=job.force, notice=notice)
     job.git.check_version()
+    lend = _Lender(job, snap.entries, kept=kept, todo=todo, dests=dests) if job.borrow else None
 
     def one(e: Entry) -> Restored:
+        if lend is not None:
+            return lend.restore(e)
         manifest = read_manifest(store, e.manifest)
         return restore_repository(
             store, manifest, job.identities, job.git, dests[e.repository], force=job.force
@@ -145,8 +160,10 @@ def restore(
 
     remembered = _Remember(journal, warn)
     done, failed = _restore_all(
-        todo, one, job.jobs, remember=remembered, notice=notice, progress=progress
-    )
+        todo, one, job.jobs, remember=remembered, notice=notice, progress=progress,
+        borrowers=lend.borrowers if lend is not None else {},
+    )  # fmt: skip
+    names = {r.repository for r in done}
     interrupted = interrupts.requested()
     if len(done) == len(todo) and not interrupted:
         journal.remove()  # every repository asked for is in place
@@ -162,6 +179,8 @@ def restore(
         seconds=time.monotonic() - started,
         resumable=remembered.working,
         interrupted=interrupted,
+        borrowed={} if lend is None else {r: b for r, b in lend.borrowed.items() if r in names},
+        complete={} if lend is None else {r: w for r, w in lend.complete.items() if r in names},
     )
     summary = result.summary()
     history.results(
@@ -175,9 +194,12 @@ def _rows(result: RestoreResult) -> list[RepositoryResult]:
     """The history's row per repository restored or failed."""
     now = datetime.now(UTC).isoformat()
     where, snapshot = str(result.target), result.snapshot
+    borrowed = result.borrowed
     rows = [
         RepositoryResult(r.repository, where, "restore", "ok", now, r.seconds,
-                         {"snapshot": snapshot})
+                         {"snapshot": snapshot}
+                         | ({"borrows": borrowed[r.repository].base}
+                            if r.repository in borrowed else {}))
         for r in result.restored
     ]  # fmt: skip
     rows += [
@@ -286,13 +308,15 @@ class _Remember:
 def _restore_all(
     entries: list[Entry], one: Callable[[Entry], Restored], jobs: int, *,
     remember: Callable[[Entry], None], notice: Say, progress: Callable[[int, int], None],
+    borrowers: dict[str, str],
 ) -> tuple[list[Restored], dict[str, str]]:  # fmt: skip
     """Restore in waves; on SIGINT or SIGTERM no further one starts (``custode.interrupts``)."""
     done: list[Restored] = []
     failed: dict[str, str] = {}
     n = 0
     with ThreadPoolExecutor(jobs) as pool:
-        for wave in _waves(entries):  # a repository inside another comes after it
+        # a repository inside another comes after it, a borrower after its base
+        for wave in _waves(entries, borrowers):
             if interrupts.requested():
                 break
             futures = {pool.submit(one, e): e for e in wave}
@@ -323,18 +347,84 @@ def _select(entries: tuple[Entry, ...], names: tuple[str, ...], snapshot: str) -
     return [known[n.strip("/")] for n in names]
 
 
-def _waves(entries: list[Entry]) -> list[list[Entry]]:
+def _waves(entries: list[Entry], borrowers: dict[str, str]) -> list[list[Entry]]:
     """Entries grouped so that one nested in another's path (a submodule's git dir in its
     superproject's .git, a working copy inside another's work tree) is restored after it:
     the outer repository's restore may replace its destination (a bare one; of a working
-    copy only its .git)."""
+    copy only its .git). A borrower comes after its base (``borrowing.wave``)."""
     names = {e.repository for e in entries}
-
-    def depth(name: str) -> int:
-        parts = name.split("/")
-        return sum(1 for i in range(1, len(parts)) if "/".join(parts[:i]) in names)
-
     waves: dict[int, list[Entry]] = {}
     for e in entries:
-        waves.setdefault(depth(e.repository), []).append(e)
+        waves.setdefault(borrowing.wave(e.repository, names, borrowers), []).append(e)
     return [waves[k] for k in sorted(waves)]
+
+
+class _Lender:
+    """A ``borrow`` restore: reads the manifests first, says who borrows from whom
+    (``borrowing.plan``), and restores each repository as a borrower of its base once that
+    base is in place, or complete with the reason."""
+
+    def __init__(
+        self, job: RestoreJob, snapshot: tuple[Entry, ...], *, kept: list[Entry],
+        todo: list[Entry], dests: dict[str, Path],
+    ) -> None:  # fmt: skip
+        self.job, self.dests = job, dests
+        known = Manifests(job.store)  # a base's manifests are read once for all its borrowers
+        self.manifests: dict[str, RepoManifest] = {}
+
+        def load(e: Entry) -> None:  # read as the workers would, as many at once
+            if not interrupts.requested():
+                with contextlib.suppress(CustodeError):  # its restore fails with the reason
+                    self.manifests[e.repository] = known.load(e.manifest)
+
+        in_snapshot = {repo_prefix(job.host, e.repository): e.repository for e in snapshot}
+        with ThreadPoolExecutor(job.jobs) as pool:
+            list(pool.map(load, todo))
+            bases = {in_snapshot.get(m.base_dir) for m in self.manifests.values()}
+            list(pool.map(load, [e for e in kept if e.repository in bases]))
+        self.borrowers, self.complete = borrowing.plan(
+            self.manifests,
+            in_snapshot,
+            [e.repository for e in todo],
+            {e.repository for e in [*kept, *todo]},
+        )
+        # repository -> its git dir, once in place: kept by an unfinished restore or
+        # restored by this one (set from the workers; a borrower's wave comes later)
+        self.placed: dict[str, Path] = {
+            e.repository: borrowing.git_dir(dests[e.repository], m.bare)
+            for e in kept
+            if (m := self.manifests.get(e.repository)) is not None
+        }
+        self.borrowed: dict[str, Borrowing] = {}
+
+    def restore(self, e: Entry) -> Restored:
+        job, name, dest = self.job, e.repository, self.dests[e.repository]
+        m = self.manifests.get(name) or read_manifest(job.store, e.manifest)
+        own = borrowing.git_dir(dest, m.bare)
+        base = self.borrowers.get(name)
+        alternates, links = self._lend(m, own, base) if base is not None else ("", frozenset())
+        restored = restore_repository(
+            job.store, m, job.identities, job.git, dest, force=job.force,
+            alternates=alternates, borrowed=links,
+        )  # fmt: skip
+        if base is not None and links:
+            self.borrowed[name] = Borrowing(base, alternates, len(links))
+        self.placed[name] = own
+        return restored
+
+    def _lend(self, m: RepoManifest, own: Path, base: str) -> tuple[str, frozenset[str]]:
+        """The alternates line and the borrowed links of ``m`` restored at ``own`` on
+        ``base`` as it is now; ("", nothing) with the reason when it is restored complete."""
+        at = self.placed.get(base)
+        why = f"its base {display(base)} was not restored"
+        if at is not None:
+            links, line = borrowing.covered(m, at), borrowing.alternates(own, at)
+            if links and "\n" not in line:
+                return line, links
+            why = (
+                f"its base {display(base)} holds none of the packs its backup builds on"
+                if not links
+                else "objects/info/alternates cannot name a path with a line break"
+            )
+        self.complete[m.repository] = why
+        return "", frozenset()
