@@ -27,12 +27,14 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130
 
 
+#: said once, in ``custode --help`` (and the README); each command's help points there
 EXIT_CODES_HELP = (
     "Exit status: 0 ok; 1 unexpected error; 2 usage or config error; "
     "3 some repositories have problems; 4 path not found; 5 git failed; "
     "6 verification failed; 7 state directory or history database unusable; 11 locked; "
     "130 interrupted."
 )
+EXIT_CODES_SEE = "Exit status: see custode --help."
 
 
 Outcome = Literal["ok", "partial", "interrupted", "failed"]

@@ -246,7 +246,7 @@ def test_listen_summary_names_the_reasons(isolated_env: dict[str, str]) -> None:
         shutil.rmtree(short, ignore_errors=True)
     assert (proc.returncode, err) == (0, "")
     assert out == (
-        "1 git processes observed; events: 5 received, 0 dropped, 2 malformed (1 json, 1 depth)\n"
+        "1 git process observed; events: 5 received, 0 dropped, 2 malformed (1 json, 1 depth)\n"
     )
 
 

@@ -19,65 +19,54 @@ from custode import __version__
 from custode.base.pathtext import escape_streams
 from custode.errors import EXIT_CODES_HELP, CustodeError, ExitCode
 
-#: Every command: the module and attribute that define it, and its summary (the first
-#: sentence of its help, what ``custode --help`` lists). ``--help`` shows the summaries from
-#: here so that listing the commands imports none of them; a test keeps them equal.
+#: Every command: the module and attribute that define it, and its summary: one short
+#: sentence, what ``custode --help`` lists for it, whole (it fits a line of 80 columns; a
+#: narrower terminal wraps it, never cuts it). The listing comes from here so that it
+#: imports no command; ``LazyGroup.get_command`` gives each command its summary as its
+#: ``short_help``, so that click lists it the same way.
 COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("custode.cli.status_cmd:status",
-               "Show the health of every repository under ROOTS (default: roots from config)."),
+               "Show the health of every repository under ROOTS."),
     "init": ("custode.cli.init_cmd:init",
-             "Write a commented default config (to --config, or "
-             "$XDG_CONFIG_HOME/custode/config.toml)."),
+             "Write a commented default config file."),
     "audit": ("custode.cli.audit_cmd:audit",
               "Check and read the audit log of every action custode took."),
     "doctor": ("custode.cli.doctor_cmd:doctor",
-               "Show custode's and git's versions, git features in use, and custode's paths."),
+               "Show custode's and git's versions, git features and paths."),
     "maintain": ("custode.cli.maintain_cmd:maintain",
-                 "Clean up and optimise every repository under ROOTS that needs it."),
+                 "Clean up and optimise every repository that needs it."),
     "check": ("custode.cli.check_cmd:check",
-              "Verify the integrity of every repository under ROOTS (default: roots from "
-              "config)."),
+              "Verify the integrity of every repository under ROOTS."),
     "backup": ("custode.cli.backup_cmd:backup",
-               "Back up every repository under ROOTS into the store, as one snapshot."),
+               "Back up every repository under ROOTS into the store."),
     "snapshots": ("custode.cli.snapshots_cmd:snapshots",
-                  "List the snapshots of this host (or --host) in the store, oldest first (in "
-                  "the order their machine wrote them: a snapshot dated in the future is "
-                  "marked, never the latest by its date)."),
+                  "List this host's snapshots in the store, oldest first."),
     "restore": ("custode.cli.restore_cmd:restore",
-                "Restore REPOSITORIES (all when none is named) from a snapshot into --to."),
+                "Restore repositories from a snapshot into a directory."),
     "verify": ("custode.cli.verify_cmd:verify_cmd",
-               "Check that the backups in the store are whole and restorable, and that the "
-               "store still holds the last snapshot this host wrote (it did not go back in "
-               "time)."),
+               "Check that the backups in the store are whole and restorable."),
     "forget": ("custode.cli.forget_cmd:forget",
-               "Remove the snapshots the policy does not keep (restic's forget semantics)."),
+               "Remove the snapshots the retention policy does not keep."),
     "trace2": ("custode.cli.trace2_cmd:trace2",
-               "Live git telemetry: every git on the host reports its duration to custode "
-               "serve."),
+               "Send every git's timings to custode serve (live telemetry)."),
     "serve": ("custode.cli.serve_cmd:serve",
-              "Serve metrics of the repositories under ROOTS (default: roots from config)."),
+              "Serve metrics and alerts, and run the scheduled jobs."),
     "metrics": ("custode.cli.metrics_cmd:metrics",
-                "Print every custode metric in the Prometheus text format, once."),
+                "Print every custode metric in the Prometheus text format."),
     "report": ("custode.cli.report_cmd:report",
-               "Report from the history database on the repositories under ROOTS (default: "
-               "roots from config; none there: every root recorded): fleet summary, "
-               "repositories needing attention and why, maintenance and space reclaimed, "
-               "backups per store and freshness, restore-drill times against the 5-minute "
-               "target, alerts, and host resource use against the 70% target."),
+               "Report on the fleet from the history database."),
     "run": ("custode.cli.run_cmd:run",
-            "One nightly cycle on every repository under ROOTS: check, maintain (only what the "
-            "check found sound), back up, verify (quick, and a restore drill of a few "
-            "repositories), forget old snapshots, report."),
+            "One nightly cycle: check, maintain, back up, verify, forget."),
     "rules": ("custode.cli.rules_cmd:rules",
-              "Print the alert rules custode serve evaluates (the config's [alerting] rules, "
-              "else the shipped ones) as a Prometheus rules file: same names, thresholds, "
-              "durations, labels and annotations, plus CustodeMetricsStale, which only "
-              "Prometheus can raise."),
+              "Print the alert rules as a Prometheus rules file."),
 }  # fmt: skip
 
 
 class LazyGroup(click.Group):
-    """Imports a command's module only when that command runs (or shows its own help)."""
+    """Imports a command's module only when that command runs (or shows its own help).
+
+    Its usage errors say the fix: a mistyped command its nearest names, and an option of
+    custode itself given after the command where it belongs."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -88,14 +77,57 @@ class LazyGroup(click.Group):
             return None
         module, attr = entry[0].split(":")
         command: click.Command = getattr(importlib.import_module(module), attr)
+        command.short_help = entry[1]
         return command
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as exc:
+            # click suggests from ``self.commands``, which a lazy group leaves empty
+            raise click.exceptions.NoSuchCommand(
+                exc.command_name, possibilities=self.list_commands(ctx), ctx=ctx
+            ) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoSuchOption as exc:
+            error = _misplaced(self, ctx, exc)
+            if error is None:
+                raise
+            raise error from None
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        """The command list of ``--help``, from the summaries: click shortens each one to
-        the width exactly as it would the command's own help."""
-        listing = click.Group(commands=[click.Command(name, help=summary)
+        """The command list of ``--help``: each summary whole, from ``COMMANDS``."""
+        listing = click.Group(commands=[click.Command(name, short_help=summary)
                                         for name, (_, summary) in COMMANDS.items()])  # fmt: skip
         listing.format_commands(ctx, formatter)
+
+
+def _misplaced(
+    group: click.Group, ctx: click.Context, exc: click.exceptions.NoSuchOption
+) -> click.UsageError | None:
+    """The error for an option of ``group`` itself (``--config``, ``--debug``) given after
+    a command, which only knows its own options; None for any other unknown option."""
+    where = exc.ctx
+    if where is None or where is ctx:
+        return None
+    for param in group.params:
+        if isinstance(param, click.Option) and exc.option_name in param.opts:
+            break
+    else:
+        return None
+    name = exc.option_name
+    value = "" if param.is_flag else f" {param.make_metavar(ctx)}"
+    command = where.command_path.removeprefix(ctx.command_path).strip()
+    return click.UsageError(
+        f"{name} is an option of {ctx.command_path} itself: put it before the command "
+        f"({ctx.command_path} {name}{value} {command} ...).",
+        ctx=where,
+    )
 
 
 @click.group(cls=LazyGroup, epilog=EXIT_CODES_HELP)

@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from custode.base.units import counted
 from custode.cli.app import App
-from custode.errors import EXIT_CODES_HELP, IntegrityError
+from custode.errors import EXIT_CODES_SEE, IntegrityError
 from custode.records.audit import AuditLog
 
 
@@ -18,12 +19,12 @@ def _log(app: App) -> AuditLog:
     return AuditLog(app.state_dir() / "audit.jsonl")
 
 
-@click.group(epilog=EXIT_CODES_HELP)
+@click.group(epilog=EXIT_CODES_SEE)
 def audit() -> None:
     """Check and read the audit log of every action custode took."""
 
 
-@audit.command(epilog=EXIT_CODES_HELP)
+@audit.command(epilog=EXIT_CODES_SEE)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def verify(app: App, as_json: bool) -> None:
@@ -44,7 +45,8 @@ def verify(app: App, as_json: bool) -> None:
     elif report.ok:
         notes = "".join(f"; {note}" for note in report.notes)
         app.out.print(
-            f"audit log {report.path}: {report.entries} entries, chain intact{notes}",
+            f"audit log {report.path}: {counted(report.entries, 'entry', 'entries')}, chain "
+            f"intact{notes}",
             markup=False,
             highlight=False,
         )
@@ -64,7 +66,7 @@ def _failure(path: Path, head: Path, count: int) -> str:
     )
 
 
-@audit.command(epilog=EXIT_CODES_HELP)
+@audit.command(epilog=EXIT_CODES_SEE)
 @click.option(
     "--last", "last", type=click.IntRange(min=1), default=20, show_default=True,
     help="How many of the most recent entries to show.",

@@ -16,7 +16,8 @@ import click
 from custode import interrupts
 from custode.base.units import format_bytes
 from custode.cli import backup_common as bc
-from custode.errors import EXIT_CODES_HELP
+from custode.cli.params import JOBS
+from custode.errors import EXIT_CODES_SEE
 
 if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
     from custode.cli.app import App
@@ -25,7 +26,7 @@ if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
     from custode.jobs.backupplan import BackupPlan
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_SEE)
 @click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
 @bc.store_option
 @click.option(
@@ -38,9 +39,9 @@ if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
 )
 @click.option(
     "--jobs",
-    type=click.IntRange(1, 64),
+    type=JOBS,
     default=None,
-    help="Repositories backed up at once [default: backup.jobs, 0 = one per CPU].",
+    help="Repositories backed up at once, 0 = one per CPU [default: backup.jobs].",
 )
 @click.option(
     "--full",

@@ -13,7 +13,7 @@ import click
 
 from custode import interrupts
 from custode.base.units import counted
-from custode.errors import EXIT_CODES_HELP
+from custode.errors import EXIT_CODES_SEE
 
 if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
     from rich.table import Table
@@ -44,7 +44,7 @@ def _table(done: tuple[RepositoryCheck, ...]) -> Table:
     return table
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_SEE)
 @click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "--full",

@@ -7,11 +7,11 @@ import click
 from custode import __version__
 from custode.base import paths
 from custode.cli.app import App
-from custode.errors import EXIT_CODES_HELP
+from custode.errors import EXIT_CODES_SEE
 from custode.git.runner import FEATURES, MINIMUM_VERSION, Git
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_SEE)
 @click.pass_obj
 def doctor(app: App) -> None:
     """Show custode's and git's versions, git features in use, and custode's paths.

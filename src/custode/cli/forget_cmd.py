@@ -12,7 +12,7 @@ import click
 from custode.base.units import format_bytes, format_duration
 from custode.cli import backup_common as bc
 from custode.cli.params import DURATION
-from custode.errors import EXIT_CODES_HELP
+from custode.errors import EXIT_CODES_SEE
 
 if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
     from custode.backup.manifest import Snapshot
@@ -33,7 +33,7 @@ def _keep_option(name: str) -> Callable[[F], F]:
     )
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_SEE)
 @bc.store_option
 @bc.host_option
 @_keep_option("last")

@@ -8,13 +8,13 @@ import click
 
 from custode.base import paths
 from custode.base.atomicfile import write_atomically
-from custode.errors import EXIT_CODES_HELP, ConfigError
+from custode.errors import EXIT_CODES_SEE, ConfigError
 
 if TYPE_CHECKING:
     from custode.cli.app import App
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_SEE)
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
 @click.option("--reference", is_flag=True, help="Print the configuration reference (Markdown).")
 @click.pass_obj

@@ -13,8 +13,8 @@ import click
 
 from custode import interrupts
 from custode.base.units import format_bytes
-from custode.cli.params import DURATION
-from custode.errors import EXIT_CODES_HELP
+from custode.cli.params import DURATION, JOBS
+from custode.errors import EXIT_CODES_SEE
 
 if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
     from custode.cli.app import App
@@ -56,13 +56,13 @@ def _result_json(m: RepositoryMaintenance) -> dict[str, Any]:
     return data
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_SEE)
 @click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Show the plan (each task and why); change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
-    "--jobs", type=click.IntRange(1, 64), default=None,
-    help="Repositories maintained at the same time [default: maintenance.jobs, 0 = one per CPU].",
+    "--jobs", type=JOBS, default=None,
+    help="Repositories maintained at the same time, 0 = one per CPU [default: maintenance.jobs].",
 )  # fmt: skip
 @click.option(
     "--budget",

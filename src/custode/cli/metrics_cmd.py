@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 import click
 
 from custode.base.atomicfile import write_atomically
-from custode.errors import EXIT_CODES_HELP, PathNotFoundError
+from custode.errors import EXIT_CODES_SEE, PathNotFoundError
 
 if TYPE_CHECKING:
     from custode.cli.app import App
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_SEE)
 @click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "--textfile",

@@ -2,12 +2,14 @@
 
 A value that does not parse is a usage error (exit 2) naming the value, never a
 traceback: every date, time and duration is checked here as far as any later use takes
-it (a date that exists, a time the system can convert, a duration a date can go back by).
+it (a date that exists, a time the system can convert, a duration a date can go back by),
+and every ``--jobs`` follows one rule.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from datetime import UTC, datetime
 
@@ -18,6 +20,9 @@ from custode.base.units import parse_duration
 #: The longest duration accepted: a century reaches back past any history custode keeps,
 #: and stays inside what dates and timestamps can represent.
 DURATION_MAX = 100 * 365 * 86400.0
+
+#: The most repositories a ``--jobs`` may name: more is a typo, not a machine.
+JOBS_MAX = 64
 
 #: What ``--at`` takes for a time (``backup.catalog.choose``); anything else is a snapshot id.
 _TIME = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+)?([+-]\d{2}:?\d{2}|Z)?$")
@@ -72,5 +77,31 @@ class SnapshotOrTime(click.ParamType[str]):
         return text
 
 
+class Jobs(click.ParamType[int]):
+    """How many repositories a command works on at once (``--jobs``): 1 to ``JOBS_MAX``,
+    or 0 for one per CPU, as 0 means in the config. The value is the number itself: 0
+    becomes this machine's CPU count here, so that it overrides the config like any
+    other number (the config's own 0 is the jobs' to resolve)."""
+
+    name = "n"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        try:
+            jobs = value if isinstance(value, int) else int(str(value), 10)
+        except ValueError:
+            jobs = -1
+        if not 0 <= jobs <= JOBS_MAX:
+            self.fail(
+                f"{value!r} is not a number of repositories at once; give 1 to {JOBS_MAX}, "
+                "or 0 for one per CPU",
+                param,
+                ctx,
+            )
+        return jobs or os.cpu_count() or 1
+
+
 DURATION = Duration()
+JOBS = Jobs()
 SNAPSHOT_OR_TIME = SnapshotOrTime()

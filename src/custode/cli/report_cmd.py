@@ -10,10 +10,10 @@ import click
 
 from custode.cli.app import App
 from custode.cli.params import DURATION
-from custode.errors import EXIT_CODES_HELP
+from custode.errors import EXIT_CODES_SEE
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_SEE)
 @click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "--since", type=DURATION, default="7d", show_default=True,

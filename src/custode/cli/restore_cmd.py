@@ -14,8 +14,8 @@ from custode import interrupts
 from custode.base.pathtext import display
 from custode.base.units import format_bytes
 from custode.cli import backup_common as bc
-from custode.cli.params import SNAPSHOT_OR_TIME
-from custode.errors import EXIT_CODES_HELP, RepositoryError
+from custode.cli.params import JOBS, SNAPSHOT_OR_TIME
+from custode.errors import EXIT_CODES_SEE, RepositoryError
 
 if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
     from custode.backup.restore import Restored
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
     from custode.jobs.restore import RestoreResult
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_SEE)
 @click.argument("repositories", nargs=-1)
 @bc.store_option
 @bc.host_option
@@ -53,9 +53,9 @@ if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
 )
 @click.option(
     "--jobs",
-    type=click.IntRange(1, 64),
+    type=JOBS,
     default=None,
-    help="Repositories restored at once [default: backup.jobs, 0 = one per CPU].",
+    help="Repositories restored at once, 0 = one per CPU [default: backup.jobs].",
 )
 @click.option(
     "--borrow",

@@ -8,10 +8,10 @@ import click
 
 from custode.base.atomicfile import write_atomically
 from custode.cli.app import App
-from custode.errors import EXIT_CODES_HELP, PathNotFoundError
+from custode.errors import EXIT_CODES_SEE, PathNotFoundError
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_SEE)
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
     help="Write the rules to FILE atomically instead of printing them.",

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from custode.errors import EXIT_CODES_HELP, PathNotFoundError
+from custode.errors import EXIT_CODES_SEE, PathNotFoundError
 
 if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
     from custode.cli.app import App
     from custode.jobs.cycle import Stage
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_SEE)
 @click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "--drill",

@@ -21,7 +21,7 @@ import click
 
 from custode.cli.app import App
 from custode.errors import (
-    EXIT_CODES_HELP,
+    EXIT_CODES_SEE,
     CustodeError,
     LockedError,
     PathNotFoundError,
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from custode.serve.scheduler import Scheduler
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_SEE)
 @click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "--listen",

@@ -12,10 +12,10 @@ from custode.backup.freshness import future_note
 from custode.backup.guard import standing
 from custode.cli import backup_common as bc
 from custode.cli.app import App
-from custode.errors import EXIT_CODES_HELP, IntegrityError
+from custode.errors import EXIT_CODES_SEE, IntegrityError
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_SEE)
 @bc.store_option
 @bc.host_option
 @bc.json_option

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from custode.base.units import counted, format_bytes
-from custode.errors import EXIT_CODES_HELP, RepositoryError
+from custode.errors import EXIT_CODES_SEE, RepositoryError
 
 if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
     from rich.table import Table
@@ -51,7 +51,7 @@ def _table(rows: list[tuple[RepoState, Health]]) -> Table:
     return table
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_SEE)
 @click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--problems-only", is_flag=True, help="Only repositories that are not ok.")
@@ -103,9 +103,9 @@ def status(
     if counts["broken"] or result.problems:
         parts = []
         if counts["broken"]:
-            parts.append(f"{counts['broken']} broken repositories")
+            parts.append(counted(counts["broken"], "broken repository", "broken repositories"))
         if result.problems:
-            parts.append(f"{len(result.problems)} unreadable paths")
+            parts.append(counted(len(result.problems), "unreadable path"))
         raise RepositoryError(
             f"{' and '.join(parts)}; see the reasons above and repair or exclude them"
         )

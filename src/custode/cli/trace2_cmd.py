@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 import click
 
+from custode.base.units import counted
 from custode.cli.app import App
-from custode.errors import EXIT_CODES_HELP
+from custode.errors import EXIT_CODES_SEE
 
 if TYPE_CHECKING:
     from custode.config.trace2 import Trace2Config
@@ -60,7 +61,7 @@ def _with_scope(f: click.decorators.FC) -> click.decorators.FC:
     return f
 
 
-@click.group(epilog=EXIT_CODES_HELP)
+@click.group(epilog=EXIT_CODES_SEE)
 def trace2() -> None:
     """Live git telemetry: every git on the host reports its duration to custode serve.
 
@@ -71,7 +72,7 @@ def trace2() -> None:
     """
 
 
-@trace2.command(epilog=EXIT_CODES_HELP)
+@trace2.command(epilog=EXIT_CODES_SEE)
 @_with_scope
 @socket_option
 @click.pass_obj
@@ -93,7 +94,7 @@ def enable(app: App, scope: str, file: Path | None, socket_path: Path | None) ->
     )  # fmt: skip
 
 
-@trace2.command(epilog=EXIT_CODES_HELP)
+@trace2.command(epilog=EXIT_CODES_SEE)
 @_with_scope
 @socket_option
 @click.pass_obj
@@ -115,7 +116,7 @@ def disable(app: App, scope: str, file: Path | None, socket_path: Path | None) -
     app.out.print(message, markup=False, highlight=False)
 
 
-@trace2.command(epilog=EXIT_CODES_HELP)
+@trace2.command(epilog=EXIT_CODES_SEE)
 @socket_option
 @click.pass_obj
 def listen(app: App, socket_path: Path | None) -> None:
@@ -152,7 +153,8 @@ def listen(app: App, socket_path: Path | None) -> None:
             signal.signal(sig, handler)
     reasons = ", ".join(f"{n} {reason}" for reason, n in listener.rejected_lines.items())
     app.out.print(
-        f"{listener.observed} git processes observed; events: {listener.received} received, "
+        f"{counted(listener.observed, 'git process', 'git processes')} observed; events: "
+        f"{listener.received} received, "
         f"{listener.dropped} dropped, {listener.malformed} malformed"
         + (f" ({reasons})" if reasons else ""),
         markup=False, highlight=False,

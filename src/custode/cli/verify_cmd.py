@@ -14,14 +14,14 @@ from custode.base.units import format_bytes
 from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.cli.progress import progress_bar
-from custode.errors import EXIT_CODES_HELP
+from custode.errors import EXIT_CODES_SEE
 from custode.git.runner import Git
 from custode.jobs import backupsetup
 from custode.jobs.verify import LEVELS, VerifyJob, VerifyResult
 from custode.jobs.verify import verify as verify_job
 
 
-@click.command("verify", epilog=EXIT_CODES_HELP)
+@click.command("verify", epilog=EXIT_CODES_SEE)
 @bc.store_option
 @bc.host_option
 @bc.identity_option

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from custode import interrupts
+from custode.base.units import counted
 from custode.config.model import Config
 from custode.errors import RepositoryError
 from custode.git.runner import Git
@@ -208,8 +209,9 @@ def failure(result: FleetCheck) -> RepositoryError | None:
     if counts["error"]:
         parts.append(f"{counts['error']} could not be checked")
     if result.problems:
-        parts.append(f"{len(result.problems)} unreadable paths")
+        parts.append(counted(len(result.problems), "unreadable path"))
     return RepositoryError(
-        f"{bad} of {len(result.repositories)} repositories failed the integrity check "
+        f"{bad} of {counted(len(result.repositories), 'repository', 'repositories')} failed "
+        "the integrity check "
         f"({', '.join(parts)}); {FIX if counts['corrupt'] else FIX_ERROR}"
     )
