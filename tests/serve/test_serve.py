@@ -208,7 +208,8 @@ def test_metrics_healthz_and_everything_else(http: InProcess) -> None:
         b"",
         str(len(http.exporter.text)),
     )
-    assert get(f"{url}/").status == 404
+    assert get(f"{url}/").status == 200  # the landing page: test_serve_landing.py
+    assert get(f"{url}/index.html").status == 404
     assert get(f"{url}/metrics/x").status == 404
     post = get(f"{url}/metrics", method="POST")
     assert (post.status, post.headers["Allow"]) == (405, "GET, HEAD")

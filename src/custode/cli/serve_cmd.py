@@ -1,4 +1,5 @@
-"""``custode serve``: Prometheus metrics of the fleet on ``/metrics``, and ``/healthz``.
+"""``custode serve``: Prometheus metrics of the fleet on ``/metrics``, ``/healthz``, and a
+landing page on ``/``.
 
 Scrapes answer from the state of the last refresh (every ``monitoring.refresh_interval``,
 in a background thread), so they are fast and never wait for a scan. SIGTERM and SIGINT
@@ -8,7 +9,6 @@ stop it cleanly with exit status 0.
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import signal
@@ -23,11 +23,11 @@ from custode.cli.app import App
 from custode.errors import (
     EXIT_CODES_SEE,
     CustodeError,
-    LockedError,
     PathNotFoundError,
     UsageError,
 )
 from custode.serve.http import MetricsApp, MetricsServer, Refresher, parse_listen, serve_until
+from custode.serve.pidfile import PidFile
 from custode.serve.webconfig import WebConfigWatcher, load_web_config
 
 log = logging.getLogger("custode")
@@ -78,16 +78,24 @@ def serve(  # noqa: PLR0917
     """Serve metrics of the repositories under ROOTS (default: roots from config).
 
     /metrics is the Prometheus text format; /healthz answers "ok", or 503 and the reason
-    when the last refresh failed or is older than three refresh intervals. Binds
-    127.0.0.1 unless told otherwise; with a web config, TLS and basic auth apply to
-    every path. Each connection lasts at most monitoring.request_timeout, and one client
-    address holds at most monitoring.max_connections_per_client of them. Prints the URL
-    on stderr once listening.
+    when the last refresh failed or is older than three refresh intervals; / is a page
+    linking to both. Binds 127.0.0.1 unless told otherwise; with a web config, TLS and
+    basic auth apply to every path. Each connection lasts at most
+    monitoring.request_timeout, and one client address holds at most
+    monitoring.max_connections_per_client of them. Prints the URL on stderr once
+    listening.
     """
-    cfg = app.config.monitoring
     root_paths = app.roots(roots)
-    lock = _lock_state_dir(app)  # held (open) for the life of the process
-    del lock
+    # one serve per state directory; its pid file is removed on every exit but a crash
+    with PidFile.acquire(app.state_dir()):
+        _serve(app, root_paths, listen, web_config, trace2=trace2, schedule=schedule)
+
+
+def _serve(
+    app: App, root_paths: list[Path], listen: str | None, web_config: Path | None, *,
+    trace2: bool, schedule: bool,
+) -> None:  # fmt: skip
+    cfg = app.config.monitoring
     for root in root_paths:
         if not root.is_dir():
             raise PathNotFoundError(f"root {root} is not a directory; check the path")
@@ -161,25 +169,6 @@ def _alerting(app: App, exporter: Exporter, refresher: Refresher) -> Callable[[C
         engine.reconfigure(fresh.alerting, sink)
 
     return reload
-
-
-def _lock_state_dir(app: App) -> int:
-    """One serve per state directory: an flock the kernel drops when serve dies."""
-    state = app.state_dir()
-    state.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state / "serve.pid", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        raise LockedError(
-            f"custode serve (pid {other}) already uses the state directory {state}; stop it "
-            "or give this one another state.directory"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def _scheduler(app: App, roots: list[Path]) -> Scheduler:

@@ -1,5 +1,6 @@
-"""The HTTP side of ``custode serve``: a WSGI app for ``/metrics`` and ``/healthz``, a
-threaded server with optional TLS, and the thread that refreshes the exporter.
+"""The HTTP side of ``custode serve``: a WSGI app for ``/metrics``, ``/healthz`` and the
+landing page ``/``, a threaded server with optional TLS, and the thread that refreshes the
+exporter.
 
 Built from the standard library (``wsgiref``, ``socketserver``, ``ssl``): a scrape only
 copies the exporter's cached exposition, so a small threaded server is plenty, and no
@@ -27,6 +28,7 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 from custode.monitoring import trace2
+from custode.serve import landing
 from custode.serve.connections import Connection, ConnectionTable
 from custode.serve.webconfig import WebConfig, WebConfigWatcher
 
@@ -137,6 +139,7 @@ class MetricsApp:
         web: Callable[[], WebConfig] | None = None,
     ) -> None:  # fmt: skip
         self.exporter, self.health, self.web = exporter, health, web
+        self.landing = landing.landing_page()
 
     def authorized(self, header: str | None, client: str, abandoned: Callable[[], bool]) -> bool:
         """Whether the Authorization header ``header`` lets the request in (always, without
@@ -168,10 +171,12 @@ class MetricsApp:
 
     def _route(self, environ: WSGIEnvironment) -> tuple[str, bytes, list[tuple[str, str]]]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
-        if path not in ("/metrics", "/healthz"):
+        if path not in ("/", "/metrics", "/healthz"):
             return "404 Not Found", b"not found\n", []
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", b"use GET\n", [("Allow", "GET, HEAD")]
+        if path == "/":
+            return "200 OK", self.landing, [("Content-Type", landing.CONTENT_TYPE)]
         if path == "/healthz":
             reason = self.health() or trace2.health()  # a dead or restarted trace2 thread
             if reason is None:
