@@ -99,7 +99,7 @@ def test_what_maintain_leaves_alone_is_information_not_attention() -> None:
     old = replace(young, dead_worktree_mtime=NOW - 91 * DAY,
                   temp_files=(temp("HEAD.lock", 2 * HOUR), temp("objects/ab/tmp_obj_1", 2 * DAY)))  # fmt: skip
     texts = [r.text for r in assess(old, POLICY, NOW).reasons if r.severity == "attention"]
-    assert texts[0] == "2 stale lock/temporary files (oldest 2d)"
+    assert texts[0] == "2 stale lock/temporary files (oldest 2 days)"
     assert texts[1].startswith("1 dead worktree (directory gone), one unused for 13w")
 
 

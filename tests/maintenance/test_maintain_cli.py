@@ -109,7 +109,7 @@ def test_broken_repository_is_left_untouched_and_others_carry_on(
     assert result.code == 3
     assert "custode: broken.git: left untouched: HEAD is missing" in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "custode: 1 broken repositories were left untouched; see the messages above "
+        "custode: 1 broken repository was left untouched; see the messages above "
         "(custode repaired or removed nothing there)"
     )
     repos = {r["relative"]: r for r in result.json()["repositories"]}

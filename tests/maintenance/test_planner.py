@@ -151,10 +151,10 @@ def test_without_a_record_the_largest_pack_dates_the_last_full_repack() -> None:
     assert kinds(p)[0] == "geometric_repack" and not p.tasks[0].drops_unreachable
     p = run(state(packs=3, base_pack_mtime=NOW - 6 * DAY))
     assert kinds(p)[0] == "full_repack"
-    assert "no full repack on record, largest pack written 6d ago" in p.tasks[0].reason
+    assert "no full repack on record, largest pack written 6 days ago" in p.tasks[0].reason
     seen = RepoHistory(first_seen=NOW - 8 * DAY)  # git freshened the pack meanwhile
     p = plan(fresh, POLICY, GIT, NOW, seen)
-    assert kinds(p)[0] == "full_repack" and "first maintained 1w1d ago" in p.tasks[0].reason
+    assert kinds(p)[0] == "full_repack" and "first maintained 8 days ago" in p.tasks[0].reason
     unknown = state(packs=0, pack_bytes=0, loose_objects=3000, base_pack_mtime=0.0)
     assert kinds(run(unknown))[0] == "full_repack"
 
@@ -163,7 +163,7 @@ def test_an_old_cruft_pack_is_expired_by_a_full_repack() -> None:
     cruft = state(packs=2, cruft_packs=1, oldest_cruft_mtime=NOW - 15 * DAY)
     p = run(cruft, last_full=NOW - 6 * DAY)
     assert kinds(p)[0] == "full_repack" and p.tasks[0].drops_unreachable
-    assert "cruft pack 2w1d old: its expired objects go" in p.tasks[0].reason
+    assert "cruft pack 15 days old: its expired objects go" in p.tasks[0].reason
     assert run(cruft, last_full=NOW - DAY).tasks == ()  # the cooldown still applies
     young = replace(cruft, oldest_cruft_mtime=NOW - 13 * DAY)
     assert run(young, last_full=NOW - 6 * DAY).tasks == ()
@@ -177,7 +177,7 @@ def test_a_repository_unchanged_since_its_last_maintenance_is_skipped() -> None:
     done = RepoHistory(last_success=NOW - DAY, fingerprint=fp)
     p = plan(neglected, POLICY, GIT, NOW, done)
     assert p.tasks == () and p.skipped_reason == (
-        "nothing to do: unchanged since its last maintenance 1d ago"
+        "nothing to do: unchanged since its last maintenance 1 day ago"
     )
     changed = replace(neglected, fingerprint="1" * 32)
     assert plan(changed, POLICY, GIT, NOW, done).tasks  # a push since
@@ -214,7 +214,7 @@ def test_a_due_full_repack_replaces_a_partial_one() -> None:
     repack on the next run: when a full repack is due anyway, it is done at once."""
     p = run(state(loose_objects=7412))  # no full repack on record
     assert kinds(p) == ["full_repack", "write_commit_graph"]
-    why = "a full repack is due anyway (no full repack on record, largest pack written 4w2d ago)"
+    why = "a full repack is due anyway (no full repack on record, largest pack written 30 days ago)"
     assert why in p.tasks[0].reason
     p = run(state(loose_objects=7412), last_full=NOW - 6 * DAY)
     assert kinds(p)[0] == "full_repack"

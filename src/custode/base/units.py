@@ -42,6 +42,31 @@ def format_duration(seconds: float) -> str:
     return "".join(parts) or "0s"
 
 
+#: (unit, seconds, below what age it is used): a person reads ages in the largest unit
+#: that keeps the number small, rounded
+_AGES = (
+    ("s", 1.0, 90.0),
+    ("min", 60.0, 90 * 60.0),
+    ("hour", 3600.0, 86400.0),
+    ("day", 86400.0, 365 * 86400.0),
+    ("year", 365.25 * 86400.0, float("inf")),
+)
+
+
+def format_age(seconds: float) -> str:
+    """An age or elapsed time as a person reads it (``… ago``), rounded to what matters:
+    ``40 s``, ``12 min``, ``5.5 hours``, ``3.5 days``, ``5.6 years``. Where an exact
+    duration matters (config, thresholds) ``format_duration`` is the one."""
+    seconds = max(seconds, 0.0)
+    unit, size = next((u, size) for u, size, below in _AGES if seconds < below)
+    value = seconds / size
+    if unit in ("s", "min"):
+        return f"{round(value)} {unit}"
+    text = f"{value:.1f}" if value < 10 else f"{round(value)}"
+    text = text.removesuffix(".0")
+    return f"{text} {unit if text == '1' else unit + 's'}"
+
+
 def format_bytes(n: int) -> str:
     """Human-readable binary size: ``1536`` → ``1.5 KiB``."""
     size = float(n)

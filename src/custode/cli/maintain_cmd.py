@@ -1,7 +1,8 @@
 """``custode maintain``: plan and run what each repository needs. The maintenance itself
 is the core's (``custode.jobs.maintain``); here are its options and what it shows: the
-plan of a dry run (a table, or JSON), the results (JSON, or the summary line), the
-progress bars, and the error it ends with."""
+plan of a dry run (a table, or JSON), the results (a table of every repository worked on
+with each task's outcome and time and the space freed, then the summary line; or JSON),
+the progress bars, and the error it ends with."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from custode import interrupts
-from custode.base.units import format_bytes
+from custode.base.units import counted, format_bytes
 from custode.cli.params import DURATION, JOBS
 from custode.errors import EXIT_CODES_SEE
 
@@ -61,6 +62,9 @@ def _result_json(m: RepositoryMaintenance) -> dict[str, Any]:
 @click.option("--dry-run", is_flag=True, help="Show the plan (each task and why); change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
+    "--quiet", "-q", is_flag=True, help="Print only the summary line, not the table of results."
+)
+@click.option(
     "--jobs", type=JOBS, default=None,
     help="Repositories maintained at the same time, 0 = one per CPU [default: maintenance.jobs].",
 )  # fmt: skip
@@ -88,6 +92,7 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
     roots: tuple[Path, ...],
     dry_run: bool,
     as_json: bool,
+    quiet: bool,
     jobs: int | None,
     budget: float | None,
     cpu_share: float | None,
@@ -123,7 +128,7 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
         _show_plans(app, done, as_json)
         _raise_for(0, broken, len(done.repositories), doubted)
         return
-    _show_results(app, done, as_json)
+    _show_results(app, done, as_json=as_json, quiet=quiet)
     if done.interrupted:
         failed = done.count("failed")
         line = interrupts.summary("maintain", len(done.ran) - failed, done.stopped,
@@ -149,7 +154,10 @@ def _show_plans(app: App, done: Maintenance, as_json: bool) -> None:
         repos = [_plan_json(m) for m in done.repositories]
         app.print_json({"dry_run": True, "repositories": repos})
         return
+    from rich.markup import escape
     from rich.table import Table
+
+    from custode.cli.tables import table_width
 
     busy = done.planned
     table = Table(show_edge=False, pad_edge=False)
@@ -157,16 +165,53 @@ def _show_plans(app: App, done: Maintenance, as_json: bool) -> None:
         table.add_column(column, overflow="fold")
     for m in busy:
         for i, task in enumerate(m.tasks):
-            table.add_row(m.state.relative if i == 0 else "", task.kind, task.reason)
+            table.add_row(
+                escape(m.state.relative) if i == 0 else "", task.kind, escape(task.reason)
+            )
     if busy:
-        app.out.print(table)
+        app.out.print(table, width=table_width(app))
     tasks = sum(len(m.tasks) for m in busy)
     app.out.print(
-        f"plan: {tasks} tasks in {len(busy)} of {len(done.repositories)} repositories (dry run)"
+        f"plan: {counted(tasks, 'task')} in {len(busy)} of "
+        f"{counted(len(done.repositories), 'repository', 'repositories')} (dry run)",
+        markup=False,
+        highlight=False,
     )
 
 
-def _show_results(app: App, done: Maintenance, as_json: bool) -> None:
+def _freed(reclaimed: int) -> str:
+    """Space freed; a repository that grew (a repack can) says so rather than a negative."""
+    return format_bytes(reclaimed) if reclaimed >= 0 else f"none (grew {format_bytes(-reclaimed)})"
+
+
+def _show_table(app: App, done: Maintenance) -> None:
+    """One row per repository worked on (every one with a task, every failure): its
+    outcome, time and space freed, and each task with its outcome and time."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from custode.cli.tables import table_width
+
+    worked = [(m, m.result) for m in done.ran if m.result is not None]
+    worked = [(m, r) for m, r in worked if m.tasks or r.outcome == "failed"]
+    if not worked:
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("repository", overflow="fold")
+    table.add_column("outcome")
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("freed", justify="right")
+    table.add_column("tasks", overflow="fold")
+    for m, r in worked:
+        tasks = [f"{t.kind} {t.outcome} {t.duration:.1f}s" for t in r.tasks]
+        if r.outcome == "failed" or not tasks:
+            tasks.append(r.message)
+        table.add_row(escape(m.state.relative), r.outcome, f"{r.duration:.1f}s",
+                      _freed(r.reclaimed), escape("\n".join(tasks)))  # fmt: skip
+    app.out.print(table, width=table_width(app))
+
+
+def _show_results(app: App, done: Maintenance, *, as_json: bool, quiet: bool) -> None:
     counts = {o: done.count(o) for o in ("ok", "skipped", "failed")}
     for m in done.ran:  # on stderr in every mode: the final error points here
         if m.result is not None and m.result.outcome == "failed":
@@ -175,10 +220,14 @@ def _show_results(app: App, done: Maintenance, as_json: bool) -> None:
         repos = [_result_json(m) for m in done.ran]
         app.print_json({"dry_run": False, "summary": done.summary(), "repositories": repos})
         return
+    if not quiet:
+        _show_table(app, done)
     left = f", {len(done.not_started)} not started (budget)" if done.not_started else ""
     doubted = sum(1 for m in done.ran if m.in_doubt)
     left += f", {doubted} in doubt (last check not clean)" if doubted else ""
     app.out.print(
         f"{counts['ok']} maintained, {counts['skipped']} skipped, {counts['failed']} failed"
-        f"{left}; {format_bytes(max(done.reclaimed, 0))} reclaimed in {done.seconds:.1f}s"
+        f"{left}; {format_bytes(max(done.reclaimed, 0))} reclaimed in {done.seconds:.1f}s",
+        markup=False,
+        highlight=False,
     )

@@ -297,7 +297,11 @@ def _backup(job: CycleJob, talk: _Talk, stage: Stage) -> None:
     git.lower_own_priority()
     git.check_version()
     found = fleet.read(job.roots, job.config, job.state_dir, bar=talk.bar, notice=talk.notice)
+    key = backupsetup.identity_path(cfg)
+    fresh = not cfg.recipients and not key.exists()
     keys = backupsetup.recipients(cfg, notice=talk.notice)  # after the scan: no key for a bad root
+    if fresh and key.exists():  # made now: the run's last line says it must be copied
+        stage.summary = {"key_created": str(key)}
     run = BackupJob(
         store=backupsetup.open_backup_store(cfg),
         host=host,
@@ -312,7 +316,7 @@ def _backup(job: CycleJob, talk: _Talk, stage: Stage) -> None:
     with talk.bar("backing up") as tick:
         result = backup_job(run, found.states, started=started, warn=talk.warn,
                             notice=talk.notice, progress=tick)  # fmt: skip
-    stage.result, stage.summary = result, result.summary()
+    stage.result, stage.summary = result, {**result.summary(), **stage.summary}
     if result.interrupted:
         done = len(result.repositories) - len(result.failed)
         raise interrupts.Interrupted(

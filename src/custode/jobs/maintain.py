@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from custode.base.units import counted
 from custode.config.model import Config
 from custode.errors import CustodeError, RepositoryError, StateUnusableError
 from custode.git.runner import Git
@@ -299,16 +300,22 @@ def _borrowers(job: MaintainJob, states: list[RepoState], warn: Say) -> list[tup
     return [borrowers.apply(s, found, names) for s in states]
 
 
+def _repos(count: int, word: str = "repository") -> str:
+    return counted(count, word, word.removesuffix("y") + "ies")
+
+
 def failure(failed: int, broken: int, total: int, doubted: int = 0) -> RepositoryError | None:
     """The maintenance's failure (exit status 3): repositories that failed, or were left
     untouched as broken or in doubt (their last check was not clean); None when none."""
     parts = []
     if failed:
-        parts.append(f"maintenance failed in {failed} of {total} repositories")
+        parts.append(f"maintenance failed in {failed} of {_repos(total)}")
     if broken:
-        parts.append(f"{broken} broken repositories were left untouched")
+        were = "was" if broken == 1 else "were"
+        parts.append(f"{_repos(broken, 'broken repository')} {were} left untouched")
     if doubted:
-        parts.append(f"{doubted} repositories in doubt (last check not clean) were left untouched")
+        were = "was" if doubted == 1 else "were"
+        parts.append(f"{_repos(doubted)} in doubt (last check not clean) {were} left untouched")
     if not parts:
         return None
     return RepositoryError(

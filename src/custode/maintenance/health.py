@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from custode.base.units import counted, format_bytes, format_duration
+from custode.base.units import counted, format_age, format_bytes
 from custode.config.maintenance import MaintenancePolicy
 from custode.git.runner import GitVersion
 from custode.maintenance.needs import Need, Needs, every_git, needs
@@ -87,6 +87,6 @@ def _text(need: Need, found: Needs, now: float) -> str:
         oldest = max(now - t.mtime for t in found.stale)
         return (
             f"{counted(len(found.stale), 'stale lock/temporary file')} "
-            f"(oldest {format_duration(oldest)})"
+            f"(oldest {format_age(oldest)})"
         )
     return need.why

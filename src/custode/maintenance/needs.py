@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from custode.base.units import format_age as _age
 from custode.base.units import format_duration as _dur
 from custode.config.maintenance import MIB, MaintenancePolicy
 from custode.git.leftovers import stale_age, stale_kind
@@ -117,7 +118,7 @@ def _stale_why(stale: list[TempFile], p: MaintenancePolicy, now: float) -> str:
     counts = Counter(stale_kind(t.path) or "" for t in stale)
     ages = {stale_kind(t.path) or "": stale_age(p, t.path) for t in stale}
     parts = [f"{_n(n, c)} older than {_dur(ages[c])}" for c, n in sorted(counts.items())]
-    oldest = _dur(max(now - t.mtime for t in stale))
+    oldest = _age(max(now - t.mtime for t in stale))
     return f"stale: {', '.join(parts)} (oldest {oldest}), too old for a running git to own"
 
 
@@ -161,7 +162,7 @@ def _objects(
     rules: list[tuple[bool, Mode, str]] = [  # the first that applies decides
         (s.packs <= 0 and loose, "full", f"{loose_why} and no pack yet"),
         (repackable > 1 and due, "full", f"{packs}, {cooldown}"),
-        (cruft_due, "full", f"cruft pack {_dur(cruft_age)} old: its expired objects go"),
+        (cruft_due, "full", f"cruft pack {_age(cruft_age)} old: its expired objects go"),
         (old and repackable > limit, "full", f"{packs} > {limit} for {size} (git {git})"),
         (old and no_bitmap and due, "full", f"no reachability bitmap, {since_why}"),
         (no_midx, "geometric", f"{packs} and no multi-pack-index"),
@@ -195,7 +196,7 @@ def since_full_repack(
     """How long since the last full repack, and how that is known."""
     if last_full is not None:
         age = now - last_full
-        return age, f"last full repack {_dur(age)} ago"
+        return age, f"last full repack {_age(age)} ago"
     # a fresh push or clone is one well-packed pack: time to full repack is measured from
     # it, or from custode's first visit if earlier (git freshens a pack's mtime on writes)
     known = [(t, what) for t, what in ((s.base_pack_mtime, "largest pack written"),
@@ -203,7 +204,7 @@ def since_full_repack(
     if not known:
         return math.inf, "no full repack on record"
     base, what = min(known)
-    return now - base, f"no full repack on record, {what} {_dur(max(now - base, 0))} ago"
+    return now - base, f"no full repack on record, {what} {_age(now - base)} ago"
 
 
 def expiration(s: RepoState, p: MaintenancePolicy, unsure: str) -> float | None:

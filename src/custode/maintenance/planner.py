@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from custode.base.units import format_age as _age
 from custode.base.units import format_duration as _dur
 from custode.config.maintenance import MaintenancePolicy
 from custode.git.leftovers import stale_kind
@@ -164,7 +165,7 @@ def plan(
     if h.last_success is not None and h.fingerprint == state.fingerprint and not timed:
         age = now - h.last_success
         if 0 <= age <= policy.revisit_after:
-            why = f"unchanged since its last maintenance {_dur(age)} ago"
+            why = f"unchanged since its last maintenance {_age(age)} ago"
             return Plan(state.path, skipped_reason=f"nothing to do: {why}")
     notes: list[str] = []
     if state.borrowed_by:
