@@ -48,6 +48,17 @@ def load(store: Store, host: str, warn: Callable[[str], None] | None = None) -> 
     return Catalog(snapshots, damaged)
 
 
+def hosts(store: Store) -> list[str]:
+    """The host names with at least one snapshot file in ``store``, sorted (for a
+    ``--host`` that found nothing: lists the whole store, so only then)."""
+    found = set()
+    for key in store.list("hosts/"):
+        parts = key.split("/")
+        if len(parts) == 4 and parts[2] == "snapshots" and parts[3].endswith(".json"):
+            found.add(parts[1])
+    return sorted(found)
+
+
 _ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")  # as manifest.new_id makes them
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+)?([+-]\d{2}:?\d{2}|Z)?$")
 

@@ -6,6 +6,7 @@ and the errors."""
 
 from __future__ import annotations
 
+import shlex
 import time
 from functools import partial
 from pathlib import Path
@@ -21,8 +22,9 @@ from custode.errors import EXIT_CODES_SEE
 
 if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
     from custode.cli.app import App
+    from custode.cli.progress import Bar
     from custode.git.runner import Git
-    from custode.jobs.backup import BackupResult
+    from custode.jobs.backup import BackupResult, Progress
     from custode.jobs.backupplan import BackupPlan
 
 
@@ -92,24 +94,32 @@ def backup(  # noqa: PLR0917
         return
     found = fleet.read(app.roots(roots), app.config, app.state_dir(),
                        bar=partial(progress_bar, app), notice=app.say)  # fmt: skip
-    keys = bc.recipients(app, recipient)  # after the scan: no key made for a wrong root
-    job = BackupJob(
-        store=bc.open_app_store(app, store_url),
-        host=host,
-        recipients=keys,
-        state_dir=app.state_dir(),
-        git=git,
-        scratch=backupsetup.scratch_base(cfg, app.state_dir()),
-        full_every=cfg.full_every,
-        full_after=cfg.full_after,
-        full=full,
-        jobs=bc.jobs(app, jobs),
-    )
-    with progress_bar(app, "backing up") as tick:
-        result = backup_job(
-            job, found.states, started=started, warn=app.warn, notice=app.say, progress=tick
+    # after the scan: no key made for a wrong root; the notice of a key made now is said
+    # last, after the summary, where the progress and the messages do not hide it
+    created: list[str] = []
+    keys = bc.recipients(app, recipient, notice=created.append)
+    try:
+        job = BackupJob(
+            store=bc.open_app_store(app, store_url),
+            host=host,
+            recipients=keys,
+            state_dir=app.state_dir(),
+            git=git,
+            scratch=backupsetup.scratch_base(cfg, app.state_dir()),
+            full_every=cfg.full_every,
+            full_after=cfg.full_after,
+            full=full,
+            jobs=bc.jobs(app, jobs),
         )
-    _show(app, result, as_json=as_json)
+        with progress_bar(app, "backing up") as bar:
+            result = backup_job(job, found.states, started=started, warn=app.warn,
+                                notice=app.say, status=partial(_status, bar))  # fmt: skip
+        _show(app, result, as_json=as_json)
+        for line in _next_steps(result):
+            app.say(line)
+    finally:  # even when the backup failed: the key exists from now on
+        for line in created:
+            app.say(line)
     if result.interrupted:
         done = len(result.repositories) - len(result.failed)
         line = interrupts.summary("backup", done, result.stopped, result.cancelled)
@@ -117,6 +127,34 @@ def backup(  # noqa: PLR0917
     error = result.failure()
     if error is not None:
         raise error
+
+
+def _status(bar: Bar, now: Progress) -> None:
+    """The bar: the phase, repositories done of all, bytes added, and which repository
+    is in hand (the first of them, when several are)."""
+    bar(now.done, now.total)
+    if now.phase == "comparing":
+        what = "comparing with the fleet"
+    else:
+        what = f"backing up, {format_bytes(now.bytes_added)} added"
+    more = f" (+{len(now.current) - 1})" if len(now.current) > 1 else ""
+    bar.describe(f"{what}: {now.current[0]}{more}" if now.current else what)
+
+
+def _next_steps(result: BackupResult) -> list[str]:
+    """What a person should do next, one line each: the repositories that could not be
+    backed up, and the command that shows why (an interrupt says its own)."""
+    broken = [r for r in result.failed
+              if not r.cancelled and not r.message.startswith("interrupted")]  # fmt: skip
+    if not broken:
+        return []
+    names = ", ".join(r.repository for r in broken[:3])
+    names += f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+    roots = " ".join(shlex.quote(root) for root in sorted({r.root for r in broken}))
+    return [
+        f"next: custode check {roots} shows what is wrong with {names} (not backed up); "
+        "fix it, then run custode backup again"
+    ]
 
 
 def _show(app: App, result: BackupResult, *, as_json: bool) -> None:

@@ -4,6 +4,7 @@ host, keys, jobs) applied to the App's config, and the jobs' notices on stderr."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,12 +51,15 @@ def identity_path(app: App, given: Path | None) -> Path:
     return backupsetup.identity_path(app.config.backup, given)
 
 
-def recipients(app: App, given: tuple[str, ...]) -> list[Recipient]:
+def recipients(
+    app: App, given: tuple[str, ...], notice: Callable[[str], None] | None = None
+) -> list[Recipient]:
     """--recipient, else backup.recipients, else the identity file's public key (the file
-    is generated on first use, with a notice on stderr to keep a copy elsewhere)."""
+    is generated on first use, with a notice to keep a copy elsewhere: ``notice``, else on
+    stderr at once)."""
     from custode.jobs import backupsetup
 
-    return backupsetup.recipients(app.config.backup, given, notice=app.say)
+    return backupsetup.recipients(app.config.backup, given, notice=notice or app.say)
 
 
 def identities(app: App, given: Path | None) -> list[Identity]:

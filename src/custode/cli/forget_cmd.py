@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from custode.base.units import format_bytes, format_duration
+from custode.base.units import counted, format_bytes, format_duration
 from custode.cli import backup_common as bc
 from custode.cli.params import DURATION
 from custode.errors import EXIT_CODES_SEE
@@ -117,30 +117,41 @@ def forget(  # noqa: PLR0917
     if as_json:
         app.print_json({**done.summary(), "reasons": done.reasons})
         return
-    _show(app, done.kept, done.reasons, retention)
     verb = "would remove" if dry_run else "removed"
+    _show(app, done.kept, done.removed, done.reasons, retention, verb)
     pruned = (
-        f"; {verb} {done.pruned_files} unneeded files ({format_bytes(done.pruned_bytes)})"
+        f"; {verb} {counted(done.pruned_files, 'unneeded file')} "
+        f"({format_bytes(done.pruned_bytes)})"
         if do_prune
         else ""
     )
     app.out.print(
-        f"kept {len(done.kept)} snapshots, {verb} {len(done.removed)}{pruned}",
+        f"kept {counted(len(done.kept), 'snapshot')}, {verb} {len(done.removed)}{pruned}",
         markup=False,
         highlight=False,
     )
 
 
-def _show(app: App, keep: list[Snapshot], reasons: dict[str, list[str]], policy: Policy) -> None:
-    if not keep:
+def _show(  # noqa: PLR0917
+    app: App, keep: list[Snapshot], remove: list[Snapshot], reasons: dict[str, list[str]],
+    policy: Policy, verb: str,
+) -> None:  # fmt: skip
+    """restic's forget table: each snapshot, newest first, kept (with every rule that keeps
+    it: ``daily 2026-12-04``) or removed (no rule keeps it)."""
+    if not keep and not remove:
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(show_edge=False, pad_edge=False)
-    for column in ("kept snapshot", "created", "why"):
+    for column in ("snapshot", "created", "", "why"):
         table.add_column(column)
     for snap in keep:
-        table.add_row(snap.snapshot_id, snap.created, ", ".join(reasons[snap.snapshot_id]))
+        why = ", ".join(reasons[snap.snapshot_id])
+        table.add_row(*(Text(c) for c in (snap.snapshot_id, snap.created, "keep", why)))
+    for snap in remove:
+        cells = (snap.snapshot_id, snap.created, verb, "no rule keeps it")
+        table.add_row(*(Text(c) for c in cells))
     app.out.print(table)
     if policy.within:
         app.out.print(f"(within: {format_duration(policy.within)} of the newest)", markup=False)

@@ -1,16 +1,18 @@
 """The one progress display of every fleet command: a bar on stderr while a person
 watches, nothing otherwise (logs stay structured when not on a terminal).
 
-Every command gets the same columns: what it does, the bar, done/total, elapsed time,
-and once a stop was requested ``interrupted: finishing N, cancelled M`` (drawn by the
-bar's own refresh thread, so the display stays live while running work ends).
+Every command gets the same columns: what it does (a command may describe it further as
+it goes: ``Bar.describe``), the bar, done/total (``N (counting)`` while the total is not
+known yet), elapsed time, and once a stop was requested ``interrupted: finishing N,
+cancelled M`` (drawn by the bar's own refresh thread, so the display stays live while
+running work ends).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from custode import interrupts
 
@@ -19,34 +21,56 @@ if TYPE_CHECKING:
 
     from custode.cli.app import App
 
-Tick = Callable[[int, int | None], None]  # (done, total or None while still counting)
+
+class Bar:
+    """What a command draws its progress with: called with (done, total or None while
+    still counting); ``describe(text)`` replaces the label (what is being done now). Does
+    nothing when no one is watching."""
+
+    def __init__(self, update: Callable[..., Any] | None = None) -> None:
+        self._update = update
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self._update is not None:
+            self._update(completed=done, total=total)
+
+    def describe(self, text: str) -> None:
+        if self._update is not None:
+            self._update(description=text)
 
 
 @contextmanager
-def progress_bar(app: App, what: str) -> Iterator[Tick]:
-    """A callback (done, total) drawing one bar labelled ``what`` on a terminal; a no-op
+def progress_bar(app: App, what: str) -> Iterator[Bar]:
+    """A :class:`Bar` drawing one bar labelled ``what`` on a terminal; a no-op
     otherwise."""
     if not app.interactive:
-        yield _nothing
+        yield Bar()
         return
     # Imported here: only a person at a terminal sees a bar (start-up of every other run).
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from functools import partial
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), _count_column(),
                TimeElapsedColumn(), _stop_column())  # fmt: skip
     with Progress(*columns, console=app.err, transient=True) as bar:
         task = bar.add_task(what, total=None)
+        yield Bar(partial(bar.update, task))
 
-        def tick(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total)
 
-        yield tick
+def _count_column() -> ProgressColumn:
+    """``done/total``, or ``done (counting)`` while the total is not known yet."""
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
+
+    class CountColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            done = int(task.completed)
+            if task.total is None:
+                return Text(f"{done} (counting)", style="progress.download")
+            return Text(f"{done}/{int(task.total)}", style="progress.download")
+
+    return CountColumn()
 
 
 def _stop_column() -> ProgressColumn:
@@ -59,7 +83,3 @@ def _stop_column() -> ProgressColumn:
             return Text(interrupts.status(), style="bold yellow")
 
     return StopColumn()
-
-
-def _nothing(done: int, total: int | None) -> None:
-    """No one is watching."""

@@ -5,7 +5,8 @@ seconds taken.
 Which repositories are unchanged since their last backup is decided here, from the
 history row this job wrote for each then (its fingerprint of refs and object files, the
 kept files' stamp, the store, host and keys): an unchanged one is not read at all. The
-rest go to ``backup/engine.py``, in a pool; on SIGINT or SIGTERM no further one starts
+rest go to ``backup/engine.py``, in a pool (first, those starting a chain are compared with
+the fleet for shared history: the backup's own scan); on SIGINT or SIGTERM no further one starts
 (``custode.interrupts``) and those not started are in the snapshot as not backed up.
 Under the store's shared lock, with this machine's lineage checks (``backup/guard.py``:
 another machine under the same host name is refused; a store that went back in time is
@@ -16,6 +17,7 @@ repository, the audit log an entry.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +38,7 @@ from custode.backup.manifest import Snapshot, repo_prefix
 from custode.backup.plan import Known, Sharing, share
 from custode.backup.refscache import REFS_CACHE, RefsCache
 from custode.backup.store import Store
+from custode.base.units import counted
 from custode.errors import CustodeError, RepositoryError
 from custode.git.runner import Git
 from custode.jobs import backupsetup
@@ -62,6 +65,25 @@ def _quiet(message: str) -> None:
 
 
 def _no_progress(done: int, total: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a backup is, for a display (the CLI draws it; this layer draws nothing):
+    ``phase`` is "comparing" while repositories starting a chain are read for history
+    they share with the fleet (``done``/``total`` of those), then "backing up"
+    (``done``/``total`` repositories); ``bytes_added`` by the repositories done, and
+    ``current``: the repositories being worked on now."""
+
+    phase: str
+    done: int
+    total: int
+    bytes_added: int = 0
+    current: tuple[str, ...] = ()
+
+
+def _no_status(progress: Progress) -> None:
     pass
 
 
@@ -159,8 +181,9 @@ class BackupResult:
         if not self.failed:
             return None
         return RepositoryError(
-            f"backup failed for {len(self.failed)} of {len(self.repositories)} "
-            "repositories; see the messages above (the others are in the snapshot)"
+            f"backup failed for {len(self.failed)} of "
+            f"{counted(len(self.repositories), 'repository', 'repositories')}; see the "
+            "messages above (the others are in the snapshot)"
         )
 
 
@@ -172,11 +195,13 @@ def backup(
     warn: Say = _quiet,
     notice: Say = _quiet,
     progress: Callable[[int, int], None] = _no_progress,
+    status: Callable[[Progress], None] = _no_status,
 ) -> BackupResult:
     """Back up ``states`` (a scan's repositories) as one snapshot. ``started``: when the
     job began (``time.monotonic()``, before its scan), else now. ``warn``: what went wrong
     beside the backup; ``notice``: each repository that failed (``<repository>:
-    <why>``); ``progress``: (done, total) repositories."""
+    <why>``); ``progress``: (done, total) repositories; ``status``: the same with the
+    phase, bytes added and the repositories in hand (:class:`Progress`)."""
     started = time.monotonic() if started is None else started
     store, host = job.store, job.host
     digest = backupsetup.recipients_digest(job.recipients)
@@ -190,7 +215,8 @@ def backup(
         cache = RefsCache(job.state_dir / REFS_CACHE, store.url, host)
         settings = BackupSettings(host, job.recipients, scratch, job.full_every,
                                   job.full_after, job.full, cache)  # fmt: skip
-        done = _run(job, settings, states, digest, warn=warn, progress=progress)
+        done = _run(job, settings, states, digest, warn=warn, progress=progress,
+                    status=status)  # fmt: skip
         for d, _ in done:
             for warning in d.warnings:
                 warn(warning)
@@ -210,8 +236,8 @@ def backup(
         interrupted=interrupts.requested(),
     )
     summary = result.summary()
-    status = "partial" if result.failed else "ok"
-    history.results(job.state_dir, "backup", _rows(result), status, summary, warn)
+    overall = "partial" if result.failed else "ok"
+    history.results(job.state_dir, "backup", _rows(result), overall, summary, warn)
     history.audit(job.state_dir, "backup", store.url, summary, warn)
     return result
 
@@ -236,9 +262,74 @@ def why_read(before: TaskHistory | None, known: dict[str, str], *, full: bool) -
 
 def _run(
     job: BackupJob, settings: BackupSettings, states: Sequence[RepoState], digest: str, *,
-    warn: Say, progress: Callable[[int, int], None],
+    warn: Say, progress: Callable[[int, int], None], status: Callable[[Progress], None],
 ) -> list[tuple[RepoBackup, str]]:  # fmt: skip
     """Each repository's backup with its reason, by relative path."""
+    results, todo, seen = _triage(states)
+    total, n, added = len(todo), 0, 0
+    progress(0, total)  # the total is known before any repository is done
+    status(Progress("backing up", 0, total))
+    before = _history(job.state_dir, warn)
+    sharing = _sharing(job, settings, todo, before, warn, status=status)
+    done: dict[str, RepoBackup] = {}  # by relative path: a base's backup, for its forks
+    busy: set[str] = set()  # the repositories being backed up now, for the display
+    lock = threading.Lock()
+
+    def report() -> None:
+        with lock:
+            current = tuple(sorted(busy))
+        status(Progress("backing up", n, total, added, current))
+
+    def one(s: RepoState) -> tuple[RepoBackup, str]:
+        with lock:
+            busy.add(s.relative)
+        report()
+        try:
+            return backed_up(s)
+        finally:
+            with lock:
+                busy.discard(s.relative)
+
+    def backed_up(s: RepoState) -> tuple[RepoBackup, str]:
+        if interrupts.requested():  # taken from the queue before the loop could cancel it
+            return RepoBackup(s.relative, s.root, "failed", message=CANCELLED), CANCELLED
+        base = sharing.get(s.relative)
+        if base is not None:  # its latest backup: written in the first wave, or earlier
+            row = before.get((seen[base.base], base.base)) if base.base in seen else None
+            key = done[base.base].manifest_key if base.base in done else ""
+            key = key or (str(row.details.get("manifest") or "") if row else "")
+            base = replace(base, key=key) if key else None
+        return _one(job, settings, s, before.get((s.root, s.relative)), digest, base)
+
+    # bases (and every repository sharing nothing) first, then the forks built on them
+    waves = [[s for s in todo if s.relative not in sharing],
+             [s for s in todo if s.relative in sharing]]  # fmt: skip
+    report()
+    left: dict[Future[tuple[RepoBackup, str]], RepoState] = {}
+    with ThreadPoolExecutor(job.jobs) as pool:
+        for wave in waves:
+            futures = {pool.submit(one, s): s for s in wave}
+            left.update(futures)
+            for future in interrupts.harvest(futures):
+                result = future.result()
+                results.append(result)
+                done[result[0].repository] = result[0]
+                del left[future]
+                n += 1
+                added += result[0].bytes_added
+                progress(n, total)
+                report()
+    for s in left.values():  # cancelled by an interrupt: in the snapshot as not backed up
+        results.append((RepoBackup(s.relative, s.root, "failed", message=CANCELLED), CANCELLED))
+    results.sort(key=lambda r: r[0].repository)
+    return results
+
+
+def _triage(
+    states: Sequence[RepoState],
+) -> tuple[list[tuple[RepoBackup, str]], list[RepoState], dict[str, str]]:
+    """The repositories that cannot be backed up (with why), those to back up, and the
+    root of each of those by relative path."""
     results: list[tuple[RepoBackup, str]] = []
     todo: list[RepoState] = []
     seen: dict[str, str] = {}
@@ -255,46 +346,13 @@ def _run(
         else:
             seen[s.relative] = s.root
             todo.append(s)
-    before = _history(job.state_dir, warn)
-    sharing = _sharing(job, settings, todo, before, warn)
-    done: dict[str, RepoBackup] = {}  # by relative path: a base's backup, for its forks
-
-    def one(s: RepoState) -> tuple[RepoBackup, str]:
-        if interrupts.requested():  # taken from the queue before the loop could cancel it
-            return RepoBackup(s.relative, s.root, "failed", message=CANCELLED), CANCELLED
-        base = sharing.get(s.relative)
-        if base is not None:  # its latest backup: written in the first wave, or earlier
-            row = before.get((seen[base.base], base.base)) if base.base in seen else None
-            key = done[base.base].manifest_key if base.base in done else ""
-            key = key or (str(row.details.get("manifest") or "") if row else "")
-            base = replace(base, key=key) if key else None
-        return _one(job, settings, s, before.get((s.root, s.relative)), digest, base)
-
-    # bases (and every repository sharing nothing) first, then the forks built on them
-    waves = [[s for s in todo if s.relative not in sharing],
-             [s for s in todo if s.relative in sharing]]  # fmt: skip
-    total, n = len(todo), 0
-    left: dict[Future[tuple[RepoBackup, str]], RepoState] = {}
-    with ThreadPoolExecutor(job.jobs) as pool:
-        for wave in waves:
-            futures = {pool.submit(one, s): s for s in wave}
-            left.update(futures)
-            for future in interrupts.harvest(futures):
-                result = future.result()
-                results.append(result)
-                done[result[0].repository] = result[0]
-                del left[future]
-                n += 1
-                progress(n, total)
-    for s in left.values():  # cancelled by an interrupt: in the snapshot as not backed up
-        results.append((RepoBackup(s.relative, s.root, "failed", message=CANCELLED), CANCELLED))
-    results.sort(key=lambda r: r[0].repository)
-    return results
+    return results, todo, seen
 
 
 def _sharing(
     job: BackupJob, settings: BackupSettings, todo: Sequence[RepoState],
-    before: dict[tuple[str, str], TaskHistory], warn: Say,
+    before: dict[tuple[str, str], TaskHistory], warn: Say, *,
+    status: Callable[[Progress], None] = _no_status,
 ) -> dict[str, Sharing]:  # fmt: skip
     """Which repositories starting a chain tonight build on another's backup
     (``backup/plan.py``): those new to this store (no history row), or all with
@@ -311,7 +369,8 @@ def _sharing(
     objects = {os.path.realpath(os.path.join(s.git_dir, "objects")): s.relative for s in todo}
     objects = {**objects, **{os.path.normpath(os.path.join(s.git_dir, "objects")): s.relative
                              for s in todo}}  # fmt: skip
-    for s in starters:
+    for nr, s in enumerate(starters):
+        status(Progress("comparing", nr, len(starters), current=(s.relative,)))
         try:
             tips = frozenset(capture(job.git, Path(s.git_dir)).tips())
         except CustodeError as exc:  # its own backup says what is wrong

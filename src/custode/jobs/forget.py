@@ -58,7 +58,7 @@ class ForgetResult:
     dry_run: bool
     kept: list[Snapshot]
     removed: list[Snapshot]
-    reasons: dict[str, list[str]]  # kept snapshot id -> the rules that keep it
+    reasons: dict[str, list[str]]  # kept snapshot id -> the rules that keep it, as read
     pruned_files: int
     pruned_bytes: int
 
@@ -111,7 +111,7 @@ def forget(
         dry_run=dry_run,
         kept=done.decision.keep,
         removed=done.decision.remove,
-        reasons=done.decision.reasons,
+        reasons={k: [str(r) for r in why] for k, why in done.decision.reasons.items()},
         pruned_files=done.pruned_files,
         pruned_bytes=done.pruned_bytes,
     )
