@@ -99,7 +99,7 @@ def test_round_trip_is_exact_for_every_kind_of_repository(
     ]
     clone = out / "clone"
     assert state_of(clone / ".git") == state_of(root / "clone" / ".git")
-    assert "working copies were restored without checking files out" in result.stderr
+    assert "1 working copy was restored without checking files out" in result.stderr
     run_git(clone, "reset", "-q", "--hard")
     assert run_git(clone, "status", "--porcelain") == ""
     verify = custode("verify", "--store", store, "--identity", identity, "--level", "drill")

@@ -581,7 +581,7 @@ def test_a_damaged_manifest_is_named_and_only_its_repository_fails(
     result = custode("verify", "--store", store, "--identity", keys[1], "--level", "full")
     assert result.code == 6
     problem, summary = custode_lines(result.stderr)
-    assert summary == "custode: verify (full) found 1 problems in the store; see the messages above"
+    assert summary == "custode: verify (full) found 1 problem in the store; see the messages above"
     assert problem.startswith(f"custode: {key}: manifest {key} fails its checksum")
     assert "repositories: a.git" in problem
     out = tmp_path / "out"

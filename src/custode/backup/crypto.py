@@ -79,11 +79,15 @@ def public_key(identity: Identity) -> str:
     return str(identity.to_public())
 
 
-def load_identity(path: Path) -> Identity:
-    """Read an age identity file written by ``age-keygen``; refused unless mode is 0600-like."""
+def load_identity(
+    path: Path, *, missing: str = "give the path of an age identity file"
+) -> Identity:
+    """Read an age identity file written by ``age-keygen``; refused unless mode is 0600-like.
+    ``missing``: the fix when there is no such file (a new key decrypts no backup made
+    before it, so making one is never suggested here)."""
     data = read_secret(
         path, "identity file", limit=_MAX_IDENTITY_FILE, expected="an age key file",
-        missing="give the path of an age identity file (create one with 'age-keygen -o FILE')",
+        missing=missing,
     )  # fmt: skip
     try:
         lines = data.decode("utf-8").splitlines()

@@ -42,7 +42,8 @@ from custode.backup.parts import decrypt_parts
 from custode.backup.refsfile import RefsDelta
 from custode.backup.store import Store
 from custode.backup.streams import decrypt_to
-from custode.errors import GitError, IntegrityError, StateError, UsageError
+from custode.backup.target import unusable
+from custode.errors import GitError, IntegrityError, PathNotFoundError, StateError, UsageError
 from custode.git.refsnapshot import SYMREF_PREFIX
 from custode.git.runner import Git
 
@@ -77,11 +78,17 @@ def destination(target: Path, repository: str) -> Path:
     real_target = os.path.realpath(target)
     real_parent = os.path.realpath(dest.parent) if dest.parent.exists() else None
     at = target
-    for part in parts:
+    for n, part in enumerate(parts, start=1):
         at = at / part
         if at.is_symlink():
             raise UsageError(
                 f"{at} is a symlink; refusing to restore {repository} through it (remove it)"
+            )
+        if n < len(parts) and at.exists() and not at.is_dir():  # ("not empty" would mislead)
+            raise PathNotFoundError(
+                f"cannot restore {repository} into {dest}: {at} is "
+                f"{'a file, ' if at.is_file() else ''}not a directory; move it aside, or give "
+                "another --to"
             )
     if real_parent is not None and os.path.commonpath([real_target, real_parent]) != real_target:
         raise UsageError(f"{dest} lies outside {target}; refusing to restore there")
@@ -127,7 +134,13 @@ def restore_repository(
             "bare repository: replacing it would delete the files there; restore it "
             "elsewhere with --to"
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the target was checked; this is what changed since
+        why = unusable(dest.parent) or exc.strerror or str(exc)
+        raise PathNotFoundError(
+            f"cannot restore {manifest.repository} into {dest}: {why}"
+        ) from None
     tmp = dest.parent / f"{HIDDEN}{secrets.token_hex(4)}-{dest.name}"
     try:
         size = _assemble(store, manifest, identities, git, tmp, check, (alternates, borrowed))

@@ -12,7 +12,7 @@ import click
 
 from custode import interrupts
 from custode.base.pathtext import display
-from custode.base.units import format_bytes
+from custode.base.units import counted, format_bytes
 from custode.cli import backup_common as bc
 from custode.cli.params import JOBS, SNAPSHOT_OR_TIME
 from custode.errors import EXIT_CODES_SEE, RepositoryError
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
     "--to",
     "target",
     required=True,
-    type=click.Path(path_type=Path, file_okay=False),
+    type=click.Path(path_type=Path),  # what is wrong with it is said by the restore (exit 4)
     help="Directory to restore into; each repository goes to its path relative to "
     "its root below it.",
 )
@@ -130,8 +130,8 @@ def restore(  # noqa: PLR0917
         app.out.print(
             f"restored {count(len(result.restored))} from snapshot {result.snapshot} into "
             f"{result.target} ({format_bytes(result.bytes)} read) in {result.seconds:.1f}s"
-            + (f"; {kept} were already in place" if kept else "")
-            + (f"; {lent} as borrower{'' if lent == 1 else 's'}" if lent else ""),
+            + (f"; {kept} {'was' if kept == 1 else 'were'} already in place" if kept else "")
+            + (f"; {counted(lent, 'as borrower', 'as borrowers')}" if lent else ""),
             markup=False,
             highlight=False,
         )
@@ -146,7 +146,8 @@ def restore(  # noqa: PLR0917
             else "nothing was left in their place"
         )
         raise RepositoryError(
-            f"{len(result.failed)} of {result.selected} repositories were not restored; see "
+            f"{len(result.failed)} of {count(result.selected)} "
+            f"{'was' if len(result.failed) == 1 else 'were'} not restored; see "
             f"the messages above ({again})"
         )
 
@@ -183,7 +184,8 @@ def _notes(app: App, done: list[Restored]) -> None:
     in_place = [r for r in done if r.in_place]
     if in_place:
         app.err.print(
-            f"custode: {len(in_place)} working copies had only their .git replaced; their "
+            f"custode: {counted(len(in_place), 'working copy', 'working copies')} had only "
+            f"their .git replaced; their "
             f"files were left as they were: run git reset (not --hard) to rebuild the index, "
             f"e.g. git -C {in_place[0].path} reset",
             markup=False,
@@ -192,7 +194,8 @@ def _notes(app: App, done: list[Restored]) -> None:
     worktrees = [r for r in done if not r.bare and not r.in_place]
     if worktrees:
         app.err.print(
-            f"custode: {len(worktrees)} working copies were restored without checking files "
+            f"custode: {counted(len(worktrees), 'working copy', 'working copies')} "
+            f"{'was' if len(worktrees) == 1 else 'were'} restored without checking files "
             f"out (custode never runs a repository's filters); run git reset --hard in each, "
             f"e.g. git -C {worktrees[0].path} reset --hard",
             markup=False,

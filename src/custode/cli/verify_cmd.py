@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from custode import interrupts
-from custode.base.units import format_bytes
+from custode.base.units import counted, format_bytes
 from custode.cli import backup_common as bc
 from custode.cli.app import App
 from custode.cli.progress import progress_bar
@@ -110,14 +110,27 @@ def _show(app: App, result: VerifyResult, *, as_json: bool) -> None:
         return
     report = result.report
     drills = ""
-    if report.drills:
+    failed_drills = len(report.drills) - report.restored
+    if report.drills:  # what the drills read is in bytes_read: the restores read it
         slowest = max(d.seconds for d in report.drills)
-        drills = f", {len(report.drills)} restore drills (slowest {slowest:.1f}s)"
-    verdict = "ok" if report.ok else f"{len(report.problems)} problems"
+        drills = (
+            f", {counted(len(report.drills), 'restore drill')}: "
+            f"{counted(report.restored, 'repository', 'repositories')} restored and checked"
+            + (f", {failed_drills} failed" if failed_drills else "")
+            + f" (slowest {slowest:.1f}s)"
+        )
+    verdict = (
+        "ok"
+        if report.ok
+        else counted(len(report.problems), "problem")
+        if report.problems
+        else counted(failed_drills, "failed restore drill")
+    )
     app.out.print(
-        f"verify {report.level}: {verdict}: {report.snapshots} snapshots, {report.manifests} "
-        f"manifests, {report.files} files ({format_bytes(report.bytes_read)} read){drills} "
-        f"in {result.seconds:.1f}s",
+        f"verify {report.level}: {verdict}: {counted(report.snapshots, 'snapshot')}, "
+        f"{counted(report.manifests, 'manifest')}, {counted(report.files, 'file')}"
+        + ("" if report.level == "quick" else f", {format_bytes(report.bytes_read)} read")
+        + f"{drills} in {result.seconds:.1f}s",
         markup=False,
         highlight=False,
     )

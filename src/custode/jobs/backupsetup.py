@@ -84,7 +84,37 @@ def recipients(
 
 
 def identities(config: BackupConfig, given: Path | None = None) -> list[Identity]:
-    return [load_identity(identity_path(config, given))]
+    """The key that decrypts the backups: ``given``, else ``backup.identity``, else the
+    default file. Missing, the error names every place looked and asks for the key the
+    backups were made with (a new one cannot decrypt them)."""
+    path = identity_path(config, given)
+    if _missing(path):
+        looked = (
+            f"the identity file {path} given with --identity does not exist"
+            if given
+            else f"the identity file {path} named by backup.identity does not exist "
+            "(--identity was not given)"
+            if config.identity
+            else f"backup.identity is not set (nor --identity, where the command has it) "
+            f"and the default identity file {path} does not exist"
+        )
+        raise PathNotFoundError(
+            f"no backup key: {looked}; decrypting the backups needs the key they were "
+            f"encrypted to: copy the identity file from the machine that made them to "
+            f"{path}, or name it with backup.identity or --identity (a new key cannot "
+            "decrypt them)"
+        )
+    return [load_identity(path)]
+
+
+def _missing(path: Path) -> bool:
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False  # unreadable: load_identity says so
+    return False
 
 
 def recipients_digest(keys: Sequence[Recipient]) -> str:

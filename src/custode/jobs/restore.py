@@ -20,6 +20,7 @@ restored complete and the result says why.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +41,9 @@ from custode.backup.manifest import Entry, RepoManifest, repo_prefix
 from custode.backup.restore import Restored, destination, occupied, restore_repository
 from custode.backup.store import Store
 from custode.backup.streams import decrypt_to
+from custode.backup.target import check_target
 from custode.base.pathtext import display
+from custode.base.units import counted
 from custode.errors import CustodeError, IntegrityError, UsageError
 from custode.git.runner import Git
 from custode.jobs import record as history
@@ -132,6 +135,7 @@ def restore(
     repository that failed); ``progress``: (done, total) repositories."""
     started = time.monotonic()
     store, host, target = job.store, job.host, job.target
+    check_target(target)  # before anything reads or writes there
     journal = None if job.force else restorejournal.read(target)
     catalog = load(store, host, warn)
     at = job.at
@@ -232,7 +236,7 @@ def check_identity(
 
 def count(n: int) -> str:
     """``n repositories`` (or ``1 repository``)."""
-    return f"{n} repositor{'y' if n == 1 else 'ies'}"
+    return counted(n, "repository", "repositories")
 
 
 def _split(
@@ -252,11 +256,12 @@ def _split(
             f"{journal.target}: {count(len(kept))} already in place are kept, {len(todo)} "
             "to go (--force restores them all again)"
         )
-    busy = [str(dests[e.repository]) for e in todo if occupied(dests[e.repository])]
+    busy = [dests[e.repository] for e in todo if occupied(dests[e.repository])]
     if busy and not force:
+        what = "is not empty" if busy[0].is_dir() else "exists (not a directory)"
+        more = f" (and {len(busy) - 1} more)" if len(busy) > 1 else ""
         raise UsageError(
-            f"{busy[0]} is not empty{f' (and {len(busy) - 1} more)' if len(busy) > 1 else ''}; "
-            "restore into an empty --to, or pass --force to replace"
+            f"{busy[0]} {what}{more}; restore into an empty --to, or pass --force to replace"
         )
     return kept, todo
 
@@ -340,11 +345,42 @@ def _select(entries: tuple[Entry, ...], names: tuple[str, ...], snapshot: str) -
     known = {display(e.repository): e for e in entries} | {e.repository: e for e in entries}
     missing = [n for n in names if n.strip("/") not in known]
     if missing:
+        near = close_matches(missing[0], [display(e.repository) for e in entries])
+        hint = (
+            f"did you mean {' or '.join(near)}?"
+            if near
+            else "name repositories by their path relative to their root"
+        )
         raise UsageError(
-            f"snapshot {snapshot} holds no repository {missing[0]!r}; "
-            "name repositories by their path relative to their root (see custode snapshots --json)"
+            f"snapshot {snapshot} holds no repository {missing[0]!r}; {hint} "
+            "(custode snapshots --repositories lists them)"
         )
     return [known[n.strip("/")] for n in names]
+
+
+def close_matches(name: str, repositories: list[str], n: int = 3) -> list[str]:
+    """The repositories ``name`` (not one of them) probably meant: those whose name (the
+    last component, without .git) is ``name``'s (``httpie`` -> ``cli/httpie.git``), else the
+    close spellings of the path and of the name, best first."""
+    want = name.strip("/")
+    stems: dict[str, list[str]] = {}
+    for r in repositories:
+        stems.setdefault(_stem(r), []).append(r)
+    found = [r for r in repositories if _stem(r) == _stem(want) or _bare(r) == _bare(want)]
+    if found:  # the same name elsewhere: close spellings of other names are noise
+        return found[:n]
+    found += difflib.get_close_matches(want, repositories, n=n)
+    for stem in difflib.get_close_matches(_stem(want), list(stems), n=n):
+        found += stems[stem]
+    return list(dict.fromkeys(found))[:n]
+
+
+def _bare(path: str) -> str:
+    return path.removesuffix("/.git").removesuffix(".git")
+
+
+def _stem(path: str) -> str:
+    return _bare(path).rsplit("/", 1)[-1]
 
 
 def _waves(entries: list[Entry], borrowers: dict[str, str]) -> list[list[Entry]]:

@@ -27,6 +27,7 @@ from custode.backup.manifest import Snapshot
 from custode.backup.store import Store
 from custode.backup.verify import Drill, Problem, Report, add_standing
 from custode.backup.verify import verify as verify_store
+from custode.base.units import counted
 from custode.errors import IntegrityError
 from custode.git.runner import Git
 from custode.jobs import backupsetup
@@ -106,6 +107,7 @@ class VerifyResult:
             "manifests": r.manifests,
             "files": r.files,
             "bytes_read": r.bytes_read,
+            "restored": r.restored,
             "problems": len(r.problems),
             "drills": len(r.drills),
             "drills_failed": len(self.failed_drills),
@@ -129,8 +131,8 @@ class VerifyResult:
             return None
         failed_drills = len(self.failed_drills)
         return IntegrityError(
-            f"verify ({self.level}) found {len(self.problems)} problems"
-            + (f" and {failed_drills} failed restore drills" if failed_drills else "")
+            f"verify ({self.level}) found {counted(len(self.problems), 'problem')}"
+            + (f" and {counted(failed_drills, 'failed restore drill')}" if failed_drills else "")
             + " in the store; see the messages above"
         )
 
