@@ -25,10 +25,7 @@ YEAR = 365.25 * 86400
 
 @pytest.fixture
 def neglected(tmp_path: Path, fleet: Fleet) -> Path:
-    root = tmp_path / "root"
-    for name in NEGLECTED:
-        shutil.copytree(fleet.root / name, root / name, symlinks=True)
-    return root
+    return fleet.copy_some(tmp_path / "root", NEGLECTED)
 
 
 def width(text: str) -> int:

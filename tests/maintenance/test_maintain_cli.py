@@ -18,10 +18,7 @@ NEGLECTED = ("loose.git", "many-packs.git", "many-refs.git", "stale.git")
 
 @pytest.fixture
 def neglected(tmp_path: Path, fleet: Fleet) -> Path:
-    root = tmp_path / "root"
-    for name in NEGLECTED:
-        shutil.copytree(fleet.root / name, root / name, symlinks=True)
-    return root
+    return fleet.copy_some(tmp_path / "root", NEGLECTED)
 
 
 def _refs(repo: Path) -> str:

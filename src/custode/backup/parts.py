@@ -50,6 +50,7 @@ import pyrage  # type: ignore[import-untyped]
 from custode.backup.crypto import Identity, Recipient
 from custode.backup.manifest import FileRef, part_key, parts_digest
 from custode.backup.store import LocalStore, Store
+from custode.backup.streams import Counting, Flusher, check, decrypt_to
 from custode.errors import IntegrityError, StateError, UsageError
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ def _seal_part(job: _Seal) -> tuple[FileRef, bytes | None]:
             reader.done(job.src)
             sealed = out.getvalue()
             return FileRef(job.key, len(sealed), hashlib.sha256(sealed).hexdigest()), sealed
-        sink = _Counting()
+        sink = Counting()
 
         def write(out: BinaryIO) -> None:
             sink.out = out
@@ -199,22 +200,6 @@ class _Slice:
             raise StateError(f"{src} changed while it was stored; back up again")
 
 
-class _Counting:
-    """A write-only sink that passes bytes on to ``out``, hashing and counting them."""
-
-    def __init__(self) -> None:
-        self.out: BinaryIO | None = None
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        assert self.out is not None  # noqa: S101  (set before encryption starts)
-        self.digest.update(data)
-        self.size += len(data)
-        self.out.write(data)
-        return len(data)
-
-
 # -- reading ------------------------------------------------------------------------------
 
 
@@ -240,7 +225,6 @@ def decrypt_parts(
     """Write the plaintext of the parted file ``ref`` into ``dest`` (an existing file,
     custode's own), its first ``skip`` bytes dropped once they are found to start with
     one of ``heads``; the bytes written. ``flush``: as for ``streams.decrypt_to``."""
-    from custode.backup.streams import Flusher  # noqa: PLC0415  (streams imports this module)
 
     if not identities:
         raise UsageError("no identity to decrypt with: give an age identity file")
@@ -405,8 +389,6 @@ def _open_part(job: _Open) -> int:
     sink = _Spill(job, _buffer("plain", _PIECE))
     try:
         if job.data is None:  # streamed from a local store, checked on the way
-            from custode.backup.streams import decrypt_to  # noqa: PLC0415
-
             assert job.store is not None  # noqa: S101  (a local store, or the bytes themselves)
             decrypt_to(job.store, job.ref, sink, identities)  # type: ignore[arg-type]
         else:
@@ -429,7 +411,6 @@ def _open_part(job: _Open) -> int:
 
 def _decrypt_held(job: _Open, sink: _Spill, identities: list[Any]) -> None:
     """Decrypt a part handed over in memory, its bytes checked first."""
-    from custode.backup.streams import check  # noqa: PLC0415
 
     assert job.data is not None  # noqa: S101
     check(job.ref, len(job.data), hashlib.sha256(job.data).hexdigest())

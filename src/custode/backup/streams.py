@@ -49,7 +49,7 @@ def put_file(
     stored as parts instead: ``parts.put_parts``.)"""
     stream = getattr(store, "put_stream", None)
     if stream is not None:
-        sink = _Counting()
+        sink = Counting()
 
         def write(out: BinaryIO) -> None:
             sink.out = out
@@ -68,7 +68,7 @@ def put_file(
     return ref
 
 
-class _Counting:
+class Counting:
     """A write-only sink that passes bytes on to ``out``, hashing and counting them."""
 
     def __init__(self) -> None:
