@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from custode.errors import ExitCode, LockedError, RepositoryError
+from custode.git import lock as lock_module
 from custode.git.lock import LOCK_NAME, repository_lock
 from custode.scan.discovery import discover
 from custode.scan.repostate import inspect
@@ -65,6 +66,44 @@ def test_released_on_exit_and_on_error(git_dir: Path) -> None:
         1 / 0  # noqa: B018
     with repository_lock(git_dir, "c"):
         pass
+
+
+def test_nothing_of_custodes_stays_in_the_repository(git_dir: Path) -> None:
+    """The lock file is there, naming its holder, while held; gone once released, on
+    success and on error; a killed holder's file is taken over, then removed too."""
+    with repository_lock(git_dir, "maintain"):
+        assert f'"pid": {os.getpid()}' in (git_dir / LOCK_NAME).read_text()
+    assert not (git_dir / LOCK_NAME).exists()
+    with pytest.raises(ZeroDivisionError), repository_lock(git_dir, "maintain"):
+        1 / 0  # noqa: B018
+    assert not (git_dir / LOCK_NAME).exists()
+    (git_dir / LOCK_NAME).write_text('{"pid": 1}')  # as a killed custode leaves it
+    with repository_lock(git_dir, "maintain"):
+        pass
+    assert sorted(os.listdir(git_dir)) == []
+
+
+def test_a_lock_file_removed_under_us_is_not_trusted(
+    git_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """We open the file, a finished holder removes it, we lock the removed file: the path
+    no longer names it, so another custode could lock a new one. We must start over and
+    hold the file the path names."""
+    real_open = lock_module._open
+    calls = []
+
+    def open_then_lose_it(path: Path, where: Path) -> int:
+        fd = real_open(path, where)
+        calls.append(fd)
+        if len(calls) == 1:
+            os.unlink(path)  # the finished holder's unlink, between our open and flock
+        return fd
+
+    monkeypatch.setattr(lock_module, "_open", open_then_lose_it)
+    with repository_lock(git_dir, "maintain") as fd:
+        held, named = os.fstat(fd), os.stat(git_dir / LOCK_NAME)
+        assert (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+    assert len(calls) == 2
 
 
 def test_vanished_repository(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ def test_neglected_repositories_end_optimised(
     assert result.code == 0, result.stderr
     summary = result.json()["summary"]
     assert summary["failed"] == 0 and summary["maintained"] == len(NEGLECTED)
+    assert not list(neglected.rglob("custode-lock"))  # nothing of custode's stays behind
     for name in NEGLECTED:
         repo = neglected / name
         counts = git_count_objects(repo)
