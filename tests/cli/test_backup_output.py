@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +24,7 @@ from custode.git.runner import Git
 from custode.jobs import backup as backup_job
 from custode.scan.fleet import scan
 from fixtures.builders import fast_import, history_stream, run_git
-from fixtures.cli import CliResult
+from fixtures.cli import CliResult, on_terminal
 
 pytestmark = pytest.mark.integration
 Run = Callable[..., CliResult]
@@ -236,13 +234,8 @@ def test_the_backup_bar_on_a_terminal_shows_the_phase_and_bytes(
     for n in range(4):  # enough to be drawn at least once
         run_git(None, "clone", "-q", "--bare", "--no-local", root / "org" / "main.git",
                 root / f"copy{n}.git")  # fmt: skip
-    command = shlex.join([sys.executable, "-m", "custode", "--config", str(config), "backup",
-                          str(root), "--store", str(tmp_path / "store"), "--jobs", "1"])  # fmt: skip
-    proc = subprocess.run(
-        ["script", "-qec", command, "/dev/null"],  # runs it on a pseudo-terminal
-        capture_output=True, text=True, env={**isolated_env, "COLUMNS": "200", "TERM": "xterm"},
-        timeout=300, check=False,
-    )  # fmt: skip
+    args = ["--config", config, "backup", root, "--store", tmp_path / "store", "--jobs", "1"]
+    proc = on_terminal(args, isolated_env, columns=200)
     assert proc.returncode == 0, proc.stdout
     assert re.search(r"backing up, [\d.]+ [KMG]?i?B added", proc.stdout), proc.stdout
     assert "/6" in proc.stdout and "0/?" not in proc.stdout

@@ -4,10 +4,7 @@ person reads them, whole paths, and what to do next."""
 
 import os
 import re
-import shlex
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.builders import Fleet, run_git
-from fixtures.cli import CliResult
+from fixtures.cli import CliResult, on_terminal
 
 pytestmark = pytest.mark.integration
 Run = Callable[..., CliResult]
@@ -126,12 +123,7 @@ def test_run_on_an_80_column_terminal_shows_whole_paths_and_what_to_do_next(
     broken = neglected / "loose.git"
     tree = run_git(broken, "rev-parse", "refs/heads/main^{tree}").strip()
     (broken / "objects" / tree[:2] / tree[2:]).unlink()  # the tip's tree is gone
-    command = shlex.join([sys.executable, "-m", "custode", "run", "--drill", "0", str(neglected)])
-    proc = subprocess.run(
-        ["script", "-qec", command, "/dev/null"],  # on a pseudo-terminal 80 columns wide
-        capture_output=True, text=True, env={**isolated_env, "COLUMNS": "80", "TERM": "dumb"},
-        timeout=300, check=False,
-    )  # fmt: skip
+    proc = on_terminal(["run", "--drill", "0", neglected], isolated_env, columns=80, term="dumb")
     out = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", proc.stdout).replace("\r", "")
     assert proc.returncode == 3, out
     state = Path(isolated_env["XDG_STATE_HOME"]) / "custode"

@@ -1,7 +1,6 @@
 """Progress on a terminal; quiet structured logs when not on one."""
 
 import json
-import shlex
 import shutil
 import subprocess
 import sys
@@ -10,18 +9,14 @@ from pathlib import Path
 import pytest
 
 from fixtures.builders import Fleet
+from fixtures.cli import on_terminal
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.skipif(not shutil.which("script"), reason="script (util-linux) is not installed")
 def test_progress_bar_on_a_terminal(fleet: Fleet, isolated_env: dict[str, str]) -> None:
-    command = shlex.join([sys.executable, "-m", "custode", "status", str(fleet.root)])
-    proc = subprocess.run(
-        ["script", "-qec", command, "/dev/null"],  # runs it on a pseudo-terminal
-        capture_output=True, text=True, env={**isolated_env, "COLUMNS": "200", "TERM": "xterm"},
-        timeout=120, check=False,
-    )  # fmt: skip
+    proc = on_terminal(["status", fleet.root], isolated_env, columns=200, timeout=120)
     assert proc.returncode == 0, proc.stdout
     assert "reading repositories" in proc.stdout  # the (transient) progress bar was drawn
     assert "\x1b[" in proc.stdout  # coloured table
