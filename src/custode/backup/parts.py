@@ -128,59 +128,43 @@ def parted(key: str, size: int) -> bool:
 # -- writing ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Seal:
-    store: Store | None  # a local store the worker writes the part into; None: returned
-    key: str
-    src: str
-    offset: int
-    length: int
-    recipients: tuple[str, ...]
-
-
 def put_parts(store: Store, key: str, src: Path, recipients: Sequence[Recipient]) -> FileRef:
     """Store ``src`` as parts of ``key``, encrypted one after another; their record."""
     if not recipients:
         raise UsageError("no recipients to encrypt to: give at least one age public key")
     size = src.stat().st_size
-    step = PART_BYTES
-    count = -(-size // step)
-    local = store if type(store) is LocalStore else None
-    public = tuple(str(r) for r in recipients)
     token = secrets.token_hex(4)
-    jobs = (_Seal(local, part_key(key, token, n + 1), str(src), n * step,
-                  min(step, size - n * step), public) for n in range(count))  # fmt: skip
-    parts: list[FileRef] = []
-    for ref, sealed in map(_seal_part, jobs):
-        if sealed is not None:  # another store: written here, in order
-            store.put_bytes(ref.key, sealed)
-        parts.append(ref)
-    return FileRef(key, sum(p.size for p in parts), parts_digest(parts), tuple(parts), step)
+    with src.open("rb", buffering=_PIECE) as f:
+        parts = [
+            _seal(store, part_key(key, token, n + 1), _Slice(f, min(PART_BYTES, size - at)),
+                  recipients, src)
+            for n, at in enumerate(range(0, size, PART_BYTES))
+        ]  # fmt: skip
+    return FileRef(key, sum(p.size for p in parts), parts_digest(parts), tuple(parts), PART_BYTES)
 
 
-def _seal_part(job: _Seal) -> tuple[FileRef, bytes | None]:
-    """Encrypt one slice of ``src``, hashing the ciphertext as it comes; straight into a
-    local store, or returned for the caller to store."""
-    recipients = [pyrage.x25519.Recipient.from_str(r) for r in job.recipients]
-    with open(job.src, "rb", buffering=_PIECE) as f:
-        f.seek(job.offset)
-        reader = _Slice(f, job.length)
-        if job.store is None:
-            out = io.BytesIO()
-            pyrage.encrypt_io(reader, out, recipients)
-            reader.done(job.src)
-            sealed = out.getvalue()
-            return FileRef(job.key, len(sealed), hashlib.sha256(sealed).hexdigest()), sealed
-        sink = Counting()
+def _seal(
+    store: Store, key: str, reader: _Slice, recipients: Sequence[Recipient], src: Path
+) -> FileRef:
+    """Encrypt one part, hashing the ciphertext as it is written: streamed into a store
+    that takes a stream, else (S3) put whole."""
+    stream = getattr(store, "put_stream", None)
+    if stream is None:
+        out = io.BytesIO()
+        pyrage.encrypt_io(reader, out, list(recipients))
+        reader.done(src)
+        sealed = out.getvalue()
+        store.put_bytes(key, sealed)
+        return FileRef(key, len(sealed), hashlib.sha256(sealed).hexdigest())
+    sink = Counting()
 
-        def write(out: BinaryIO) -> None:
-            sink.out = out
-            pyrage.encrypt_io(reader, sink, recipients)
-            reader.done(job.src)  # before the part is in the store
+    def write(out: BinaryIO) -> None:
+        sink.out = out
+        pyrage.encrypt_io(reader, sink, list(recipients))
+        reader.done(src)  # before the part is in the store
 
-        put_stream = getattr(job.store, "put_stream")  # noqa: B009  (a LocalStore's)
-        put_stream(job.key, write)
-    return FileRef(job.key, sink.size, sink.digest.hexdigest()), None
+    stream(key, write)
+    return FileRef(key, sink.size, sink.digest.hexdigest())
 
 
 class _Slice:
@@ -195,7 +179,7 @@ class _Slice:
         self.left -= len(data)
         return data
 
-    def done(self, src: str) -> None:
+    def done(self, src: Path) -> None:
         if self.left:
             raise StateError(f"{src} changed while it was stored; back up again")
 
