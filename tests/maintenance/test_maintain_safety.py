@@ -188,8 +188,8 @@ def test_every_git_that_can_drop_objects_distrusts_derived_data(
     assert {"repack", "rev-list"} <= seen
     assert unreachable != "loosen" or "prune" in seen
     for name, config in git.calls:
-        if name in dropping:
-            assert config == DISTRUST_DERIVED, name
+        if name in dropping:  # (a repack's also carry its memory limits)
+            assert config[: len(DISTRUST_DERIVED)] == DISTRUST_DERIVED, name
     assert git_ok(repo, "fsck", "--strict").returncode == 0
 
 
@@ -325,12 +325,14 @@ def test_a_borrower_seen_before_is_remembered(custode: Run, tmp_path: Path) -> N
     cfg = config(tmp_path, "[maintenance]\nfull_repack_cooldown = 0\n")
     first = custode("--config", cfg, "maintain", "--json", root)  # sees the fork
     assert first.code == 0, first.stderr
-    fast_import(pool, history_stream("refs/heads/more", 2, start=300, label="m "))
+    for n in range(3):  # packs enough for a repack, which a small pool gets whole
+        fast_import(pool, history_stream(f"refs/heads/more{n}", 2, start=300 + 9 * n, label="m "))
     age_packs(pool, 30 * 86400)  # what the first repack kept is old again
     result = custode("--config", cfg, "maintain", "--json", pool)  # the pool alone
     assert_fork_intact(result, pool, fork, needed)
     shutil.rmtree(fork)  # a deleted borrower is forgotten: the pool may expire again
-    fast_import(pool, history_stream("refs/heads/last", 2, start=400, label="l "))
+    for n in range(3):
+        fast_import(pool, history_stream(f"refs/heads/last{n}", 2, start=400 + 9 * n, label="l "))
     age_packs(pool, 30 * 86400)
     after = custode("--config", cfg, "maintain", "--json", pool)
     tasks = after.json()["repositories"][0]["tasks"]

@@ -39,13 +39,13 @@ REPACKS = {"incremental_repack", "geometric_repack", "full_repack"}
 OPTIMISED = RepoState(
     path="/srv/r.git", relative="r.git", root="/srv", git_dir="/srv/r.git", kind="bare",
     bare=True, object_format="sha1", head="refs/heads/main", loose_objects=0,
-    loose_objects_bytes=0, packs=1, pack_bytes=10 * MIB, packed_objects=5000,
-    largest_pack_bytes=10 * MIB, kept_packs=0, cruft_packs=0, pack_bitmaps=1,
+    loose_objects_bytes=0, packs=1, pack_bytes=100 * MIB, packed_objects=50000,
+    largest_pack_bytes=100 * MIB, base_pack_bytes=100 * MIB, kept_packs=0, cruft_packs=0, pack_bitmaps=1,
     multi_pack_index=False, midx_packs=0, midx_bitmap=False, commit_graph=True,
     commit_graph_chain=1, commit_graph_changed_paths=True, loose_refs=0, packed_refs=40,
     refs=40, symbolic_refs=0, garbage_files=0, garbage_bytes=0, temp_files=(), alternates=(),
     borrowed_by=(), superproject=None, worktrees=0, prunable_worktrees=0, dead_worktree_mtime=0.0, gc_log=False,
-    size_bytes=11 * MIB, newest_mtime=NOW - DAY, newest_pack_mtime=NOW - DAY, fingerprint="0" * 32,
+    size_bytes=101 * MIB, newest_mtime=NOW - DAY, newest_pack_mtime=NOW - DAY, fingerprint="0" * 32,
     base_pack_mtime=NOW - 30 * DAY, oldest_cruft_mtime=0.0,
 )  # fmt: skip
 
@@ -98,8 +98,8 @@ def test_a_broken_repository_is_left_untouched() -> None:
 
 def test_tasks_run_cleanup_then_refs_then_objects_then_commit_graph() -> None:
     p = run(state(temp_files=(temp("HEAD.lock", 2 * HOUR),), prunable_worktrees=1,
-                  loose_refs=500, packs=7, commit_graph=False))  # fmt: skip
-    assert kinds(p) == ["remove_stale_files", "prune_worktrees", "pack_refs", "full_repack",
+                  loose_refs=500, packs=9, commit_graph=False))  # fmt: skip
+    assert kinds(p) == ["remove_stale_files", "prune_worktrees", "pack_refs", "geometric_repack",
                         "write_commit_graph"]  # fmt: skip
 
 
@@ -126,37 +126,96 @@ def test_a_repository_without_packs_gets_a_full_repack() -> None:
     p = run(state(packs=0, pack_bytes=0, pack_bitmaps=0, loose_objects=3040))
     full = task(p, "full_repack")
     assert "no pack yet" in full.reason
-    # git 2.39: bitmaps, but not in the multi-pack-index (test_repack_race.py)
-    assert full.args == Repack(False, True, None, "cruft", 14 * DAY) and full.drops_unreachable
-    assert "cruft pack, dropped after 2w" in full.reason
+    # one pack: its own bitmap, no multi-pack-index
+    assert full.args == Repack(True, False, None, "cruft", 14 * DAY) and full.drops_unreachable
+    assert full.reason.endswith("cruft pack, dropped after 2w")  # none loose that old
+    old = task(run(state(packs=0, pack_bytes=0, pack_bitmaps=0, loose_objects=3040,
+                         oldest_loose_mtime=NOW - 30 * DAY)), "full_repack")  # fmt: skip
+    assert old.args == Repack(True, False, None, "cruft", 14 * DAY, prune=True)
+    assert old.reason.endswith("cruft pack, dropped after 2w (loose ones that old are pruned)")
 
 
-@pytest.mark.parametrize(
-    ("last_full", "expected"),
-    [(None, "full_repack"), (NOW - 6 * DAY, "full_repack"), (NOW - 4 * DAY, "geometric_repack")],
-)
-def test_full_repacks_respect_the_cooldown(last_full: float | None, expected: str) -> None:
-    p = run(state(packs=3), last_full=last_full)
-    assert kinds(p)[0] == expected
-    if expected == "geometric_repack":
-        assert "3 packs and no multi-pack-index" in p.tasks[0].reason
-        assert p.tasks[0].args == Repack(False, True, 2) and not p.tasks[0].drops_unreachable
+@pytest.mark.parametrize("last_full", [None, NOW - 60 * DAY, NOW - 6 * DAY, NOW - DAY])
+def test_a_large_repository_keeps_its_well_formed_pack(last_full: float | None) -> None:
+    """However long since the last full repack: geometric repacks on top (deltas reused)."""
+    for base in (NOW - 90 * DAY, NOW - HOUR):
+        # git 2.39, bare: no multi-pack-index, which would delete the largest pack's bitmap
+        p = run(state(packs=9, base_pack_mtime=base), last_full=last_full)
+        assert kinds(p) == ["geometric_repack", "write_commit_graph"]
+        assert p.tasks[0].reason.startswith("9 packs > 7 for 100.0 MiB of packs")
+        assert p.tasks[0].args == Repack(False, False, 2) and not p.tasks[0].drops_unreachable
+        assert any("no multi-pack-index: with git 2.39.0 it would delete" in n for n in p.notes)
+        p = run(state(packs=3, kind="working", bare=False), last_full=last_full)
+        assert p.tasks[0].reason.startswith("3 packs and no multi-pack-index")
+        assert p.tasks[0].args == Repack(False, True, 2)
+    p = run(state(loose_objects=7412), last_full=last_full)
+    assert kinds(p)[0] == "incremental_repack"
+    assert run(state(base_pack_mtime=NOW - 90 * DAY), last_full=last_full).tasks == ()
 
 
-def test_without_a_record_the_largest_pack_dates_the_last_full_repack() -> None:
-    """A pack fresh from a push or clone is not rewritten whole at first sight; an old one,
-    or custode's own first visit more than a cooldown ago, makes a full repack due."""
-    fresh = state(packs=3, base_pack_mtime=NOW - HOUR)
-    p = run(fresh)
-    assert kinds(p)[0] == "geometric_repack" and not p.tasks[0].drops_unreachable
-    p = run(state(packs=3, base_pack_mtime=NOW - 6 * DAY))
+def test_a_small_repository_is_repacked_whole_whenever_a_repack_is_due() -> None:
+    small = state(pack_bytes=10 * MIB, largest_pack_bytes=10 * MIB, base_pack_bytes=10 * MIB)
+    assert run(small).tasks == ()
+    assert run(replace(small, packs=3)).tasks == ()  # the limit at 10 MiB
+    for s in (replace(small, packs=4), replace(small, loose_objects=7412)):
+        p = run(s, last_full=NOW - HOUR)
+        assert kinds(p) == ["full_repack", "write_commit_graph"]
+        assert "10.0 MiB < 16 MiB: repacked whole" in p.tasks[0].reason
+    assert kinds(run(replace(small, packs=4), small_repository=MIB))[0] == "geometric_repack"
+
+
+def test_a_large_repository_is_repacked_whole_only_for_what_it_buys() -> None:
+    # its packs serve clones badly: the largest holds less than half of the bytes
+    spread = state(packs=4, base_pack_bytes=40 * MIB)
+    p = run(spread, last_full=NOW - 6 * DAY)
     assert kinds(p)[0] == "full_repack"
-    assert "no full repack on record, largest pack written 6 days ago" in p.tasks[0].reason
-    seen = RepoHistory(first_seen=NOW - 8 * DAY)  # git freshened the pack meanwhile
-    p = plan(fresh, POLICY, GIT, NOW, seen)
-    assert kinds(p)[0] == "full_repack" and "first maintained 8 days ago" in p.tasks[0].reason
+    assert p.tasks[0].reason.startswith(
+        "the largest of 4 packs holds 40.0 of 100.0 MiB (< half): they serve clones badly, "
+        "last full repack 6 days ago"
+    )
+    # at most once a cooldown (git's pack.packSizeLimit can leave several packs)
+    assert "full_repack" not in kinds(run(spread, last_full=NOW - HOUR))
+    # a cruft pack does not count: it is not rewritten
+    cruft = state(packs=3, cruft_packs=1, cruft_pack_bytes=60 * MIB, base_pack_bytes=30 * MIB,
+                  oldest_cruft_mtime=NOW - DAY)  # fmt: skip
+    assert "full_repack" not in kinds(run(cruft, last_full=NOW - DAY))
+    # a bare repository without a bitmap, on a git that writes no multi-pack bitmap: its
+    # own, once a cooldown has passed since the last full repack
+    bare = state(pack_bitmaps=0)
+    p = run(bare, last_full=NOW - 6 * DAY)
+    assert kinds(p)[0] == "full_repack" and p.tasks[0].reason.startswith(
+        "no reachability bitmap (git 2.39.0 writes none into a multi-pack-index)"
+    )
+    assert isinstance(p.tasks[0].args, Repack) and p.tasks[0].args.write_bitmaps
+    assert run(bare, last_full=NOW - DAY).tasks == ()
+    geometric = run(bare, git=GitVersion(2, 42), last_full=NOW - 6 * DAY)
+    assert kinds(geometric)[0] == "geometric_repack"
     unknown = state(packs=0, pack_bytes=0, loose_objects=3000, base_pack_mtime=0.0)
     assert kinds(run(unknown))[0] == "full_repack"
+
+
+def test_old_loose_objects_are_packed_or_pruned() -> None:
+    """Loose objects older than the cruft expiration: the reachable ones packed, the
+    unreachable ones pruned (a cruft repack leaves them loose)."""
+    stray = state(loose_objects=12, loose_objects_bytes=48 * 1024,
+                  oldest_loose_mtime=NOW - 90 * DAY)  # fmt: skip
+    p = run(stray, last_full=NOW - HOUR)
+    assert kinds(p) == ["incremental_repack", "write_commit_graph"]
+    inc = p.tasks[0]
+    assert inc.reason == (
+        "loose objects up to 90 days old > the 2w expiration: the reachable ones are packed; "
+        "unreachable loose objects older than 2w are pruned"
+    )
+    assert inc.args == Repack(expire=14 * DAY, prune=True) and inc.drops_unreachable
+    assert task(p, "write_commit_graph").args == CommitGraph("replace", True)
+    small = replace(stray, pack_bytes=MIB, largest_pack_bytes=MIB, base_pack_bytes=MIB)
+    full = task(run(small, last_full=NOW - HOUR), "full_repack")
+    assert full.drops_unreachable and "repacked whole" in full.reason
+    assert run(replace(stray, oldest_loose_mtime=NOW - 13 * DAY)).tasks == ()
+    assert run(stray, cruft_expiration=None).tasks == ()
+    assert run(replace(stray, borrowed_by=("fork.git",))).tasks == ()
+    unsure = plan(stray, POLICY, GIT, NOW, None, unsure_borrowers="a root was not scanned")
+    assert unsure.tasks == ()
 
 
 def test_an_old_cruft_pack_is_expired_by_a_full_repack() -> None:
@@ -190,11 +249,11 @@ def test_a_repository_unchanged_since_its_last_maintenance_is_skipped() -> None:
 def test_geometric_repack_when_too_many_packs_are_outside_the_midx() -> None:
     recent = NOW - DAY
     # a pack bitmap, not a multi-pack one: git 2.39 gets no multi-pack bitmap (test_repack_race)
-    tracked = state(packs=5, pack_bytes=MIB, multi_pack_index=True, midx_packs=3)
-    assert run(tracked, last_full=recent).tasks == ()  # 2 untracked: the limit below 10 MiB
-    p = run(replace(tracked, packs=6), last_full=recent)
+    tracked = state(packs=10, multi_pack_index=True, midx_packs=3)
+    assert run(tracked, last_full=recent).tasks == ()  # 7 untracked: the limit at 100 MiB
+    p = run(replace(tracked, packs=11), last_full=recent)
     assert kinds(p) == ["geometric_repack", "write_commit_graph"]
-    assert "3 packs outside the multi-pack-index > 2" in p.tasks[0].reason
+    assert "8 packs outside the multi-pack-index > 7" in p.tasks[0].reason
 
 
 def test_kept_and_cruft_packs_are_not_repack_candidates() -> None:
@@ -209,17 +268,6 @@ def test_a_missing_bitmap_is_written_for_bare_repositories_only() -> None:
     assert run(state(pack_bitmaps=0), write_bitmaps=False).tasks == ()
 
 
-def test_a_due_full_repack_replaces_a_partial_one() -> None:
-    """An incremental or geometric repack would leave two packs and so call for a full
-    repack on the next run: when a full repack is due anyway, it is done at once."""
-    p = run(state(loose_objects=7412))  # no full repack on record
-    assert kinds(p) == ["full_repack", "write_commit_graph"]
-    why = "a full repack is due anyway (no full repack on record, largest pack written 30 days ago)"
-    assert why in p.tasks[0].reason
-    p = run(state(loose_objects=7412), last_full=NOW - 6 * DAY)
-    assert kinds(p)[0] == "full_repack"
-
-
 def test_borrowers_get_no_bitmaps() -> None:
     borrower = state(pack_bitmaps=0, alternates=("/srv/pool.git/objects",))
     p = run(borrower)
@@ -230,22 +278,23 @@ def test_borrowers_get_no_bitmaps() -> None:
 
 
 def test_a_borrowed_from_repository_never_drops_objects() -> None:
-    pool = state(borrowed_by=("fork-1.git", "fork-2.git"), packs=9, loose_objects=9000)
+    pool = state(borrowed_by=("fork-1.git", "fork-2.git"), packs=9, loose_objects=9000,
+                 pack_bytes=MIB, base_pack_bytes=MIB // 4)  # fmt: skip
     p = run(pool)
     full = task(p, "full_repack")
-    assert full.args == Repack(False, True, None, "keep", None) and not full.drops_unreachable
+    assert full.args == Repack(True, False, None, "keep", None) and not full.drops_unreachable
     assert "kept: fork-1.git, fork-2.git borrow from it" in full.reason
     assert "objects borrowed by fork-1.git, fork-2.git: never pruned" in p.notes
     assert task(p, "write_commit_graph").args == CommitGraph("incremental", True)
 
 
 def test_cruft_expiration_by_policy_and_git_version() -> None:
-    many = state(packs=4)
+    many = state(packs=4, base_pack_bytes=10 * MIB)
     assert task(run(many, cruft_expiration=None), "full_repack").args == Repack(
-        False, True, None, "cruft", None
+        True, False, None, "cruft", None
     )
     old = task(run(many, git=GitVersion(2, 36)), "full_repack")
-    assert old.args == Repack(False, True, None, "loosen", 14 * DAY)
+    assert old.args == Repack(True, False, None, "loosen", 14 * DAY)
     assert "loosened, pruned after 2w (git 2.36.0)" in old.reason
     graph = task(run(many), "write_commit_graph")
     assert graph.args == CommitGraph("replace", True)  # the repack may drop listed commits
@@ -258,7 +307,7 @@ def test_git_without_geometric_repack_falls_back() -> None:
     p = run(state(packs=6, pack_bytes=MIB), git=old, last_full=recent)
     assert kinds(p)[0] == "full_repack" and "6 packs > 5" in p.tasks[0].reason
     assert task(p, "full_repack").args == Repack(True, False, None, "loosen", 14 * DAY)
-    assert kinds(run(state(packs=4, pack_bytes=MIB), git=GitVersion(2, 33), last_full=recent)) == [
+    assert kinds(run(state(packs=11), git=GitVersion(2, 33), last_full=recent)) == [
         "geometric_repack", "write_midx", "write_commit_graph"
     ]  # fmt: skip
 
@@ -428,10 +477,10 @@ def test_the_fixture_fleet(fleet: Fleet) -> None:
     states, now = {s.relative: s for s in found}, time.time()
     plans = {name: plan(s, POLICY, GIT, now) for name, s in states.items()}
     assert REPACKS & set(kinds(plans["loose.git"]))
-    # its packs are a month old: a full repack; a geometric one inside the cooldown
+    # small: repacked whole whenever a repack is due, whenever the last full one ran
     assert kinds(plans["many-packs.git"])[0] == "full_repack"
     recent = RepoHistory(last_full_repack=now - DAY)
-    assert kinds(plan(states["many-packs.git"], POLICY, GIT, now, recent))[0] == "geometric_repack"
+    assert kinds(plan(states["many-packs.git"], POLICY, GIT, now, recent))[0] == "full_repack"
     assert "pack_refs" in kinds(plans["many-refs.git"])
     stale = task(plans["stale.git"], "remove_stale_files").args
     assert isinstance(stale, StaleFiles)  # not refs/heads/fresh.lock: a running git may own it

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from test_planner import NOW, run, state, task
 
-from custode.config.maintenance import HOUR
+from custode.config.maintenance import HOUR, MIB
 from custode.git.runner import FEATURES, GitVersion
 from custode.maintenance.planner import Repack
 from fixtures.builders import Fleet, fast_import, git_env, history_stream, run_git
@@ -66,15 +66,21 @@ def test_a_clone_that_opened_the_midx_before_a_full_repack_survives_it(
 
     assert _maintain(custode, root).get("full_repack") == "ok"
     pack_dir = bare / "objects" / "pack"
-    # what a clone starting now opens first: the multi-pack-index (and its bitmap, if any)
+    # a push (its own pack), and a multi-pack-index over both, as a geometric repack on
+    # git 2.39 writes it (no bitmap)
+    fast_import(bare, history_stream("refs/heads/main", 3, start=900, parent="refs/heads/main^0"))
+    run_git(bare, "multi-pack-index", "write")
+    for bitmap in pack_dir.glob("pack-*.bitmap"):  # lost: a full repack writes it again
+        bitmap.unlink()
+    # what a clone starting now opens first: the multi-pack-index
     opened = {p.name: p.read_bytes() for p in pack_dir.glob("multi-pack-index*")}
     assert "multi-pack-index" in opened, sorted(p.name for p in pack_dir.iterdir())
     before = _packs(bare)
 
-    # a push (its own pack, so a full repack is due again), then the repack
-    fast_import(bare, history_stream("refs/heads/main", 3, start=900, parent="refs/heads/main^0"))
+    # then the repack
     assert _maintain(custode, root).get("full_repack") == "ok"
     assert before - _packs(bare), "the second full repack deleted none of the packs"
+    assert not list(pack_dir.glob("multi-pack-index*"))  # one pack needs none
 
     # the clone's view: the packs as they are now, the multi-pack-index files as it opened them
     view = tmp_path / "view.git"
@@ -154,29 +160,29 @@ def test_a_multi_pack_index_is_kept_current_even_when_the_policy_writes_none(
     assert _maintain(custode, root).get("full_repack") == "ok"
     clone = _clone(bare, tmp_path / "clone.git")
     assert clone.returncode == 0, clone.stderr  # before: "could not open pack ..."
-    run_git(bare, "multi-pack-index", "verify")  # names only packs that exist
+    assert not list((bare / "objects" / "pack").glob("multi-pack-index*"))  # removed first
 
 
-@pytest.mark.parametrize("kind", ["full_repack", "geometric_repack"])
-def test_multi_pack_bitmaps_only_with_a_git_whose_clones_survive_a_repack(kind: str) -> None:
-    if kind == "full_repack":
-        s, last_full = state(packs=4), None  # neglected: a full repack is due
-    else:
-        s, last_full = state(packs=3, pack_bitmaps=0), NOW - HOUR  # a geometric one
+def test_multi_pack_bitmaps_only_with_a_git_whose_clones_survive_a_repack() -> None:
+    s, last_full = state(packs=9, pack_bitmaps=0), NOW - HOUR  # a geometric repack
     for git, bitmaps in ((OLD, False), (FIXED, True)):
         p = run(s, git=git, last_full=last_full)
-        args = task(p, kind).args
-        assert isinstance(args, Repack) and args.write_midx, (git, p)
+        args = task(p, "geometric_repack").args
+        # with git 2.39 no multi-pack-index either: it would delete the pack's bitmap
+        assert isinstance(args, Repack) and args.write_midx is bitmaps, (git, p)
         assert args.write_bitmaps is bitmaps, (git, args)
-        assert any("no multi-pack bitmap" in n for n in p.notes) is not bitmaps, p.notes
-    # without a multi-pack-index a full repack writes the pack's own bitmap, as git gc does
-    single = task(run(state(packs=4), git=OLD, multi_pack_index=False), "full_repack")
-    assert isinstance(single.args, Repack) and single.args.write_bitmaps
-    assert not single.args.write_midx
-    # but one already there is rewritten (not left naming the packs the repack deletes)
-    there = state(packs=4, multi_pack_index=True, midx_packs=4)
-    kept = task(run(there, git=OLD, multi_pack_index=False), "full_repack")
-    assert isinstance(kept.args, Repack) and kept.args.write_midx
+        assert any("no multi-pack" in n for n in p.notes) is not bitmaps, p.notes
+    # a working repository wants no bitmaps: the multi-pack-index without one
+    work = task(run(replace(s, kind="working", bare=False), git=OLD), "geometric_repack")
+    assert isinstance(work.args, Repack) and work.args.write_midx and not work.args.write_bitmaps
+    # a full repack leaves one pack: its own bitmap, as git gc writes, and no
+    # multi-pack-index (one there is removed first: the executor)
+    for there in (state(packs=4, base_pack_bytes=MIB), state(packs=4, base_pack_bytes=MIB,
+                  multi_pack_index=True, midx_packs=4)):  # fmt: skip
+        for git in (OLD, FIXED):
+            single = task(run(there, git=git), "full_repack")
+            assert isinstance(single.args, Repack) and single.args.write_bitmaps
+            assert not single.args.write_midx
 
 
 def test_a_multi_pack_bitmap_git_cannot_keep_safe_is_dropped() -> None:
@@ -185,8 +191,8 @@ def test_a_multi_pack_bitmap_git_cannot_keep_safe_is_dropped() -> None:
     assert [t.kind for t in p.tasks] == ["write_midx"], p
     assert "multi-pack bitmap, which git 2.39.5 cannot keep safe: dropped" in p.tasks[0].reason
     assert run(s, git=FIXED, last_full=NOW - HOUR).tasks == ()
-    # a repack writing the multi-pack-index (without a bitmap) drops it anyway
-    full = run(replace(s, packs=3), git=OLD)
+    # a full repack removes it anyway
+    full = run(replace(s, packs=3, base_pack_bytes=MIB), git=OLD)
     assert [t.kind for t in full.tasks][:1] == ["full_repack"], full
     assert "write_midx" not in [t.kind for t in full.tasks]
 

@@ -296,7 +296,9 @@ def _maintain(
         run_env[f"XDG_{name}_HOME"] = str(base / f"run-{index:03d}" / name.lower())
     config = base / f"run-{index:03d}" / "config" / "custode" / "config.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text("[maintenance]\nfull_repack_cooldown = 0\n")  # a full repack each run
+    # a full repack each run: a second pack calls for a repack, a full one below 1 GiB
+    config.write_text("[maintenance]\nfull_repack_cooldown = 0\nuntracked_packs_min = 1\n"
+                      "small_repository = 1073741824\n")  # fmt: skip
     start = time.monotonic()
     try:
         proc = subprocess.run(

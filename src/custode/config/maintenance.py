@@ -75,9 +75,10 @@ class MaintenancePolicy(Section):
     full_repack_cooldown: Duration = Field(
         5 * DAY,
         description=(
-            "A repository with more than one pack gets a full repack (gathering unreachable "
-            "objects into a cruft pack, refreshing deltas) at most this often (Gitaly: 5 days). "
-            "With none on record, the age of its largest pack stands for the last one."
+            "A large repository's full repack (for a missing bitmap, expiring cruft, or packs "
+            "that serve clones badly) runs at most this often "
+            "(Gitaly: 5 days); with none on record, the age of the largest pack stands for the "
+            "last one. Age alone calls for none: see small_repository."
         ),
     )
     cruft_expiration: Annotated[Duration | None, BeforeValidator(_never)] = Field(
@@ -168,19 +169,40 @@ class MaintenancePolicy(Section):
         le=1.0,
         description=("Start no further repository while the host's CPU use is above this share."),
     )
-    pack_window_memory: int = Field(
-        256 * MIB,
-        ge=MIB,
+    memory_share: float = Field(
+        0.25,
+        gt=0,
+        le=1.0,
         description=(
-            "Delta-window memory per pack-objects thread, in bytes (--window-memory), so one "
-            "huge repository cannot exhaust the host."
+            "The share of the host's memory that every repack running at the same time may "
+            "use together: each of the jobs gets memory_share * memory / jobs, split into "
+            "pack-objects' delta window (per thread) and delta cache (git gc sets no bound)."
+        ),
+    )
+    pack_window_memory: int = Field(
+        0,
+        ge=0,
+        description=(
+            "A cap on the delta-window memory per pack-objects thread, in bytes "
+            "(--window-memory); 0: chosen from the repository's size and memory_share."
         ),
     )
     pack_threads: int = Field(
         0,
         ge=0,
         le=64,
-        description=("pack-objects threads per repack; 0: half the CPUs, at most 4."),
+        description=(
+            "A cap on pack-objects threads per repack; 0: half the CPUs, at most 4, fewer when "
+            "memory_share leaves too little memory for each."
+        ),
+    )
+    small_repository: int = Field(
+        16 * MIB,
+        ge=0,
+        description=(
+            "Packs and loose objects below this many bytes are repacked whole whenever any "
+            "repack is due: it costs what a geometric repack costs (a few tens of ms)."
+        ),
     )
 
     def untracked_pack_limit(self, pack_bytes: int) -> int:

@@ -194,7 +194,7 @@ def maintain(
             jobs=job.jobs or policy.jobs or os.cpu_count() or 1,
             budget=job.budget,
             governor=Governor(job.cpu_share or policy.cpu_share),
-            limits=PackLimits.of(policy),
+            limits=PackLimits.of(policy, job.jobs or policy.jobs or os.cpu_count() or 1),
             progress=tick,
         )
     results = {id(s): r for s, _, r in outcome.results}

@@ -26,6 +26,13 @@ safety invariants rather than assuming them:
 * **One failure stops the object work.** A failed repack, multi-pack-index or
   commit-graph task skips the object tasks after it; cleanup and ref tasks are
   independent. Errors from git become failed outcomes carrying git's one-line cause.
+* **No multi-pack-index outlives its packs.** A full repack leaves one pack and writes
+  no multi-pack-index; the old one (then its bitmap and ``.rev``) is removed before git
+  deletes the packs it names (run with ``DISTRUST_DERIVED``, git would not see it, and
+  one naming deleted packs makes git 2.39 fail every clone): ``remove_midx``.
+* **Memory is bounded.** Each repack's ``--window-memory``, ``--threads`` and
+  ``pack.deltaCacheSize`` come from the repository's size and its share of the host's
+  memory (``PackLimits``, ``pack_options``).
 * **No push fails for it.** Every repack command runs git's prune-packed, which removes
   emptied ``objects/XX`` directories under a landing push; they are held non-empty while
   it runs (``objectdirs.py``), and a repack whose directories cannot be held does not run.
@@ -47,6 +54,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+import psutil
 
 from custode.config.maintenance import MaintenancePolicy
 from custode.errors import GitError
@@ -77,21 +86,74 @@ MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
-class PackLimits:
-    """Memory caps for pack-objects under ``git repack`` (``--window-memory``, ``--threads``).
+class PackOptions:
+    """What one repack of pack-objects may use: ``--window-memory`` (per thread),
+    ``--threads`` and ``pack.deltaCacheSize`` (one cache for the whole process)."""
 
-    git's delta window memory is per thread, so the cap is ``window_memory * threads``.
-    """
-
-    window_memory: int = 256 * MIB
-    threads: int = max(1, min(4, (os.cpu_count() or 2) // 2))
-
-    @classmethod
-    def of(cls, policy: MaintenancePolicy) -> PackLimits:
-        return cls(policy.pack_window_memory, policy.pack_threads or cls.threads)
+    window_memory: int
+    threads: int
+    delta_cache: int
 
     def args(self) -> list[str]:
         return [f"--window-memory={self.window_memory}", f"--threads={self.threads}"]
+
+    def config(self) -> tuple[tuple[str, str], ...]:
+        return (("pack.deltaCacheSize", str(self.delta_cache)),)
+
+
+#: git's own defaults: a delta cache of 256 MiB, and (for us) 4 threads at most
+DELTA_CACHE_MAX = 256 * MIB
+THREADS_MAX = 4
+THREAD_BYTES = 32 * MIB  # a repository gets one more thread per this many bytes
+WINDOW_MIN = 8 * MIB  # below it, the delta window shrinks to a few objects: poor deltas
+
+
+def pack_options(
+    repo_bytes: int, memory: int, *, cpus: int, window_cap: int = 0, threads_cap: int = 0
+) -> PackOptions:
+    """The limits for a repack of ``repo_bytes`` (packs and loose objects) that may use
+    ``memory`` bytes; ``window_cap`` and ``threads_cap`` (0: none) are the policy's.
+
+    git gc bounds none of them (an unlimited window per thread, a 256 MiB delta cache).
+    Here half of ``memory`` is left to what no option bounds (the object list, the pack
+    index, mapped pack windows); of the other half an eighth of ``memory`` (at most git's
+    256 MiB, at most a quarter of the repository) is the delta cache and the rest the
+    delta windows of the threads. A repository gets a thread per 32 MiB (up to half the
+    CPUs, 4 at most), fewer when each would get less than 8 MiB of window; a window
+    larger than the repository buys nothing, so none is.
+    """
+    threads = threads_cap or max(1, min(THREADS_MAX, cpus // 2))
+    threads = max(1, min(threads, -(-repo_bytes // THREAD_BYTES)))
+    cache = max(MIB, min(DELTA_CACHE_MAX, memory // 8, repo_bytes // 4))
+    windows = max(WINDOW_MIN, memory // 2 - cache)
+    threads = max(1, min(threads, windows // WINDOW_MIN))
+    window = max(WINDOW_MIN, min(windows // threads, max(WINDOW_MIN, repo_bytes)))
+    if window_cap:
+        window = min(window, window_cap)
+    return PackOptions(window, threads, cache)
+
+
+@dataclass(frozen=True)
+class PackLimits:
+    """The memory each repack may use (``memory_share`` of the host over the parallel
+    jobs) and the policy's caps; ``sized`` chooses a repository's ``PackOptions``."""
+
+    memory: int = 1024 * MIB
+    window_cap: int = 0  # maintenance.pack_window_memory; 0: none
+    threads_cap: int = 0  # maintenance.pack_threads; 0: none
+    cpus: int = os.cpu_count() or 2
+
+    @classmethod
+    def of(
+        cls, policy: MaintenancePolicy, jobs: int = 1, host_memory: int | None = None
+    ) -> PackLimits:
+        total = psutil.virtual_memory().total if host_memory is None else host_memory
+        share = int(policy.memory_share * total / max(1, jobs))
+        return cls(share, policy.pack_window_memory, policy.pack_threads)
+
+    def sized(self, repo_bytes: int) -> PackOptions:
+        return pack_options(repo_bytes, self.memory, cpus=self.cpus,
+                            window_cap=self.window_cap, threads_cap=self.threads_cap)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -154,6 +216,7 @@ class _Run:
     started: float
     lock_fd: int  # inherited by every git, so that one outliving us keeps the lock
     outcomes: list[TaskOutcome] = field(default_factory=list)
+    pack: PackOptions = field(default_factory=lambda: PackLimits().sized(0))
 
     def git_run(
         self,
@@ -162,9 +225,10 @@ class _Run:
         check: bool = True,
         *,
         distrust: bool = False,
+        config: tuple[tuple[str, str], ...] = (),
     ) -> str:
         """Run git under the lock; ``distrust``: without commit-graph, bitmaps or midx."""
-        config = DISTRUST_DERIVED if distrust else ()
+        config = (*DISTRUST_DERIVED, *config) if distrust else config
         return self.git.run(
             args, repo=self.repo.git_dir, input=input, check=check, pass_fds=(self.lock_fd,),
             config=config,
@@ -182,7 +246,9 @@ class _Run:
         self.outcomes += [TaskOutcome(t.kind, t.reason, "skipped", 0.0, why) for t in tasks]
 
     def run(self) -> ExecutionResult:
-        before = inspect(self.repo).size_bytes
+        state = inspect(self.repo)
+        before = state.size_bytes
+        self.pack = self.limits.sized(state.pack_bytes + state.loose_objects_bytes)
         release_leftovers(self.repo.git_dir / "objects")  # of a custode killed mid-repack
         try:
             refs_before = snapshot(self.git, self.repo.git_dir, (self.lock_fd,))
@@ -306,7 +372,11 @@ class _Run:
             # every repack here runs git's prune-packed (-d, prune), whose rmdir() of an
             # emptied objects/XX can fail a push landing there: hold them (objectdirs.py)
             with hold_object_dirs(self.repo.git_dir / "objects"):
-                for command in repack_commands(task.kind, args, self.limits):
+                if task.kind == "full_repack":
+                    # the repack deletes the packs an old multi-pack-index names, and (run
+                    # with DISTRUST_DERIVED) does not see it to remove it: first, then
+                    remove_midx(self.repo.git_dir / "objects")
+                for command in repack_commands(task.kind, args, self.pack):
                     # they delete packs or loose objects: what they keep must come from
                     # the objects, not from caches
                     retried = self.repack(command) or retried
@@ -321,8 +391,9 @@ class _Run:
 
     def repack(self, command: list[str]) -> bool:
         """Run one repack command; True when its multi-pack bitmap had to be retried."""
+        limits = self.pack.config() if command[0] == "repack" else ()
         try:
-            self.git_run(command, distrust=True)
+            self.git_run(command, distrust=True, config=limits)
         except GitError as exc:
             if "bitmap" not in exc.message:
                 raise
@@ -330,7 +401,7 @@ class _Run:
             # read at the start; a push moving a ref meanwhile makes it fail ("could not
             # write multi-pack bitmap") after the new packs are safely in place. Once
             # more: near-instant, the objects are packed now.
-            self.git_run(command, distrust=True)
+            self.git_run(command, distrust=True, config=limits)
             return True
         return False
 
@@ -344,10 +415,11 @@ _SIMPLE = {
 }
 
 
-def repack_commands(kind: str, args: Repack, limits: PackLimits) -> list[list[str]]:
-    """The git commands of a repack task (one, or two for ``loosen``: repack, then prune)."""
+def repack_commands(kind: str, args: Repack, limits: PackOptions) -> list[list[str]]:
+    """The git commands of a repack task: the repack, then ``git prune`` of the loose
+    objects past the expiration when the scan saw any (git gc's order: a cruft repack
+    leaves the expired loose ones loose, an incremental one every unreachable one)."""
     cmd = ["repack", "-q", "-d", "-l", *limits.args()]
-    after: list[list[str]] = []
     if kind == "geometric_repack":
         cmd.append(f"--geometric={args.geometric_factor or 2}")
     elif kind == "full_repack":
@@ -359,12 +431,14 @@ def repack_commands(kind: str, args: Repack, limits: PackLimits) -> list[list[st
             cmd += ["-a", "--keep-unreachable"]
         else:  # loosen: git before cruft packs; prune drops the loosened ones past expiry
             cmd += ["-A", f"--unpack-unreachable={_ago(args.expire)}"]
-            after.append(["prune", f"--expire={_ago(args.expire)}"])
     if args.write_midx:
         cmd.append("--write-midx")
     if args.write_bitmaps:
         cmd.append("--write-bitmap-index")
-    return [cmd, *after]
+    loosened = kind == "full_repack" and args.unreachable == "loosen"
+    if args.expire is None or not (args.prune or loosened):
+        return [cmd]  # no loose object that old (a prune would walk every object for none)
+    return [cmd, ["prune", f"--expire={_ago(args.expire)}"]]
 
 
 def commit_graph_command(args: CommitGraph) -> list[str]:
@@ -409,6 +483,63 @@ def compare(
         if oid in gone and moved and not dropped:
             problems.append(f"object {oid} of {name} is gone")
     return problems
+
+
+# --------------------------------------------------------------------------- midx
+
+MIDX = "multi-pack-index"
+
+
+def remove_midx(objects: Path) -> int:
+    """Remove ``pack/multi-pack-index`` and then its bitmap and reverse index (under the
+    repository lock, before a full repack deletes the packs it names); a count.
+
+    The index goes first: git reads a bitmap only through it. Each name is unlinked
+    relative to ``pack/`` opened without following a symlink, so nothing outside the
+    repository is touched. A ``pack/`` that is a symlink is left alone when it shows no
+    multi-pack-index; else OSError: the repack must not run.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        top = os.open(objects, flags)
+    except OSError as exc:
+        return _unreachable_midx(objects, exc)
+    try:
+        try:
+            fd = os.open("pack", flags, dir_fd=top)
+        except OSError as exc:
+            return _unreachable_midx(objects, exc)
+        try:
+            names = os.listdir(fd)
+            derived = sorted(n for n in names if n.startswith(f"{MIDX}-") and
+                             n.endswith((".bitmap", ".rev")))  # fmt: skip
+            return sum(_unlink_file(fd, objects / "pack", n) for n in [MIDX, *derived])
+        finally:
+            os.close(fd)
+    finally:
+        os.close(top)
+
+
+def _unreachable_midx(objects: Path, exc: OSError) -> int:
+    if exc.errno == errno.ENOENT or not os.path.lexists(objects / "pack" / MIDX):
+        return 0
+    raise OSError(
+        exc.errno, f"cannot remove the multi-pack-index without following a symlink "
+        f"({exc.strerror}): remove it by hand, then run custode maintain again",
+        str(objects / "pack" / MIDX),
+    )  # fmt: skip
+
+
+def _unlink_file(fd: int, where: Path, name: str) -> int:
+    try:
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return 0
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "a directory where git expects a file; remove "
+                                "it by hand", str(where / name))  # fmt: skip
+    os.unlink(name, dir_fd=fd)
+    return 1
 
 
 # --------------------------------------------------------------------------- stale files

@@ -58,6 +58,8 @@ class Need:
     why: str  # the rule that decided it, for people, with its numbers
     #: write_commit_graph: rewrite it whole (missing, chain too long, stale), not add a layer
     replace: bool = False
+    #: a repack: then ``git prune`` the loose objects older than the cruft expiration
+    prune: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,54 +139,85 @@ def _objects(
     s: RepoState, p: MaintenancePolicy, git: GitVersion, now: float, since: tuple[float, str],
     *, unsure: str,
 ) -> list[Need]:  # fmt: skip
+    """The repack (at most one) and multi-pack-index work, each rule with its numbers.
+
+    A full repack is chosen for what it buys, not for a pack's age (the maintenance doc's
+    "git 2.39 strategy"): a small repository is repacked whole whenever any repack is due
+    (it costs what a geometric one costs); a large one keeps its well-formed largest pack,
+    with geometric or incremental repacks on top, and is rewritten whole only to expire
+    unreachable objects, when its packs serve clones badly, or for a missing bitmap where
+    git cannot write a multi-pack one safely.
+    """
     if s.packs <= 0 and s.loose_objects <= 0:
         return []
     repackable = s.packs - s.cruft_packs - s.kept_packs  # a repack can merge only these
     geometric = has(git, "repack-geometric")
-    midx = writes_midx(s, p, git)  # written while repacking
-    no_bitmap = (
-        bitmaps(s, p, git, midx) and repackable > 0 and s.pack_bitmaps <= 0 and not s.midx_bitmap
+    midx = writes_midx(s, p, git)  # written by geometric repacks
+    safe = has(git, MIDX_BITMAP_SAFE)
+    unbitmapped = (
+        wants_bitmaps(s, p) and repackable > 0 and s.pack_bitmaps <= 0 and not s.midx_bitmap
     )
     loose = s.loose_objects > p.loose_objects
     loose_why = f"{s.loose_objects:,} loose objects > {p.loose_objects:,}"
     age, since_why = since
     due = age > p.full_repack_cooldown
+    expire = expiration(s, p, unsure)
     cruft_age = now - s.oldest_cruft_mtime if s.cruft_packs > 0 < s.oldest_cruft_mtime else 0.0
-    expire = expiration(s, p, unsure) is not None
-    cruft_due = expire and cruft_age > (p.cruft_expiration or 0.0) and due
+    cruft_due = expire is not None and cruft_age > expire and due
+    loose_age = now - s.oldest_loose_mtime if s.loose_objects > 0 < s.oldest_loose_mtime else 0.0
+    stray = expire is not None and loose_age > expire  # git prune's: a repack leaves them
+    stray_why = (
+        f"loose objects up to {_age(loose_age)} old > the {_dur(expire or 0.0)} expiration: "
+        "the reachable ones are packed"
+    )
     size = f"{s.pack_bytes / MIB:,.1f} MiB of packs"
+    total = s.pack_bytes + s.loose_objects_bytes
+    small = total < p.small_repository
+    live = s.pack_bytes - s.cruft_pack_bytes  # what a full repack rewrites
+    # paced by the cooldown: a repository whose full repack leaves several packs (git's
+    # pack.packSizeLimit) must not be rewritten every night
+    spread = repackable > 1 and 2 * s.base_pack_bytes < live and due
+    spread_why = (
+        f"the largest of {repackable} packs holds {s.base_pack_bytes / MIB:,.1f} of "
+        f"{live / MIB:,.1f} MiB (< half): they serve clones badly, {since_why}"
+    )
     untracked = s.packs - s.midx_packs if s.multi_pack_index else repackable
     ulimit, limit = p.untracked_pack_limit(s.pack_bytes), p.pack_limit(s.pack_bytes)
     out = f"{untracked} packs" + (" outside the multi-pack-index" if s.multi_pack_index else "")
     old, packs = not geometric, f"{repackable} packs"
     no_midx = midx and repackable > 1 and not s.multi_pack_index
-    cooldown = f"{since_why} (cooldown {_dur(p.full_repack_cooldown)})"
+    first_why = loose_why if loose else stray_why
     rules: list[tuple[bool, Mode, str]] = [  # the first that applies decides
-        (s.packs <= 0 and loose, "full", f"{loose_why} and no pack yet"),
-        (repackable > 1 and due, "full", f"{packs}, {cooldown}"),
+        (s.packs <= 0 and (loose or stray), "full", f"{first_why} and no pack yet"),
         (cruft_due, "full", f"cruft pack {_age(cruft_age)} old: its expired objects go"),
         (old and repackable > limit, "full", f"{packs} > {limit} for {size} (git {git})"),
-        (old and no_bitmap and due, "full", f"no reachability bitmap, {since_why}"),
+        (spread, "full", spread_why),
+        (unbitmapped and not safe and due, "full",
+         f"no reachability bitmap (git {git} writes none into a multi-pack-index), {since_why}"),
+        (stray, "incremental", stray_why),
         (no_midx, "geometric", f"{packs} and no multi-pack-index"),
         (not old and untracked > ulimit, "geometric", f"{out} > {ulimit} for {size}"),
-        (midx and no_bitmap, "geometric", "no reachability bitmap"),
+        (midx and unbitmapped and safe, "geometric", "no reachability bitmap"),
         (loose, "incremental", f"{loose_why}: packed into a new pack"),
     ]  # fmt: skip
     mode, why = next(((m, w) for hit, m, w in rules if hit), (None, ""))
-    if mode in ("geometric", "incremental") and due:
-        # it would leave two packs or more and so call for a full repack next time: the
-        # fleet converges in one run instead of two
-        mode, why = "full", f"{why}; a full repack is due anyway ({since_why})"
-    found = [Need(_REPACKS[mode], why)] if mode else []
+    if mode in ("geometric", "incremental") and small:
+        # a repack of a small repository costs the same few tens of ms whole or in part:
+        # whole, it leaves one pack (and its expired objects go)
+        mode, why = (
+            "full",
+            f"{why}; {total / MIB:,.1f} MiB < {p.small_repository / MIB:,.0f} MiB: repacked whole",
+        )
+    found = [Need(_REPACKS[mode], why, prune=stray)] if mode else []
     stale_midx = not s.multi_pack_index or untracked > ulimit
-    safe = has(git, MIDX_BITMAP_SAFE)
-    if p.multi_pack_index and not midx and mode != "full" and repackable > 1 and stale_midx:
+    old_midx = not has(git, "repack-write-midx")  # git writes none while repacking
+    if p.multi_pack_index and old_midx and mode != "full" and repackable > 1 and stale_midx:
         why = f"{out}; git {git} cannot write the multi-pack-index while repacking"
         found.append(Need("write_midx", why))
     elif midx and s.midx_bitmap and mode in (None, "incremental") and not safe:
         # one written before (or by another tool) would be trusted, and copied by every
-        # later bitmap: a multi-pack-index written without --bitmap deletes it (a full or
-        # geometric repack rewrites it anyway)
+        # later bitmap: a multi-pack-index written without --bitmap deletes it (a full
+        # repack removes it, a geometric one rewrites it)
         why = f"a multi-pack bitmap, which git {git} cannot keep safe: dropped"
         found.append(Need("write_midx", why))
     return found
@@ -226,8 +259,9 @@ def _commit_graph(
         replace.append(f"a chain of {s.commit_graph_chain} layers > {p.commit_graph_chain}")
     if s.commit_graph and changed_paths(p, git) and not s.commit_graph_changed_paths:
         replace.append("no changed-path Bloom filters")
-    if s.commit_graph and repack == "full_repack" and expiration(s, p, unsure) is not None:
-        replace.append("the full repack may drop commits it lists")
+    drops = repack == "full_repack" or any(n.prune for n in objects)
+    if s.commit_graph and drops and expiration(s, p, unsure) is not None:
+        replace.append(f"the {_words(repack)} may drop commits it lists")
     if replace:
         return [Need("write_commit_graph", "; ".join(replace), replace=True)]
     if repack:
@@ -246,11 +280,21 @@ def wants_bitmaps(s: RepoState, p: MaintenancePolicy) -> bool:
 
 
 def writes_midx(s: RepoState, p: MaintenancePolicy, git: GitVersion) -> bool:
-    """Whether repacks write the multi-pack-index: by policy, and always over one already
-    there. A repack that deletes packs must rewrite it: it runs with DISTRUST_DERIVED, so
-    git does not see the old one to remove it, and a multi-pack-index (with its bitmap)
-    naming deleted packs makes git 2.39 fail every clone."""
-    return (p.multi_pack_index or s.multi_pack_index) and has(git, "repack-write-midx")
+    """Whether geometric repacks write the multi-pack-index: by policy, and always over one
+    already there. A repack that deletes packs must rewrite it: it runs with
+    DISTRUST_DERIVED, so git does not see the old one to remove it, and a multi-pack-index
+    (with its bitmap) naming deleted packs makes git 2.39 fail every clone. (A full repack
+    leaves one pack: the executor removes the old one first.)
+
+    Not, by policy, where the repository wants bitmaps and git cannot write a multi-pack
+    one safely: git 2.39's ``repack --geometric --write-midx`` deletes the pack bitmaps,
+    and a full clone's objects were then enumerated 5x slower (the maintenance doc's
+    "git 2.39 strategy"); without it the largest pack keeps its bitmap, which git uses.
+    """
+    if not has(git, "repack-write-midx"):
+        return False
+    unsafe = wants_bitmaps(s, p) and not has(git, MIDX_BITMAP_SAFE)
+    return s.multi_pack_index or (p.multi_pack_index and not unsafe)
 
 
 def bitmaps(s: RepoState, p: MaintenancePolicy, git: GitVersion, midx: bool) -> bool:

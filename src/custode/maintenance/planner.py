@@ -68,13 +68,22 @@ class PruneWorktrees:
 
 @dataclass(frozen=True)
 class Repack:
-    """The repack tasks; a repack drops objects only when ``expire`` is set."""
+    """The repack tasks; a repack drops objects only when ``expire`` is set.
+
+    A full repack writes no multi-pack-index (one pack needs none: an old one is removed
+    first) and, with ``write_bitmaps``, the pack's own bitmap; a geometric repack writes
+    the multi-pack-index, with its bitmap only where git keeps that safe.
+    """
 
     write_bitmaps: bool = False
     write_midx: bool = False
     geometric_factor: int | None = None  # geometric_repack
     unreachable: Unreachable = "keep"  # full_repack
-    expire: float | None = None  # full_repack: drop unreachable objects older (seconds)
+    #: full or incremental repack: unreachable objects older than this (seconds) are
+    #: dropped, the loose ones by ``git prune`` after the repack (``prune``)
+    expire: float | None = None
+    #: with ``expire``: the scan saw loose objects that old, which the repack leaves loose
+    prune: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,7 +198,11 @@ def _task(
 ) -> Task:
     """The task that meets ``need``, with its arguments."""
     if need.kind == "full_repack":
-        return _full(s, p, git, need.why, unsure)
+        return _full(s, p, git, need, unsure)
+    expire = expiration(s, p, unsure)
+    if need.kind == "incremental_repack" and need.prune and expire is not None:
+        why = f"{need.why}; unreachable loose objects older than {_dur(expire)} are pruned"
+        return Task(need.kind, why, Repack(expire=expire, prune=True))
     keeps = need.kind in {"geometric_repack", "incremental_repack"}
     why = f"{need.why}; nothing is dropped" if keeps else need.why
     return Task(need.kind, why, _args(need, found, s, p, git))
@@ -213,7 +226,8 @@ def _args(need: Need, found: Needs, s: RepoState, p: MaintenancePolicy, git: Git
     return NoArgs()  # pack_refs, write_midx
 
 
-def _full(s: RepoState, p: MaintenancePolicy, git: GitVersion, why: str, unsure: str) -> Task:
+def _full(s: RepoState, p: MaintenancePolicy, git: GitVersion, need: Need, unsure: str) -> Task:
+    why, prune = need.why, need.prune
     unreachable: Unreachable = "cruft" if has(git, "cruft-packs") else "keep"
     expire = expiration(s, p, unsure)
     if s.borrowed_by:
@@ -226,11 +240,13 @@ def _full(s: RepoState, p: MaintenancePolicy, git: GitVersion, why: str, unsure:
         fate = "unreachable objects are kept (cruft expiration is off)"
     elif unreachable == "cruft":
         fate = f"unreachable objects go to a cruft pack, dropped after {_dur(expire)}"
+        fate += " (loose ones that old are pruned)" if prune else ""
     else:
         unreachable = "loosen"
         fate = f"unreachable objects are loosened, pruned after {_dur(expire)} (git {git})"
-    midx = writes_midx(s, p, git)
-    args = Repack(bitmaps(s, p, git, midx), midx, None, unreachable, expire)
+    # one pack needs no multi-pack-index (the executor removes an old one first), and gets
+    # its own bitmap
+    args = Repack(wants_bitmaps(s, p), False, None, unreachable, expire, prune)
     return Task("full_repack", f"{why}; {fate}", args)
 
 
@@ -238,10 +254,14 @@ def _bitmap_notes(s: RepoState, p: MaintenancePolicy, git: GitVersion) -> list[s
     if s.alternates and s.kind == "bare" and p.write_bitmaps:
         return ["borrows objects from an alternate: no bitmaps (git cannot cover them)"]
     midx = writes_midx(s, p, git)
+    fixed = FEATURES[MIDX_BITMAP_SAFE]
     if midx and wants_bitmaps(s, p) and not bitmaps(s, p, git, midx):
-        fixed = FEATURES[MIDX_BITMAP_SAFE]
         return [f"no multi-pack bitmap: with git {git} a clone during a repack can fail "
                 f"(git {fixed} and later write one)"]  # fmt: skip
+    if p.multi_pack_index and not midx and wants_bitmaps(s, p) and has(git, "repack-write-midx"):
+        return [f"no multi-pack-index: with git {git} it would delete the pack's bitmap, and "
+                f"a multi-pack bitmap can fail a clone during a repack (git {fixed} and later "
+                "write one)"]  # fmt: skip
     return []
 
 

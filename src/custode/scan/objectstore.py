@@ -10,6 +10,7 @@ in loose directories; pack-directory files that are not part of a complete pack)
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -54,6 +55,10 @@ class ObjectStore:
     base_pack_bytes: int = 0
     #: the mtime of the oldest cruft pack, 0.0 with none
     oldest_cruft_mtime: float = 0.0
+    cruft_pack_bytes: int = 0  # .pack and .idx bytes of the cruft packs
+    #: the mtime of the oldest loose object, 0.0 with none: past the cruft expiration, the
+    #: unreachable ones are git prune's (a cruft repack leaves them loose)
+    oldest_loose_mtime: float = 0.0
     multi_pack_index: bool = False
     midx_packs: int = 0
     midx_bitmap: bool = False
@@ -118,6 +123,7 @@ class _Reader:
         want = self.hexsz - 2
         count = disk = total = 0
         newest = self.s.newest_mtime
+        oldest = self.s.oldest_loose_mtime or math.inf
         for e, st in self.listing(path):
             blocks = st.st_blocks * 512
             total += blocks
@@ -126,6 +132,7 @@ class _Reader:
             if len(name) == want and _is_hex(name) and e.is_file(follow_symlinks=False):
                 count += 1
                 disk += blocks
+                oldest = min(oldest, st.st_mtime)
                 continue
             self.garbage(st)
             if name.startswith("tmp_obj_"):
@@ -138,6 +145,7 @@ class _Reader:
         s.loose_objects_bytes += disk
         s.size_bytes += total
         s.newest_mtime = newest
+        s.oldest_loose_mtime = oldest if count or s.oldest_loose_mtime else 0.0
 
     def pack_dir(self, path: str) -> None:
         groups: dict[str, dict[str, os.stat_result]] = defaultdict(dict)
@@ -185,6 +193,7 @@ class _Reader:
         s.promisor_packs += "promisor" in files
         if "mtimes" in files:
             s.cruft_packs += 1
+            s.cruft_pack_bytes += size
             mtime = files["pack"].st_mtime
             s.oldest_cruft_mtime = min(s.oldest_cruft_mtime or mtime, mtime)
         elif files["pack"].st_size >= s.base_pack_bytes:

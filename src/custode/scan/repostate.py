@@ -78,6 +78,11 @@ class RepoState:
     base_pack_mtime: float  # the largest non-cruft pack's: when the last full repack ran
     oldest_cruft_mtime: float  # 0.0 without cruft packs
     fingerprint: str
+    #: the oldest loose object's mtime (0.0 with none): older than the cruft expiration,
+    #: an unreachable one is due for git prune
+    oldest_loose_mtime: float = 0.0
+    base_pack_bytes: int = 0  # the largest non-cruft pack's .pack bytes
+    cruft_pack_bytes: int = 0  # .pack and .idx bytes of the cruft packs (in pack_bytes)
     #: what makes it a partial clone ("" if nothing does): objects it lacks live on a
     #: promisor remote, and custode never fetches (git would run the remote's programs)
     partial_clone: str = ""
@@ -229,6 +234,9 @@ def _assemble(
         base_pack_mtime=objects.base_pack_mtime,
         oldest_cruft_mtime=objects.oldest_cruft_mtime,
         fingerprint=fingerprint,
+        oldest_loose_mtime=objects.oldest_loose_mtime,
+        base_pack_bytes=objects.base_pack_bytes,
+        cruft_pack_bytes=objects.cruft_pack_bytes,
         partial_clone=partial_clone,
         problems=tuple(problems),
     )
