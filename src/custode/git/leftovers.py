@@ -5,8 +5,16 @@ after which it counts as stale (``[maintenance]``, ``custode.config.maintenance`
 from __future__ import annotations
 
 import math
+import os
+import re
 
 from custode.config.maintenance import MaintenancePolicy
+
+#: ``git repack``'s own temporary packs: ``objects/pack/.tmp-<pid>-pack-<hash>.<ext>``,
+#: written by its pack-objects and renamed into place at its end. Killed in between, it
+#: leaves them; git 2.39's next ``repack --cruft`` then dies on them ("could not find
+#: pack '.tmp-…'"), so no cruft repack works until they are gone.
+REPACK_TEMP = re.compile(r"objects/pack/\.tmp-(?P<pid>[0-9]+)-[^/]*")
 
 #: Lock files git (and Gitaly) take at these paths of a git directory and leave behind
 #: when killed (git's lockfile.c users; Gitaly's clean_stale_data.go ``lockfiles``);
@@ -48,6 +56,7 @@ def stale_kind(path: str) -> str | None:
         and len(parts) > 1
         and (
             name.startswith("tmp_")  # git's object-store tempfiles (tmp_obj_, tmp_pack_, …)
+            or REPACK_TEMP.fullmatch(path) is not None
             # quarantine directories: listed, but the executor never removes a directory
             or (len(parts) == 2 and name.startswith(("tmp_objdir", "incoming-")))
         )
@@ -64,3 +73,21 @@ def stale_age(policy: MaintenancePolicy, path: str) -> float:
     if kind == "gc.pid":
         return policy.stale_gc_pid_age
     return policy.stale_lock_age if kind == "lock" else policy.stale_temp_age
+
+
+def orphaned(path: str) -> bool:
+    """Whether ``path`` is a temporary pack of a ``git repack`` no longer running here:
+    the pid in its name is no process on this host. Such a file is stale at once (its
+    repack cannot rename it any more); one whose pid runs is left to its stale age (the
+    pid may be another process's by now, or the repack another host's on shared storage:
+    removing its files makes that repack fail, never lose an object)."""
+    m = REPACK_TEMP.fullmatch(path)
+    if m is None:
+        return False
+    try:
+        os.kill(int(m["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False  # someone else's process (or no valid pid): not known to be gone
+    return False

@@ -3,10 +3,12 @@ applied to its state, once, for both of their readers. The planner turns each ne
 task (with its arguments); the health verdict reports each as a reason for "attention", so
 "attention" in ``custode status`` means "``custode maintain`` has work here".
 
-Pure, and in the order the tasks run: cleanup (stale files, dead worktrees), refs,
-objects, and the commit-graph last, so it is written from the packs the repack leaves. The
-first object rule that applies decides the repack. Work a running git holds (a fresh
-``packed-refs.lock`` or ``gc.pid``) is left to it, and said so.
+Pure (but for whether a killed repack's pid still runs: ``stale_files``), and in the
+order the tasks run: cleanup (stale files, dead worktrees), refs, objects, and the
+commit-graph last, so it is written from the packs the repack leaves. The first object
+rule that applies decides the repack. Work a running git holds (a fresh
+``packed-refs.lock``, ``gc.pid`` or temporary pack of a running ``git repack``) is left
+to it, and said so.
 
 The history the planner also weighs comes in as ``last_full`` and ``first_seen`` (when
 custode last ran a full repack, and first maintained the repository); without them the
@@ -24,7 +26,7 @@ from typing import Literal
 from custode.base.units import format_age as _age
 from custode.base.units import format_duration as _dur
 from custode.config.maintenance import MIB, MaintenancePolicy
-from custode.git.leftovers import stale_age, stale_kind
+from custode.git.leftovers import REPACK_TEMP, orphaned, stale_age, stale_kind
 from custode.git.runner import FEATURES, MINIMUM_VERSION, GitVersion
 from custode.scan.objectstore import TempFile
 from custode.scan.repostate import RepoState
@@ -106,22 +108,47 @@ def needs(
     graph = _commit_graph(s, p, git, objects, unsure)
     if (objects or graph) and (gc := held_for(s, "gc.pid", p.stale_gc_pid_age, now)):
         held.append(f"git gc is running (gc.pid {gc} old): objects are left to it")
+    elif (objects or graph) and (repack := repack_at_work(s, p, now)):
+        held.append(f"a git repack is at work ({repack}): objects are left to it")
     else:
         found += objects + graph
     return Needs(tuple(found), tuple(held), tuple(stale))
 
 
 def stale_files(s: RepoState, p: MaintenancePolicy, now: float) -> list[TempFile]:
-    """git's own leftovers older than their stale age (policy): any other *.lock is content."""
-    return [t for t in s.temp_files if stale_kind(t.path) and now - t.mtime > stale_age(p, t.path)]
+    """git's own leftovers older than their stale age (policy), and a killed repack's
+    temporary packs (``leftovers.orphaned``: the one thing here that looks beyond the
+    state, at this host's processes); any other *.lock is content."""
+    return [t for t in s.temp_files if stale_kind(t.path) and (
+        now - t.mtime > stale_age(p, t.path) or orphaned(t.path))]  # fmt: skip
+
+
+def repack_at_work(s: RepoState, p: MaintenancePolicy, now: float) -> str:
+    """The youngest temporary pack of a ``git repack`` still running (not stale, its pid
+    alive), said for people; '' when there is none."""
+    live = [t for t in s.temp_files if REPACK_TEMP.fullmatch(t.path)
+            and not now - t.mtime > stale_age(p, t.path) and not orphaned(t.path)]  # fmt: skip
+    if not live:
+        return ""
+    t = max(live, key=lambda t: t.mtime)
+    return f"{t.path}, {_dur(max(0.0, now - t.mtime))} old"
 
 
 def _stale_why(stale: list[TempFile], p: MaintenancePolicy, now: float) -> str:
-    counts = Counter(stale_kind(t.path) or "" for t in stale)
-    ages = {stale_kind(t.path) or "": stale_age(p, t.path) for t in stale}
-    parts = [f"{_n(n, c)} older than {_dur(ages[c])}" for c, n in sorted(counts.items())]
-    oldest = _age(max(now - t.mtime for t in stale))
-    return f"stale: {', '.join(parts)} (oldest {oldest}), too old for a running git to own"
+    aged = [t for t in stale if now - t.mtime > stale_age(p, t.path)]
+    dead = [t for t in stale if not now - t.mtime > stale_age(p, t.path)]
+    said = []
+    if aged:
+        counts = Counter(stale_kind(t.path) or "" for t in aged)
+        ages = {stale_kind(t.path) or "": stale_age(p, t.path) for t in aged}
+        parts = [f"{_n(n, c)} older than {_dur(ages[c])}" for c, n in sorted(counts.items())]
+        oldest = _age(max(now - t.mtime for t in aged))
+        said.append(f"{', '.join(parts)} (oldest {oldest}), too old for a running git to own")
+    if dead:
+        pids = sorted({m["pid"] for t in dead if (m := REPACK_TEMP.fullmatch(t.path))})
+        said.append(f"{_n(len(dead), 'temporary pack file')} of a git repack no longer "
+                    f"running (pid {', '.join(pids)})")  # fmt: skip
+    return f"stale: {'; '.join(said)}"
 
 
 def _refs(s: RepoState, p: MaintenancePolicy) -> list[Need]:

@@ -165,7 +165,9 @@ class _Reader:
                 self.s.midx_bitmap |= name.endswith(".bitmap")
                 continue
             base, dot, ext = name.rpartition(".")
-            if name.startswith(TEMP_PREFIXES) or ext == "lock":
+            # .tmp-<pid>-pack-*: git repack's own, renamed into place at its end (they
+            # count as a pack or garbage as git counts them, and are a leftover too)
+            if name.startswith((*TEMP_PREFIXES, ".tmp-")) or ext == "lock":
                 self.temp(e.path, st)
             if dot and ext in PACK_EXTS:
                 groups[base][ext] = st
