@@ -98,7 +98,7 @@ def _jobs_options() -> dict[str, click.Parameter]:
 
 def test_every_jobs_option_takes_0_for_one_per_cpu() -> None:
     options = _jobs_options()
-    assert set(options) == {"backup", "restore", "maintain"}
+    assert set(options) == {"backup", "restore", "maintain", "check"}
     ctx = click.Context(cli)
     for name, option in options.items():
         assert option.type is JOBS, name
@@ -109,7 +109,7 @@ def test_every_jobs_option_takes_0_for_one_per_cpu() -> None:
             option.type_cast_value(ctx, "65")
 
 
-@pytest.mark.parametrize("command", ["backup", "restore", "maintain"])
+@pytest.mark.parametrize("command", ["backup", "restore", "maintain", "check"])
 def test_jobs_below_0_is_refused_naming_the_rule(custode: Run, command: str) -> None:
     result = custode(command, "--jobs", "-1")
     assert result.code == 2

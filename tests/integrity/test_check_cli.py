@@ -56,7 +56,9 @@ def test_clean_fleet_is_ok_and_recorded(
     assert data["summary"]["repositories"] == data["summary"]["ok"] == len(repos)
     assert data["summary"]["corrupt"] == data["summary"]["error"] == 0
     for repo in repos:
-        assert set(repo) == {"path", "relative", "verdict", "findings", "warnings", "seconds"}
+        assert set(repo) == {
+            "path", "relative", "verdict", "findings", "warnings", "read", "seconds",
+        }  # fmt: skip
         assert repo["verdict"] == "ok" and repo["findings"] == [], repo
         assert repo["warnings"] == {"total": 0, "ids": {}, "examples": []}, repo
         assert isinstance(repo["seconds"], float)

@@ -21,6 +21,7 @@ from custode.errors import PathNotFoundError, StateUnusableError
 from custode.git.runner import Git
 from custode.jobs import check as check_job
 from custode.jobs import maintain as maintain_job
+from custode.maintenance import fleetrun
 from fixtures.builders import Fleet, git_count_objects, run_git
 
 pytestmark = pytest.mark.integration
@@ -125,7 +126,7 @@ def test_an_interrupted_check_keeps_what_was_checked_and_counts_the_rest(
         with stages(
             [], lambda what: what == "checking repositories" and interrupts.request()
         ) as bar:
-            result = check_job.check(checking(root, config, full=True), bar=bar)
+            result = check_job.check(checking(root, config, full=True, jobs=1), bar=bar)
     finally:
         interrupts.reset()
     assert result.interrupted and result.full
@@ -220,3 +221,33 @@ def test_without_a_readable_history_nothing_is_maintained(setup: tuple[Path, Con
     plan = maintain_job.maintain(maintaining(root, config, dry_run=True), warn=warned.append)
     assert plan.dry_run and any(m.tasks for m in plan.repositories)
     assert any(w.startswith("history unreadable, planning every repository afresh") for w in warned)
+
+
+def test_checks_run_on_a_pool_largest_first_under_the_governor(
+    setup: tuple[Path, Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, config = setup
+    asked: list[int] = []
+    started: list[str] = []
+    real = check_job._check_one
+
+    class Governor:
+        def __init__(self, share: float) -> None:
+            assert share == config.maintenance.cpu_share
+
+        def may_start(self, running: int) -> bool:
+            asked.append(running)
+            return True
+
+    def one(job: Any, state: Any, record: Any) -> Any:
+        started.append(state.relative)
+        return real(job, state, record)
+
+    monkeypatch.setattr(fleetrun, "Governor", Governor)
+    monkeypatch.setattr(check_job, "_check_one", one)
+    result = check_job.check(checking(root, config, jobs=2))
+    by_size = sorted(result.repositories, key=lambda c: -(c.state.pack_bytes
+                                                         + c.state.loose_objects_bytes))  # fmt: skip
+    assert started == [c.state.relative for c in by_size]  # the largest first
+    assert [c.state.relative for c in result.repositories] == sorted(started)  # scan order
+    assert len(asked) == 2 and result.counts["ok"] == 2

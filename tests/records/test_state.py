@@ -41,7 +41,7 @@ def _obs(i: int, **kw: object) -> Observation:
 def test_open_creates_private_dir_and_migrates_from_empty(tmp_path: Path) -> None:
     path = tmp_path / "state" / "state.db"
     with StateDB.open(path) as db:
-        assert db.schema_version == len(MIGRATIONS) == 8
+        assert db.schema_version == len(MIGRATIONS) == 9
         tables = {
             r[0] for r in db._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }

@@ -26,11 +26,13 @@ above into message ids, and the ids that name a missing object or unfollowable l
 (``LINK_IDS``) are forced to ``error`` on the command line, which outranks the
 repository's config, and counted as damage.
 
-``check_git_dir`` is the one judge of a repository's objects: ``custode check`` and the
-restore drill both use it. Findings are git's first complaint lines, bounded, so a badly
-broken repository cannot flood the report. Nothing here repairs anything: a corrupt
-repository is reported and left exactly as it was. git runs only through the hardened
-runner, so a repository's hooks and config run nothing.
+``check_git_dir`` (``whole``) is the one judge of a repository's objects: the restore
+drill uses it, and ``custode check`` reads only what changed since its last sound check
+(``integrity.incremental``) and runs this whole check whenever anything is in doubt.
+Findings are git's first complaint lines, bounded, so a badly broken repository cannot
+flood the report. Nothing here repairs anything: a corrupt repository is reported and
+left exactly as it was. git runs only through the hardened runner, so a repository's
+hooks and config run nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -122,6 +124,8 @@ class CheckResult:
     duration: float  # seconds
     full: bool
     warnings: FormatWarnings = FormatWarnings()
+    #: what was read: {"mode": "whole" | "incremental", ...} (``integrity.incremental``)
+    read: dict[str, object] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -157,23 +161,23 @@ def read_fsck(result: GitResult) -> FsckReading:
 
 
 @dataclass(frozen=True)
-class _Step:
+class Step:
     name: str
     args: tuple[str, ...]
     config: tuple[tuple[str, str], ...] = ()
 
 
-def steps(git_dir: Path, *, full: bool) -> list[_Step]:
+def steps(git_dir: Path, *, full: bool) -> list[Step]:
     """The git commands a check runs on the repository whose git dir is ``git_dir``."""
     if not full:
         args = ("fsck", "--connectivity-only", "--no-dangling", "--no-progress")
-        return [_Step("fsck", args, FSCK_CONFIG)]
-    out = [_Step("fsck", ("fsck", "--full", "--no-dangling", "--no-progress"), FSCK_CONFIG)]
+        return [Step("fsck", args, FSCK_CONFIG)]
+    out = [Step("fsck", ("fsck", "--full", "--no-dangling", "--no-progress"), FSCK_CONFIG)]
     info = git_dir / "objects" / "info"
     if (info / "commit-graph").is_file() or (info / "commit-graphs").is_dir():
-        out.append(_Step("commit-graph verify", ("commit-graph", "verify")))
+        out.append(Step("commit-graph verify", ("commit-graph", "verify")))
     if (git_dir / "objects" / "pack" / "multi-pack-index").is_file():
-        out.append(_Step("multi-pack-index verify", ("multi-pack-index", "verify")))
+        out.append(Step("multi-pack-index verify", ("multi-pack-index", "verify")))
     return out
 
 
@@ -189,14 +193,20 @@ def check(target: RepoState | Repository, git: Git, *, full: bool) -> CheckResul
 
 
 def check_git_dir(git_dir: Path, git: Git, *, full: bool) -> CheckResult:
-    """``check`` of the repository whose git dir is ``git_dir`` (a restored copy too)."""
+    """``check`` of the repository whose git dir is ``git_dir`` (a restored copy too):
+    always the whole check, every object read (the restore drill relies on it)."""
+    return whole(git_dir, git, full=full)[0]
+
+
+def whole(git_dir: Path, git: Git, *, full: bool) -> tuple[CheckResult, dict[tuple[str, str], str]]:
+    """The whole check of ``git_dir``, and its format warnings by (message id, object id)."""
     started = time.monotonic()
     findings: list[str] = []
     formats: dict[tuple[str, str], str] = {}
     verdict: Verdict = "ok"
     for step in steps(git_dir, full=full):
         try:
-            result, reading = _run(git, git_dir, step)
+            result, reading = run_step(git, git_dir, step)
         except GitNotFoundError:
             raise
         except GitError as exc:  # timed out (naming why it was in doubt), refused, vanished
@@ -223,11 +233,13 @@ def check_git_dir(git_dir: Path, git: Git, *, full: bool) -> CheckResult:
         verdict = "corrupt"
     if len(findings) > MAX_FINDINGS:
         findings = [*findings[: MAX_FINDINGS - 1], f"... {len(findings) - MAX_FINDINGS + 1} more"]
-    warnings = _warnings(formats)
-    return CheckResult(verdict, tuple(findings), time.monotonic() - started, full, warnings)
+    warnings = warnings_of(formats)
+    seconds = time.monotonic() - started
+    return CheckResult(verdict, tuple(findings), seconds, full, warnings), formats
 
 
-def _run(git: Git, git_dir: Path, step: _Step) -> tuple[GitResult, FsckReading]:
+def run_step(git: Git, git_dir: Path, step: Step) -> tuple[GitResult, FsckReading]:
+    """Run one fsck-like step; damage gets a second look."""
     result = git.run(list(step.args), repo=git_dir, check=False, config=step.config)
     reading = read_fsck(result)
     if reading.damage and not unknown_extensions(result.stderr):
@@ -238,8 +250,12 @@ def _run(git: Git, git_dir: Path, step: _Step) -> tuple[GitResult, FsckReading]:
     return result, reading
 
 
-def _warnings(formats: dict[tuple[str, str], str]) -> FormatWarnings:
+def warnings_of(
+    formats: dict[tuple[str, str], str], extra: dict[str, int] | None = None
+) -> FormatWarnings:
+    """The format warnings ``formats`` name, plus ``extra`` objects per message id."""
     counts = Counter(msg_id for msg_id, _ in formats)
+    counts.update(extra or {})
     ranked = tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
     examples = tuple(_line(line) for line in list(formats.values())[:MAX_EXAMPLES])
     return FormatWarnings(ranked, examples)
@@ -264,6 +280,11 @@ def _is_corruption(lines: list[str]) -> bool:
     config = any(line.startswith("fatal:") and any(p in line for p in _BAD_FSCK_CONFIG)
                  for line in lines)  # fmt: skip
     return opened and not config and any(line.startswith(("fatal:", "error:")) for line in lines)
+
+
+def line(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
+    return _line(text, limit)
 
 
 def _line(text: str, limit: int = MAX_LINE) -> str:

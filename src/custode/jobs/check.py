@@ -1,33 +1,45 @@
 """The fleet integrity check: every repository checked (``integrity.check``: connectivity,
-or with ``full`` every object hashed), one after another, with its verdict, findings,
-format warnings and time; recorded in the history as a ``check`` run with a row per
-repository.
+or with ``full`` every object hashed) with its verdict, findings, format warnings, time
+and what was read; recorded in the history as a ``check`` run with a row per repository.
 
-Serial: git's own fsck already uses the disk hard. A check changes nothing, so there is
-no lock to take and nothing for the audit log. On SIGINT or SIGTERM no further
-repository starts (``custode.interrupts``); one stopped mid-way proves nothing, so its
-result is not kept, only counted as stopped.
+Incremental: each repository's last sound check left a record in the history
+(``StateDB.check_records``); the check reads only what changed since
+(``integrity.incremental``), and keeps the new record, or drops it when the repository
+is not sound (its next check is whole). ``incremental=False`` reads everything and
+records afresh.
+
+Parallel: repositories are checked on a pool of ``jobs`` threads (0: one per CPU), the
+largest first, and a repository starts beside the running ones only while the host's CPU
+use is under ``maintenance.cpu_share`` (the governor maintenance uses). A check changes
+nothing, so there is no lock to take and nothing for the audit log. On SIGINT or SIGTERM
+no further repository starts (``custode.interrupts``); one stopped mid-way proves
+nothing, so its result is not kept, only counted as stopped.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from custode import interrupts
+from custode.base.fsread import unfit
 from custode.base.units import counted
 from custode.config.model import Config
 from custode.errors import RepositoryError
 from custode.git.runner import Git
-from custode.integrity import check as integrity
+from custode.integrity import incremental, verified
 from custode.integrity.check import CheckResult, FormatWarnings
 from custode.jobs import fleet
 from custode.jobs import record as history
 from custode.jobs.fleet import Bar, Say
-from custode.records.state import RepositoryResult
+from custode.maintenance import fleetrun
+from custode.records.state import RepositoryResult, StateDB
 from custode.scan.discovery import Problem
 from custode.scan.repostate import RepoState
 
@@ -50,6 +62,8 @@ class CheckJob:
     state_dir: Path  # the scan cache, the history
     git: Git
     full: bool = False  # also hash every object, verify commit-graph and multi-pack-index
+    jobs: int = 0  # repositories checked at the same time; 0: one per CPU
+    incremental: bool = True  # read only what changed since the last sound check
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,12 @@ class RepositoryCheck:
     state: RepoState
     result: CheckResult
     started: float  # wall-clock (Unix time)
+    record: verified.Record | None = None  # what to keep for the next check
+
+    @property
+    def read(self) -> dict[str, object]:
+        """What was read: whole or incremental, and of what (``integrity.incremental``)."""
+        return self.result.read
 
     @property
     def verdict(self) -> str:
@@ -108,6 +128,11 @@ class FleetCheck:
         return sum(1 for r in self.repositories if r.warnings.total)
 
     @property
+    def incremental(self) -> int:
+        """Repositories that read only what changed since their last sound check."""
+        return sum(1 for r in self.repositories if r.read.get("mode") == "incremental")
+
+    @property
     def cancelled(self) -> int:
         """Repositories never started because of an interrupt."""
         return self.found - len(self.repositories) - self.stopped
@@ -118,6 +143,7 @@ class FleetCheck:
             "repositories": len(self.repositories),
             **self.counts,
             "with_format_warnings": self.with_warnings,
+            "incremental": self.incremental,
             "full": self.full,
             "seconds": round(self.seconds, 3),
         }
@@ -133,7 +159,8 @@ def check(
     job.git.lower_own_priority()  # custode too yields to the clients, before any thread starts
     job.git.check_version()
     found = fleet.read(job.roots, job.config, job.state_dir, bar=bar, notice=notice)
-    done, stopped = _check_all(found.states, job.git, job.full, bar)
+    records = _records(job, found.states) if job.incremental else {}
+    done, stopped = _check_all(job, found.states, records, bar)
     if done:
         _record(job, done, warn)
     return FleetCheck(
@@ -147,26 +174,106 @@ def check(
     )
 
 
+def _records(job: CheckJob, states: list[RepoState]) -> dict[tuple[str, str], verified.Record]:
+    """Each repository's record of its last sound check (none when the history cannot be
+    read: every check is then whole)."""
+    if not states or not history.database(job.state_dir).exists():
+        return {}
+    keys = [(s.root, s.relative) for s in states]
+    raw = history.record(job.state_dir, lambda db: db.check_records(keys),
+                         failure="check records not read; checking in whole") or {}  # fmt: skip
+    parsed = {key: verified.from_json(data) for key, data in raw.items()}
+    return {key: r for key, r in parsed.items() if r is not None}
+
+
+def _check_one(job: CheckJob, state: RepoState, record: verified.Record | None) -> RepositoryCheck:
+    began = time.time()
+    git_dir = Path(state.git_dir)
+    if found := unfit(state.problems):
+        # a FIFO or a giant where git expects a small file: the whole check, under the
+        # doubt timeout, and no record (integrity.check does the same)
+        job.git.suspect(git_dir, "; ".join(found[:3]))
+        out = incremental.check(git_dir, job.git, full=job.full, record=None, incremental=False)
+        return RepositoryCheck(state, out.result, began, None)
+    out = incremental.check(git_dir, job.git, full=job.full, record=record,
+                            incremental=job.incremental)  # fmt: skip
+    return RepositoryCheck(state, out.result, began, out.record)
+
+
 def _check_all(
-    states: list[RepoState], git: Git, full: bool, bar: Bar
+    job: CheckJob,
+    states: list[RepoState],
+    records: dict[tuple[str, str], verified.Record],
+    bar: Bar,
 ) -> tuple[list[RepositoryCheck], int]:
-    """One repository after another; on SIGINT or SIGTERM stop (the checks so far, and 1
-    when a check was stopped mid-way: its result proves nothing and is not kept)."""
-    done: list[RepositoryCheck] = []
+    """Every repository on the pool, largest first (module docstring); the checks done, in
+    the scan's order, and how many were stopped mid-way by SIGINT or SIGTERM (their
+    results prove nothing and are not kept)."""
+    jobs = max(1, job.jobs or os.cpu_count() or 1)
+    governor = fleetrun.Governor(job.config.maintenance.cpu_share)
+    order = sorted(range(len(states)), key=lambda i: -_size(states[i]))
+    results: dict[int, RepositoryCheck] = {}
+    stopped = [0]
+    lock = threading.Lock()
+    finished = threading.Event()
+    running = [0]
+    slots = threading.Semaphore(jobs)
+
     with bar("checking repositories") as tick:
-        for state in states:
-            if interrupts.requested():
-                return done, 0
-            began = time.time()
+
+        def one(i: int) -> None:
+            state = states[i]
             try:
-                result = integrity.check(state, git, full=full)
+                checked = _check_one(job, state, records.get((state.root, state.relative)))
+                with lock:
+                    if interrupts.requested():
+                        stopped[0] += 1
+                    else:
+                        results[i] = checked
+                        tick(len(results), len(states))
             except interrupts.Interrupted:
-                return done, 1
-            if interrupts.requested():
-                return done, 1
-            done.append(RepositoryCheck(state, result, began))
-            tick(len(done), len(states))
-    return done, 0
+                with lock:
+                    stopped[0] += 1
+            finally:
+                slots.release()
+                with lock:
+                    running[0] -= 1
+                finished.set()
+
+        futures: list[Future[None]] = []
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for i in order:
+                if not _may_start(slots, governor, running, finished):
+                    break
+                with lock:
+                    running[0] += 1
+                futures.append(pool.submit(one, i))
+        for future in futures:
+            future.result()
+    return [results[i] for i in sorted(results)], stopped[0]
+
+
+def _may_start(
+    slots: threading.Semaphore,
+    governor: fleetrun.Governor,
+    running: list[int],
+    finished: threading.Event,
+) -> bool:
+    """Wait for a free slot and the governor's leave; False on SIGINT or SIGTERM."""
+    while not slots.acquire(timeout=0.5):
+        if interrupts.requested():
+            return False
+    while not interrupts.requested() and not governor.may_start(running[0]):
+        finished.wait(0.5)
+        finished.clear()
+    if interrupts.requested():
+        slots.release()
+        return False
+    return True
+
+
+def _size(state: RepoState) -> int:
+    return state.pack_bytes + state.loose_objects_bytes
 
 
 def _record(job: CheckJob, done: list[RepositoryCheck], warn: Say) -> None:
@@ -186,12 +293,23 @@ def _record(job: CheckJob, done: list[RepositoryCheck], warn: Say) -> None:
     bad = sum(1 for c in done if not c.result.ok)
     summary = {"repositories": len(done), "failed": bad, "full": job.full}
     history.results(job.state_dir, "check", rows, "partial" if bad else "ok", summary, warn)
+    kept = [(c.state.root, c.state.relative, c.record.to_json() if c.record else None)
+            for c in done]  # fmt: skip
+
+    def save(db: StateDB) -> bool:
+        db.save_check_records(kept)
+        return True
+
+    if history.record(job.state_dir, save, failure="check records not saved") is None:
+        warn("check records not saved: the next check reads everything again")
 
 
 def details(result: CheckResult) -> dict[str, Any]:
     """The history record: the verdict and findings, and format warnings if there are any
     (``ok`` outcome and verdict still mean sound)."""
     data: dict[str, Any] = {"verdict": result.verdict, "findings": list(result.findings)}
+    if result.read:
+        data["read"] = result.read
     if result.warnings.total:
         data["warnings"] = result.warnings.to_json()
     return data

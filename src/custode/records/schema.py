@@ -70,4 +70,12 @@ MIGRATIONS: tuple[str, ...] = (
         log TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL, at TEXT NOT NULL
     );
     """,
+    # what each repository's last sound check proved (custode.integrity.verified): one row
+    # per repository, replaced, so that a record of thousands of tips is not kept nightly
+    """
+    CREATE TABLE check_records (
+        root TEXT NOT NULL, repository TEXT NOT NULL, recorded_at TEXT NOT NULL,
+        record TEXT NOT NULL, PRIMARY KEY (root, repository)
+    );
+    """,
 )

@@ -381,6 +381,42 @@ class StateDB:
         return {(r[0], r[1]) for r in rows}
 
     @_guarded
+    def check_records(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        """(root, repository) → the JSON record of its last sound check (integrity.verified),
+        for those of ``keys`` that have one; a record that is not JSON is left out."""
+        found: dict[tuple[str, str], Any] = {}
+        for root, repository in keys:
+            row = self._conn.execute(
+                "SELECT record FROM check_records WHERE root = ? AND repository = ?",
+                (root, repository),
+            ).fetchone()
+            if row is None:
+                continue
+            try:
+                found[(root, repository)] = json.loads(row[0])
+            except (TypeError, ValueError):
+                continue
+        return found
+
+    @_guarded
+    def save_check_records(self, records: Iterable[tuple[str, str, dict[str, Any] | None]]) -> None:
+        """Replace each (root, repository)'s check record; None drops it."""
+        now = utcnow()
+        with self._transaction():
+            for root, repository, record in records:
+                if record is None:
+                    self._conn.execute(
+                        "DELETE FROM check_records WHERE root = ? AND repository = ?",
+                        (root, repository),
+                    )
+                    continue
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO check_records (root, repository, recorded_at, record) "
+                    "VALUES (?, ?, ?, ?)",
+                    (root, repository, now, json.dumps(record, separators=(",", ":"))),
+                )
+
+    @_guarded
     def record_host_sample(self, cpu_ratio: float, memory_ratio: float, load1: float) -> None:
         """One sample of the host's resource use (for reports against the 70% target)."""
         with self._transaction():

@@ -1,0 +1,295 @@
+"""What a clean check proved about one repository, and what is there now: the record an
+incremental check starts from (``integrity.incremental``).
+
+A pack and its index are immutable once written: git names a pack by its content and
+never rewrites it. A pack is identified by what the file system says of its ``.pack`` and
+``.idx`` (size, mtime and ctime in nanoseconds, inode, device). Any write to a file, even
+one that restores its mtime with ``utime``, moves its ctime; a pack replaced by another
+file has another inode. So a pack whose key is unchanged holds the bytes that were
+verified. Two limits, both handled here rather than trusted away:
+
+* **A write in the same clock tick.** ctime has the kernel's coarse clock (a few ms; a
+  whole second on some file systems), so a write right after the stat could keep it.
+  A file changed less than ``SETTLE_NS`` (``SETTLE_COARSE_NS`` where timestamps are whole
+  seconds) before it was looked at is not recorded as verified: it is read again next
+  time.
+* **Damage below the file system** (a disk's bit rot) changes no timestamp. Each pack is
+  read again at the latest ``REVERIFY_S`` (plus a spread taken from its name, so a fleet
+  verified on one night does not come due on one night) after it was last verified.
+
+The record (``Record``) keeps, per repository: every pack present when it was made, with
+its key and when it was last verified in full (``None`` after a connectivity check, which
+reads no pack in full); the loose objects present then; the ref tips whose reachability
+was proven (every object reachable from them was present); the keys of the commit-graph
+and multi-pack-index files verified; and the format warnings the objects carry (so a
+check that skips a pack still reports them). It is stored as JSON in the history
+(``StateDB.check_records``); a record that does not parse is no record: the next check is
+whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RECORD_VERSION = 1
+SETTLE_NS = 100_000_000  # 0.1 s: well above the kernel's coarse clock tick
+SETTLE_COARSE_NS = 2_000_000_000  # whole-second (or 2 s) timestamps
+REVERIFY_S = 21 * 86400  # every pack read in full again within 21 to 35 days
+REVERIFY_SPREAD_S = 14 * 86400
+MAX_LOOSE = 200_000  # loose objects recorded at most (beyond: reachability is walked whole)
+MAX_WARNING_KEYS = 5_000  # format warnings kept by object id (beyond: counts only)
+
+_PACK = re.compile(r"pack-([0-9a-f]{40}|[0-9a-f]{64})\.pack")
+_HEX2 = re.compile(r"[0-9a-f]{2}")
+_LOOSE = re.compile(r"[0-9a-f]{38}|[0-9a-f]{62}")
+_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+FileKey = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, device
+
+
+def file_key(st: os.stat_result) -> FileKey:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def settled(key: FileKey, now_ns: int) -> bool:
+    """The file's last change is far enough in the past that any later write moves its
+    ctime (module docstring)."""
+    coarse = key[1] % 1_000_000_000 == 0 and key[2] % 1_000_000_000 == 0
+    margin = SETTLE_COARSE_NS if coarse else SETTLE_NS
+    return now_ns - max(key[1], key[2]) > margin
+
+
+def due(name: str, verified_at: float, now: float) -> bool:
+    """The pack ``name`` was last read in full long enough ago to be read again."""
+    spread = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % REVERIFY_SPREAD_S
+    return now - verified_at >= REVERIFY_S + spread
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What is in the repository's object store now (nothing read but directories and
+    stats, and a loose object's first bytes). ``doubts``: what makes an incremental check
+    unsound here, each a reason; a whole check is run instead."""
+
+    packs: dict[str, tuple[FileKey, FileKey]]  # pack name → (.pack key, .idx key)
+    loose: dict[str, str]  # oid → type ("blob", "tree", "commit", "tag", "?" unreadable)
+    graphs: dict[str, tuple[str, bool]]  # "commit-graph" / "multi-pack-index" → (digest of
+    # its files' keys, "" when there is none; all its files settled)
+    doubts: tuple[str, ...]
+    taken_ns: int
+
+
+def snapshot(git_dir: Path) -> Snapshot:
+    """The object store of ``git_dir`` as it is now (``Snapshot``)."""
+    taken_ns = time.time_ns()
+    objects = git_dir / "objects"
+    doubts: list[str] = []
+    info = objects / "info"
+    if _exists(info / "alternates"):
+        doubts.append("it borrows objects from another repository (alternates)")
+    if _exists(git_dir / "worktrees"):
+        doubts.append("it has linked worktrees")
+    if _exists(git_dir / "shallow"):
+        doubts.append("it is shallow")
+    packs, pack_doubts = _packs(objects / "pack")
+    doubts += pack_doubts
+    loose, loose_doubts = _loose(objects)
+    doubts += loose_doubts
+    graphs = {
+        "commit-graph": _digest([info / "commit-graph"], info / "commit-graphs", taken_ns),
+        "multi-pack-index": _digest([objects / "pack" / "multi-pack-index"], None, taken_ns),
+    }
+    return Snapshot(packs, loose, graphs, tuple(doubts), taken_ns)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        path.lstat()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: in doubt
+    return True
+
+
+def _packs(pack_dir: Path) -> tuple[dict[str, tuple[FileKey, FileKey]], list[str]]:
+    packs: dict[str, tuple[FileKey, FileKey]] = {}
+    doubts: list[str] = []
+    try:
+        names = sorted(os.listdir(pack_dir))
+    except FileNotFoundError:
+        return packs, doubts
+    except OSError as exc:
+        return packs, [f"its pack directory cannot be listed ({exc.strerror})"]
+    present = set(names)
+    for name in names:
+        if name.endswith(".promisor"):
+            doubts.append("it is a partial clone (promisor packs)")
+        if not _PACK.fullmatch(name):
+            continue
+        base = name[: -len(".pack")]
+        if f"{base}.idx" not in present:
+            doubts.append(f"pack {name} has no index (being written?)")
+            continue
+        try:
+            pst = os.lstat(pack_dir / name)
+            ist = os.lstat(pack_dir / f"{base}.idx")
+        except OSError as exc:
+            doubts.append(f"pack {name} cannot be read ({exc.strerror})")
+            continue
+        if not (stat.S_ISREG(pst.st_mode) and stat.S_ISREG(ist.st_mode)):
+            doubts.append(f"pack {name} or its index is not a regular file")
+            continue
+        packs[base] = (file_key(pst), file_key(ist))
+    for name in names:
+        if name.endswith(".idx") and f"{name[: -len('.idx')]}.pack" not in present:
+            doubts.append(f"index {name} has no pack")
+    return packs, sorted(set(doubts))
+
+
+def _loose(objects: Path) -> tuple[dict[str, str], list[str]]:
+    loose: dict[str, str] = {}
+    try:
+        dirs = [d for d in os.listdir(objects) if _HEX2.fullmatch(d)]
+    except OSError as exc:
+        return loose, [f"its object directory cannot be listed ({exc.strerror})"]
+    for d in sorted(dirs):
+        try:
+            names = os.listdir(objects / d)
+        except NotADirectoryError:
+            continue
+        except OSError as exc:
+            return loose, [f"objects/{d} cannot be listed ({exc.strerror})"]
+        for name in names:
+            if _LOOSE.fullmatch(name):
+                loose[d + name] = loose_type(objects / d / name)
+    return loose, []
+
+
+def loose_type(path: Path) -> str:
+    """A loose object's type from its zlib header (``?`` when it cannot be read: fsck then
+    says why)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(64)
+        text = zlib.decompressobj().decompress(head, 32)
+    except (OSError, zlib.error):
+        return "?"
+    kind = text.split(b" ", 1)[0]
+    return kind.decode() if kind in {b"blob", b"tree", b"commit", b"tag"} else "?"
+
+
+def _digest(files: list[Path], directory: Path | None, now_ns: int) -> tuple[str, bool]:
+    """A digest of the keys of ``files`` and of every file in ``directory`` ("" if none),
+    and whether all of them are settled."""
+    parts: list[str] = []
+    calm = True
+    paths = list(files)
+    if directory is not None:
+        try:
+            paths += [directory / n for n in sorted(os.listdir(directory))]
+        except FileNotFoundError:
+            pass
+        except OSError:
+            parts.append(f"{directory.name}: unreadable")
+    for path in paths:
+        try:
+            key = file_key(os.lstat(path))
+        except FileNotFoundError:
+            continue
+        except OSError:
+            parts.append(f"{path.name}: unreadable")
+            continue
+        calm = calm and settled(key, now_ns)
+        parts.append(f"{path.name}:{key}")
+    return (hashlib.sha256("\n".join(parts).encode()).hexdigest() if parts else ""), calm
+
+
+@dataclass(frozen=True)
+class PackRecord:
+    key: tuple[FileKey, FileKey]
+    verified_at: float | None  # when read in full (Unix time); None: only known present
+    settled: bool = True  # False: changed just before it was looked at; counts as gone next
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the last clean check proved (module docstring)."""
+
+    packs: dict[str, PackRecord]
+    loose: frozenset[str] | None  # None: too many to record
+    tips: tuple[str, ...]  # sorted, unique
+    graphs: dict[str, str]  # verified: name → digest of its files' keys
+    warnings: dict[str, str] = field(default_factory=dict)  # "msgId oid" → git's line
+    warning_counts: dict[str, int] = field(default_factory=dict)  # msgId → objects
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": RECORD_VERSION,
+            "packs": {
+                n: {
+                    "key": [list(p.key[0]), list(p.key[1])],
+                    "verified_at": p.verified_at,
+                    "settled": p.settled,
+                }
+                for n, p in sorted(self.packs.items())
+            },
+            "loose": None if self.loose is None else sorted(self.loose),
+            "tips": list(self.tips),
+            "graphs": dict(self.graphs),
+            "warnings": dict(self.warnings),
+            "warning_counts": dict(self.warning_counts),
+        }
+
+
+def from_json(data: object) -> Record | None:
+    """The record stored as ``data``; None when it is not one this version wrote (the
+    history is another process's file: nothing in it is trusted blindly)."""
+    try:
+        return _parse(data)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+
+
+def _parse(data: object) -> Record | None:
+    if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
+        return None
+    packs: dict[str, PackRecord] = {}
+    for name, entry in data["packs"].items():
+        if not _PACK.fullmatch(f"{name}.pack"):
+            return None
+        pack_key, idx_key = (_key(k) for k in entry["key"])
+        at = entry["verified_at"]
+        if at is not None and not isinstance(at, (int, float)):
+            return None
+        calm = entry["settled"]
+        if not isinstance(calm, bool):
+            return None
+        packs[name] = PackRecord((pack_key, idx_key), None if at is None else float(at), calm)
+    raw_loose = data["loose"]
+    loose = None if raw_loose is None else frozenset(_oids(raw_loose))
+    tips = tuple(_oids(data["tips"]))
+    graphs = {str(k): str(v) for k, v in data["graphs"].items()}
+    warnings = {str(k): str(v) for k, v in data.get("warnings", {}).items()}
+    counts = {str(k): int(v) for k, v in data.get("warning_counts", {}).items()}
+    return Record(packs, loose, tips, graphs, warnings, counts)
+
+
+def _key(raw: object) -> FileKey:
+    if not isinstance(raw, list) or len(raw) != 5 or not all(type(v) is int for v in raw):
+        raise ValueError("bad key")
+    return (raw[0], raw[1], raw[2], raw[3], raw[4])
+
+
+def _oids(raw: object) -> list[str]:
+    if not isinstance(raw, list) or not all(isinstance(o, str) and _OID.fullmatch(o) for o in raw):
+        raise ValueError("bad object ids")
+    return list(raw)

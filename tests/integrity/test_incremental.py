@@ -1,0 +1,363 @@
+"""``custode check`` at the cost of what changed: a second check reads only what is new,
+and every kind of damage is still found on the checks after the first.
+
+Which git commands ran is read from a wrapper named as ``git.binary`` that logs each
+command line before it runs git: evidence that does not depend on timing.
+"""
+
+import json
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fixtures.builders import fast_import, history_stream, run_git
+from fixtures.cli import CliResult
+
+pytestmark = pytest.mark.integration
+Run = Callable[..., CliResult]
+
+
+class Checker:
+    """A repository, a config whose git logs each command, and ``check`` runs on it."""
+
+    def __init__(self, tmp_path: Path, custode: Run) -> None:
+        self.custode = custode
+        self.root = tmp_path / "root"
+        self.repo = self.root / "repo.git"
+        self.log = tmp_path / "git.log"
+        wrapper = tmp_path / "git-logged"
+        real = run_git(None, "--exec-path").strip()
+        wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{self.log}"\nexec "{real}/git" "$@"\n')
+        wrapper.chmod(0o755)
+        self.config = tmp_path / "custode.toml"
+        self.config.write_text(
+            f'[state]\ndirectory = "{tmp_path / "state"}"\n'
+            f'[git]\nbinary = "{wrapper}"\nnice = 0\nionice = "none"\n'
+        )
+        self.state = tmp_path / "state"
+        run_git(None, "init", "-q", "--bare", self.repo)
+        fast_import(self.repo, history_stream("refs/heads/main", 30, annotated_tags=[("v1", 9)]))
+        run_git(self.repo, "gc", "--quiet", config=["gc.writeCommitGraph=true"])
+        run_git(self.repo, "commit-graph", "write", "--reachable")
+        self.commits = 30
+
+    def check(self, *args: str, code: int = 0) -> tuple[dict[str, Any], list[str]]:
+        """One ``check --json``: the repository's JSON and the git commands it ran."""
+        time.sleep(0.2)  # what was just written is settled (integrity.verified.SETTLE_NS)
+        self.log.write_text("")
+        result = self.custode("--config", self.config, "check", "--json", *args, self.root)
+        assert result.code == code, result.stderr
+        (repo,) = result.json()["repositories"]
+        return repo, self.log.read_text().splitlines()
+
+    def push(self, commits: int = 3, *, pack: bool = True, ref: str = "refs/heads/main") -> None:
+        """A day's push: new objects (a pack, or loose ones) and a tip moved or made."""
+        parent = "refs/heads/main^0"
+        stream = history_stream(ref, commits, start=self.commits, parent=parent, label="p")
+        fast_import(self.repo, stream, pack=pack)
+        self.commits += commits
+
+    def packs(self) -> list[Path]:
+        return sorted((self.repo / "objects" / "pack").glob("pack-*.pack"))
+
+    def loose(self) -> list[Path]:
+        return sorted(p for p in (self.repo / "objects").glob("[0-9a-f][0-9a-f]/*"))
+
+
+@pytest.fixture
+def repo(tmp_path: Path, custode: Run) -> Checker:
+    return Checker(tmp_path, custode)
+
+
+def _ran(commands: list[str], sub: str) -> list[str]:
+    """The logged git commands whose subcommand is ``sub`` (after the ``-c`` options)."""
+    found = []
+    for command in commands:
+        words = command.split()
+        i = 0
+        while i < len(words) and words[i].startswith("-"):
+            i += 2 if words[i] == "-c" else 1
+        if i < len(words) and words[i] == sub:
+            found.append(command)
+    return found
+
+
+def _flip(path: Path, offset: int) -> None:
+    """Flip one bit at ``offset`` and put the mtime back: only ctime tells."""
+    before = path.stat()
+    path.chmod(0o644)
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+    path.chmod(stat.S_IMODE(before.st_mode))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def _incremental(repo: Checker, *args: str) -> None:
+    """The first check is whole, the second incremental (the record is in the history)."""
+    first, _ = repo.check(*args)
+    assert first["read"]["mode"] == "whole", first
+    second, _ = repo.check(*args)
+    assert second["read"]["mode"] == "incremental", second
+
+
+def test_second_full_check_reads_no_verified_pack(repo: Checker) -> None:
+    first, ran = repo.check("--full")
+    assert first["verdict"] == "ok"
+    assert first["read"] == {"mode": "whole", "why": "no record of an earlier sound check"}
+    assert _ran(ran, "fsck")
+    second, ran = repo.check("--full")
+    assert second["verdict"] == "ok"
+    assert second["read"]["mode"] == "incremental"
+    assert second["read"]["packs"] == {"verified": 0, "unchanged_skipped": 1, "gone": 0}
+    assert second["read"]["verified"] == "nothing changed"
+    # nothing read the old pack in full, no fsck walked the history
+    for sub in ("fsck", "index-pack", "verify-pack", "commit-graph", "multi-pack-index"):
+        assert not _ran(ran, sub), (sub, ran)
+    (walk,) = _ran(ran, "rev-list")
+    assert "core.commitGraph=false" in walk  # the walk trusts no derived file
+    with sqlite3.connect(repo.state / "state.db") as db:
+        (record,) = db.execute("SELECT record FROM check_records").fetchone()
+        (details,) = db.execute(
+            "SELECT details FROM repository_results ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    assert len(json.loads(record)["tips"]) == 2  # main and the tag, deduplicated with HEAD
+    assert json.loads(details)["read"]["mode"] == "incremental"
+
+
+def test_no_incremental_reads_everything(repo: Checker) -> None:
+    _incremental(repo, "--full")
+    again, ran = repo.check("--full", "--no-incremental")
+    assert again["read"] == {"mode": "whole", "why": "asked for a whole check"}
+    assert any("--full" in c for c in _ran(ran, "fsck")), ran
+
+
+def test_default_check_second_run_walks_only_new_tips(repo: Checker) -> None:
+    _incremental(repo)
+    repo.push(2, ref="refs/heads/topic")
+    third, ran = repo.check()
+    assert third["verdict"] == "ok"
+    assert third["read"]["reachability"] == "1 new tips walked, 2 unchanged"
+    assert not _ran(ran, "fsck") and not _ran(ran, "index-pack")
+
+
+def test_a_days_pushes_are_read_and_nothing_else(repo: Checker) -> None:
+    _incremental(repo, "--full")
+    (old,) = repo.packs()
+    repo.push(3)  # a new pack, main moved
+    (new,) = set(repo.packs()) - {old}
+    repo.push(2, pack=False, ref="refs/heads/topic")  # loose objects, a new branch
+    loose = len(repo.loose())
+    assert loose >= 8
+    after, ran = repo.check("--full")
+    assert after["verdict"] == "ok", after
+    read = after["read"]
+    assert read["mode"] == "incremental", read
+    assert read["packs"] == {"verified": 1, "unchanged_skipped": 1, "gone": 0}
+    assert read["loose"] == loose
+    assert read["reachability"] == "2 new tips walked, 1 unchanged"
+    (pack,) = _ran(ran, "index-pack")  # the new pack alone, in full
+    assert new.name in pack and "--verify" in pack and "--strict=" in pack
+    (fsck,) = _ran(ran, "fsck")
+    assert "--no-full" in fsck and "core.commitGraph=false" in fsck
+
+
+def test_bit_flipped_in_a_verified_pack_is_found(repo: Checker) -> None:
+    _incremental(repo, "--full")
+    (pack,) = repo.packs()
+    _flip(pack, pack.stat().st_size // 2)
+    found, _ = repo.check("--full", code=3)
+    assert found["verdict"] == "corrupt", found
+    assert found["read"]["mode"] == "whole" and "pack" in found["read"]["why"], found
+
+
+def test_bit_flipped_in_a_verified_index_is_found(repo: Checker) -> None:
+    _incremental(repo, "--full")
+    (pack,) = repo.packs()
+    idx = pack.with_suffix(".idx")
+    _flip(idx, idx.stat().st_size - 30)  # inside the index's object offsets or checksum
+    found, _ = repo.check("--full", code=3)
+    assert found["verdict"] == "corrupt", found
+
+
+def test_removed_pack_is_found(repo: Checker) -> None:
+    _incremental(repo, "--full")
+    repo.push(3)
+    _incremental_again, _ = repo.check("--full")
+    newest = max(repo.packs(), key=lambda p: p.stat().st_mtime_ns)
+    for sibling in newest.parent.glob(newest.stem + ".*"):
+        sibling.unlink()
+    for args in (("--full",), ()):
+        found, _ = repo.check(*args, code=3)
+        assert found["verdict"] == "corrupt", (args, found)
+
+
+def test_corrupt_loose_object_is_found(repo: Checker) -> None:
+    _incremental(repo, "--full")
+    repo.push(2, pack=False)
+    pushed, _ = repo.check("--full")
+    assert pushed["verdict"] == "ok" and pushed["read"]["mode"] == "incremental", pushed
+    blob = next(p for p in repo.loose() if _type(repo, p) == "blob")
+    _flip(blob, blob.stat().st_size - 3)
+    found, _ = repo.check("--full", code=3)
+    assert found["verdict"] == "corrupt", found
+    assert any(blob.parent.name + blob.name in line for line in found["findings"]), found
+
+
+def test_corrupt_new_pack_is_found(repo: Checker) -> None:
+    _incremental(repo, "--full")
+    old = set(repo.packs())
+    repo.push(4)
+    (new,) = set(repo.packs()) - old
+    _flip(new, new.stat().st_size // 2)
+    found, _ = repo.check("--full", code=3)
+    assert found["verdict"] == "corrupt", found
+
+
+def test_ref_to_a_missing_object_is_found(repo: Checker) -> None:
+    _incremental(repo)
+    (repo.repo / "refs" / "heads" / "lost").write_text("1234567890" * 4 + "\n")
+    for args in ((), ("--full",)):
+        found, _ = repo.check(*args, code=3)
+        assert found["verdict"] == "corrupt", (args, found)
+        assert any("refs/heads/lost" in line for line in found["findings"]), found
+
+
+def test_missing_object_of_a_new_tip_is_found_by_the_default_check(repo: Checker) -> None:
+    _incremental(repo)
+    repo.push(2, pack=False, ref="refs/heads/topic")
+    tree = run_git(repo.repo, "rev-parse", "refs/heads/topic^{tree}").strip()
+    (repo.repo / "objects" / tree[:2] / tree[2:]).unlink()
+    found, _ = repo.check(code=3)
+    assert found["verdict"] == "corrupt", found
+    assert found["read"]["mode"] == "whole" and tree in found["read"]["why"], found
+
+
+def test_commit_graph_corrupted_after_it_was_verified_is_found(repo: Checker) -> None:
+    _incremental(repo, "--full")
+    graph = repo.repo / "objects" / "info" / "commit-graph"
+    _flip(graph, 200)
+    found, _ = repo.check("--full", code=3)
+    assert found["verdict"] == "corrupt", found
+    assert any(line.startswith("commit-graph verify: ") for line in found["findings"]), found
+
+
+def test_format_warnings_in_a_new_pack_are_not_damage(repo: Checker) -> None:
+    _incremental(repo, "--full")
+    tree = run_git(repo.repo, "rev-parse", "refs/heads/main^{tree}").strip()
+    odd = (
+        f"tree {tree}\nauthor A <a@example.com> 1234567890 +99999\n"
+        "committer A <a@example.com> 1234567890 +0000\n\nold tool\n"
+    ).encode()
+    oid = run_git(repo.repo, "hash-object", "-t", "commit", "-w", "--stdin", "--literally",
+                  input=odd).strip()  # fmt: skip
+    run_git(repo.repo, "update-ref", "refs/heads/odd", oid)
+    run_git(repo.repo, "repack", "-d", "-q")  # the odd commit into a new pack
+    found, _ = repo.check("--full")
+    assert found["verdict"] == "ok", found
+    assert found["read"]["mode"] == "incremental", found["read"]
+    assert found["warnings"]["ids"] == {"badTimezone": 1}, (found["read"], found["warnings"])
+    again, _ = repo.check("--full")  # not read again, still reported
+    assert again["read"]["packs"]["verified"] == 0, again
+    assert again["warnings"]["ids"] == {"badTimezone": 1}, again
+
+
+def test_restore_drill_judge_always_reads_everything(repo: Checker) -> None:
+    """``check_git_dir`` (the restore drill's judge) knows no record: always whole."""
+    from custode.git.runner import Git
+    from custode.integrity.check import check_git_dir
+
+    _incremental(repo, "--full")
+    (pack,) = repo.packs()
+    pack.chmod(0o644)
+    with pack.open("r+b") as f:
+        f.truncate(pack.stat().st_size - 100)
+    assert check_git_dir(repo.repo, Git(), full=True).verdict == "corrupt"
+
+
+def _type(repo: Checker, path: Path) -> str:
+    return run_git(repo.repo, "cat-file", "-t", path.parent.name + path.name).strip()
+
+
+def test_loose_objects_packed_by_a_repack_keep_the_walk_incremental(repo: Checker) -> None:
+    _incremental(repo, "--full")
+    repo.push(2, pack=False, ref="refs/heads/topic")
+    loose, _ = repo.check("--full")
+    assert loose["read"]["mode"] == "incremental", loose["read"]
+    run_git(repo.repo, "repack", "-d", "-q")  # the loose objects into a new pack
+    run_git(repo.repo, "prune-packed")
+    assert not repo.loose()
+    packed, _ = repo.check("--full")
+    assert packed["verdict"] == "ok", packed
+    assert packed["read"]["packs"]["verified"] == 1, packed["read"]
+    assert packed["read"]["reachability"] == "0 new tips walked, 3 unchanged", packed["read"]
+
+
+def test_after_a_full_repack_the_history_is_walked_whole(repo: Checker) -> None:
+    _incremental(repo, "--full")
+    run_git(repo.repo, "repack", "-a", "-d", "-f", "-q")  # every old pack gone
+    after, _ = repo.check("--full")
+    assert after["verdict"] == "ok", after
+    assert after["read"]["mode"] == "incremental", after["read"]
+    assert after["read"]["packs"]["gone"] == 1, after["read"]
+    assert after["read"]["reachability"].startswith("whole walk from 2 tips"), after["read"]
+
+
+def test_when_most_pack_bytes_are_new_the_whole_check_runs(
+    repo: Checker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from custode.git.runner import Git
+    from custode.integrity import incremental, verified
+
+    _incremental(repo, "--full")
+    with sqlite3.connect(repo.state / "state.db") as db:
+        (raw,) = db.execute("SELECT record FROM check_records").fetchone()
+    record = verified.from_json(json.loads(raw))
+    assert record is not None
+    run_git(repo.repo, "repack", "-a", "-d", "-f", "-q")
+    time.sleep(0.2)
+    monkeypatch.setattr(incremental, "WHOLE_MIN_BYTES", 0)
+    out = incremental.check(repo.repo, Git(), full=True, record=record)
+    assert out.result.verdict == "ok"
+    assert out.result.read["mode"] == "whole", out.result.read
+    assert "100% of the pack bytes are new" in str(out.result.read["why"])
+    assert out.record is not None and len(out.record.packs) == 1
+
+
+@pytest.mark.parametrize("head", ["ref: refs/tags/v1", "ref: refs/heads/../../x", "TREE"])
+def test_a_bad_head_is_found_on_an_incremental_run(repo: Checker, head: str) -> None:
+    _incremental(repo)
+    tree = run_git(repo.repo, "rev-parse", "refs/heads/main^{tree}").strip()
+    (repo.repo / "HEAD").write_text(head.replace("TREE", tree) + "\n")
+    found, _ = repo.check(code=3)
+    assert found["verdict"] == "corrupt", found
+    assert found["read"]["mode"] == "whole", found["read"]
+    assert any("HEAD" in line for line in found["findings"]), found
+
+
+def test_an_unborn_head_stays_incremental(repo: Checker) -> None:
+    (repo.repo / "HEAD").write_text("ref: refs/heads/master\n")  # pushes went to main
+    _incremental(repo, "--full")
+
+
+def test_a_reflog_entry_of_a_missing_object_is_found_on_an_incremental_run(
+    repo: Checker,
+) -> None:
+    main = run_git(repo.repo, "rev-parse", "refs/heads/main").strip()
+    log = repo.repo / "logs" / "refs" / "heads" / "main"
+    log.parent.mkdir(parents=True)
+    log.write_text(f"{'0' * 40} {main} A <a@example.com> 1 +0000\tpush\n")
+    _incremental(repo)
+    with log.open("a") as f:
+        f.write(f"{main} {'1234567890' * 4} A <a@example.com> 2 +0000\tlost\n")
+    found, _ = repo.check(code=3)
+    assert found["verdict"] == "corrupt", found
+    assert any("reflog" in line for line in found["findings"]), found
