@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from custode.scan.cache import FORMAT
 from fixtures.builders import Fleet
 from fixtures.cli import CliResult
 
@@ -140,7 +141,7 @@ def test_a_planted_pickle_runs_no_code_and_the_cache_is_rebuilt(
     assert result.code == 0, result.stderr
     assert not marker.exists()
     cache = json.loads((state_dir / "scan-cache.json").read_bytes())
-    assert cache["format"] == 5 and len(cache["entries"]) == 2
+    assert cache["format"] == FORMAT and len(cache["entries"]) == 2
     again = custode("status", "--json", root)
     assert again.json()["repositories"] == result.json()["repositories"]
 
