@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from custode.base.fsread import read_prefix
+
 RECORD_VERSION = 1
 SETTLE_NS = 100_000_000  # 0.1 s: well above the kernel's coarse clock tick
 SETTLE_COARSE_NS = 2_000_000_000  # whole-second (or 2 s) timestamps
@@ -177,9 +179,8 @@ def _loose(objects: Path) -> tuple[dict[str, str], list[str]]:
 def loose_type(path: Path) -> str:
     """A loose object's type from its zlib header (``?`` when it cannot be read: fsck then
     says why)."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(64)
+    try:  # never blocks: a FIFO planted as an object would hang a plain open for ever
+        head = read_prefix(str(path), 64, regular=True)
         text = zlib.decompressobj().decompress(head, 32)
     except (OSError, zlib.error):
         return "?"
