@@ -75,3 +75,79 @@ def test_governor_holds_back_new_repositories_while_the_cpu_is_busy() -> None:
     run_fleet(_items({f"r{i}": i for i in range(4)}), Git(), None, jobs=4,
               governor=idle, runner=runner, poll=0.01)  # fmt: skip
     assert runner.peak == 4
+
+
+class HostCpu:
+    """A host of two CPUs whose only load is the fake repositories, one CPU each: like
+    psutil, a reading is the busiest it was since the previous reading."""
+
+    def __init__(self, runner: FakeRunner) -> None:
+        self.runner = runner
+        self.busiest = 0
+
+    def sample(self) -> float:
+        reading = self.busiest / 2
+        self.busiest = self.runner.running
+        return reading
+
+    def watch(self, stop: threading.Event) -> None:
+        while not stop.wait(0.002):
+            self.busiest = max(self.busiest, self.runner.running)
+
+
+class Answers(Governor):
+    """The governor, with every answer it gave kept."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.answers: list[bool] = []
+
+    def may_start(self, running: int) -> bool:
+        answer = super().may_start(running)
+        self.answers.append(answer)
+        return answer
+
+
+def test_a_finished_repository_does_not_hold_back_the_next() -> None:
+    """One repository uses half the host (0.5 < 0.7): a second may start beside it, so
+    a slot freed by a finish is never held back by a reading that still counts the
+    repository that finished (1.0: it kept the slot idle for a window and a poll)."""
+    runner = FakeRunner(seconds=0.15)
+    host = HostCpu(runner)
+    stop = threading.Event()
+    watcher = threading.Thread(target=host.watch, args=(stop,))
+    watcher.start()
+    governor = Answers(0.7, sample=host.sample)
+    try:
+        run = run_fleet(_items({f"r{i}": i for i in range(12)}), Git(), None, jobs=2,
+                        governor=governor, runner=runner)  # fmt: skip
+    finally:
+        stop.set()
+        watcher.join()
+    assert len(run.results) == 12 and runner.peak == 2
+    assert all(governor.answers), governor.answers
+
+
+def test_a_share_of_one_never_holds_back() -> None:
+    assert Governor(1.0, sample=lambda: 1.0).may_start(running=3)
+    assert not Governor(0.7, sample=lambda: 1.0).may_start(running=3)
+
+
+def test_a_repository_predicted_to_overrun_the_window_is_not_started() -> None:
+    runner = FakeRunner(seconds=0.05)
+    items = _items({"long": 1, "short": 2, "shorter": 3})
+    run = run_fleet(items, Git(), None, jobs=1, runner=runner, window=1.0,
+                    predicted=[5.0, 0.3, 0.2])  # fmt: skip
+    assert runner.order == ["short", "shorter"]  # the longest predicted first, then bytes
+    assert [s.relative for s in run.held_back] == ["long"]
+    assert run.not_started == []
+
+
+def test_the_window_left_is_measured_as_the_run_goes() -> None:
+    """Each is predicted 0.3 s but takes 0.4 s: the third would end past the window."""
+    runner = FakeRunner(seconds=0.4)
+    items = _items({f"r{i}": i for i in range(3)})
+    run = run_fleet(items, Git(), None, jobs=1, runner=runner, window=1.0,
+                    predicted=[0.3, 0.3, 0.3])  # fmt: skip
+    assert len(runner.order) == 2
+    assert [s.relative for s in run.held_back] == ["r0"]  # by bytes the smallest, last

@@ -22,6 +22,12 @@ if TYPE_CHECKING:  # the rest is imported where used: --help imports none of it
     from custode.jobs.maintain import Maintenance, RepositoryMaintenance
 
 
+def _predicted(m: RepositoryMaintenance, kind: str) -> dict[str, Any]:
+    """A task's predicted cost (and on what it is based), for ``--json``."""
+    p = m.prediction(kind)
+    return {"predicted": p.to_json()} if p is not None else {}
+
+
 def _plan_json(m: RepositoryMaintenance) -> dict[str, Any]:
     return {
         "path": m.state.path,
@@ -29,7 +35,7 @@ def _plan_json(m: RepositoryMaintenance) -> dict[str, Any]:
         "in_doubt": m.in_doubt,
         "skipped_reason": m.skipped_reason,
         "notes": list(m.plan.notes),
-        "tasks": [{"kind": t.kind, "reason": t.reason} for t in m.tasks],
+        "tasks": [{"kind": t.kind, "reason": t.reason, **_predicted(m, t.kind)} for t in m.tasks],
     }
 
 
@@ -50,6 +56,7 @@ def _result_json(m: RepositoryMaintenance) -> dict[str, Any]:
                 "outcome": t.outcome,
                 "message": t.message,
                 "seconds": round(t.duration, 3),
+                **_predicted(m, t.kind),
             }
             for t in r.tasks
         ],
@@ -75,6 +82,13 @@ def _result_json(m: RepositoryMaintenance) -> dict[str, Any]:
     help="Start no repository after this long (e.g. 30m); the rest are reported.",
 )
 @click.option(
+    "--window",
+    type=DURATION,
+    default=None,
+    help="Plan the night to end within this long (e.g. 10m) from predicted costs; full "
+    "repacks that do not fit wait for a later night [default: maintenance.window, none].",
+)
+@click.option(
     "--cpu-share",
     type=click.FloatRange(0.05, 1.0),
     default=None,
@@ -95,6 +109,7 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
     quiet: bool,
     jobs: int | None,
     budget: float | None,
+    window: float | None,
     cpu_share: float | None,
     force: bool,
 ) -> None:
@@ -121,6 +136,7 @@ def maintain(  # noqa: PLR0917  (click passes every option positionally by name)
         jobs=jobs,
         budget=budget,
         cpu_share=cpu_share,
+        window=window,
     )
     done = maintain_job(job, notice=app.say, warn=app.warn, bar=partial(progress_bar, app))
     broken, doubted = len(done.broken), len(done.in_doubt)
@@ -152,7 +168,8 @@ def _raise_for(failed: int, broken: int, total: int, doubted: int = 0) -> None:
 def _show_plans(app: App, done: Maintenance, as_json: bool) -> None:
     if as_json:
         repos = [_plan_json(m) for m in done.repositories]
-        app.print_json({"dry_run": True, "repositories": repos})
+        deferred = [d.to_json() for d in done.deferred]
+        app.print_json({"dry_run": True, "repositories": repos, "deferred": deferred})
         return
     from rich.markup import escape
     from rich.table import Table
@@ -163,13 +180,14 @@ def _show_plans(app: App, done: Maintenance, as_json: bool) -> None:
     table = Table(show_edge=False, pad_edge=False)
     for column in ("repository", "task", "why"):
         table.add_column(column, overflow="fold")
+    table.add_column("predicted", justify="right", no_wrap=True)
     for m in busy:
         for i, task in enumerate(m.tasks):
-            table.add_row(
-                escape(m.state.relative) if i == 0 else "", task.kind, escape(task.reason)
-            )
+            table.add_row(escape(m.state.relative) if i == 0 else "", task.kind,
+                          escape(task.reason), _cost(m, task.kind))  # fmt: skip
     if busy:
         app.out.print(table, width=table_width(app))
+    _show_deferred(app, done)
     tasks = sum(len(m.tasks) for m in busy)
     app.out.print(
         f"plan: {counted(tasks, 'task')} in {len(busy)} of "
@@ -177,6 +195,20 @@ def _show_plans(app: App, done: Maintenance, as_json: bool) -> None:
         markup=False,
         highlight=False,
     )
+
+
+def _show_deferred(app: App, done: Maintenance) -> None:
+    """One line per repository whose work waits for a later night: what, why, when due."""
+    for d in done.deferred:
+        due = d.to_json()["due"]
+        app.out.print(f"deferred: {d.state.relative}: {', '.join(d.tasks)} due {due} ({d.why})",
+                      markup=False, highlight=False)  # fmt: skip
+
+
+def _cost(m: RepositoryMaintenance, kind: str) -> str:
+    """A task's predicted time and peak memory, as the plan's table shows them."""
+    p = m.prediction(kind)
+    return f"{p.seconds:.1f}s {format_bytes(p.memory_bytes)}" if p is not None else ""
 
 
 def _freed(reclaimed: int) -> str:
@@ -218,11 +250,15 @@ def _show_results(app: App, done: Maintenance, *, as_json: bool, quiet: bool) ->
             app.err.print(f"custode: {m.result.path}: {m.result.message}", markup=False)
     if as_json:
         repos = [_result_json(m) for m in done.ran]
-        app.print_json({"dry_run": False, "summary": done.summary(), "repositories": repos})
+        deferred = [d.to_json() for d in done.deferred]  # as a dry run's (and the summary's)
+        app.print_json({"dry_run": False, "summary": done.summary(), "repositories": repos,
+                        "deferred": deferred})  # fmt: skip
         return
     if not quiet:
         _show_table(app, done)
+        _show_deferred(app, done)
     left = f", {len(done.not_started)} not started (budget)" if done.not_started else ""
+    left += f", {len(done.deferred)} deferred (window)" if done.deferred else ""
     doubted = sum(1 for m in done.ran if m.in_doubt)
     left += f", {doubted} in doubt (last check not clean)" if doubted else ""
     app.out.print(

@@ -75,7 +75,10 @@ def _echo(app: App, line: str) -> None:
 
 
 _FACTS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "maintain": lambda s: f"{s.get('maintained', 0)} maintained, {s.get('failed', 0)} failed",
+    "maintain": lambda s: (
+        f"{s.get('maintained', 0)} maintained, {s.get('failed', 0)} failed"
+        + (f", {len(s['deferred'])} deferred (window)" if s.get("deferred") else "")
+    ),
     "check": lambda s: (
         f"{s.get('repositories', 0)} checked, {s.get('corrupt', 0)} corrupt, "
         f"{s.get('error', 0)} not checkable"

@@ -169,6 +169,14 @@ class MaintenancePolicy(Section):
         le=1.0,
         description=("Start no further repository while the host's CPU use is above this share."),
     )
+    window: Duration | None = Field(
+        None,
+        description=(
+            "The nightly window (e.g. 10m): the night's work is planned from predicted costs "
+            "to end within it, full repacks that do not fit wait for a later night (those "
+            "waiting first), and no repository starts that would overrun it. Unset: no window."
+        ),
+    )
     memory_share: float = Field(
         0.25,
         gt=0,

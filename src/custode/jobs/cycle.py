@@ -284,6 +284,9 @@ def _maintain(job: CycleJob, talk: _Talk, stage: Stage) -> None:
             "maintain", len(done.ran) - failed, done.stopped, len(done.not_started)))  # fmt: skip
     for state in done.not_started:
         talk.notice(f"{state.relative}: not started, the budget ran out")
+    for d in done.deferred:  # not an error: the window was full, it runs on a later night
+        due = d.to_json()["due"]
+        talk.notice(f"{d.state.relative}: {', '.join(d.tasks)} deferred, due {due}: {d.why}")
     error = maintain_job.failure(failed, len(done.broken), len(done.ran), len(done.in_doubt))
     if error is not None:
         raise error

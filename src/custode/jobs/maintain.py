@@ -9,8 +9,16 @@ alone) and receives every task's result plus one ``maintain`` row per repository
 maintained; every action goes to the audit log. Without the history the last check's
 verdicts are unknown, so nothing is maintained (a dry run plans afresh, with a warning).
 
+Each task's cost is predicted before it runs (``maintenance.cost``, from the history of
+past runs here and on the rest of the fleet); the prediction, with the sizes it was made
+from, is recorded beside the actual time, and the next night's predictions learn from it.
+
 The plans run across the fleet within a budget, under the CPU governor and the pack
 limits (``maintenance.fleetrun``); on SIGINT or SIGTERM no further repository starts.
+With a nightly window (``maintenance.window``, ``--window``) the night is planned to fit
+it (``maintenance.window``): the full repacks that do not fit wait, each recorded in the
+history as a ``deferred`` row with when it was first deferred (so it ranks first the
+next night), and reported with when it is due; none is an error.
 """
 
 from __future__ import annotations
@@ -20,9 +28,9 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from custode.base.units import counted
+from custode.base.units import counted, format_duration
 from custode.config.model import Config
 from custode.errors import CustodeError, RepositoryError, StateUnusableError
 from custode.git.runner import Git
@@ -30,11 +38,14 @@ from custode.jobs import fleet
 from custode.jobs import record as history
 from custode.jobs.fleet import Bar, Say
 from custode.maintenance import borrowers
+from custode.maintenance.cost import CostModel, Prediction, Sample, sample_of
 from custode.maintenance.doubt import TASKS as CHECK_TASKS
 from custode.maintenance.doubt import doubts
 from custode.maintenance.executor import ExecutionResult, PackLimits
-from custode.maintenance.fleetrun import Governor, run_fleet
+from custode.maintenance.fleetrun import Governor, cost, run_fleet
+from custode.maintenance.needs import TaskKind
 from custode.maintenance.planner import Plan, RepoHistory, Task, plan
+from custode.maintenance.window import DEFERRED, EXPENSIVE, Candidate, plan_night, waiting
 from custode.records.audit import AuditLog
 from custode.records.state import RepositoryResult, StateDB
 from custode.scan.discovery import Problem
@@ -54,6 +65,7 @@ class MaintainJob:
     jobs: int | None = None  # at the same time; None: maintenance.jobs (0: one per CPU)
     budget: float | None = None  # seconds after which no repository starts
     cpu_share: float | None = None  # None: maintenance.cpu_share
+    window: float | None = None  # seconds the night may take; None: maintenance.window
 
 
 @dataclass(frozen=True)
@@ -64,10 +76,14 @@ class RepositoryMaintenance:
     state: RepoState
     plan: Plan
     result: ExecutionResult | None = None  # None: a dry run, or it was not started
+    predicted: tuple[tuple[str, Prediction], ...] = ()  # (task kind, its predicted cost)
 
     @property
     def tasks(self) -> tuple[Task, ...]:
         return self.plan.tasks
+
+    def prediction(self, kind: str) -> Prediction | None:
+        return dict(self.predicted).get(kind)
 
     @property
     def skipped_reason(self) -> str | None:
@@ -101,6 +117,29 @@ class RepositoryMaintenance:
         return self.result.reclaimed if self.result else 0
 
 
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """Work of one repository that waits for a later night (it did not fit the window)."""
+
+    state: RepoState
+    tasks: tuple[str, ...]  # the kinds deferred (all of its tasks, or its expensive ones)
+    why: str
+    since: float  # when this work was first deferred (epoch seconds)
+    due: float  # the next night
+
+    def to_json(self) -> dict[str, Any]:
+        return {"relative": self.state.relative, "path": self.state.path,
+                "tasks": list(self.tasks), "why": self.why, "deferred_since": _iso(self.since),
+                "due": _iso(self.due)}  # fmt: skip
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
 @dataclass(frozen=True)
 class Maintenance:
     """What a maintenance did (or, in a dry run, would do), per repository in scan order."""
@@ -111,6 +150,7 @@ class Maintenance:
     problems: tuple[Problem, ...]  # paths the scan could not read
     interrupted: bool
     seconds: float
+    deferred: tuple[Deferral, ...] = ()  # waits for a later night: the window was full
 
     @property
     def ran(self) -> tuple[RepositoryMaintenance, ...]:
@@ -152,6 +192,7 @@ class Maintenance:
             "in_doubt": [m.state.relative for m in self.ran if m.in_doubt],
             "reclaimed_bytes": self.reclaimed,
             "seconds": round(self.seconds, 3),
+            "deferred": [d.to_json() for d in self.deferred],
         }
 
 
@@ -172,33 +213,54 @@ def maintain(
     version = job.git.check_version()
     found = fleet.read(job.roots, job.config, job.state_dir, bar=bar, notice=notice)
     now = time.time()
-    known = _history(job, found.states, warn)
+    since = _waiting(job)  # deferred work: never skipped as "unchanged"
+    known = _history(job, found.states, warn, since)
     policy = job.config.maintenance
     lent = _borrowers(job, found.states, warn)
     plans = [
         (s, plan(s, policy, version, now, known.get(s.path), unsure_borrowers=unsure))
         for s, unsure in lent
     ]
+    model = CostModel(_samples(job))
+    costs = {id(s): tuple(model.predict_all(s, [t.kind for t in p.tasks]).items())
+             for s, p in plans}  # fmt: skip
     broken = [(s, p) for s, p in plans if s.problems]
     for s, p in broken + [(s, p) for s, p in plans if p.in_doubt]:  # left alone: say why
         notice(f"{s.relative}: {p.skipped_reason}")
+    jobs = job.jobs or policy.jobs or os.cpu_count() or 1
+    window = job.window if job.window is not None else policy.window
+    deferred: list[Deferral] = []
+    if window is not None:
+        left = max(0.0, window - (time.monotonic() - started))
+        plans, deferred = _fit(plans, costs, since, window=left, jobs=jobs, now=now)
     if job.dry_run:
-        planned = tuple(RepositoryMaintenance(s, p) for s, p in plans)
+        planned = tuple(RepositoryMaintenance(s, p, None, costs[id(s)]) for s, p in plans)
         return Maintenance(True, planned, (), tuple(found.problems), False,
-                           time.monotonic() - started)  # fmt: skip
+                           time.monotonic() - started, tuple(deferred))  # fmt: skip
+    predicted = [_seconds(p, costs[id(s)]) for s, p in plans]
     with bar("maintaining") as tick:
         outcome = run_fleet(
             plans,
             job.git,
             AuditLog(job.state_dir / "audit.jsonl"),
-            jobs=job.jobs or policy.jobs or os.cpu_count() or 1,
+            jobs=jobs,
             budget=job.budget,
             governor=Governor(job.cpu_share or policy.cpu_share),
-            limits=PackLimits.of(policy, job.jobs or policy.jobs or os.cpu_count() or 1),
+            limits=PackLimits.of(policy, jobs),
             progress=tick,
+            predicted=predicted,
+            window=None if window is None else max(0.0, window - (time.monotonic() - started)),
         )
+    for s in outcome.held_back:  # the night ran long: what is left would overrun it
+        p = next(p for t, p in plans if t is s)
+        why = (f"predicted {format_duration(_seconds(p, costs[id(s)]))}: would overrun "
+               f"what was left of the {format_duration(window or 0)} window")  # fmt: skip
+        before = [d for d in deferred if d.state is s]  # its full repack may wait already
+        kinds = tuple(k for d in before for k in d.tasks) + tuple(t.kind for t in p.tasks)
+        deferred = [d for d in deferred if d.state is not s]
+        deferred.append(Deferral(s, kinds, why, since.get((s.root, s.relative), now), now + DAY))
     results = {id(s): r for s, _, r in outcome.results}
-    done = tuple(RepositoryMaintenance(s, p, results.get(id(s))) for s, p in plans)
+    done = tuple(RepositoryMaintenance(s, p, results.get(id(s)), costs[id(s)]) for s, p in plans)
     result = Maintenance(
         dry_run=False,
         repositories=done,
@@ -206,14 +268,69 @@ def maintain(
         problems=tuple(found.problems),
         interrupted=outcome.interrupted,
         seconds=time.monotonic() - started,
+        deferred=tuple(deferred),
     )
-    _record(job, result, warn)
+    _record(job, result, warn, since)
     return replace(result, seconds=time.monotonic() - started)  # recording included
 
 
-def _record(job: MaintainJob, done: Maintenance, warn: Say) -> None:
+Costs = tuple[tuple[str, Prediction], ...]
+
+
+def _seconds(p: Plan, costs: Costs) -> float:
+    """A plan's predicted seconds."""
+    predicted = dict(costs)
+    return sum(predicted[t.kind].seconds for t in p.tasks if t.kind in predicted)
+
+
+def _fit(
+    plans: list[tuple[RepoState, Plan]], costs: dict[int, Costs],
+    since: dict[tuple[str, str], float], *, window: float, jobs: int, now: float,
+) -> tuple[list[tuple[RepoState, Plan]], list[Deferral]]:  # fmt: skip
+    """The plans cut to the night that fits ``window`` (``maintenance.window``), and the
+    work deferred: a repository's expensive tasks, or all of its tasks."""
+    candidates = []
+    for i, (s, p) in enumerate(plans):
+        if p.tasks:
+            predicted = dict(costs[id(s)])
+            cheap = sum(predicted[t.kind].seconds for t in p.tasks if t.kind not in EXPENSIVE)
+            dear = sum(predicted[t.kind].seconds for t in p.tasks if t.kind in EXPENSIVE)
+            candidates.append(Candidate(i, cost(s), cheap, dear, since.get((s.root, s.relative))))
+    night = plan_night(candidates, window, jobs)
+    fitted, deferred = [], []
+    for i, (s, p) in enumerate(plans):
+        why = night.deferred.get(i)
+        if why is None:
+            fitted.append((s, p))
+            continue
+        whole = i not in night.runs
+        kinds = tuple(t.kind for t in p.tasks if whole or t.kind in EXPENSIVE)
+        deferred.append(Deferral(s, kinds, why, since.get((s.root, s.relative), now), now + DAY))
+        rest = tuple(t for t in p.tasks if t.kind not in kinds)
+        skipped = None if rest else f"deferred to the next night: {why}"
+        fitted.append((s, replace(p, tasks=rest, skipped_reason=skipped)))
+    return fitted, deferred
+
+
+def _waiting(job: MaintainJob) -> dict[tuple[str, str], float]:
+    """(root, relative) → when its deferred work was first deferred, for each repository
+    whose last deferral is still open (``maintenance.window.waiting``)."""
+    try:
+        with StateDB.open(history.database(job.state_dir)) as db:
+            rows = db.latest_results([DEFERRED])
+            results = db.latest_results(get_args(TaskKind))
+    except CustodeError:
+        return {}  # the planning already warned, or refused
+    return {key: since for key, (since, _) in waiting(rows, results).items()}
+
+
+def _record(
+    job: MaintainJob, done: Maintenance, warn: Say, waiting: dict[tuple[str, str], float]
+) -> None:
     """Each task's row, and the repository's own ``maintain`` row (the fingerprint skip
-    reads it) when any task ran."""
+    reads it) when any task ran; each deferral's row, with when it was first deferred;
+    and a row that ends the wait of each repository ``waiting`` that this run went
+    through without deferring it (its work was done, or is no longer needed)."""
     rows = []
     for m in done.ran:
         s, r = m.state, m.result
@@ -222,7 +339,7 @@ def _record(job: MaintainJob, done: Maintenance, warn: Say) -> None:
         started = datetime.fromtimestamp(r.started, UTC).isoformat()
         rows += [
             RepositoryResult(s.relative, s.root, t.kind, t.outcome, started, t.duration,
-                             {"reason": t.reason, "message": t.message})
+                             _details(t.reason, t.message, m.prediction(t.kind)))
             for t in r.tasks
         ]  # fmt: skip
         if r.tasks:
@@ -231,14 +348,52 @@ def _record(job: MaintainJob, done: Maintenance, warn: Say) -> None:
             rows.append(RepositoryResult(
                 s.relative, s.root, "maintain", r.outcome, started, r.duration, details
             ))  # fmt: skip
+    now = _iso(time.time())
+    rows += [
+        RepositoryResult(d.state.relative, d.state.root, DEFERRED, "skipped", now, 0.0,
+                         {"tasks": list(d.tasks), "why": d.why,
+                          "first_deferred": _iso(d.since), "due": _iso(d.due)})
+        for d in done.deferred
+    ]  # fmt: skip
+    still = {id(d.state) for d in done.deferred}
+    rows += [
+        RepositoryResult(m.state.relative, m.state.root, DEFERRED, "ok", now, 0.0,
+                         {"tasks": [], "why": "no longer deferred"})
+        for m in done.ran
+        if (m.state.root, m.state.relative) in waiting and id(m.state) not in still
+    ]  # fmt: skip
     failed = done.count("failed")
-    summary = {"repositories": len(done.ran), "failed": failed, "reclaimed_bytes": done.reclaimed}
+    summary = {"repositories": len(done.ran), "failed": failed,
+               "reclaimed_bytes": done.reclaimed, "deferred": len(done.deferred)}  # fmt: skip
     status = "partial" if failed else "ok"
     history.results(job.state_dir, "maintain", rows, status, summary, warn)
 
 
-def _history(job: MaintainJob, states: list[RepoState], warn: Say) -> dict[str, RepoHistory]:
-    """What the planner needs from the history database, per repository path.
+def _details(reason: str, message: str, predicted: Prediction | None) -> dict[str, Any]:
+    """A task row's details: with its prediction and the sizes it was made from, which
+    the next night's prediction scales (``maintenance.cost``)."""
+    details: dict[str, Any] = {"reason": reason, "message": message}
+    if predicted is not None:
+        details["predicted"] = predicted.to_json()
+    return details
+
+
+def _samples(job: MaintainJob) -> list[Sample]:
+    """The cost model's samples: each task's latest successful run per repository. An
+    unreadable history gives none (the defaults): the planning already warned of it."""
+    try:
+        with StateDB.open(history.database(job.state_dir)) as db:
+            latest = db.latest_results(get_args(TaskKind))
+    except CustodeError:
+        return []
+    return [s for s in map(sample_of, latest) if s is not None]
+
+
+def _history(
+    job: MaintainJob, states: list[RepoState], warn: Say, waiting: dict[tuple[str, str], float]
+) -> dict[str, RepoHistory]:
+    """What the planner needs from the history database, per repository path. One with
+    work ``waiting`` (deferred by the window) is planned afresh, however unchanged.
 
     Without it custode cannot know which repositories the last check found in doubt, so
     it maintains none (exit 7); a dry run plans every repository afresh, with a warning.
@@ -260,7 +415,7 @@ def _history(job: MaintainJob, states: list[RepoState], warn: Say) -> dict[str, 
     for s in states:
         key = (s.root, s.relative)
         seen = runs.get(key)
-        ok = seen is not None and seen.outcome == "ok" and not job.force
+        ok = seen is not None and seen.outcome == "ok" and not job.force and key not in waiting
         known[s.path] = RepoHistory(
             last_full_repack=full.get(key),
             first_seen=seen.first if seen else None,

@@ -18,10 +18,12 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from custode.base.times import epoch, iso, minute
 from custode.base.units import format_duration
+from custode.maintenance.needs import TaskKind
+from custode.maintenance.window import DEFERRED, waiting
 from custode.records.state import LatestResult, Observation, Run, StateDB
 from custode.report.model import (
     ALERTS_NOT_RECORDED,
@@ -33,6 +35,7 @@ from custode.report.model import (
     Backups,
     Checks,
     CommandRuns,
+    Deferred,
     Drill,
     DrillRun,
     Drills,
@@ -297,6 +300,7 @@ class _Builder:
         db, roots = self.db, self.roots
         tasks = db.totals_by_task(*window, roots=roots) if db else {}
         tasks.pop("maintain", None)  # the row per repository, not a task
+        tasks.pop(DEFERRED, None)  # work waiting for a later night: listed on its own
         freed = "reclaimed_bytes"  # per repository: negative when it grew
         per_run = (
             db.totals_by_run(*window, task="maintain", detail=freed, roots=roots) if db else {}
@@ -334,7 +338,21 @@ class _Builder:
                 for t, n in sorted(tasks.items())
             ),
             buckets=tuple(MaintenanceBucket(k, *v) for k, v in sorted(buckets.items())),
+            deferred=self._deferred(),
         )
+
+    def _deferred(self) -> tuple[Deferred, ...]:
+        """The maintenance deferred by the nightly window and still waiting."""
+        if not self.db:
+            return ()
+        rows = [r for r in self.db.latest_results([DEFERRED]) if self._in(r.root)]
+        open_ = waiting(rows, self.db.latest_results(get_args(TaskKind)))
+        found = [
+            Deferred(r.root, r.repository, tuple(map(str, r.details.get("tasks") or ())),
+                     str(r.details.get("why", "")), iso(since), str(r.details.get("due", "")))
+            for since, r in open_.values()
+        ]  # fmt: skip
+        return tuple(sorted(found, key=lambda d: (d.first_deferred, d.root, d.repository)))
 
     def _checks(self) -> Checks:
         window = ("check", self.since, self.until)

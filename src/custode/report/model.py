@@ -107,6 +107,19 @@ class MaintenanceBucket:
 
 
 @dataclass(frozen=True)
+class Deferred:
+    """Maintenance that waits for a later night: the nightly window was full (not an
+    error); still waiting when the report was made."""
+
+    root: str
+    repository: str
+    tasks: tuple[str, ...]
+    why: str
+    first_deferred: str  # ISO 8601
+    due: str  # ISO 8601
+
+
+@dataclass(frozen=True)
 class Maintenance:
     """Space: each repository's maintenance either freed space (``reclaimed_bytes``, the
     sum of what each freed) or grew it (``grown_bytes``: what it wrote, a repack with
@@ -123,6 +136,7 @@ class Maintenance:
     grown_repositories: int  # distinct repositories that grew in some run
     tasks: tuple[TaskStats, ...]
     buckets: tuple[MaintenanceBucket, ...]
+    deferred: tuple[Deferred, ...] = ()  # the longest waiting first
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,245 @@
+"""The cost model: what each maintenance task will take, in seconds and peak memory, before
+it runs. Pure: it reads the repository's state and samples of past runs, runs nothing.
+
+A task's cost grows with one size of the repository, its *driver*: the objects for a
+repack (deltas are reused, so on the real corpus the time followed the object count more
+closely than the bytes), a loose object weighing ``LOOSE_WEIGHT`` packed ones (it is
+inflated, hashed and searched for a delta, where a packed one's delta is reused); the
+objects for a commit-graph too (its commits, whose count the cheap scan does not know),
+but only ``GRAPH_REUSE`` of them when one exists (git takes the commits it lists from it
+instead of parsing them); the refs for ``pack-refs``; cleanups cost a fixed amount. Both
+weights matter most between the first night, on a neglected repository, and the next.
+
+Each prediction comes from the best basis at hand, said in ``Prediction.basis``:
+
+* ``this repository``: the task's last run here, scaled by how much the driver changed
+  since (``last * rate(now) / rate(then)``, so a fixed cost does not scale). The ratio
+  takes the default rate's shape, not the fleet's fit: a host's speed scales the fixed
+  and the per-unit cost alike and cancels out, while the fit's split between them is the
+  least certain thing it estimates (a night shared with other work, a few large
+  repositories pruning old objects, set it);
+* ``similar repositories``: a fit of ``fixed + per_unit * driver`` over the fleet's
+  history of the task (Theil-Sen: the median of pairwise slopes, so one slow night on a
+  busy host does not skew it), once three repositories have run it;
+* ``defaults``: rates measured on the project's real corpus (docs/operations.md, "The
+  nightly window", says how), for a fleet with no history at all.
+
+Memory is predicted from the object count (pack-objects keeps a struct per object, plus
+its delta window), from the defaults, scaled like the time: the executor does not measure
+each git's peak memory, so history holds no actual to learn from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from statistics import median
+from typing import Any, Literal
+
+from custode.maintenance.needs import TaskKind
+from custode.records.state import LatestResult
+from custode.scan.repostate import RepoState
+
+Driver = Literal["bytes", "objects", "graph", "refs", "none"]
+Basis = Literal["this repository", "similar repositories", "defaults"]
+MIB = 1024 * 1024
+#: repositories that must have run a task before the fleet's fit replaces the defaults
+MIN_FLEET = 3
+#: the most recent samples per task the fit reads (pairwise slopes: quadratic)
+FIT_SAMPLES = 200
+#: a loose object's share of a repack, in packed objects: what ``git repack -a -d --cruft``
+#: took (best of 9, git 2.39) on two neglected fleet repositories (499 and 1,147 packed
+#: objects, 280 and 284 loose: 0.18 and 0.14 s) against the same once repacked (779 and
+#: 1,431 objects in one pack: 0.03 s each) and a 10,709-object one (0.11 s): 9 ms a
+#: thousand packed objects, 0.4 to 0.5 ms a loose one (50 packed ones). custode's own task
+#: gains less: between that first repack and the next night's of the same eight
+#: repositories (objects from a day's pushes in new packs, themselves searched for deltas),
+#: 10 to 20 fitted best (two serial rounds each, on a host shared with other work)
+LOOSE_WEIGHT = 20
+#: a commit-graph written beside an existing one (``--split=replace``), as a share of one
+#: written from scratch: git reuses the commits (and Bloom filters) it lists. custode's
+#: task on the corpus's sqlite-utils (10,900 objects): 0.03 s against 0.12 s, less the
+#: 0.01 s fixed cost; git alone (best of 9): 0.010 s against 0.028 s
+GRAPH_REUSE = 0.2
+
+
+_COUNTS = ("bytes", "objects", "refs", "loose")
+
+
+@dataclass(frozen=True)
+class Size:
+    """The sizes a prediction is made from (recorded with it, to scale the next one)."""
+
+    bytes: int  # objects on disk: packs and loose objects
+    objects: int  # packed and loose
+    refs: int
+    loose: int = 0  # of the objects; 0 in rows written before it was recorded
+    graph: bool = False  # a commit-graph exists
+
+    @classmethod
+    def of(cls, state: RepoState) -> Size:
+        return cls(
+            state.pack_bytes + state.loose_objects_bytes,
+            state.packed_objects + state.loose_objects,
+            state.refs,
+            state.loose_objects,
+            state.commit_graph,
+        )
+
+    @classmethod
+    def from_json(cls, data: object) -> Size | None:
+        """The sizes recorded in a history row's details; None when absent or malformed."""
+        if not isinstance(data, dict):
+            return None
+        # loose and graph are optional: rows written before they were recorded lack them
+        values = [data.get(k, 0 if k == "loose" else None) for k in _COUNTS]
+        graph = data.get("graph", False)
+        counts = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0]
+        if len(counts) != len(values) or not isinstance(graph, bool):
+            return None
+        size, objects, refs, loose = counts
+        return cls(size, objects, refs, min(loose, objects), graph)
+
+    def to_json(self) -> dict[str, int | bool]:
+        return {"bytes": self.bytes, "objects": self.objects, "refs": self.refs,
+                "loose": self.loose, "graph": self.graph}  # fmt: skip
+
+    def units(self, driver: Driver) -> float:
+        """The driver's size, in the units of a rate (MiB for bytes, thousands otherwise)."""
+        match driver:
+            case "bytes":
+                return self.bytes / MIB
+            case "objects":
+                return (self.objects + (LOOSE_WEIGHT - 1) * self.loose) / 1000
+            case "graph":
+                return self.objects / 1000 * (GRAPH_REUSE if self.graph else 1.0)
+            case "refs":
+                return self.refs / 1000
+        return 0.0
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``fixed + per_unit * units`` seconds, and memory likewise (per thousand objects)."""
+
+    driver: Driver
+    fixed: float  # seconds
+    per_unit: float  # seconds per unit of the driver
+    memory_fixed: int = 0  # bytes
+    memory_per_kobject: int = 0  # bytes per thousand objects
+
+    def seconds(self, size: Size) -> float:
+        return self.fixed + self.per_unit * size.units(self.driver)
+
+    def memory(self, size: Size) -> int:
+        return self.memory_fixed + int(self.memory_per_kobject * size.objects / 1000)
+
+
+#: Measured with ``custode maintain --json --jobs 1`` on neglected copies of the five
+#: repositories of the project's corpus (3.6 to 47 MB bundles; docs/operations.md, "The
+#: nightly window", says how), fitted as the fleet's fit is; peak memory from git's own
+#: commands under ``/usr/bin/time -v`` on the same copies. The kinds the corpus never
+#: called for (incremental repack, multi-pack-index, cleanups) are from single git runs.
+DEFAULTS: dict[str, Rate] = {
+    "remove_stale_files": Rate("none", 0.005, 0.0),  # unlinks, no git
+    "prune_worktrees": Rate("none", 0.02, 0.0, 4 * MIB),
+    "pack_refs": Rate("refs", 0.0094, 0.0028, 5 * MIB),
+    "incremental_repack": Rate("objects", 0.10, 0.005, 4 * MIB, 500_000),
+    "geometric_repack": Rate("objects", 0.10, 0.005, 4 * MIB, 500_000),
+    "full_repack": Rate("objects", 0.13, 0.0093, 4 * MIB, 1_030_000),
+    "write_midx": Rate("objects", 0.03, 0.0002, 5 * MIB, 80_000),
+    "write_commit_graph": Rate("graph", 0.01, 0.0070, 4 * MIB, 540_000),
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One past successful run of a task: its time and the sizes it was predicted from."""
+
+    kind: str
+    repository: tuple[str, str]  # (root, relative), as history keys repositories
+    at: float  # when it ran (epoch seconds): the latest per repository is "the last run"
+    seconds: float
+    size: Size
+
+
+@dataclass(frozen=True)
+class Prediction:
+    seconds: float
+    memory_bytes: int
+    basis: Basis
+    size: Size  # the sizes it was made from
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seconds": round(self.seconds, 3), "memory_bytes": self.memory_bytes,
+                "basis": self.basis, "inputs": self.size.to_json()}  # fmt: skip
+
+
+def theil_sen(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(intercept, slope) of ``y = a + b·x`` through ``points``, robustly: the median of the
+    pairwise slopes, then the median intercept; both at least 0 (a task cannot take less
+    than nothing). None without two distinct x."""
+    slopes = [
+        (y2 - y1) / (x2 - x1)
+        for i, (x1, y1) in enumerate(points)
+        for x2, y2 in points[i + 1 :]
+        if x2 != x1
+    ]
+    if not slopes:
+        return None
+    slope = max(0.0, median(slopes))
+    return max(0.0, median(y - slope * x for x, y in points)), slope
+
+
+class CostModel:
+    """Predicts tasks' costs from ``samples`` (any order; those of unknown kinds ignored)."""
+
+    def __init__(self, samples: Iterable[Sample] = (), defaults: dict[str, Rate] | None = None):
+        self.defaults = DEFAULTS if defaults is None else defaults
+        latest: dict[tuple[str, tuple[str, str]], Sample] = {}
+        for s in samples:
+            key = (s.kind, s.repository)
+            if s.kind in self.defaults and (key not in latest or s.at > latest[key].at):
+                latest[key] = s
+        self.last = latest
+        self.fleet: dict[str, Rate] = {}
+        for kind, rate in self.defaults.items():
+            mine = sorted((s for (k, _), s in latest.items() if k == kind), key=lambda s: -s.at)
+            if len(mine) < MIN_FLEET:
+                continue
+            points = [(s.size.units(rate.driver), s.seconds) for s in mine[:FIT_SAMPLES]]
+            fit = theil_sen(points) if rate.driver != "none" else (median(y for _, y in points), 0)
+            if fit is not None:
+                self.fleet[kind] = Rate(rate.driver, fit[0], fit[1], rate.memory_fixed,
+                                        rate.memory_per_kobject)  # fmt: skip
+
+    def rate(self, kind: str) -> Rate:
+        """The fleet's fit of ``kind``, else the default."""
+        return self.fleet.get(kind) or self.defaults[kind]
+
+    def predict(self, state: RepoState, kind: TaskKind | str) -> Prediction:
+        """``kind``'s cost on ``state``, from the best basis at hand (see the module)."""
+        size = Size.of(state)
+        rate = self.rate(kind)
+        memory = rate.memory(size)
+        last = self.last.get((kind, (state.root, state.relative)))
+        if last is not None:
+            shape = self.defaults[kind]  # see the module: the ratio needs the shape only
+            then = shape.seconds(last.size)
+            scale = shape.seconds(size) / then if then > 0 else 1.0
+            return Prediction(max(0.0, last.seconds * scale), memory, "this repository", size)
+        basis: Basis = "similar repositories" if kind in self.fleet else "defaults"
+        return Prediction(max(0.0, rate.seconds(size)), memory, basis, size)
+
+    def predict_all(self, state: RepoState, kinds: Iterable[str]) -> dict[str, Prediction]:
+        return {k: self.predict(state, k) for k in kinds}
+
+
+def sample_of(row: LatestResult) -> Sample | None:
+    """A task's history row as a sample: None when it failed, or does not say the sizes
+    it ran on (rows written before the cost model), or its time is not a number."""
+    predicted = row.details.get("predicted")
+    size = Size.from_json(predicted.get("inputs") if isinstance(predicted, dict) else None)
+    if row.outcome != "ok" or size is None or not row.duration_s >= 0:
+        return None
+    return Sample(row.task, (row.root, row.repository), row.at, float(row.duration_s), size)

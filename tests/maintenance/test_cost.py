@@ -1,0 +1,160 @@
+"""The cost model: predictions from the defaults, from the repository's own last run
+(scaled by its growth), and from a robust fit over similar repositories."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from custode.maintenance.cost import (
+    DEFAULTS,
+    LOOSE_WEIGHT,
+    MIB,
+    CostModel,
+    Rate,
+    Sample,
+    Size,
+    sample_of,
+    theil_sen,
+)
+from custode.records.state import LatestResult
+from custode.scan.discovery import Repository
+from custode.scan.repostate import RepoState, inspect_failed
+
+
+def _state(name: str, mib: float, objects: int = 10_000, refs: int = 100) -> RepoState:
+    repo = Repository(Path("/srv"), Path(f"/srv/{name}"), Path(f"/srv/{name}"), "bare", name)
+    return replace(inspect_failed(repo, "x"), problems=(), pack_bytes=int(mib * MIB),
+                   packed_objects=objects, refs=refs)  # fmt: skip
+
+
+def _sample(name: str, kind: str, seconds: float, mib: float, at: float = 1.0) -> Sample:
+    return Sample(kind, ("/srv", name), at, seconds, Size(int(mib * MIB), 10_000, 100))
+
+
+#: a repack priced by the bytes: 1 s plus 0.5 s per MiB
+LINEAR = {"full_repack": Rate("bytes", 1.0, 0.5, 0, 1000)}
+
+
+def test_no_history_predicts_from_the_defaults_growing_with_size() -> None:
+    model = CostModel()
+    small = model.predict(_state("a", 1, objects=1_000), "full_repack")
+    big = model.predict(_state("b", 500, objects=2_000_000), "full_repack")
+    assert small.basis == big.basis == "defaults"
+    assert 0 < small.seconds < big.seconds
+    assert 0 < small.memory_bytes < big.memory_bytes
+    assert big.seconds == pytest.approx(
+        DEFAULTS["full_repack"].seconds(Size.of(_state("b", 500, objects=2_000_000)))
+    )
+    assert big.size == Size(500 * MIB, 2_000_000, 100)  # the inputs, recorded with it
+    for kind in DEFAULTS:  # every task kind has a default
+        assert model.predict(_state("a", 1), kind).seconds > 0
+
+
+def test_the_same_repository_s_last_run_is_the_prediction() -> None:
+    model = CostModel([_sample("a", "full_repack", 42.0, 10)], LINEAR)
+    p = model.predict(_state("a", 10), "full_repack")
+    assert p.basis == "this repository"
+    assert p.seconds == pytest.approx(42.0)  # not the rate's 6 s: this repository is slow
+    other = model.predict(_state("b", 10), "full_repack")
+    assert other.basis == "defaults" and other.seconds == pytest.approx(6.0)
+
+
+def test_a_repository_that_grew_is_scaled_by_its_growth_fixed_cost_apart() -> None:
+    older = _sample("a", "full_repack", 12.0, 10, at=1.0)
+    latest = _sample("a", "full_repack", 6.0, 10, at=2.0)  # the latest run is the one used
+    model = CostModel([latest, older], LINEAR)
+    p = model.predict(_state("a", 30), "full_repack")
+    # the rate says 6 s then, 16 s now: 6 s * 16 / 6
+    assert p.seconds == pytest.approx(16.0)
+    assert p.basis == "this repository"
+    shrunk = model.predict(_state("a", 2), "full_repack")
+    assert shrunk.seconds == pytest.approx(6.0 * 2.0 / 6.0)
+
+
+def test_similar_repositories_fit_a_rate_robust_to_an_outlier() -> None:
+    # 2 s + 0.1 s per MiB on the fleet, and one night that was ten times slower
+    samples = [_sample(f"r{i}", "full_repack", 2 + 0.1 * mib, mib)
+               for i, mib in enumerate((10, 50, 100, 200, 400))]  # fmt: skip
+    samples.append(_sample("slow", "full_repack", 10 * (2 + 0.1 * 300), 300))
+    model = CostModel(samples, LINEAR)
+    p = model.predict(_state("new", 1000), "full_repack")
+    assert p.basis == "similar repositories"
+    assert p.seconds == pytest.approx(102.0, rel=0.01)  # not LINEAR's 501 s
+    assert model.rate("full_repack").fixed == pytest.approx(2.0, rel=0.01)
+
+
+def test_two_repositories_are_not_a_fleet() -> None:
+    samples = [_sample(f"r{i}", "full_repack", 100.0, 10) for i in range(2)]
+    assert CostModel(samples, LINEAR).predict(_state("new", 10), "full_repack").basis == "defaults"
+
+
+def test_theil_sen_needs_two_sizes_and_never_goes_negative() -> None:
+    assert theil_sen([(1.0, 5.0), (1.0, 6.0)]) is None
+    assert theil_sen([(1.0, 5.0), (2.0, 1.0), (3.0, 0.5)]) == (1.0, 0.0)  # the median
+
+
+def test_history_rows_become_samples_only_with_their_inputs() -> None:
+    def row(outcome: str, details: dict[str, object]) -> LatestResult:
+        return LatestResult("full_repack", "/srv", "a", 5.0, outcome, 3.0, details, None)
+
+    inputs = {"inputs": {"bytes": 10, "objects": 2, "refs": 1}}
+    assert sample_of(row("ok", {"predicted": inputs})) == Sample(
+        "full_repack", ("/srv", "a"), 5.0, 3.0, Size(10, 2, 1)
+    )
+    assert sample_of(row("failed", {"predicted": inputs})) is None
+    assert sample_of(row("ok", {"reason": "written before the cost model"})) is None
+    assert sample_of(row("ok", {"predicted": {"inputs": {"bytes": "10"}}})) is None
+
+
+def _grown(
+    name: str, *, objects: int, loose: int = 0, graph: bool = False, refs: int = 100
+) -> RepoState:
+    state = _state(name, 1, objects=objects - loose, refs=refs)
+    return replace(state, loose_objects=loose, commit_graph=graph)
+
+
+def test_a_repack_of_loose_objects_predicts_a_cheaper_one_once_they_are_packed() -> None:
+    # the first night packed 1,000 loose objects (no delta to reuse: each is inflated,
+    # hashed and searched); the next, 3,000 objects in packs whose deltas are reused
+    rate = {"full_repack": Rate("objects", 0.1, 0.1)}
+    then = Size.of(_grown("a", objects=2_000, loose=1_000))
+    model = CostModel([Sample("full_repack", ("/srv", "a"), 1.0, 1.0, then)], rate)
+    p = model.predict(_grown("a", objects=3_000), "full_repack")
+    assert p.basis == "this repository"
+    assert p.seconds < 1.0  # the old model scaled the object count up: 1.33 s
+    assert p.seconds == pytest.approx(1.0 * (0.1 + 0.3) / (0.1 + 0.1 * (1 + 1 * LOOSE_WEIGHT)))
+    assert p.size.loose == 0 and then.loose == 1_000
+
+
+def test_a_commit_graph_beside_an_existing_one_costs_a_share_of_one_from_scratch() -> None:
+    then = Size.of(_grown("a", objects=10_000))  # none yet: every commit parsed
+    model = CostModel([Sample("write_commit_graph", ("/srv", "a"), 1.0, 0.12, then)])
+    p = model.predict(_grown("a", objects=10_200, graph=True), "write_commit_graph")
+    rate = DEFAULTS["write_commit_graph"]
+    assert p.seconds == pytest.approx(0.12 * rate.seconds(p.size) / rate.seconds(then))
+    assert p.seconds < 0.12 / 2  # the old model: 0.12 s, grown a little
+    assert model.predict(_grown("b", objects=10_000), "write_commit_graph").seconds == (
+        pytest.approx(rate.seconds(then))
+    )
+
+
+def test_sizes_recorded_before_loose_and_graph_still_read() -> None:
+    assert Size.from_json({"bytes": 10, "objects": 2, "refs": 1}) == Size(10, 2, 1, 0, False)
+    new = Size(10, 5, 1, 3, True)
+    assert Size.from_json(new.to_json()) == new
+    assert Size.from_json({"bytes": 10, "objects": 2, "refs": 1, "loose": 9}) == Size(10, 2, 1, 2)
+    assert Size.from_json({"bytes": 10, "objects": 2, "refs": 1, "graph": 1}) is None
+    assert Size.from_json({"bytes": 10, "objects": 2, "refs": 1, "loose": -1}) is None
+
+
+def test_the_last_run_here_is_scaled_in_the_defaults_proportions_not_the_fleet_s() -> None:
+    # a fleet night whose fit puts every second in the slope (no fixed cost): scaling the
+    # repository's own last run by it would treat the fixed second as growing too
+    fleet = [_sample(f"r{i}", "full_repack", float(mib), mib) for i, mib in enumerate((5, 10, 20))]
+    model = CostModel([*fleet, _sample("a", "full_repack", 6.0, 10)], LINEAR)
+    assert model.rate("full_repack").fixed == pytest.approx(0.0)
+    p = model.predict(_state("a", 30), "full_repack")
+    assert p.basis == "this repository"
+    assert p.seconds == pytest.approx(6.0 * 16.0 / 6.0)  # LINEAR's 1 s + 0.5 s/MiB; not 18 s
+    assert model.predict(_state("new", 30), "full_repack").seconds == pytest.approx(30.0)
