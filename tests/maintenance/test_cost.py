@@ -158,3 +158,19 @@ def test_the_last_run_here_is_scaled_in_the_defaults_proportions_not_the_fleet_s
     assert p.basis == "this repository"
     assert p.seconds == pytest.approx(6.0 * 16.0 / 6.0)  # LINEAR's 1 s + 0.5 s/MiB; not 18 s
     assert model.predict(_state("new", 30), "full_repack").seconds == pytest.approx(30.0)
+
+
+def test_a_repack_that_pruned_predicts_a_cheaper_one_without_the_prune() -> None:
+    """The first night's repack also ran git prune (a walk of every object): the next
+    plain repack of the same repository is predicted without that walk's share, and a
+    repack that prunes again is predicted as long as before (sizes unchanged)."""
+    state = _state("a", 10, objects=10_000)
+    then = replace(Size.of(state), prune=True)
+    model = CostModel([Sample("full_repack", ("/srv", "a"), 1.0, 0.5, then)])
+    plain = model.predict(state, "full_repack")
+    again = model.predict(state, "full_repack", prune=True)
+    assert again.seconds == pytest.approx(0.5) and again.size.prune
+    rate = DEFAULTS["full_repack"]
+    share = rate.seconds(Size.of(state)) / rate.seconds(then)
+    assert plain.seconds == pytest.approx(0.5 * share) and share < 0.8
+    assert Size.from_json(then.to_json()) == then  # recorded, and read back, with it

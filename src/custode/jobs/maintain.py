@@ -222,7 +222,7 @@ def maintain(
         for s, unsure in lent
     ]
     model = CostModel(_samples(job))
-    costs = {id(s): tuple(model.predict_all(s, [t.kind for t in p.tasks]).items())
+    costs = {id(s): tuple(model.predict_all(s, p.tasks).items())
              for s, p in plans}  # fmt: skip
     broken = [(s, p) for s, p in plans if s.problems]
     for s, p in broken + [(s, p) for s, p in plans if p.in_doubt]:  # left alone: say why

@@ -37,6 +37,7 @@ from statistics import median
 from typing import Any, Literal
 
 from custode.maintenance.needs import TaskKind
+from custode.maintenance.planner import Repack, Task
 from custode.records.state import LatestResult
 from custode.scan.repostate import RepoState
 
@@ -56,6 +57,13 @@ FIT_SAMPLES = 200
 #: repositories (objects from a day's pushes in new packs, themselves searched for deltas),
 #: 10 to 20 fitted best (two serial rounds each, on a host shared with other work)
 LOOSE_WEIGHT = 20
+#: what a ``git prune`` after a repack adds, per object: it walks every reachable object
+#: again (no bitmaps: DISTRUST_DERIVED), as the executor's connectivity walk does; on
+#: borg's 100,000-object mirror that walk took 0.70 s, three quarters of a full repack's
+#: per-object cost (0.0093 s a thousand). Without it, a first night's repack-and-prune
+#: made the next night's plain repack predicted 3 to 6 times too long (the bench's
+#: second night: 0.51 s predicted, 0.08 s taken)
+PRUNE_WEIGHT = 0.75
 #: a commit-graph written beside an existing one (``--split=replace``), as a share of one
 #: written from scratch: git reuses the commits (and Bloom filters) it lists. custode's
 #: task on the corpus's sqlite-utils (10,900 objects): 0.03 s against 0.12 s, less the
@@ -75,15 +83,17 @@ class Size:
     refs: int
     loose: int = 0  # of the objects; 0 in rows written before it was recorded
     graph: bool = False  # a commit-graph exists
+    prune: bool = False  # the repack is followed by git prune (a walk of every object)
 
     @classmethod
-    def of(cls, state: RepoState) -> Size:
+    def of(cls, state: RepoState, *, prune: bool = False) -> Size:
         return cls(
             state.pack_bytes + state.loose_objects_bytes,
             state.packed_objects + state.loose_objects,
             state.refs,
             state.loose_objects,
             state.commit_graph,
+            prune,
         )
 
     @classmethod
@@ -93,16 +103,16 @@ class Size:
             return None
         # loose and graph are optional: rows written before they were recorded lack them
         values = [data.get(k, 0 if k == "loose" else None) for k in _COUNTS]
-        graph = data.get("graph", False)
+        graph, prune = data.get("graph", False), data.get("prune", False)
         counts = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0]
-        if len(counts) != len(values) or not isinstance(graph, bool):
+        if len(counts) != len(values) or not isinstance(graph, bool) or not isinstance(prune, bool):
             return None
         size, objects, refs, loose = counts
-        return cls(size, objects, refs, min(loose, objects), graph)
+        return cls(size, objects, refs, min(loose, objects), graph, prune)
 
     def to_json(self) -> dict[str, int | bool]:
         return {"bytes": self.bytes, "objects": self.objects, "refs": self.refs,
-                "loose": self.loose, "graph": self.graph}  # fmt: skip
+                "loose": self.loose, "graph": self.graph, "prune": self.prune}  # fmt: skip
 
     def units(self, driver: Driver) -> float:
         """The driver's size, in the units of a rate (MiB for bytes, thousands otherwise)."""
@@ -110,7 +120,8 @@ class Size:
             case "bytes":
                 return self.bytes / MIB
             case "objects":
-                return (self.objects + (LOOSE_WEIGHT - 1) * self.loose) / 1000
+                walk = PRUNE_WEIGHT * self.objects if self.prune else 0.0
+                return (self.objects + (LOOSE_WEIGHT - 1) * self.loose + walk) / 1000
             case "graph":
                 return self.objects / 1000 * (GRAPH_REUSE if self.graph else 1.0)
             case "refs":
@@ -217,9 +228,10 @@ class CostModel:
         """The fleet's fit of ``kind``, else the default."""
         return self.fleet.get(kind) or self.defaults[kind]
 
-    def predict(self, state: RepoState, kind: TaskKind | str) -> Prediction:
-        """``kind``'s cost on ``state``, from the best basis at hand (see the module)."""
-        size = Size.of(state)
+    def predict(self, state: RepoState, kind: TaskKind | str, *, prune: bool = False) -> Prediction:
+        """``kind``'s cost on ``state``, from the best basis at hand (see the module);
+        ``prune``: the repack is followed by ``git prune``."""
+        size = Size.of(state, prune=prune)
         rate = self.rate(kind)
         memory = rate.memory(size)
         last = self.last.get((kind, (state.root, state.relative)))
@@ -231,8 +243,14 @@ class CostModel:
         basis: Basis = "similar repositories" if kind in self.fleet else "defaults"
         return Prediction(max(0.0, rate.seconds(size)), memory, basis, size)
 
-    def predict_all(self, state: RepoState, kinds: Iterable[str]) -> dict[str, Prediction]:
-        return {k: self.predict(state, k) for k in kinds}
+    def predict_all(self, state: RepoState, tasks: Iterable[Task]) -> dict[str, Prediction]:
+        """Each of a plan's ``tasks``, by kind (a plan holds one task of each kind)."""
+        return {t.kind: self.predict(state, t.kind, prune=prunes(t)) for t in tasks}
+
+
+def prunes(task: Task) -> bool:
+    """Whether ``task`` runs ``git prune`` after its repack."""
+    return isinstance(task.args, Repack) and task.args.prune
 
 
 def sample_of(row: LatestResult) -> Sample | None:
