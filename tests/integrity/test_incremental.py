@@ -118,7 +118,13 @@ def test_second_full_check_reads_no_verified_pack(repo: Checker) -> None:
     assert second["verdict"] == "ok"
     assert second["read"]["mode"] == "incremental"
     assert second["read"]["packs"] == {"verified": 0, "unchanged_skipped": 1, "gone": 0}
-    assert second["read"]["verified"] == "nothing changed"
+    assert second["read"]["verified"] == "nothing changed since the last sound check"
+    # nothing changed: no git at all ran on the repository
+    assert not [c for c in ran if str(repo.repo) in c], ran
+    run_git(repo.repo, "update-ref", "refs/heads/other", "refs/heads/main")  # a new ref
+    third, ran = repo.check("--full")
+    assert third["verdict"] == "ok" and third["read"]["mode"] == "incremental"
+    assert third["read"]["verified"] == "nothing changed"
     # nothing read the old pack in full, no fsck walked the history
     for sub in ("fsck", "index-pack", "verify-pack", "commit-graph", "multi-pack-index"):
         assert not _ran(ran, sub), (sub, ran)
@@ -361,3 +367,22 @@ def test_a_reflog_entry_of_a_missing_object_is_found_on_an_incremental_run(
     found, _ = repo.check(code=3)
     assert found["verdict"] == "corrupt", found
     assert any("reflog" in line for line in found["findings"]), found
+
+
+@pytest.mark.parametrize("path", ["packed-refs", "HEAD", "config"])
+def test_a_ref_file_written_with_nothing_seen_changed_is_looked_at_again(
+    repo: Checker, path: str
+) -> None:
+    """The check that runs no git stands on the keys of the files the refs stand on: the
+    same bytes written back, with the mtime put back, still move the ctime."""
+    _incremental(repo, "--full")
+    _, ran = repo.check("--full")
+    assert not [c for c in ran if str(repo.repo) in c], ran  # nothing changed: no git
+    target = repo.repo / path
+    before = target.stat()
+    target.write_bytes(target.read_bytes())
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    again, ran = repo.check("--full")
+    assert again["verdict"] == "ok"
+    assert again["read"]["verified"] == "nothing changed"  # not the no-git path
+    assert _ran(ran, "rev-list"), ran

@@ -117,6 +117,7 @@ class _Here:
     snap: Snapshot
     tips: Tips | None
     at: float  # now (Unix time)
+    refs: str = ""  # verified.refs_state, taken before the tips were listed
 
 
 @dataclass(frozen=True)
@@ -138,9 +139,14 @@ def check(
     Never raises for a problem of the repository; GitNotFoundError propagates."""
     started = time.monotonic()
     at = time.time() if now is None else now
+    refs = verified.refs_state(git_dir)  # before the tips: what they are proven for
+    if incremental and record is not None:
+        same = _unchanged(git_dir, record, refs, full=full, at=at, started=started)
+        if same is not None:
+            return same
     tips = _tips(git, git_dir)  # before the objects: see the module docstring
     snap = verified.snapshot(git_dir)
-    here = _Here(git_dir, git, full, snap, tips, at)
+    here = _Here(git_dir, git, full, snap, tips, at, refs)
     why = _why_whole(incremental, record, snap, tips)
     if why is None and record is not None and tips is not None:
         try:
@@ -148,6 +154,36 @@ def check(
         except _Doubt as exc:
             why = exc.reason
     return _whole(here, record, why or "")
+
+
+def _unchanged(git_dir: Path, record: Record, refs: str, *, full: bool, at: float,
+               started: float) -> Outcome | None:  # fmt: skip
+    """The outcome when nothing the record proved can have changed, without running git;
+    None otherwise. Nothing changed: not one file the refs' reachability stands on was
+    written, added or removed (``refs_state``, taken before the objects are looked at),
+    every pack is the one recorded and settled (and, with ``full``, not due to be read
+    again), no loose object is there (they are read again on every check), and the
+    commit-graph and multi-pack-index files are the ones verified."""
+    if not refs or refs != record.refs:
+        return None
+    snap = verified.snapshot(git_dir)
+    if snap.doubts or snap.loose or set(snap.packs) != set(record.packs):
+        return None
+    for name, key in snap.packs.items():
+        old = record.packs[name]
+        if old.key != key or not old.settled or not _settled(key, snap):
+            return None
+        if full and (not old.verified_at or verified.due(name, old.verified_at, at)):
+            return None
+    graphs = {n: d for n, (d, calm) in snap.graphs.items() if d}
+    if any(not snap.graphs[n][1] for n in graphs) or graphs != record.graphs:
+        return None
+    read: dict[str, object] = {
+        "mode": "incremental", "verified": "nothing changed since the last sound check",
+        "packs": {"verified": 0, "unchanged_skipped": len(snap.packs), "gone": 0},
+        "reachability": "nothing changed: no walk",
+    }  # fmt: skip
+    return Outcome(_result(record, {}, full, read, started), record)
 
 
 def _why_whole(incremental: bool, record: Record | None, snap: Snapshot,
@@ -184,7 +220,7 @@ def _whole(here: _Here, old: Record | None, why: str) -> Outcome:
     counts = dict(result.warnings.counts)
     if len(keys) > verified.MAX_WARNING_KEYS:
         keys = dict(list(keys.items())[: verified.MAX_WARNING_KEYS])
-    record = Record(packs, _loose_set(snap), tuple(proven), graphs, keys, counts)
+    record = Record(packs, _loose_set(snap), tuple(proven), graphs, keys, counts, here.refs)
     return Outcome(replace(result, read=read), record)
 
 
@@ -230,7 +266,9 @@ def _steps(here: _Here, record: Record, tips: Tips, started: float) -> Outcome:
     read["verified"] = _graphs(git, git_dir, record, snap, gone)
     graphs = {n: d for n, (d, calm) in snap.graphs.items() if d and calm}
     proven = tuple(sorted({oid for _, oid in tips}))
-    new = Record(packs, _loose_set(snap), proven, graphs, base.warnings, base.warning_counts)
+    new = Record(
+        packs, _loose_set(snap), proven, graphs, base.warnings, base.warning_counts, here.refs
+    )
     return Outcome(_result(record, formats, full, read, started), new)
 
 

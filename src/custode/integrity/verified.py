@@ -112,6 +112,42 @@ def snapshot(git_dir: Path) -> Snapshot:
     return Snapshot(packs, loose, graphs, tuple(doubts), taken_ns)
 
 
+#: What the refs' reachability stands on besides the objects: HEAD, the packed refs, the
+#: index, the config (extensions, fsck settings), grafts, and every file below refs/ and
+#: logs/ (loose refs, reflogs).
+_REF_FILES = ("HEAD", "packed-refs", "index", "config", "info/grafts", "objects/info/grafts")
+_REF_TREES = ("refs", "logs")
+
+
+def refs_state(git_dir: Path, now_ns: int | None = None) -> str:
+    """A digest of the keys (``file_key``: any write moves the ctime) of every file the
+    refs' reachability stands on (``_REF_FILES``, every file below ``_REF_TREES``), by
+    path; "" when one is not settled or a directory cannot be read: then it proves
+    nothing. Equal digests: not one of those files was written, added or removed."""
+    now = time.time_ns() if now_ns is None else now_ns
+    parts: list[str] = []
+    paths = [git_dir / name for name in _REF_FILES]
+    for tree in _REF_TREES:
+        failed: list[OSError] = []
+        for top, dirs, files in os.walk(git_dir / tree, onerror=failed.append):
+            dirs.sort()
+            links = [d for d in dirs if os.path.islink(os.path.join(top, d))]  # not walked
+            paths += [Path(top, name) for name in sorted([*files, *links])]
+        if [e for e in failed if not isinstance(e, FileNotFoundError)]:
+            return ""
+    for path in paths:
+        try:
+            key = file_key(os.lstat(path))
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return ""
+        if not settled(key, now):
+            return ""
+        parts.append(f"{path.relative_to(git_dir)}:{key}")
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def _exists(path: Path) -> bool:
     try:
         path.lstat()
@@ -231,6 +267,8 @@ class Record:
     graphs: dict[str, str]  # verified: name → digest of its files' keys
     warnings: dict[str, str] = field(default_factory=dict)  # "msgId oid" → git's line
     warning_counts: dict[str, int] = field(default_factory=dict)  # msgId → objects
+    #: ``refs_state`` taken before the proven tips were listed; "" when unsettled
+    refs: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -248,6 +286,7 @@ class Record:
             "graphs": dict(self.graphs),
             "warnings": dict(self.warnings),
             "warning_counts": dict(self.warning_counts),
+            "refs": self.refs,
         }
 
 
@@ -281,7 +320,10 @@ def _parse(data: object) -> Record | None:
     graphs = {str(k): str(v) for k, v in data["graphs"].items()}
     warnings = {str(k): str(v) for k, v in data.get("warnings", {}).items()}
     counts = {str(k): int(v) for k, v in data.get("warning_counts", {}).items()}
-    return Record(packs, loose, tips, graphs, warnings, counts)
+    refs = data.get("refs", "")
+    if not isinstance(refs, str):
+        return None
+    return Record(packs, loose, tips, graphs, warnings, counts, refs)
 
 
 def _key(raw: object) -> FileKey:
