@@ -35,6 +35,7 @@ import re
 import stat
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,6 @@ def refs_state(git_dir: Path, now_ns: int | None = None) -> str:
     path; "" when one is not settled or a directory cannot be read: then it proves
     nothing. Equal digests: not one of those files was written, added or removed."""
     now = time.time_ns() if now_ns is None else now_ns
-    parts: list[str] = []
     paths = [git_dir / name for name in _REF_FILES]
     for tree in _REF_TREES:
         failed: list[OSError] = []
@@ -135,17 +135,8 @@ def refs_state(git_dir: Path, now_ns: int | None = None) -> str:
             paths += [Path(top, name) for name in sorted([*files, *links])]
         if [e for e in failed if not isinstance(e, FileNotFoundError)]:
             return ""
-    for path in paths:
-        try:
-            key = file_key(os.lstat(path))
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return ""
-        if not settled(key, now):
-            return ""
-        parts.append(f"{path.relative_to(git_dir)}:{key}")
-    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+    keyed, calm, readable = _keyed(paths, now, lambda p: str(p.relative_to(git_dir)))
+    return _sha(keyed) if calm and readable else ""
 
 
 def _exists(path: Path) -> bool:
@@ -237,17 +228,35 @@ def _digest(files: list[Path], directory: Path | None, now_ns: int) -> tuple[str
             pass
         except OSError:
             parts.append(f"{directory.name}: unreadable")
+    keyed, calm, _ = _keyed(paths, now_ns, lambda p: p.name)
+    parts += keyed
+    return (_sha(parts) if parts else ""), calm
+
+
+def _keyed(
+    paths: list[Path], now_ns: int, name: Callable[[Path], str]
+) -> tuple[list[str], bool, bool]:
+    """``name: key`` of each of ``paths`` that exists (``name: unreadable`` when it cannot
+    be looked at), whether all of them are settled, and whether all could be looked at."""
+    parts: list[str] = []
+    calm = readable = True
     for path in paths:
         try:
             key = file_key(os.lstat(path))
         except FileNotFoundError:
             continue
         except OSError:
-            parts.append(f"{path.name}: unreadable")
+            parts.append(f"{name(path)}: unreadable")
+            readable = False
             continue
         calm = calm and settled(key, now_ns)
-        parts.append(f"{path.name}:{key}")
-    return (hashlib.sha256("\n".join(parts).encode()).hexdigest() if parts else ""), calm
+        parts.append(f"{name(path)}:{key}")
+    return parts, calm, readable
+
+
+def _sha(parts: list[str]) -> str:
+    # surrogateescape: a file name that is not UTF-8 is bytes git wrote, not an error
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @dataclass(frozen=True)
