@@ -59,18 +59,25 @@ def restore_into(custode: Run, store: tuple[Path, Path], to: Path, *args: str,
                    prefix=prefix)  # fmt: skip
 
 
+def assert_refused(custode: Run, store: tuple[Path, Path], to: Path, under: Path,
+                   message: str) -> None:  # fmt: skip
+    """A restore into ``to`` exits 4 with ``message`` as its last line and leaves nothing
+    new under ``under``."""
+    before = files(under)
+    result = restore_into(custode, store, to)
+    assert result.code == 4, result.stderr
+    assert last_line(result) == message
+    assert files(under) == before
+
+
 def test_a_to_through_a_file_names_the_file(
     custode: Run, store: tuple[Path, Path], tmp_path: Path
 ) -> None:
     (tmp_path / "notes").write_text("a file\n")
-    before = files(tmp_path)
-    result = restore_into(custode, store, tmp_path / "notes" / "restored")
-    assert result.code == 4, result.stderr
-    assert last_line(result) == (
+    assert_refused(custode, store, tmp_path / "notes" / "restored", tmp_path, (
         f"custode: cannot restore into {tmp_path}/notes/restored: {tmp_path}/notes is a file, "
         "not a directory; move it aside, or give another --to"
-    )
-    assert files(tmp_path) == before
+    ))  # fmt: skip
 
 
 def test_a_file_where_a_repository_needs_a_directory_is_named_not_called_not_empty(
@@ -79,14 +86,10 @@ def test_a_file_where_a_repository_needs_a_directory_is_named_not_called_not_emp
     out = tmp_path / "out"
     out.mkdir()
     (out / "cli").write_text("in the way\n")
-    before = files(tmp_path)
-    result = restore_into(custode, store, out)
-    assert result.code == 4, result.stderr
-    assert last_line(result) == (
+    assert_refused(custode, store, out, tmp_path, (
         f"custode: cannot restore cli/httpie.git into {out}/cli/httpie.git: {out}/cli is a "
         "file, not a directory; move it aside, or give another --to"
-    )
-    assert files(tmp_path) == before
+    ))  # fmt: skip
 
 
 @pytest.mark.skipif(not os.path.ismount("/proc"), reason="/proc is not mounted")
@@ -130,14 +133,10 @@ def test_a_to_that_is_a_dangling_symlink_names_where_it_points(
 ) -> None:
     link = tmp_path / "out"
     link.symlink_to(tmp_path / "gone")
-    before = files(tmp_path)
-    result = restore_into(custode, store, link)
-    assert result.code == 4, result.stderr
-    assert last_line(result) == (
+    assert_refused(custode, store, link, tmp_path, (
         f"custode: cannot restore into {link}: {link} is a symbolic link to {tmp_path}/gone, "
         "which does not exist; create the directory it names, or give another --to"
-    )
-    assert files(tmp_path) == before
+    ))  # fmt: skip
 
 
 def test_a_missing_key_asks_for_the_one_the_backups_were_made_with(
