@@ -47,7 +47,7 @@ from custode.maintenance.needs import TaskKind
 from custode.maintenance.planner import Plan, RepoHistory, Task, plan
 from custode.maintenance.window import DEFERRED, EXPENSIVE, Candidate, plan_night, waiting
 from custode.records.audit import AuditLog
-from custode.records.state import RepositoryResult, StateDB
+from custode.records.state import LatestResult, RepositoryResult, StateDB
 from custode.scan.discovery import Problem
 from custode.scan.repostate import RepoState
 
@@ -213,7 +213,8 @@ def maintain(
     version = job.git.check_version()
     found = fleet.read(job.roots, job.config, job.state_dir, bar=bar, notice=notice)
     now = time.time()
-    since = _waiting(job)  # deferred work: never skipped as "unchanged"
+    latest = _latest(job)  # each task's and deferral's latest row, read once
+    since = _waiting(latest)  # deferred work: never skipped as "unchanged"
     known = _history(job, found.states, warn, since)
     policy = job.config.maintenance
     lent = _borrowers(job, found.states, warn)
@@ -221,7 +222,7 @@ def maintain(
         (s, plan(s, policy, version, now, known.get(s.path), unsure_borrowers=unsure))
         for s, unsure in lent
     ]
-    model = CostModel(_samples(job))
+    model = CostModel(_samples(latest))
     costs = {id(s): tuple(model.predict_all(s, p.tasks).items())
              for s, p in plans}  # fmt: skip
     broken = [(s, p) for s, p in plans if s.problems]
@@ -312,15 +313,22 @@ def _fit(
     return fitted, deferred
 
 
-def _waiting(job: MaintainJob) -> dict[tuple[str, str], float]:
-    """(root, relative) → when its deferred work was first deferred, for each repository
-    whose last deferral is still open (``maintenance.window.waiting``)."""
+def _latest(job: MaintainJob) -> list[LatestResult]:
+    """The latest row of each task and of each deferral, per repository (the cost model's
+    samples, the waits still open); none when the history is unreadable: the planning
+    already warned, or refused."""
     try:
         with StateDB.open(history.database(job.state_dir)) as db:
-            rows = db.latest_results([DEFERRED])
-            results = db.latest_results(get_args(TaskKind))
+            return db.latest_results([DEFERRED, *get_args(TaskKind)])
     except CustodeError:
-        return {}  # the planning already warned, or refused
+        return []
+
+
+def _waiting(latest: list[LatestResult]) -> dict[tuple[str, str], float]:
+    """(root, relative) → when its deferred work was first deferred, for each repository
+    whose last deferral is still open (``maintenance.window.waiting``)."""
+    rows = [r for r in latest if r.task == DEFERRED]
+    results = [r for r in latest if r.task != DEFERRED]
     return {key: since for key, (since, _) in waiting(rows, results).items()}
 
 
@@ -378,15 +386,11 @@ def _details(reason: str, message: str, predicted: Prediction | None) -> dict[st
     return details
 
 
-def _samples(job: MaintainJob) -> list[Sample]:
-    """The cost model's samples: each task's latest successful run per repository. An
-    unreadable history gives none (the defaults): the planning already warned of it."""
-    try:
-        with StateDB.open(history.database(job.state_dir)) as db:
-            latest = db.latest_results(get_args(TaskKind))
-    except CustodeError:
-        return []
-    return [s for s in map(sample_of, latest) if s is not None]
+def _samples(latest: list[LatestResult]) -> list[Sample]:
+    """The cost model's samples: each task's latest successful run per repository (none
+    from an unreadable history: the defaults)."""
+    rows = (r for r in latest if r.task != DEFERRED)
+    return [s for s in map(sample_of, rows) if s is not None]
 
 
 def _history(
