@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, TypeVar
@@ -173,3 +174,32 @@ def _handle(signum: int, frame: Any) -> None:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+class StopFlag:
+    """A stop set by a signal handler and waited for by the main thread, without a lock.
+
+    A ``threading.Event`` deadlocks there: ``Event.wait`` holds the event's lock at
+    moments, and a handler that runs in such a moment (the main thread runs it, between
+    two bytecodes) blocks on ``Event.set`` for ever: the lock is its own thread's. Seen
+    as ``trace2 listen`` ignoring SIGTERM once in a loaded test run.
+    """
+
+    SLICE = 0.05  # seconds: how late a wait sees the flag set
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self, *_: object) -> None:
+        """Set the flag (usable as the signal handler itself)."""
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until the flag is set or ``timeout`` seconds passed; whether it is set."""
+        end = time.monotonic() + timeout
+        while not self._set and (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, self.SLICE))
+        return self._set

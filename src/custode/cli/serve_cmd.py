@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +25,7 @@ from custode.errors import (
     PathNotFoundError,
     UsageError,
 )
+from custode.interrupts import StopFlag
 from custode.serve.http import MetricsApp, MetricsServer, Refresher, parse_listen, serve_until
 from custode.serve.pidfile import PidFile
 from custode.serve.webconfig import WebConfigWatcher, load_web_config
@@ -133,9 +133,9 @@ def _serve(
     if scheduler is not None:
         exporter.register(scheduler)
         scheduler.start()
-    stop = threading.Event()
+    stop = StopFlag()  # not an Event: set by the handler in the thread that waits on it
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, stop.set)
     signal.signal(signal.SIGHUP, lambda *_: _reload(app, root_paths, scheduler, reload_alerts))
     app.err.print(f"serving metrics on {server.url}/metrics", markup=False, highlight=False)
     try:

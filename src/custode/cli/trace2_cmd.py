@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import signal
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
@@ -13,6 +11,7 @@ import click
 from custode.base.units import counted
 from custode.cli.app import App
 from custode.errors import EXIT_CODES_SEE
+from custode.interrupts import StopFlag
 
 if TYPE_CHECKING:
     from custode.config.trace2 import Trace2Config
@@ -134,12 +133,8 @@ def listen(app: App, socket_path: Path | None) -> None:
         socket_of(app, socket_path), OperationHistograms(),
         max_buffer=config.max_buffer, mode=config.socket_mode,
     )  # fmt: skip
-    done = threading.Event()
-
-    def finish(signum: int, frame: FrameType | None) -> None:
-        done.set()
-
-    previous = {s: signal.signal(s, finish) for s in (signal.SIGINT, signal.SIGTERM)}
+    done = StopFlag()  # not an Event: set by the handler in the thread that waits on it
+    previous = {s: signal.signal(s, done.set) for s in (signal.SIGINT, signal.SIGTERM)}
     listener.start()
     try:
         app.err.print(f"listening on {listener.socket_path}", markup=False, highlight=False)

@@ -27,6 +27,7 @@ from typing import IO, Any, Protocol, cast
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 from wsgiref.types import StartResponse, WSGIEnvironment
 
+from custode.interrupts import StopFlag
 from custode.monitoring import trace2
 from custode.serve import landing
 from custode.serve.connections import Connection, ConnectionTable
@@ -395,7 +396,7 @@ class MetricsServer(WSGIServer):
         log.debug("connection from %s failed", client_address[0], exc_info=True)
 
 
-def serve_until(server: MetricsServer, refresher: Refresher, stop: threading.Event) -> None:
+def serve_until(server: MetricsServer, refresher: Refresher, stop: StopFlag) -> None:
     """Refresh and serve until ``stop`` is set (by a signal handler), then close cleanly:
     stop accepting, let the refresh in progress finish (briefly), close the socket."""
     refresher.start()
