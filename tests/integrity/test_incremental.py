@@ -386,3 +386,68 @@ def test_a_ref_file_written_with_nothing_seen_changed_is_looked_at_again(
     assert again["verdict"] == "ok"
     assert again["read"]["verified"] == "nothing changed"  # not the no-git path
     assert _ran(ran, "rev-list"), ran
+
+
+def _check_in_process(repo: Checker, listed: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``check --full`` of the repository's root, run here so the loose-object listing can
+    be watched: each objects directory listed is appended to ``listed``."""
+    from custode.config.model import load_config
+    from custode.git.runner import Git
+    from custode.integrity import verified
+    from custode.jobs.check import CheckJob
+    from custode.jobs.check import check as check_job
+
+    real = verified._loose
+
+    def watched(objects: Path) -> tuple[dict[str, str], list[str]]:
+        listed.append(str(objects))
+        return real(objects)
+
+    monkeypatch.setattr(verified, "_loose", watched)
+    config = load_config(repo.config, required=True)
+    time.sleep(0.2)  # settled, as in Checker.check
+    job = CheckJob((repo.root,), config, repo.state, Git.from_config(config.git), full=True)
+    (done,) = check_job(job).repositories
+    return done
+
+
+def test_nothing_changed_and_no_loose_object_lists_no_loose_directory(
+    repo: Checker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan, just before, saw the loose-object directories empty: the check in which
+    nothing changed does not list them again (the listing was most of its cost), and a
+    loose object the scan sees brings the listing and the object's reading back."""
+    _incremental(repo, "--full")
+    listed: list[str] = []
+    same = _check_in_process(repo, listed, monkeypatch)
+    assert same.read["verified"] == "nothing changed since the last sound check", same.read
+    assert listed == []
+    oid = run_git(repo.repo, "hash-object", "-w", "--stdin", input=b"new and unreachable\n")
+    new = _check_in_process(repo, listed, monkeypatch)
+    assert listed, "a loose object is there: the objects are listed"
+    assert new.result.verdict == "ok" and new.record is not None
+    assert oid.strip() in new.record.loose
+
+
+def test_a_loose_object_the_scan_did_not_see_is_read_by_the_next_check(repo: Checker) -> None:
+    """``no_loose`` (the scan's word, which may be seconds old) skips the listing only when
+    nothing else changed, and the record then stays as it was: a corrupt loose object
+    written after the scan is not in it, so the next check reads and finds it."""
+    from custode.git.runner import Git
+    from custode.integrity import incremental
+
+    _incremental(repo, "--full")
+    record = incremental.check(repo.repo, Git(), full=True, record=None).record
+    assert record is not None
+    time.sleep(0.2)
+    oid = run_git(
+        repo.repo, "hash-object", "-w", "--stdin", input=b"written after the scan\n"
+    ).strip()
+    path = repo.repo / "objects" / oid[:2] / oid[2:]
+    _flip(path, path.stat().st_size - 3)
+    time.sleep(0.2)
+    stale = incremental.check(repo.repo, Git(), full=True, record=record, no_loose=True)
+    assert stale.result.read["verified"] == "nothing changed since the last sound check"
+    assert stale.record == record  # the object is not vouched for
+    found = incremental.check(repo.repo, Git(), full=True, record=stale.record)
+    assert found.result.verdict == "corrupt", found.result

@@ -134,14 +134,23 @@ def check(
     record: Record | None,
     incremental: bool = True,
     now: float | None = None,
+    no_loose: bool = False,
 ) -> Outcome:
     """Check ``git_dir`` at the cost of what changed since ``record`` (module docstring).
-    Never raises for a problem of the repository; GitNotFoundError propagates."""
+    Never raises for a problem of the repository; GitNotFoundError propagates.
+
+    ``no_loose``: the caller's scan, just before, found not one file in the loose-object
+    directories, so the test of whether anything changed does not list them again (that
+    listing was most of the cost of a check in which nothing changed). A loose object
+    written since is not in the record, so the next check reads it, as it reads one
+    written just after this check; and one that came with a ref's move is read now,
+    because then the refs changed and the objects are listed."""
     started = time.monotonic()
     at = time.time() if now is None else now
     refs = verified.refs_state(git_dir)  # before the tips: what they are proven for
     if incremental and record is not None:
-        same = _unchanged(git_dir, record, refs, full=full, at=at, started=started)
+        same = _unchanged(git_dir, record, refs, full=full, at=at, started=started,
+                          loose=not no_loose)  # fmt: skip
         if same is not None:
             return same
     tips = _tips(git, git_dir)  # before the objects: see the module docstring
@@ -157,16 +166,17 @@ def check(
 
 
 def _unchanged(git_dir: Path, record: Record, refs: str, *, full: bool, at: float,
-               started: float) -> Outcome | None:  # fmt: skip
+               started: float, loose: bool) -> Outcome | None:  # fmt: skip
     """The outcome when nothing the record proved can have changed, without running git;
     None otherwise. Nothing changed: not one file the refs' reachability stands on was
     written, added or removed (``refs_state``, taken before the objects are looked at),
     every pack is the one recorded and settled (and, with ``full``, not due to be read
     again), no loose object is there (they are read again on every check), and the
-    commit-graph and multi-pack-index files are the ones verified."""
+    commit-graph and multi-pack-index files are the ones verified. ``loose``: list the
+    loose objects (False: the caller knows there are none)."""
     if not refs or refs != record.refs:
         return None
-    snap = verified.snapshot(git_dir)
+    snap = verified.snapshot(git_dir, loose=loose)
     if snap.doubts or snap.loose or set(snap.packs) != set(record.packs):
         return None
     for name, key in snap.packs.items():

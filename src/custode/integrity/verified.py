@@ -90,8 +90,10 @@ class Snapshot:
     taken_ns: int
 
 
-def snapshot(git_dir: Path) -> Snapshot:
-    """The object store of ``git_dir`` as it is now (``Snapshot``)."""
+def snapshot(git_dir: Path, *, loose: bool = True) -> Snapshot:
+    """The object store of ``git_dir`` as it is now (``Snapshot``). ``loose=False``: the
+    loose-object directories are not listed (the caller knows them empty; up to 256
+    directories listed is most of a snapshot's cost) and ``Snapshot.loose`` is empty."""
     taken_ns = time.time_ns()
     objects = git_dir / "objects"
     doubts: list[str] = []
@@ -104,13 +106,13 @@ def snapshot(git_dir: Path) -> Snapshot:
         doubts.append("it is shallow")
     packs, pack_doubts = _packs(objects / "pack")
     doubts += pack_doubts
-    loose, loose_doubts = _loose(objects)
+    loose_objects, loose_doubts = _loose(objects) if loose else ({}, [])
     doubts += loose_doubts
     graphs = {
         "commit-graph": _digest([info / "commit-graph"], info / "commit-graphs", taken_ns),
         "multi-pack-index": _digest([objects / "pack" / "multi-pack-index"], None, taken_ns),
     }
-    return Snapshot(packs, loose, graphs, tuple(doubts), taken_ns)
+    return Snapshot(packs, loose_objects, graphs, tuple(doubts), taken_ns)
 
 
 #: What the refs' reachability stands on besides the objects: HEAD, the packed refs, the
@@ -191,23 +193,24 @@ def _loose(objects: Path) -> tuple[dict[str, str], list[str]]:
     except OSError as exc:
         return loose, [f"its object directory cannot be listed ({exc.strerror})"]
     for d in sorted(dirs):
+        where = os.path.join(objects, d)  # strings: pathlib would double the cost
         try:
-            names = os.listdir(objects / d)
+            names = os.listdir(where)
         except NotADirectoryError:
             continue
         except OSError as exc:
             return loose, [f"objects/{d} cannot be listed ({exc.strerror})"]
         for name in names:
             if _LOOSE.fullmatch(name):
-                loose[d + name] = loose_type(objects / d / name)
+                loose[d + name] = loose_type(os.path.join(where, name))
     return loose, []
 
 
-def loose_type(path: Path) -> str:
+def loose_type(path: str) -> str:
     """A loose object's type from its zlib header (``?`` when it cannot be read: fsck then
     says why)."""
     try:  # never blocks: a FIFO planted as an object would hang a plain open for ever
-        head = read_prefix(str(path), 64, regular=True)
+        head = read_prefix(path, 64, regular=True)
         text = zlib.decompressobj().decompress(head, 32)
     except (OSError, zlib.error):
         return "?"

@@ -195,8 +195,11 @@ def _check_one(job: CheckJob, state: RepoState, record: verified.Record | None) 
         job.git.suspect(git_dir, "; ".join(found[:3]))
         out = incremental.check(git_dir, job.git, full=job.full, record=None, incremental=False)
         return RepositoryCheck(state, out.result, began, None)
+    # the scan found no file at all in the loose-object directories (each is a loose
+    # object or garbage): the test of whether anything changed need not list them again
+    no_loose = state.loose_objects == 0 and state.garbage_files == 0
     out = incremental.check(git_dir, job.git, full=job.full, record=record,
-                            incremental=job.incremental)  # fmt: skip
+                            incremental=job.incremental, no_loose=no_loose)  # fmt: skip
     return RepositoryCheck(state, out.result, began, out.record)
 
 
