@@ -451,3 +451,65 @@ def test_a_loose_object_the_scan_did_not_see_is_read_by_the_next_check(repo: Che
     assert stale.record == record  # the object is not vouched for
     found = incremental.check(repo.repo, Git(), full=True, record=stale.record)
     assert found.result.verdict == "corrupt", found.result
+
+
+def test_a_whole_check_in_which_no_ref_moved_lists_the_refs_once(repo: Checker) -> None:
+    """The refs are listed before the whole check; not one file they stand on written
+    since (``refs_state`` equal): they are not listed again, and HEAD is read by two git
+    processes (its target, then its object and type in one)."""
+    first, ran = repo.check("--full")
+    assert first["verdict"] == "ok" and first["read"]["mode"] == "whole", first
+    assert _ran(ran, "fsck"), ran
+    assert len(_ran(ran, "for-each-ref")) == 1, ran
+    assert len(_ran(ran, "symbolic-ref")) == 1, ran
+    assert len(_ran(ran, "cat-file")) == 1, ran
+    assert not _ran(ran, "rev-parse"), ran
+    with sqlite3.connect(repo.state / "state.db") as db:
+        (record,) = db.execute("SELECT record FROM check_records").fetchone()
+    assert len(json.loads(record)["tips"]) == 2  # main and the tag: proven all the same
+
+
+def test_a_ref_moved_during_the_whole_check_is_not_recorded_as_proven(
+    repo: Checker, tmp_path: Path
+) -> None:
+    """A push while fsck runs: the moved ref's old tip may not have been walked where it
+    was listed, so it is not recorded as proven; the refs are listed again to see it."""
+    main = run_git(repo.repo, "rev-parse", "refs/heads/main").strip()
+    parent = run_git(repo.repo, "rev-parse", "refs/heads/main~1").strip()
+    tag = run_git(repo.repo, "rev-parse", "refs/tags/v1").strip()
+    real = run_git(None, "--exec-path").strip()
+    once = tmp_path / "moved"
+    (tmp_path / "git-logged").write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> "{repo.log}"\n'
+        f'case " $* " in *" fsck "*) if [ ! -e "{once}" ]; then touch "{once}"; '
+        f'"{real}/git" --git-dir="{repo.repo}" update-ref refs/heads/main {parent}; fi;; esac\n'
+        f'exec "{real}/git" "$@"\n'
+    )
+    first, ran = repo.check("--full")
+    assert once.exists() and _ran(ran, "fsck"), ran
+    assert first["verdict"] == "ok" and first["read"]["mode"] == "whole", first
+    with sqlite3.connect(repo.state / "state.db") as db:
+        (record,) = db.execute("SELECT record FROM check_records").fetchone()
+    tips = json.loads(record)["tips"]
+    assert main not in tips and tag in tips, tips
+    assert len(_ran(ran, "for-each-ref")) == 2, ran  # moved: listed again
+    second, _ = repo.check("--full")  # the new tip is walked: sound, incremental
+    assert second["verdict"] == "ok" and second["read"]["mode"] == "incremental", second
+
+
+@pytest.mark.parametrize("how", ["detached at a tag", "branch at a tag", "branch at a blob"])
+def test_a_head_naming_no_commit_is_found_on_an_incremental_run(repo: Checker, how: str) -> None:
+    """HEAD's object and type are read in one git process: a tag (which names a commit
+    when peeled) or a blob behind HEAD is still not a commit, as fsck says."""
+    _incremental(repo)
+    tag = run_git(repo.repo, "rev-parse", "refs/tags/v1").strip()
+    blob = run_git(repo.repo, "hash-object", "-w", "--stdin", input=b"not a commit\n").strip()
+    if how == "detached at a tag":
+        (repo.repo / "HEAD").write_text(f"{tag}\n")
+    else:
+        (repo.repo / "refs" / "heads" / "odd").write_text(f"{tag if 'tag' in how else blob}\n")
+        (repo.repo / "HEAD").write_text("ref: refs/heads/odd\n")
+    found, _ = repo.check(code=3)
+    assert found["verdict"] == "corrupt", found
+    assert found["read"]["mode"] == "whole", found["read"]

@@ -38,7 +38,9 @@ incremental check is therefore only ever ``ok`` or the whole check's.
 After a sound check the record is rebuilt (``Outcome.record``); after any other the
 repository's record is dropped, so the next check is whole. Objects are listed before
 anything is read, refs before objects: a pack's key is taken before it is read, so a later
-write is seen; a tip counts as proven only if it was listed before the objects were.
+write is seen; a tip counts as proven only if it was listed before the objects were
+(and, after a whole check, is still there: listed again, unless ``refs_state`` says not
+one file the refs stand on was written meanwhile).
 """
 
 from __future__ import annotations
@@ -216,8 +218,12 @@ def _whole(here: _Here, old: Record | None, why: str) -> Outcome:
     read: dict[str, object] = {"mode": "whole", "why": why}
     if not result.ok or snap.doubts:
         return Outcome(replace(result, read=read), None)
-    after = _tips(git, git_dir)
-    # a ref that moved during the check may not have been walked at its listed tip
+    # a ref that moved during the check may not have been walked at its listed tip: the
+    # tips listed before count only where they are still the same. Not one file the refs
+    # stand on written since they were listed (``refs_state`` equal, as ``_unchanged``
+    # relies on): they are, without listing them again.
+    same = here.refs != "" and verified.refs_state(git_dir) == here.refs
+    after = tips if same else _tips(git, git_dir)
     proven = sorted({oid for _, oid in tips & after}) if tips and after else []
     packs = {}
     for name, key in snap.packs.items():
@@ -458,18 +464,22 @@ def _tips(git: Git, git_dir: Path) -> Tips | None:
 
 def _head(git: Git, git_dir: Path) -> str | None:
     """The commit HEAD names ("" for an unborn branch); None when fsck would complain
-    about HEAD ("points to something strange", "not a commit", "invalid HEAD")."""
+    about HEAD ("points to something strange", "not a commit", "invalid HEAD"). Two git
+    processes when HEAD names a commit: its object and type are read in one."""
     symbolic = git.run(["symbolic-ref", "--quiet", "HEAD"], repo=git_dir, check=False)
     target = symbolic.stdout.decode("utf-8", errors="replace").strip()
     if symbolic.returncode not in {0, 1} or (
         symbolic.returncode == 0 and not target.startswith("refs/heads/")
     ):
         return None
+    # "<oid> <type>" when HEAD resolves to an object that is there, "HEAD missing" else
+    args = ["cat-file", "--batch-check=%(objectname) %(objecttype)"]
+    info = git.run(args, repo=git_dir, check=False, input=b"HEAD\n")
+    found = info.stdout.decode("ascii", errors="replace").split()
+    if info.returncode == 0 and len(found) == 2 and _OID.fullmatch(found[0]):
+        return found[0] if found[1] == "commit" else None
+    if symbolic.returncode != 0:
+        return None  # detached at nothing, or at an object that is not there
+    # no object: is the branch unborn (fsck only notes it), or its object missing?
     head = git.run(["rev-parse", "--verify", "--quiet", "HEAD"], repo=git_dir, check=False)
-    oid = head.stdout.decode("ascii", errors="replace").strip()
-    if head.returncode == 1 and symbolic.returncode == 0 and not oid:
-        return ""  # unborn: fsck only notes it
-    if head.returncode != 0 or not _OID.fullmatch(oid):
-        return None
-    kind = git.run(["cat-file", "-t", oid], repo=git_dir, check=False)
-    return oid if kind.returncode == 0 and kind.stdout.strip() == b"commit" else None
+    return "" if head.returncode == 1 and not head.stdout.strip() else None
