@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from custode.maintenance.cost import (
+    COMPARABLE,
     DEFAULTS,
     LOOSE_WEIGHT,
     MIB,
@@ -64,12 +65,27 @@ def test_a_repository_that_grew_is_scaled_by_its_growth_fixed_cost_apart() -> No
     older = _sample("a", "full_repack", 12.0, 10, at=1.0)
     latest = _sample("a", "full_repack", 6.0, 10, at=2.0)  # the latest run is the one used
     model = CostModel([latest, older], LINEAR)
-    p = model.predict(_state("a", 30), "full_repack")
-    # the rate says 6 s then, 16 s now: 6 s * 16 / 6
-    assert p.seconds == pytest.approx(16.0)
+    p = model.predict(_state("a", 16), "full_repack")
+    # the rate says 6 s then, 9 s now: 6 s * 9 / 6
+    assert p.seconds == pytest.approx(9.0)
     assert p.basis == "this repository"
-    shrunk = model.predict(_state("a", 2), "full_repack")
-    assert shrunk.seconds == pytest.approx(6.0 * 2.0 / 6.0)
+    shrunk = model.predict(_state("a", 5), "full_repack")
+    assert shrunk.seconds == pytest.approx(6.0 * 3.5 / 6.0)
+
+
+@pytest.mark.parametrize("mib", [1.0, 30.0, 400.0])
+def test_a_last_run_on_work_more_than_twice_as_different_is_not_scaled(mib: float) -> None:
+    """A neglected repository's first night (or a night shared with a large repack)
+    multiplied by a large factor says more about that night than about the repository:
+    past ``COMPARABLE`` the fleet's fit or the defaults predict."""
+    model = CostModel([_sample("a", "full_repack", 6.0, 10)], LINEAR)
+    p = model.predict(_state("a", mib), "full_repack")
+    assert p.basis == "defaults"
+    assert p.seconds == pytest.approx(LINEAR["full_repack"].seconds(Size.of(_state("a", mib))))
+    ratio = LINEAR["full_repack"].seconds(p.size) / LINEAR["full_repack"].seconds(
+        _sample("a", "full_repack", 6.0, 10).size
+    )
+    assert not 1 / COMPARABLE <= ratio <= COMPARABLE
 
 
 def test_similar_repositories_fit_a_rate_robust_to_an_outlier() -> None:
@@ -121,10 +137,17 @@ def test_a_repack_of_loose_objects_predicts_a_cheaper_one_once_they_are_packed()
     then = Size.of(_grown("a", objects=2_000, loose=1_000))
     model = CostModel([Sample("full_repack", ("/srv", "a"), 1.0, 1.0, then)], rate)
     p = model.predict(_grown("a", objects=3_000), "full_repack")
-    assert p.basis == "this repository"
     assert p.seconds < 1.0  # the old model scaled the object count up: 1.33 s
-    assert p.seconds == pytest.approx(1.0 * (0.1 + 0.3) / (0.1 + 0.1 * (1 + 1 * LOOSE_WEIGHT)))
+    # the loose objects made that night more than twice the work: the rate predicts
+    assert (0.1 + 0.1 * (1 + 1 * LOOSE_WEIGHT)) / (0.1 + 0.3) > COMPARABLE
+    assert p.basis == "defaults" and p.seconds == pytest.approx(0.1 + 0.3)
     assert p.size.loose == 0 and then.loose == 1_000
+    # a few loose objects then: the last run, scaled
+    few = Size.of(_grown("a", objects=2_900, loose=50))
+    model = CostModel([Sample("full_repack", ("/srv", "a"), 1.0, 0.5, few)], rate)
+    p = model.predict(_grown("a", objects=3_000), "full_repack")
+    assert p.basis == "this repository"
+    assert p.seconds == pytest.approx(0.5 * 0.4 / (0.1 + 0.1 * (2.9 + 0.05 * (LOOSE_WEIGHT - 1))))
 
 
 def test_a_commit_graph_beside_an_existing_one_costs_a_share_of_one_from_scratch() -> None:
@@ -132,8 +155,9 @@ def test_a_commit_graph_beside_an_existing_one_costs_a_share_of_one_from_scratch
     model = CostModel([Sample("write_commit_graph", ("/srv", "a"), 1.0, 0.12, then)])
     p = model.predict(_grown("a", objects=10_200, graph=True), "write_commit_graph")
     rate = DEFAULTS["write_commit_graph"]
-    assert p.seconds == pytest.approx(0.12 * rate.seconds(p.size) / rate.seconds(then))
     assert p.seconds < 0.12 / 2  # the old model: 0.12 s, grown a little
+    assert rate.seconds(then) / rate.seconds(p.size) > COMPARABLE  # not scaled: the rate
+    assert p.basis == "defaults" and p.seconds == pytest.approx(rate.seconds(p.size))
     assert model.predict(_grown("b", objects=10_000), "write_commit_graph").seconds == (
         pytest.approx(rate.seconds(then))
     )
@@ -154,10 +178,10 @@ def test_the_last_run_here_is_scaled_in_the_defaults_proportions_not_the_fleet_s
     fleet = [_sample(f"r{i}", "full_repack", float(mib), mib) for i, mib in enumerate((5, 10, 20))]
     model = CostModel([*fleet, _sample("a", "full_repack", 6.0, 10)], LINEAR)
     assert model.rate("full_repack").fixed == pytest.approx(0.0)
-    p = model.predict(_state("a", 30), "full_repack")
+    p = model.predict(_state("a", 16), "full_repack")
     assert p.basis == "this repository"
-    assert p.seconds == pytest.approx(6.0 * 16.0 / 6.0)  # LINEAR's 1 s + 0.5 s/MiB; not 18 s
-    assert model.predict(_state("new", 30), "full_repack").seconds == pytest.approx(30.0)
+    assert p.seconds == pytest.approx(6.0 * 9.0 / 6.0)  # LINEAR's 1 s + 0.5 s/MiB; not 9.6 s
+    assert model.predict(_state("new", 16), "full_repack").seconds == pytest.approx(16.0)
 
 
 def test_a_repack_that_pruned_predicts_a_cheaper_one_without_the_prune() -> None:

@@ -17,7 +17,8 @@ Each prediction comes from the best basis at hand, said in ``Prediction.basis``:
   takes the default rate's shape, not the fleet's fit: a host's speed scales the fixed
   and the per-unit cost alike and cancels out, while the fit's split between them is the
   least certain thing it estimates (a night shared with other work, a few large
-  repositories pruning old objects, set it);
+  repositories pruning old objects, set it). Only while the work is within
+  ``COMPARABLE`` of that run's: scaled further, that run's circumstances would be too;
 * ``similar repositories``: a fit of ``fixed + per_unit * driver`` over the fleet's
   history of the task (Theil-Sen: the median of pairwise slopes, so one slow night on a
   busy host does not skew it), once three repositories have run it;
@@ -46,6 +47,11 @@ Basis = Literal["this repository", "similar repositories", "defaults"]
 MIB = 1024 * 1024
 #: repositories that must have run a task before the fleet's fit replaces the defaults
 MIN_FLEET = 3
+#: a repository's last run predicts the next one only when the work differs by no more
+#: than this factor (by the default shape); further off, what was special about that run
+#: (a neglected repository's first night, a night shared with a large repack) is
+#: multiplied with it, and the fleet's fit or the defaults predict better
+COMPARABLE = 2.0
 #: the most recent samples per task the fit reads (pairwise slopes: quadratic)
 FIT_SAMPLES = 200
 #: a loose object's share of a repack, in packed objects: what ``git repack -a -d --cruft``
@@ -151,13 +157,16 @@ class Rate:
 #: nightly window", says how), fitted as the fleet's fit is; peak memory from git's own
 #: commands under ``/usr/bin/time -v`` on the same copies. The kinds the corpus never
 #: called for (incremental repack, multi-pack-index, cleanups) are from single git runs.
+#: The full repack was measured again once it had grown its walks, the prune and bounded
+#: threads: 22 second-night repacks in bench/maintenance (735 to 10,906 objects, 0.055 to
+#: 0.215 s; docs/operations.md says how).
 DEFAULTS: dict[str, Rate] = {
     "remove_stale_files": Rate("none", 0.005, 0.0),  # unlinks, no git
     "prune_worktrees": Rate("none", 0.02, 0.0, 4 * MIB),
     "pack_refs": Rate("refs", 0.0094, 0.0028, 5 * MIB),
     "incremental_repack": Rate("objects", 0.10, 0.005, 4 * MIB, 500_000),
     "geometric_repack": Rate("objects", 0.10, 0.005, 4 * MIB, 500_000),
-    "full_repack": Rate("objects", 0.13, 0.0093, 4 * MIB, 1_030_000),
+    "full_repack": Rate("objects", 0.055, 0.017, 4 * MIB, 1_030_000),
     "write_midx": Rate("objects", 0.03, 0.0002, 5 * MIB, 80_000),
     "write_commit_graph": Rate("graph", 0.01, 0.0070, 4 * MIB, 540_000),
 }
@@ -232,14 +241,20 @@ class CostModel:
         """``kind``'s cost on ``state``, from the best basis at hand (see the module);
         ``prune``: the repack is followed by ``git prune``."""
         size = Size.of(state, prune=prune)
+        return self.predict_size(size, kind, (state.root, state.relative))
+
+    def predict_size(self, size: Size, kind: str, repository: tuple[str, str]) -> Prediction:
+        """``kind``'s cost on a repository (root, relative) of ``size``."""
         rate = self.rate(kind)
         memory = rate.memory(size)
-        last = self.last.get((kind, (state.root, state.relative)))
+        last = self.last.get((kind, repository))
         if last is not None:
             shape = self.defaults[kind]  # see the module: the ratio needs the shape only
             then = shape.seconds(last.size)
             scale = shape.seconds(size) / then if then > 0 else 1.0
-            return Prediction(max(0.0, last.seconds * scale), memory, "this repository", size)
+            if 1 / COMPARABLE <= scale <= COMPARABLE:
+                return Prediction(max(0.0, last.seconds * scale), memory, "this repository",
+                                  size)  # fmt: skip
         basis: Basis = "similar repositories" if kind in self.fleet else "defaults"
         return Prediction(max(0.0, rate.seconds(size)), memory, basis, size)
 
