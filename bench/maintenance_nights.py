@@ -8,9 +8,13 @@ are read tolerantly: a missing field is reported as missing, never a crash.
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from make_fleet import Git, history
@@ -112,3 +116,104 @@ def deferred(doc: dict[str, Any]) -> tuple[int, list[str]]:
         if n:
             found[key] = n
     return max(found.values(), default=0), sorted(found)
+
+
+#: the directories of a scratch that hold custode's state (history, scan cache, config)
+STATE_DIRS = ("xdg_config_home", "xdg_state_home", "xdg_cache_home", "xdg_data_home")
+
+
+class NightStart:
+    """A night's start kept aside: the repositories under ``root`` and custode's state in
+    ``scratch``, copied to ``keep``, so the same night can be run again from it, in the same
+    place (history keys repositories by their path). ``done`` puts the first run's
+    outcome back."""
+
+    def __init__(self, root: Path, scratch: Path, keep: Path) -> None:
+        self.root, self.scratch, self.keep = root, scratch, keep
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.mkdir(parents=True)
+        self._copy(root, scratch, keep / "start")
+        self.first: Path | None = None
+
+    @staticmethod
+    def _copy(root: Path, scratch: Path, dest: Path) -> None:
+        shutil.copytree(root, dest / "repos", symlinks=True)
+        for name in STATE_DIRS:
+            shutil.copytree(scratch / name, dest / name, symlinks=True)
+
+    def _move(self, dest: Path) -> None:
+        dest.mkdir(parents=True)
+        self.root.rename(dest / "repos")
+        for name in STATE_DIRS:
+            (self.scratch / name).rename(dest / name)
+
+    def _restore(self, source: Path, *, move: bool) -> None:
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        for name in STATE_DIRS:
+            shutil.rmtree(self.scratch / name, ignore_errors=True)
+        put: Callable[[Path, Path], object] = (
+            Path.rename if move else lambda a, b: shutil.copytree(a, b, symlinks=True)
+        )
+        put(source / "repos", self.root)
+        for name in STATE_DIRS:
+            put(source / name, self.scratch / name)
+
+    def again(self, night: Callable[[], bytes]) -> bytes:
+        """Run ``night`` once more from the start (the first run's outcome kept aside)."""
+        if self.first is None:
+            self.first = self.keep / "first"
+            self._move(self.first)
+        self._restore(self.keep / "start", move=False)
+        os.sync()  # the copy's writeback would otherwise slow the night it is measured in
+        return night()
+
+    def done(self) -> None:
+        """The first run's outcome back in place; the copies removed."""
+        if self.first is not None:
+            self._restore(self.first, move=True)
+        shutil.rmtree(self.keep, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Repeatability:
+    nights: int  # runs of the same night from the same start, the first included
+    tasks: int  # tasks that ran in every one of them
+    ceiling: float  # share of the first run's times within the tolerance of the median
+    model: float  # share of the first run's predictions within the tolerance of the median
+    spread: float  # median over tasks of largest / smallest time across the runs
+    rows: tuple[tuple[str, str, float | None, float, float], ...] = ()  # per task: name,
+    # kind, predicted, the first run's time, the median time (for whoever tunes the model)
+
+
+def repeatability(first: dict[str, Any], repeats: list[dict[str, Any]], tolerance: float
+                  ) -> Repeatability:  # fmt: skip
+    """What the host's noise leaves a prediction: over the tasks that ran in ``first`` and
+    in each of ``repeats`` (the same night from the same start), the share of the first
+    run's times within ``tolerance`` of the task's median time over all runs (what the
+    best possible prediction would score), and the share of the first run's predictions
+    within ``tolerance`` of that median."""
+    runs = [first, *repeats]
+    times: list[dict[tuple[str, str], float]] = []
+    for doc in runs:
+        times.append({(n, str(t.get("kind"))): float(t["seconds"]) for n, t in _tasks(doc)
+                      if isinstance(t.get("seconds"), int | float)})  # fmt: skip
+    guesses = {(n, str(t.get("kind"))): t.get("predicted") for n, t in _tasks(first)}
+    common = [k for k in times[0] if all(k in t for t in times[1:])]
+    ceiling = model = 0
+    spreads = []
+    rows = []
+    for key in common:
+        seen = [t[key] for t in times]
+        typical = median(seen)
+        ceiling += abs(times[0][key] - typical) <= tolerance * typical
+        guess = guesses.get(key)
+        seconds = guess.get("seconds") if isinstance(guess, dict) else None
+        if isinstance(seconds, int | float):
+            model += abs(seconds - typical) <= tolerance * typical
+        spreads.append(max(seen) / min(seen) if min(seen) > 0 else float("inf"))
+        predicted = float(seconds) if isinstance(seconds, int | float) else None
+        rows.append((key[0], key[1], predicted, times[0][key], typical))
+    n = len(common)
+    return Repeatability(len(runs), n, ceiling / n if n else 0.0, model / n if n else 0.0,
+                         median(spreads) if spreads else 0.0, tuple(rows))  # fmt: skip
