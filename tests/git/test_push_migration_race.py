@@ -20,6 +20,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,16 +164,23 @@ def test_a_directory_that_cannot_be_held_stops_the_repack_before_it_runs(
 ) -> None:
     bare = _server(tmp_path, loose=30)
     packs = sorted(p.name for p in (bare / "objects" / "pack").iterdir())
-    real_open, calls = os.open, []
+    real_open, real_link, refused = os.open, os.link, LOOSE_DIRS[99]
+
+    def read_only(dir_fd: int | None) -> bool:  # the 100th directory (root ignores modes)
+        return dir_fd is not None and os.readlink(f"/proc/self/fd/{dir_fd}").endswith(refused)
 
     def refusing(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
-        if path == HOLDER:  # the 100th directory refuses its holder (EACCES, as read-only)
-            calls.append(path)
-            if len(calls) == 100:
-                raise PermissionError(errno.EACCES, "Permission denied", path)
+        if path == HOLDER and read_only(dir_fd):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
         return real_open(path, flags, mode, dir_fd=dir_fd)
 
+    def refusing_link(src: str, dst: str, **kw: Any) -> None:
+        if read_only(kw.get("dst_dir_fd")):
+            raise PermissionError(errno.EACCES, "Permission denied", dst)
+        real_link(src, dst, **kw)
+
     monkeypatch.setattr(os, "open", refusing)
+    monkeypatch.setattr(os, "link", refusing_link)
     repo = Repository(bare.parent, bare, bare, "bare", bare.name)
     result = execute(repo, Plan(str(bare), (REPACKS["full, cruft pack"],)), GIT, None, now=1e9)
     monkeypatch.undo()
@@ -188,3 +196,26 @@ def test_holders_left_by_a_killed_custode_go_with_its_next_maintenance(tmp_path:
         (bare / "objects" / name / HOLDER).touch(0o444)
     _repack(bare, Task("write_midx", "test"))
     assert not list((bare / "objects").glob(f"*/{HOLDER}"))
+
+
+def test_one_holder_file_is_linked_into_every_directory(tmp_path: Path) -> None:
+    """The hold comes before every repack: one file hard-linked into the 256 directories
+    (no new inode each), all of it gone after, and a directory where linking fails (say,
+    another file system mounted there) still gets a holder of its own."""
+    bare = _server(tmp_path, loose=0)
+    objects = bare / "objects"
+    real_link = os.link
+
+    def no_link_into_7f(src: str, dst: str, **kw: Any) -> None:
+        if os.readlink(f"/proc/self/fd/{kw['dst_dir_fd']}").endswith("/7f"):
+            raise OSError(errno.EXDEV, "Invalid cross-device link", dst)
+        real_link(src, dst, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "link", no_link_into_7f)
+        with hold_object_dirs(objects):
+            links = {(objects / n / HOLDER).stat().st_ino: (objects / n / HOLDER).stat().st_nlink
+                     for n in LOOSE_DIRS}  # fmt: skip
+            # 00 to 7e share one file; 7f made its own, linked on into 80 to ff
+            assert sorted(links.values()) == [127, 129]
+    assert not list(objects.glob(f"*/{HOLDER}"))
