@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -83,14 +83,25 @@ def test_a_killed_repacks_temporary_pack_is_removed_and_the_repack_runs(
     _fsck(repo)
 
 
+@pytest.fixture
+def repacking() -> Iterator[int]:
+    """The pid of a running process whose command line is a repack's (argv[0] git-repack)."""
+    proc = subprocess.Popen(["git-repack", "60"], executable="sleep")
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_the_objects_of_a_running_repack_are_left_to_it_until_it_is_stale(
-    custode: Run, tmp_path: Path
+    custode: Run, tmp_path: Path, repacking: int
 ) -> None:
-    repo, left = _repository(tmp_path, os.getpid())  # this process runs: a repack at work
+    repo, left = _repository(tmp_path, repacking)  # a repack at work
     planned = _repo(custode("maintain", "--dry-run", "--json", repo.parent))
     assert not [t for t in planned["tasks"] if "repack" in t["kind"]], planned  # type: ignore[attr-defined]
     notes = " ".join(planned["notes"])  # type: ignore[arg-type]
-    assert f"a git repack is at work (objects/pack/.tmp-{os.getpid()}-pack-" in notes
+    assert f"a git repack is at work (objects/pack/.tmp-{repacking}-pack-" in notes
     assert "objects are left to it" in notes
     custode("maintain", "--json", repo.parent)
     assert all(p.exists() for p in left)  # not removed under a running repack
@@ -100,4 +111,31 @@ def test_the_objects_of_a_running_repack_are_left_to_it_until_it_is_stale(
     done = _repo(custode("maintain", "--json", repo.parent))
     assert done["outcome"] == "ok", done
     assert not [p for p in left if p.exists()]
+    _fsck(repo)
+
+
+def test_a_dead_repacks_pid_reused_by_another_process_holds_nothing_back(
+    custode: Run, tmp_path: Path
+) -> None:
+    """Pids are reused (32,768 on Linux by default): the pid in a killed repack's
+    temporary pack may run something else by the next night. What runs under it is no
+    repack (a sleep), so the leftovers are a dead repack's: removed, and the repack runs,
+    where before they held every repack back for a day."""
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        _reused(custode, tmp_path, other.pid)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def _reused(custode: Run, tmp_path: Path, pid: int) -> None:
+    repo, left = _repository(tmp_path, pid)
+    planned = _repo(custode("maintain", "--dry-run", "--json", repo.parent))
+    kinds = [t["kind"] for t in planned["tasks"]]  # type: ignore[attr-defined]
+    assert kinds[0] == "remove_stale_files" and "full_repack" in kinds, planned
+    done = _repo(custode("maintain", "--json", repo.parent))
+    assert done["outcome"] == "ok", done
+    assert not [p for p in left if p.exists()]
+    assert len(list((repo / "objects" / "pack").glob("pack-*.pack"))) == 1
     _fsck(repo)

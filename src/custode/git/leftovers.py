@@ -77,17 +77,26 @@ def stale_age(policy: MaintenancePolicy, path: str) -> float:
 
 def orphaned(path: str) -> bool:
     """Whether ``path`` is a temporary pack of a ``git repack`` no longer running here:
-    the pid in its name is no process on this host. Such a file is stale at once (its
-    repack cannot rename it any more); one whose pid runs is left to its stale age (the
-    pid may be another process's by now, or the repack another host's on shared storage:
-    removing its files makes that repack fail, never lose an object)."""
+    the pid in its name is no process on this host, or the process under that pid now
+    names no repack in its command line (pids are reused: with Linux's default 32,768 a
+    busy host hands a dead repack's pid to another process within minutes, and its
+    leftovers then held every repack of the repository back until their stale age). Such
+    a file is stale at once (its repack cannot rename it any more); one whose pid may
+    still be a repack is left to its stale age (or the repack another host's on shared
+    storage: removing its files makes that repack fail, never lose an object)."""
     m = REPACK_TEMP.fullmatch(path)
     if m is None:
         return False
     try:
-        os.kill(int(m["pid"]), 0)
+        pid = int(m["pid"])
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except (PermissionError, OverflowError, ValueError):
         return False  # someone else's process (or no valid pid): not known to be gone
-    return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read(1 << 16).split(b"\0")
+    except OSError:
+        return False  # no /proc, or it went meanwhile: not known
+    return not any(b"repack" in word for word in argv)
