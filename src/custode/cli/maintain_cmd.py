@@ -56,6 +56,7 @@ def _result_json(m: RepositoryMaintenance) -> dict[str, Any]:
                 "outcome": t.outcome,
                 "message": t.message,
                 "seconds": round(t.duration, 3),
+                **({"memory_bytes": t.memory_bytes} if t.memory_bytes is not None else {}),
                 **_predicted(m, t.kind),
             }
             for t in r.tasks

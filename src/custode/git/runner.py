@@ -42,6 +42,15 @@ or an interrupt kills the whole group (SIGTERM, then SIGKILL after a grace). Com
 start many gits call ``lower_own_priority`` first: the process itself then runs at that
 priority, which every thread and child inherits, and no wrapper process is needed (two
 fewer execs per git, 1.5 ms each).
+
+What each git cost is read from the kernel as it is reaped (``os.wait4``: the runner's
+``Popen`` keeps the resource usage CPython's ``waitpid`` drops): its user and system CPU
+seconds, and its peak resident memory, the largest of git's and of each child it reaped
+(pack-objects under repack), not their sum. Linux counts into a process's peak the peak
+of the program it replaced at exec: a git starts as custode (forked, or vforked sharing
+its memory), so one that stays below custode's own peak shows custode's. Only a peak
+above custode's own is git's; ``GitResult.peak_rss`` is None otherwise, and when the usage
+could not be had (no git runs differently for it).
 """
 
 from __future__ import annotations
@@ -49,9 +58,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -214,6 +225,10 @@ class GitResult:
     stdout: bytes
     stderr: bytes
     duration: float  # seconds
+    #: bytes: the peak resident memory of git or a child it reaped, when above custode's
+    #: own (the module docstring says why); None: not known
+    peak_rss: int | None = None
+    cpu_seconds: float | None = None  # user and system, its reaped children's included
 
     @property
     def text(self) -> str:
@@ -493,7 +508,7 @@ class Git:
         interrupts.check("git")
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(
+            proc = _MeasuredPopen(
                 argv,
                 stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
                 stdout=subprocess.PIPE if stdout is None else stdout,
@@ -528,8 +543,51 @@ class Git:
             proc.wait()
             raise
         took = time.monotonic() - started
-        result = GitResult(tuple(argv), proc.returncode, out or b"", err or b"", took)
+        peak, cpu = _usage(proc.rusage)
+        result = GitResult(tuple(argv), proc.returncode, out or b"", err or b"", took, peak, cpu)
         return result, timed_out
+
+
+class _MeasuredPopen(subprocess.Popen[bytes]):
+    """``subprocess.Popen`` that keeps the resource usage the kernel reports when it reaps
+    the process. ``wait`` and ``communicate`` reap through ``_try_wait``; this one is
+    CPython 3.11's with ``os.wait4`` for ``os.waitpid``. ``poll`` reaps without it
+    (``_internal_poll``), and where ``wait4`` is missing or fails ``waitpid`` runs as
+    before: ``rusage`` then stays None, and nothing else changes."""
+
+    rusage: resource.struct_rusage | None = None
+
+    def _try_wait(self, wait_flags: int) -> tuple[int, int]:
+        """All callers to this function MUST hold self._waitpid_lock (as CPython's)."""
+        try:
+            (pid, sts, usage) = os.wait4(self.pid, wait_flags)
+        except ChildProcessError:
+            # as CPython's: SIGCLD is ignored or waiting disabled; the child is dead, its
+            # status cannot be had
+            pid = self.pid
+            sts = 0
+        except (OSError, AttributeError):  # AttributeError: no wait4 on this platform
+            # waitpid, as before: the same error again, or the status without the usage
+            # (the stubs do not declare CPython's private method)
+            return super()._try_wait(wait_flags)  # type: ignore[misc, no-any-return]
+        else:
+            if pid == self.pid:  # 0: not exited yet (WNOHANG), no usage
+                self.rusage = usage
+        return (pid, sts)
+
+
+#: ru_maxrss is in KiB on Linux, in bytes on macOS
+_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
+
+
+def _usage(usage: resource.struct_rusage | None) -> tuple[int | None, float | None]:
+    """(peak bytes, CPU seconds) of a reaped git; the peak is None unless above custode's
+    own peak so far, which the kernel counted in (the module docstring)."""
+    if usage is None:
+        return None, None
+    peak = usage.ru_maxrss * _MAXRSS_UNIT
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
+    return (peak if peak > own else None), usage.ru_utime + usage.ru_stime
 
 
 def _dash_c(items: Sequence[str]) -> list[str]:

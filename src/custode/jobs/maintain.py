@@ -11,7 +11,8 @@ verdicts are unknown, so nothing is maintained (a dry run plans afresh, with a w
 
 Each task's cost is predicted before it runs (``maintenance.cost``, from the history of
 past runs here and on the rest of the fleet); the prediction, with the sizes it was made
-from, is recorded beside the actual time, and the next night's predictions learn from it.
+from, is recorded beside the actual time and, when the runner measured it, the actual
+peak memory of the task's gits; the next night's predictions learn from both.
 
 The plans run across the fleet within a budget, under the CPU governor and the pack
 limits (``maintenance.fleetrun``); on SIGINT or SIGTERM no further repository starts.
@@ -347,7 +348,8 @@ def _record(
         started = datetime.fromtimestamp(r.started, UTC).isoformat()
         rows += [
             RepositoryResult(s.relative, s.root, t.kind, t.outcome, started, t.duration,
-                             _details(t.reason, t.message, m.prediction(t.kind)))
+                             _details(t.reason, t.message, m.prediction(t.kind),
+                                      t.memory_bytes))
             for t in r.tasks
         ]  # fmt: skip
         if r.tasks:
@@ -377,12 +379,17 @@ def _record(
     history.results(job.state_dir, "maintain", rows, status, summary, warn)
 
 
-def _details(reason: str, message: str, predicted: Prediction | None) -> dict[str, Any]:
-    """A task row's details: with its prediction and the sizes it was made from, which
-    the next night's prediction scales (``maintenance.cost``)."""
+def _details(
+    reason: str, message: str, predicted: Prediction | None, memory: int | None = None
+) -> dict[str, Any]:
+    """A task row's details: with its prediction and the sizes it was made from, and the
+    peak memory its gits were measured at (``memory_bytes``, absent when not measured),
+    which the next night's prediction scales (``maintenance.cost``)."""
     details: dict[str, Any] = {"reason": reason, "message": message}
     if predicted is not None:
         details["predicted"] = predicted.to_json()
+    if memory is not None:
+        details["memory_bytes"] = memory
     return details
 
 

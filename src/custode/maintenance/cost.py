@@ -26,8 +26,13 @@ Each prediction comes from the best basis at hand, said in ``Prediction.basis``:
   nightly window", says how), for a fleet with no history at all.
 
 Memory is predicted from the object count (pack-objects keeps a struct per object, plus
-its delta window), from the defaults, scaled like the time: the executor does not measure
-each git's peak memory, so history holds no actual to learn from.
+its delta window): from the task's last measured peak here (the executor records the
+largest peak of its gits the runner measured, ``GitResult.peak_rss``) scaled by the
+default's ``memory_fixed + memory_per_kobject * objects``, while that is within
+``COMPARABLE`` as for the time (``Prediction.memory_basis``: "this repository"); else from
+the defaults. The runner knows a git's peak only above custode's own (the kernel counts
+custode's into it), so a small repository's tasks keep the defaults; no fleet fit is made
+from peaks known only above a floor.
 """
 
 from __future__ import annotations
@@ -181,6 +186,7 @@ class Sample:
     at: float  # when it ran (epoch seconds): the latest per repository is "the last run"
     seconds: float
     size: Size
+    memory_bytes: int | None = None  # its gits' largest measured peak; None: not measured
 
 
 @dataclass(frozen=True)
@@ -189,10 +195,12 @@ class Prediction:
     memory_bytes: int
     basis: Basis
     size: Size  # the sizes it was made from
+    memory_basis: Basis = "defaults"  # "this repository": scaled from a measured peak
 
     def to_json(self) -> dict[str, Any]:
         return {"seconds": round(self.seconds, 3), "memory_bytes": self.memory_bytes,
-                "basis": self.basis, "inputs": self.size.to_json()}  # fmt: skip
+                "basis": self.basis, "memory_basis": self.memory_basis,
+                "inputs": self.size.to_json()}  # fmt: skip
 
 
 def theil_sen(points: list[tuple[float, float]]) -> tuple[float, float] | None:
@@ -247,16 +255,22 @@ class CostModel:
         """``kind``'s cost on a repository (root, relative) of ``size``."""
         rate = self.rate(kind)
         memory = rate.memory(size)
+        memory_basis: Basis = "defaults"
         last = self.last.get((kind, repository))
         if last is not None:
             shape = self.defaults[kind]  # see the module: the ratio needs the shape only
+            if last.memory_bytes is not None:
+                then_memory = shape.memory(last.size)
+                grown = shape.memory(size) / then_memory if then_memory > 0 else 1.0
+                if 1 / COMPARABLE <= grown <= COMPARABLE:
+                    memory, memory_basis = int(last.memory_bytes * grown), "this repository"
             then = shape.seconds(last.size)
             scale = shape.seconds(size) / then if then > 0 else 1.0
             if 1 / COMPARABLE <= scale <= COMPARABLE:
                 return Prediction(max(0.0, last.seconds * scale), memory, "this repository",
-                                  size)  # fmt: skip
+                                  size, memory_basis)  # fmt: skip
         basis: Basis = "similar repositories" if kind in self.fleet else "defaults"
-        return Prediction(max(0.0, rate.seconds(size)), memory, basis, size)
+        return Prediction(max(0.0, rate.seconds(size)), memory, basis, size, memory_basis)
 
     def predict_all(self, state: RepoState, tasks: Iterable[Task]) -> dict[str, Prediction]:
         """Each of a plan's ``tasks``, by kind (a plan holds one task of each kind)."""
@@ -270,9 +284,14 @@ def prunes(task: Task) -> bool:
 
 def sample_of(row: LatestResult) -> Sample | None:
     """A task's history row as a sample: None when it failed, or does not say the sizes
-    it ran on (rows written before the cost model), or its time is not a number."""
+    it ran on (rows written before the cost model), or its time is not a number. Its
+    measured peak (``memory_bytes``) is optional: rows before it, and tasks whose gits'
+    peaks were not measured, lack it."""
     predicted = row.details.get("predicted")
     size = Size.from_json(predicted.get("inputs") if isinstance(predicted, dict) else None)
     if row.outcome != "ok" or size is None or not row.duration_s >= 0:
         return None
-    return Sample(row.task, (row.root, row.repository), row.at, float(row.duration_s), size)
+    peak = row.details.get("memory_bytes")
+    measured = peak if isinstance(peak, int) and not isinstance(peak, bool) and peak > 0 else None
+    return Sample(row.task, (row.root, row.repository), row.at, float(row.duration_s), size,
+                  measured)  # fmt: skip

@@ -37,6 +37,10 @@ safety invariants rather than assuming them:
   emptied ``objects/XX`` directories under a landing push; they are held non-empty while
   it runs (``objectdirs.py``), and a repack whose directories cannot be held does not run.
 
+Each task's outcome carries its time and the peak memory of its gits, the largest the
+runner measured (``GitResult.peak_rss``; none when no git's peak was above custode's own):
+the history records it beside the prediction, and the cost model learns from it.
+
 Stale files are removed only if still the file the plan saw (same mtime, so still older
 than the policy's age), a regular file inside the git dir, reached without following a
 symlink (each directory is opened with ``O_NOFOLLOW``, the file unlinked relative to it).
@@ -163,6 +167,7 @@ class TaskOutcome:
     outcome: Outcome
     duration: float  # seconds
     message: str  # one line
+    memory_bytes: int | None = None  # the largest peak of its gits measured; None: none was
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,7 @@ class _Run:
     lock_fd: int  # inherited by every git, so that one outliving us keeps the lock
     outcomes: list[TaskOutcome] = field(default_factory=list)
     pack: PackOptions = field(default_factory=lambda: PackLimits().sized(0))
+    peak: int | None = None  # the running task's largest measured git peak (bytes)
 
     def git_run(
         self,
@@ -229,10 +235,13 @@ class _Run:
     ) -> str:
         """Run git under the lock; ``distrust``: without commit-graph, bitmaps or midx."""
         config = (*DISTRUST_DERIVED, *config) if distrust else config
-        return self.git.run(
+        done = self.git.run(
             args, repo=self.repo.git_dir, input=input, check=check, pass_fds=(self.lock_fd,),
             config=config,
-        ).text  # fmt: skip
+        )  # fmt: skip
+        if done.peak_rss is not None:
+            self.peak = max(self.peak or 0, done.peak_rss)
+        return done.text
 
     def result(self, outcome: Outcome, message: str, before: int) -> ExecutionResult:
         after = inspect(self.repo)
@@ -343,6 +352,7 @@ class _Run:
 
     def run_task(self, task: Task) -> TaskOutcome:
         start = time.monotonic()
+        self.peak = None
         try:
             outcome, message = self.dispatch(task)
         except GitError as exc:
@@ -353,10 +363,13 @@ class _Run:
             outcome, message = "failed", f"{exc.strerror or exc} ({exc.filename or ''})"
             if exc.errno == errno.ENOSPC:
                 message = _disk_full(message, self.repo.git_dir)
-        done = TaskOutcome(task.kind, task.reason, outcome, time.monotonic() - start, message)
+        took = time.monotonic() - start
+        done = TaskOutcome(task.kind, task.reason, outcome, took, message, self.peak)
         if self.audit is not None:
             details = {"reason": task.reason, "outcome": outcome, "message": message,
                        "duration": round(done.duration, 3)}  # fmt: skip
+            if done.memory_bytes is not None:
+                details["memory_bytes"] = done.memory_bytes
             self.audit.append(f"maintain.{task.kind}", str(self.repo.path), details)
         return done
 
