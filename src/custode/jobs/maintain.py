@@ -31,7 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args
 
+from custode.base.times import iso
 from custode.base.units import counted, format_duration
+from custode.config.maintenance import DAY
 from custode.config.model import Config
 from custode.errors import CustodeError, RepositoryError, StateUnusableError
 from custode.git.runner import Git
@@ -118,9 +120,6 @@ class RepositoryMaintenance:
         return self.result.reclaimed if self.result else 0
 
 
-DAY = 86400.0
-
-
 @dataclass(frozen=True)
 class Deferral:
     """Work of one repository that waits for a later night (it did not fit the window)."""
@@ -133,12 +132,8 @@ class Deferral:
 
     def to_json(self) -> dict[str, Any]:
         return {"relative": self.state.relative, "path": self.state.path,
-                "tasks": list(self.tasks), "why": self.why, "deferred_since": _iso(self.since),
-                "due": _iso(self.due)}  # fmt: skip
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+                "tasks": list(self.tasks), "why": self.why, "deferred_since": iso(self.since),
+                "due": iso(self.due)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -358,11 +353,11 @@ def _record(
             rows.append(RepositoryResult(
                 s.relative, s.root, "maintain", r.outcome, started, r.duration, details
             ))  # fmt: skip
-    now = _iso(time.time())
+    now = iso(time.time())
     rows += [
         RepositoryResult(d.state.relative, d.state.root, DEFERRED, "skipped", now, 0.0,
                          {"tasks": list(d.tasks), "why": d.why,
-                          "first_deferred": _iso(d.since), "due": _iso(d.due)})
+                          "first_deferred": iso(d.since), "due": iso(d.due)})
         for d in done.deferred
     ]  # fmt: skip
     still = {id(d.state) for d in done.deferred}

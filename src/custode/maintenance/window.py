@@ -19,8 +19,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 
+from custode.base.times import epoch
 from custode.base.units import format_duration
 from custode.records.state import LatestResult
 
@@ -137,9 +137,7 @@ def waiting(
         if r.at <= max((done.get((k, r.root, r.repository), 0.0) for k in kinds), default=0.0):
             continue
         try:
-            since = min(
-                r.at, datetime.fromisoformat(str(r.details.get("first_deferred"))).timestamp()
-            )
+            since = min(r.at, epoch(str(r.details.get("first_deferred"))))
         except ValueError:
             since = r.at
         out[(r.root, r.repository)] = (since, r)
