@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from custode.errors import RepositoryError
 from custode.git.runner import Git
 from custode.integrity import incremental, verified
 from custode.integrity.check import CheckResult, FormatWarnings
+from custode.integrity.check import check as check_whole
 from custode.jobs import fleet
 from custode.jobs import record as history
 from custode.jobs.fleet import Bar, Say
@@ -188,17 +189,16 @@ def _records(job: CheckJob, states: list[RepoState]) -> dict[tuple[str, str], ve
 
 def _check_one(job: CheckJob, state: RepoState, record: verified.Record | None) -> RepositoryCheck:
     began = time.time()
-    git_dir = Path(state.git_dir)
-    if found := unfit(state.problems):
-        # a FIFO or a giant where git expects a small file: the whole check, under the
-        # doubt timeout, and no record (integrity.check does the same)
-        job.git.suspect(git_dir, "; ".join(found[:3]))
-        out = incremental.check(git_dir, job.git, full=job.full, record=None, incremental=False)
-        return RepositoryCheck(state, out.result, began, None)
+    if unfit(state.problems):
+        # a FIFO or a giant where git expects a small file: integrity.check's whole
+        # check, under the doubt timeout, and no record
+        whole = check_whole(state, job.git, full=job.full)
+        read: dict[str, object] = {"mode": "whole", "why": "asked for a whole check"}
+        return RepositoryCheck(state, replace(whole, read=read), began, None)
     # the scan found no file at all in the loose-object directories (each is a loose
     # object or garbage): the test of whether anything changed need not list them again
     no_loose = state.loose_objects == 0 and state.garbage_files == 0
-    out = incremental.check(git_dir, job.git, full=job.full, record=record,
+    out = incremental.check(Path(state.git_dir), job.git, full=job.full, record=record,
                             incremental=job.incremental, no_loose=no_loose)  # fmt: skip
     return RepositoryCheck(state, out.result, began, out.record)
 
@@ -214,7 +214,7 @@ def _check_all(
     results prove nothing and are not kept)."""
     jobs = max(1, job.jobs or os.cpu_count() or 1)
     governor = fleetrun.Governor(job.config.maintenance.cpu_share)
-    order = sorted(range(len(states)), key=lambda i: -_size(states[i]))
+    order = sorted(range(len(states)), key=lambda i: -fleetrun.cost(states[i]))
     results: dict[int, RepositoryCheck] = {}
     stopped = [0]
     lock = threading.Lock()
@@ -273,10 +273,6 @@ def _may_start(
         slots.release()
         return False
     return True
-
-
-def _size(state: RepoState) -> int:
-    return state.pack_bytes + state.loose_objects_bytes
 
 
 def _record(job: CheckJob, done: list[RepositoryCheck], warn: Say) -> None:
