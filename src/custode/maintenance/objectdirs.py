@@ -114,13 +114,9 @@ def _open_or_make(top: int, path: Path, like: os.stat_result) -> tuple[int | Non
     """An open fd of ``objects/XX`` (made like ``objects/`` when missing), and 1 if made."""
     name, made = path.name, 0
     try:  # mostly there: an open is far cheaper than a mkdir() failing with EEXIST
-        return os.open(name, _DIR_FLAGS, dir_fd=top), 0
+        return _open_dir(top, path), 0
     except FileNotFoundError:
         pass
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            return None, 0
-        raise _hold_error(exc, str(path)) from exc
     try:
         os.mkdir(name, 0o700, dir_fd=top)  # tightened below to objects/'s own mode
         made = 1
@@ -129,11 +125,11 @@ def _open_or_make(top: int, path: Path, like: os.stat_result) -> tuple[int | Non
     except OSError as exc:
         raise _hold_error(exc, str(path)) from exc
     try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=top)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            return None, 0
+        fd = _open_dir(top, path)
+    except FileNotFoundError as exc:  # removed again meanwhile
         raise _hold_error(exc, str(path)) from exc
+    if fd is None:
+        return None, 0
     if made:
         try:
             _like(fd, like)
@@ -141,6 +137,19 @@ def _open_or_make(top: int, path: Path, like: os.stat_result) -> tuple[int | Non
             os.close(fd)
             raise _hold_error(exc, str(path)) from exc
     return fd, made
+
+
+def _open_dir(top: int, path: Path) -> int | None:
+    """An open fd of ``objects/XX``; None for a symlink or a non-directory (nothing git's
+    rmdir can remove). FileNotFoundError propagates; any other failure is a HoldError."""
+    try:
+        return os.open(path.name, _DIR_FLAGS, dir_fd=top)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            return None
+        raise _hold_error(exc, str(path)) from exc
 
 
 def _like(fd: int, like: os.stat_result) -> None:
