@@ -108,7 +108,7 @@ def needs(
     graph = _commit_graph(s, p, git, objects, unsure)
     if (objects or graph) and (gc := held_for(s, "gc.pid", p.stale_gc_pid_age, now)):
         held.append(f"git gc is running (gc.pid {gc} old): objects are left to it")
-    elif (objects or graph) and (repack := repack_at_work(s, p, now)):
+    elif (objects or graph) and (repack := repack_at_work(s, stale, now)):
         held.append(f"a git repack is at work ({repack}): objects are left to it")
     else:
         found += objects + graph
@@ -123,11 +123,11 @@ def stale_files(s: RepoState, p: MaintenancePolicy, now: float) -> list[TempFile
         now - t.mtime > stale_age(p, t.path) or orphaned(t.path))]  # fmt: skip
 
 
-def repack_at_work(s: RepoState, p: MaintenancePolicy, now: float) -> str:
-    """The youngest temporary pack of a ``git repack`` still running (not stale, its pid
-    alive), said for people; '' when there is none."""
-    live = [t for t in s.temp_files if REPACK_TEMP.fullmatch(t.path)
-            and not now - t.mtime > stale_age(p, t.path) and not orphaned(t.path)]  # fmt: skip
+def repack_at_work(s: RepoState, stale: list[TempFile], now: float) -> str:
+    """The youngest temporary pack of a ``git repack`` still running (not among ``stale``:
+    ``stale_files``' verdict, so each pid is looked at once), said for people; '' when
+    there is none."""
+    live = [t for t in s.temp_files if REPACK_TEMP.fullmatch(t.path) and t not in stale]
     if not live:
         return ""
     t = max(live, key=lambda t: t.mtime)
