@@ -26,6 +26,7 @@ import pytest
 
 from custode.config.maintenance import HOUR
 from custode.git.runner import Git
+from custode.maintenance import executor
 from custode.maintenance.executor import PackLimits, execute
 from custode.maintenance.objectdirs import HOLDER, LOOSE_DIRS, hold_object_dirs
 from custode.maintenance.planner import Plan, Repack, Task
@@ -196,6 +197,21 @@ def test_holders_left_by_a_killed_custode_go_with_its_next_maintenance(tmp_path:
         (bare / "objects" / name / HOLDER).touch(0o444)
     _repack(bare, Task("write_midx", "test"))
     assert not list((bare / "objects").glob(f"*/{HOLDER}"))
+
+
+def test_without_leftovers_the_256_directories_are_not_listed_for_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inspection that starts a maintenance counts a holder as garbage: with none, the
+    search for holders (a listing of every ``objects/XX``) is skipped."""
+    bare = _server(tmp_path, loose=30)
+    calls: list[Path] = []
+    monkeypatch.setattr(executor, "release_leftovers", calls.append)
+    _repack(bare, Task("write_midx", "test"))
+    assert calls == []
+    (bare / "objects" / sorted(_loose_dirs(bare))[0] / HOLDER).touch(0o444)
+    _repack(bare, Task("write_midx", "test"))
+    assert calls == [bare / "objects"]
 
 
 def test_one_holder_file_is_linked_into_every_directory(tmp_path: Path) -> None:

@@ -258,7 +258,8 @@ class _Run:
         state = inspect(self.repo)
         before = state.size_bytes
         self.pack = self.limits.sized(state.pack_bytes + state.loose_objects_bytes)
-        release_leftovers(self.repo.git_dir / "objects")  # of a custode killed mid-repack
+        if state.garbage_files:  # a holder is garbage to the scan: none, nothing to list
+            release_leftovers(self.repo.git_dir / "objects")  # of a custode killed mid-repack
         try:
             refs_before = snapshot(self.git, self.repo.git_dir, (self.lock_fd,))
         except GitError as exc:
