@@ -21,7 +21,7 @@ from custode.errors import PathNotFoundError, StateUnusableError
 from custode.git.runner import Git
 from custode.jobs import check as check_job
 from custode.jobs import maintain as maintain_job
-from custode.maintenance import fleetrun
+from custode.maintenance import pool
 from fixtures.builders import Fleet, git_count_objects, run_git
 
 pytestmark = pytest.mark.integration
@@ -228,6 +228,7 @@ def test_checks_run_on_a_pool_largest_first_under_the_governor(
 ) -> None:
     root, config = setup
     asked: list[int] = []
+    told: list[bool] = []
     started: list[str] = []
     real = check_job._check_one
 
@@ -239,11 +240,14 @@ def test_checks_run_on_a_pool_largest_first_under_the_governor(
             asked.append(running)
             return True
 
+        def finished(self) -> None:
+            told.append(True)
+
     def one(job: Any, state: Any, record: Any) -> Any:
         started.append(state.relative)
         return real(job, state, record)
 
-    monkeypatch.setattr(fleetrun, "Governor", Governor)
+    monkeypatch.setattr(pool, "Governor", Governor)
     monkeypatch.setattr(check_job, "_check_one", one)
     result = check_job.check(checking(root, config, jobs=2))
     by_size = sorted(result.repositories, key=lambda c: -(c.state.pack_bytes
@@ -251,3 +255,4 @@ def test_checks_run_on_a_pool_largest_first_under_the_governor(
     assert started == [c.state.relative for c in by_size]  # the largest first
     assert [c.state.relative for c in result.repositories] == sorted(started)  # scan order
     assert len(asked) == 2 and result.counts["ok"] == 2
+    assert len(told) == 2  # each finish is told to the governor

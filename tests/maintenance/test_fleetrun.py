@@ -151,3 +151,21 @@ def test_the_window_left_is_measured_as_the_run_goes() -> None:
                     predicted=[0.3, 0.3, 0.3])  # fmt: skip
     assert len(runner.order) == 2
     assert [s.relative for s in run.held_back] == ["r0"]  # by bytes the smallest, last
+
+
+def test_the_window_asks_each_repository_s_estimate_as_it_would_start() -> None:
+    """Each is predicted 0.3 s (the order), but once one has run the night's calibrated
+    estimate says 2.0 s: asked as each would start, the rest would end past the window."""
+    runner = FakeRunner(seconds=0.05)
+    asked: list[int] = []
+
+    def estimate(i: int) -> float:
+        asked.append(i)
+        return 2.0 if runner.order else 0.3
+
+    items = _items({f"r{i}": i for i in range(4)})
+    run = run_fleet(items, Git(), None, jobs=1, runner=runner, window=1.0,
+                    predicted=[0.3] * 4, estimate=estimate)  # fmt: skip
+    assert runner.order == ["r3"]  # by bytes the largest first
+    assert [s.relative for s in run.held_back] == ["r2", "r1", "r0"]
+    assert asked == [3, 2, 1, 0] and run.not_started == []

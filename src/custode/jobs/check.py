@@ -8,20 +8,19 @@ Incremental: each repository's last sound check left a record in the history
 is not sound (its next check is whole). ``incremental=False`` reads everything and
 records afresh.
 
-Parallel: repositories are checked on a pool of ``jobs`` threads (0: one per CPU), the
-largest first, and a repository starts beside the running ones only while the host's CPU
-use is under ``maintenance.cpu_share`` (the governor maintenance uses). A check changes
-nothing, so there is no lock to take and nothing for the audit log. On SIGINT or SIGTERM
-no further repository starts (``custode.interrupts``); one stopped mid-way proves
-nothing, so its result is not kept, only counted as stopped.
+Parallel: repositories are checked on maintenance's fleet scheduler (``maintenance.pool``:
+``jobs`` threads, 0: one per CPU), the largest first, and a repository starts beside the
+running ones only while the host's CPU use is under ``maintenance.cpu_share`` (the same
+governor, told of each finish). A check changes nothing, so there is no lock to take and
+nothing for the audit log. On SIGINT or SIGTERM no further repository starts
+(``custode.interrupts``: what still runs and what was cancelled is shown); one stopped
+mid-way proves nothing, so its result is not kept, only counted as stopped.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +38,7 @@ from custode.integrity.check import check as check_whole
 from custode.jobs import fleet
 from custode.jobs import record as history
 from custode.jobs.fleet import Bar, Say
-from custode.maintenance import fleetrun
+from custode.maintenance import fleetrun, pool
 from custode.records.state import RepositoryResult, StateDB
 from custode.scan.discovery import Problem
 from custode.scan.repostate import RepoState
@@ -209,70 +208,25 @@ def _check_all(
     records: dict[tuple[str, str], verified.Record],
     bar: Bar,
 ) -> tuple[list[RepositoryCheck], int]:
-    """Every repository on the pool, largest first (module docstring); the checks done, in
-    the scan's order, and how many were stopped mid-way by SIGINT or SIGTERM (their
-    results prove nothing and are not kept)."""
-    jobs = max(1, job.jobs or os.cpu_count() or 1)
-    governor = fleetrun.Governor(job.config.maintenance.cpu_share)
+    """Every repository on the fleet scheduler, largest first (module docstring); the
+    checks done, in the scan's order, and how many were stopped mid-way by SIGINT or
+    SIGTERM (their results prove nothing and are not kept)."""
     order = sorted(range(len(states)), key=lambda i: -fleetrun.cost(states[i]))
-    results: dict[int, RepositoryCheck] = {}
-    stopped = [0]
-    lock = threading.Lock()
-    finished = threading.Event()
-    running = [0]
-    slots = threading.Semaphore(jobs)
+
+    def one(i: int) -> RepositoryCheck | None:
+        """The check, or None when a stop request cut it short."""
+        state = states[i]
+        try:
+            checked = _check_one(job, state, records.get((state.root, state.relative)))
+        except interrupts.Interrupted:
+            return None
+        return None if interrupts.requested() else checked
 
     with bar("checking repositories") as tick:
-
-        def one(i: int) -> None:
-            state = states[i]
-            try:
-                checked = _check_one(job, state, records.get((state.root, state.relative)))
-                with lock:
-                    if interrupts.requested():
-                        stopped[0] += 1
-                    else:
-                        results[i] = checked
-                        tick(len(results), len(states))
-            except interrupts.Interrupted:
-                with lock:
-                    stopped[0] += 1
-            finally:
-                slots.release()
-                with lock:
-                    running[0] -= 1
-                finished.set()
-
-        futures: list[Future[None]] = []
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            for i in order:
-                if not _may_start(slots, governor, running, finished):
-                    break
-                with lock:
-                    running[0] += 1
-                futures.append(pool.submit(one, i))
-        for future in futures:
-            future.result()
-    return [results[i] for i in sorted(results)], stopped[0]
-
-
-def _may_start(
-    slots: threading.Semaphore,
-    governor: fleetrun.Governor,
-    running: list[int],
-    finished: threading.Event,
-) -> bool:
-    """Wait for a free slot and the governor's leave; False on SIGINT or SIGTERM."""
-    while not slots.acquire(timeout=0.5):
-        if interrupts.requested():
-            return False
-    while not interrupts.requested() and not governor.may_start(running[0]):
-        finished.wait(0.5)
-        finished.clear()
-    if interrupts.requested():
-        slots.release()
-        return False
-    return True
+        run = pool.schedule(order, one, jobs=job.jobs or os.cpu_count() or 1, progress=tick,
+                            governor=pool.Governor(job.config.maintenance.cpu_share))  # fmt: skip
+    done = {i: c for i, c in run.results.items() if c is not None}
+    return [done[i] for i in sorted(done)], len(run.results) - len(done)
 
 
 def _record(job: CheckJob, done: list[RepositoryCheck], warn: Say) -> None:
