@@ -12,7 +12,10 @@ verdicts are unknown, so nothing is maintained (a dry run plans afresh, with a w
 Each task's cost is predicted before it runs (``maintenance.cost``, from the history of
 past runs here and on the rest of the fleet); the prediction, with the sizes it was made
 from, is recorded beside the actual time and, when the runner measured it, the actual
-peak memory of the task's gits; the next night's predictions learn from both.
+peak memory of the task's gits; the next night's predictions learn from both. Within the
+night, the tasks that finished correct the predictions of those still to start
+(``cost.Calibration``): a repository's tasks are predicted again as it starts, and that
+prediction is the one recorded and the one the window's hold-back weighs.
 
 The plans run across the fleet within a budget, under the CPU governor and the pack
 limits (``maintenance.fleetrun``); on SIGINT or SIGTERM no further repository starts.
@@ -26,7 +29,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args
@@ -41,17 +45,17 @@ from custode.jobs import fleet
 from custode.jobs import record as history
 from custode.jobs.fleet import Bar, Say
 from custode.maintenance import borrowers
-from custode.maintenance.cost import CostModel, Prediction, Sample, sample_of
+from custode.maintenance.cost import Calibration, CostModel, Prediction, Sample, sample_of
 from custode.maintenance.doubt import TASKS as CHECK_TASKS
 from custode.maintenance.doubt import doubts
-from custode.maintenance.executor import ExecutionResult, PackLimits
+from custode.maintenance.executor import ExecutionResult, PackLimits, execute
 from custode.maintenance.fleetrun import Governor, cost, run_fleet
 from custode.maintenance.needs import TaskKind
 from custode.maintenance.planner import Plan, RepoHistory, Task, plan
 from custode.maintenance.window import DEFERRED, EXPENSIVE, Candidate, plan_night, waiting
 from custode.records.audit import AuditLog
 from custode.records.state import LatestResult, RepositoryResult, StateDB
-from custode.scan.discovery import Problem
+from custode.scan.discovery import Problem, Repository
 from custode.scan.repostate import RepoState
 
 
@@ -79,14 +83,15 @@ class RepositoryMaintenance:
     state: RepoState
     plan: Plan
     result: ExecutionResult | None = None  # None: a dry run, or it was not started
-    predicted: tuple[tuple[str, Prediction], ...] = ()  # (task kind, its predicted cost)
+    #: task kind → its predicted cost (as the repository started, when it ran)
+    predicted: Mapping[str, Prediction] = field(default_factory=dict)
 
     @property
     def tasks(self) -> tuple[Task, ...]:
         return self.plan.tasks
 
     def prediction(self, kind: str) -> Prediction | None:
-        return dict(self.predicted).get(kind)
+        return self.predicted.get(kind)
 
     @property
     def skipped_reason(self) -> str | None:
@@ -219,8 +224,7 @@ def maintain(
         for s, unsure in lent
     ]
     model = CostModel(_samples(latest))
-    costs = {id(s): tuple(model.predict_all(s, p.tasks).items())
-             for s, p in plans}  # fmt: skip
+    costs: dict[int, Costs] = {id(s): model.predict_all(s, p.tasks) for s, p in plans}
     broken = [(s, p) for s, p in plans if s.problems]
     for s, p in broken + [(s, p) for s, p in plans if p.in_doubt]:  # left alone: say why
         notice(f"{s.relative}: {p.skipped_reason}")
@@ -235,6 +239,7 @@ def maintain(
         return Maintenance(True, planned, (), tuple(found.problems), False,
                            time.monotonic() - started, tuple(deferred))  # fmt: skip
     predicted = [_seconds(p, costs[id(s)]) for s, p in plans]
+    night = _Night(plans, costs)
     with bar("maintaining") as tick:
         outcome = run_fleet(
             plans,
@@ -245,19 +250,22 @@ def maintain(
             governor=Governor(job.cpu_share or policy.cpu_share),
             limits=PackLimits.of(policy, jobs),
             progress=tick,
+            runner=night.run,
             predicted=predicted,
+            estimate=night.estimate,
             window=None if window is None else max(0.0, window - (time.monotonic() - started)),
         )
     for s in outcome.held_back:  # the night ran long: what is left would overrun it
         p = next(p for t, p in plans if t is s)
-        why = (f"predicted {format_duration(_seconds(p, costs[id(s)]))}: would overrun "
+        why = (f"predicted {format_duration(_seconds(p, night.now(s)))}: would overrun "
                f"what was left of the {format_duration(window or 0)} window")  # fmt: skip
         before = [d for d in deferred if d.state is s]  # its full repack may wait already
         kinds = tuple(k for d in before for k in d.tasks) + tuple(t.kind for t in p.tasks)
         deferred = [d for d in deferred if d.state is not s]
         deferred.append(Deferral(s, kinds, why, since.get((s.root, s.relative), now), now + DAY))
     results = {id(s): r for s, _, r in outcome.results}
-    done = tuple(RepositoryMaintenance(s, p, results.get(id(s)), costs[id(s)]) for s, p in plans)
+    done = tuple(RepositoryMaintenance(s, p, results.get(id(s)), night.predicted(s))
+                 for s, p in plans)  # fmt: skip
     result = Maintenance(
         dry_run=False,
         repositories=done,
@@ -271,13 +279,51 @@ def maintain(
     return replace(result, seconds=time.monotonic() - started)  # recording included
 
 
-Costs = tuple[tuple[str, Prediction], ...]
+Costs = Mapping[str, Prediction]  # a repository's predictions, by task kind
 
 
 def _seconds(p: Plan, costs: Costs) -> float:
     """A plan's predicted seconds."""
-    predicted = dict(costs)
-    return sum(predicted[t.kind].seconds for t in p.tasks if t.kind in predicted)
+    return sum(costs[t.kind].seconds for t in p.tasks if t.kind in costs)
+
+
+class _Night:
+    """The night's calibration at work (``cost.Calibration``): each repository's tasks are
+    predicted again as it starts (``started``, what is recorded), and what its tasks took
+    against the model's prediction corrects those that start after it."""
+
+    def __init__(self, plans: list[tuple[RepoState, Plan]], costs: dict[int, Costs]) -> None:
+        self.plans, self.costs = plans, costs
+        self.states = {id(p): s for s, p in plans}
+        self.calibration = Calibration()
+        self.started: dict[int, Costs] = {}  # id(state) → its predictions as it started
+
+    def predicted(self, state: RepoState) -> Costs:
+        """``state``'s predictions as it started; the model's if it did not."""
+        return self.started.get(id(state), self.costs[id(state)])
+
+    def now(self, state: RepoState) -> Costs:
+        """``state``'s predictions as of now."""
+        return self.calibration.apply(self.costs[id(state)])
+
+    def estimate(self, i: int) -> float:
+        """The i-th plan's predicted seconds as of now (the window's hold-back)."""
+        state, p = self.plans[i]
+        return _seconds(p, self.now(state))
+
+    def run(
+        self, repo: Repository, p: Plan, git: Git, audit: AuditLog | None, **kw: Any
+    ) -> ExecutionResult:
+        """The executor, between a prediction as the repository starts and the lesson of
+        its tasks' times."""
+        state = self.states[id(p)]
+        model = self.costs[id(state)]
+        self.started[id(state)] = self.calibration.apply(model)
+        result = execute(repo, p, git, audit, **kw)
+        for t in result.tasks:
+            if t.outcome == "ok" and t.kind in model:
+                self.calibration.learn(t.kind, model[t.kind].seconds, t.duration)
+        return result
 
 
 def _fit(
@@ -289,7 +335,7 @@ def _fit(
     candidates = []
     for i, (s, p) in enumerate(plans):
         if p.tasks:
-            predicted = dict(costs[id(s)])
+            predicted = costs[id(s)]
             cheap = sum(predicted[t.kind].seconds for t in p.tasks if t.kind not in EXPENSIVE)
             dear = sum(predicted[t.kind].seconds for t in p.tasks if t.kind in EXPENSIVE)
             candidates.append(Candidate(i, cost(s), cheap, dear, since.get((s.root, s.relative))))

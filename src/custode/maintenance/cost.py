@@ -7,7 +7,9 @@ closely than the bytes), a loose object weighing ``LOOSE_WEIGHT`` packed ones (i
 inflated, hashed and searched for a delta, where a packed one's delta is reused); the
 objects for a commit-graph too (its commits, whose count the cheap scan does not know),
 but only ``GRAPH_REUSE`` of them when one exists (git takes the commits it lists from it
-instead of parsing them); the refs for ``pack-refs``; cleanups cost a fixed amount. Both
+instead of parsing them); the loose refs for ``pack-refs`` (each is read, locked and
+deleted, where a packed one is a line rewritten: ``PACKED_REF_WEIGHT``); cleanups cost a
+fixed amount. Both
 weights matter most between the first night, on a neglected repository, and the next.
 
 Each prediction comes from the best basis at hand, said in ``Prediction.basis``:
@@ -37,8 +39,10 @@ from peaks known only above a floor.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import threading
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from statistics import median
 from typing import Any, Literal
 
@@ -80,7 +84,24 @@ PRUNE_WEIGHT = 0.75
 #: task on the corpus's sqlite-utils (10,900 objects): 0.03 s against 0.12 s, less the
 #: 0.01 s fixed cost; git alone (best of 9): 0.010 s against 0.028 s
 GRAPH_REUSE = 0.2
+#: tasks of a kind that must have finished tonight before their times correct the next
+#: predictions of that kind (one or two would let a single outlier decide)
+CALIBRATE_AFTER = 3
+#: the most recent of tonight's tasks of a kind whose times correct the next prediction.
+#: Chosen offline on the recorded nights of bench/maintenance (a second night of 46 tasks
+#: and a first night of 232 on the window copy, replayed in the order they started):
+#: 3 and 9 took the tasks within +-30% from 48% to 61% and from 31% to 68%; all of the
+#: night's tasks instead of the last 9 did no better (59%, 67%), nor did one ratio for
+#: every kind (57%, 50%)
+CALIBRATE_RECENT = 9
 
+
+#: a packed ref's share of ``pack-refs``, in loose ones: a line of ``packed-refs`` rewritten,
+#: where a loose ref is read, locked, written there and deleted. The default rate per ref
+#: (measured on the corpus, mostly packed refs) was a hundredth of the rate per loose ref
+#: the first nights of bench/maintenance fitted (all of its 202 generated repositories'
+#: refs loose)
+PACKED_REF_WEIGHT = 0.01
 
 _COUNTS = ("bytes", "objects", "refs", "loose")
 
@@ -95,6 +116,7 @@ class Size:
     loose: int = 0  # of the objects; 0 in rows written before it was recorded
     graph: bool = False  # a commit-graph exists
     prune: bool = False  # the repack is followed by git prune (a walk of every object)
+    loose_refs: int = 0  # of the refs, not symbolic; 0 in rows written before it was
 
     @classmethod
     def of(cls, state: RepoState, *, prune: bool = False) -> Size:
@@ -105,6 +127,7 @@ class Size:
             state.loose_objects,
             state.commit_graph,
             prune,
+            min(state.refs, max(0, state.loose_refs - state.symbolic_refs)),
         )
 
     @classmethod
@@ -115,15 +138,17 @@ class Size:
         # loose and graph are optional: rows written before they were recorded lack them
         values = [data.get(k, 0 if k == "loose" else None) for k in _COUNTS]
         graph, prune = data.get("graph", False), data.get("prune", False)
+        values.append(data.get("loose_refs", 0))  # optional too
         counts = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0]
         if len(counts) != len(values) or not isinstance(graph, bool) or not isinstance(prune, bool):
             return None
-        size, objects, refs, loose = counts
-        return cls(size, objects, refs, min(loose, objects), graph, prune)
+        size, objects, refs, loose, loose_refs = counts
+        return cls(size, objects, refs, min(loose, objects), graph, prune, min(loose_refs, refs))
 
     def to_json(self) -> dict[str, int | bool]:
         return {"bytes": self.bytes, "objects": self.objects, "refs": self.refs,
-                "loose": self.loose, "graph": self.graph, "prune": self.prune}  # fmt: skip
+                "loose": self.loose, "graph": self.graph, "prune": self.prune,
+                "loose_refs": self.loose_refs}  # fmt: skip
 
     def units(self, driver: Driver) -> float:
         """The driver's size, in the units of a rate (MiB for bytes, thousands otherwise)."""
@@ -136,7 +161,8 @@ class Size:
             case "graph":
                 return self.objects / 1000 * (GRAPH_REUSE if self.graph else 1.0)
             case "refs":
-                return self.refs / 1000
+                packed = self.refs - self.loose_refs
+                return (self.loose_refs + PACKED_REF_WEIGHT * packed) / 1000
         return 0.0
 
 
@@ -164,11 +190,14 @@ class Rate:
 #: called for (incremental repack, multi-pack-index, cleanups) are from single git runs.
 #: The full repack was measured again once it had grown its walks, the prune and bounded
 #: threads: 22 second-night repacks in bench/maintenance (735 to 10,906 objects, 0.055 to
-#: 0.215 s; docs/operations.md says how).
+#: 0.215 s; docs/operations.md says how). ``pack-refs`` was measured again once its driver
+#: became the loose refs: the first nights of bench/maintenance's window copy, 202
+#: generated repositories of 34 to 610 loose refs (0.010 to 0.17 s), fitted as the fleet's
+#: fit is (181 of them within +-30% of the fit).
 DEFAULTS: dict[str, Rate] = {
     "remove_stale_files": Rate("none", 0.005, 0.0),  # unlinks, no git
     "prune_worktrees": Rate("none", 0.02, 0.0, 4 * MIB),
-    "pack_refs": Rate("refs", 0.0094, 0.0028, 5 * MIB),
+    "pack_refs": Rate("refs", 0.005, 0.29, 5 * MIB),  # per 1,000 loose refs: see below
     "incremental_repack": Rate("objects", 0.10, 0.005, 4 * MIB, 500_000),
     "geometric_repack": Rate("objects", 0.10, 0.005, 4 * MIB, 500_000),
     "full_repack": Rate("objects", 0.055, 0.017, 4 * MIB, 1_030_000),
@@ -196,10 +225,13 @@ class Prediction:
     basis: Basis
     size: Size  # the sizes it was made from
     memory_basis: Basis = "defaults"  # "this repository": scaled from a measured peak
+    #: the factor tonight's finished tasks put on the model's seconds (``Calibration``)
+    calibration: float = 1.0
 
     def to_json(self) -> dict[str, Any]:
         return {"seconds": round(self.seconds, 3), "memory_bytes": self.memory_bytes,
                 "basis": self.basis, "memory_basis": self.memory_basis,
+                "calibration": round(self.calibration, 3),
                 "inputs": self.size.to_json()}  # fmt: skip
 
 
@@ -275,6 +307,39 @@ class CostModel:
     def predict_all(self, state: RepoState, tasks: Iterable[Task]) -> dict[str, Prediction]:
         """Each of a plan's ``tasks``, by kind (a plan holds one task of each kind)."""
         return {t.kind: self.predict(state, t.kind, prune=prunes(t)) for t in tasks}
+
+
+class Calibration:
+    """One night's correction of the model's seconds, learnt from the tasks it finished
+    (see the module). Thread-safe: the fleet's workers learn while the scheduler asks."""
+
+    def __init__(self) -> None:
+        self._ratios: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def learn(self, kind: str, predicted: float, actual: float) -> None:
+        """A task of ``kind`` finished in ``actual`` seconds; the model (uncorrected) had
+        predicted ``predicted``. A prediction of nothing teaches nothing."""
+        if predicted > 0 and actual >= 0:
+            with self._lock:
+                ratios = self._ratios.setdefault(kind, deque(maxlen=CALIBRATE_RECENT))
+                ratios.append(actual / predicted)
+
+    def factor(self, kind: str) -> float:
+        """What the next prediction of ``kind`` is multiplied by: 1 until enough are known."""
+        with self._lock:
+            ratios = list(self._ratios.get(kind, ()))
+        if len(ratios) < CALIBRATE_AFTER:
+            return 1.0
+        return min(COMPARABLE, max(1 / COMPARABLE, median(ratios)))
+
+    def apply(self, predictions: Mapping[str, Prediction]) -> dict[str, Prediction]:
+        """``predictions`` (by kind, as the model made them) corrected as of now."""
+        out = {}
+        for kind, p in predictions.items():
+            f = self.factor(kind)
+            out[kind] = replace(p, seconds=p.seconds * f, calibration=f) if f != 1.0 else p
+        return out
 
 
 def prunes(task: Task) -> bool:
