@@ -53,7 +53,7 @@ class Checker:
         self.log.write_text("")
         result = self.custode("--config", self.config, "check", "--json", *args, self.root)
         assert result.code == code, result.stderr
-        (repo,) = result.json()["repositories"]
+        (repo,) = [r for r in result.json()["repositories"] if r["relative"] == self.repo.name]
         return repo, self.log.read_text().splitlines()
 
     def push(self, commits: int = 3, *, pack: bool = True, ref: str = "refs/heads/main") -> None:
@@ -513,3 +513,93 @@ def test_a_head_naming_no_commit_is_found_on_an_incremental_run(repo: Checker, h
     found, _ = repo.check(code=3)
     assert found["verdict"] == "corrupt", found
     assert found["read"]["mode"] == "whole", found["read"]
+
+
+def test_loose_object_types_are_read_only_to_pick_the_loose_fsck_head(
+    repo: Checker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loose object's type (one open and read of its header) is needed only to pick the
+    head of the full check's loose fsck: a whole check, a connectivity check and the
+    listing read none, and the full check reads them in id order up to the first blob."""
+    from custode.git.runner import Git
+    from custode.integrity import incremental, verified
+
+    repo.push(6, pack=False, ref="refs/heads/topic")
+    oids = sorted(p.parent.name + p.name for p in repo.loose())
+    assert len(oids) >= 12
+    types = [run_git(repo.repo, "cat-file", "-t", oid).strip() for oid in oids]
+    first_blob = types.index("blob")
+    assert first_blob < len(oids) - 1  # a full check reads fewer headers than there are
+    real = verified.loose_type
+    read: list[str] = []
+
+    def counted(path: str) -> str:
+        read.append(path)
+        return real(path)
+
+    monkeypatch.setattr(verified, "loose_type", counted)
+    time.sleep(0.2)  # settled
+    whole = incremental.check(repo.repo, Git(), full=False, record=None)
+    assert whole.result.read["mode"] == "whole" and whole.record is not None
+    assert read == []
+    time.sleep(0.2)
+    walked = incremental.check(repo.repo, Git(), full=False, record=whole.record)
+    assert walked.result.verdict == "ok" and walked.result.read["mode"] == "incremental"
+    assert read == []
+    full = incremental.check(repo.repo, Git(), full=True, record=whole.record)
+    assert full.result.verdict == "ok" and full.result.read["mode"] == "incremental"
+    assert full.result.read["loose"] == len(oids)
+    expected = [verified.loose_path(repo.repo, oid) for oid in oids[: first_blob + 1]]
+    assert read == expected
+
+
+@pytest.mark.parametrize("kind", ["alternates", "worktree", "shallow"])
+def test_a_repository_always_checked_whole_lists_nothing_before_the_check(
+    repo: Checker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Alternates, linked worktrees, a shallow file: the check is whole and keeps no
+    record whatever changed, so the refs are not listed (no git before fsck) and neither
+    the refs' files nor the object store are looked at; verdict, reason and record as
+    before."""
+    from custode.git.runner import Git
+    from custode.integrity import incremental, verified
+
+    _incremental(repo)
+    mine = "SELECT record FROM check_records WHERE repository = 'repo.git'"
+    with sqlite3.connect(repo.state / "state.db") as db:
+        (raw,) = db.execute(mine).fetchone()
+    record = verified.from_json(json.loads(raw))
+    assert record is not None
+    main = run_git(repo.repo, "rev-parse", "refs/heads/main").strip()
+    if kind == "alternates":
+        other = repo.root / "other.git"  # inside the root: custode looks after it too
+        run_git(None, "init", "-q", "--bare", other)
+        (repo.repo / "objects" / "info" / "alternates").write_text(f"{other / 'objects'}\n")
+        why = "it borrows objects from another repository (alternates)"
+    elif kind == "worktree":
+        run_git(repo.repo, "worktree", "add", "-q", tmp_path / "wt", "main")
+        why = "it has linked worktrees"
+    else:
+        (repo.repo / "shallow").write_text(f"{main}\n")
+        why = "it is shallow"
+    found, ran = repo.check()
+    ran = [c for c in ran if str(repo.repo) in c]  # not other.git's
+    assert found["verdict"] == "ok", found
+    assert found["read"] == {"mode": "whole", "why": why}, found["read"]
+    assert _ran(ran, "fsck"), ran
+    for sub in ("for-each-ref", "symbolic-ref", "cat-file", "rev-parse", "rev-list"):
+        assert not _ran(ran, sub), (sub, ran)
+    with sqlite3.connect(repo.state / "state.db") as db:
+        assert db.execute(mine).fetchall() == []  # dropped
+    again, _ = repo.check("--full")
+    assert again["verdict"] == "ok", again
+    assert again["read"] == {"mode": "whole", "why": "no record of an earlier sound check"}
+
+    def unread(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read for nothing")
+
+    for name in ("refs_state", "snapshot"):
+        monkeypatch.setattr(verified, name, unread)
+    out = incremental.check(repo.repo, Git(), full=True, record=record)
+    assert out.result.verdict == "ok" and out.record is None
+    assert out.result.read == {"mode": "whole", "why": why}

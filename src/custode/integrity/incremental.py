@@ -13,8 +13,9 @@ a check reads:
   damage. An unchanged pack read in full before is not read.
 * **loose objects** (``full`` only): all of them, every time, by ``git fsck --no-full``
   (hash and format of each loose object) with one loose blob or tree as the only head, so
-  fsck walks nothing else, and commit-graph and multi-pack-index off, so it does not
-  verify those as a side job.
+  fsck walks nothing else (to find it, headers are read in id order up to the first
+  blob: nothing else reads a loose object's type), and commit-graph and
+  multi-pack-index off, so it does not verify those as a side job.
 * **refs**: listed by ``for-each-ref`` (a broken one makes git warn: in doubt); HEAD must
   name a branch (``refs/heads/``, unborn allowed) or a commit, as fsck requires.
 * **reachability**: the refs' tips (and HEAD, the reflogs, the index) are walked by
@@ -32,7 +33,10 @@ meets a missing object or a broken ref, git saying anything at all where it shou
 nothing) is not judged here: the whole check (``check.whole``, today's ``git fsck``) runs
 and its verdict is the verdict. The same whole check runs when there is no record, when
 the record is in doubt, when most of the pack bytes are new anyway (``_worth_it``: after
-a full repack, fsck reads them faster), or when asked (``incremental=False``). The verdict of an
+a full repack, fsck reads them faster), or when asked (``incremental=False``). A
+repository that borrows objects, has linked worktrees or is shallow
+(``verified.whole_only``) is checked whole before anything else is listed: it keeps no
+record, so its refs and objects would be listed for nothing. The verdict of an
 incremental check is therefore only ever ``ok`` or the whole check's.
 
 After a sound check the record is rebuilt (``Outcome.record``); after any other the
@@ -64,7 +68,7 @@ from custode.integrity.check import (
     warnings_of,
     whole,
 )
-from custode.integrity.verified import PackRecord, Record, Snapshot
+from custode.integrity.verified import OID, PackKey, PackRecord, Record, Snapshot
 
 if TYPE_CHECKING:
     from custode.git.runner import Git
@@ -92,9 +96,6 @@ WHOLE_MIN_BYTES = 16 << 20
 _STRICT = "--strict=" + ",".join(f"{i}=warn" for i in FORMAT_IDS)
 # "warning: object <oid>: badTimezone: invalid author/committer line - bad time zone"
 _PACK_MESSAGE = re.compile(r"warning: object (?P<oid>[0-9a-f]{40,64}): (?P<id>[a-z][A-Za-z0-9]*): ")
-_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-#: loose objects that make a cheap fsck head: fsck walks from them (a commit: its history)
-_HEAD_TYPES = ("blob", "tree")
 #: loose fsck reads the objects only: graph and midx verified on their own
 _LOOSE_CONFIG = (*FSCK_CONFIG, ("core.commitGraph", "false"), ("core.multiPackIndex", "false"))
 
@@ -148,6 +149,12 @@ def check(
     written just after this check; and one that came with a ref's move is read now,
     because then the refs changed and the objects are listed."""
     started = time.monotonic()
+    if doubts := verified.whole_only(git_dir):
+        # checked whole and never recorded whatever changed: the refs' state, the tips and
+        # the object store would be read for nothing
+        result, _ = whole(git_dir, git, full=full)
+        why = _why_whole(incremental, record, doubts)
+        return Outcome(replace(result, read={"mode": "whole", "why": why or ""}), None)
     at = time.time() if now is None else now
     refs = verified.refs_state(git_dir)  # before the tips: what they are proven for
     if incremental and record is not None:
@@ -158,7 +165,9 @@ def check(
     tips = _tips(git, git_dir)  # before the objects: see the module docstring
     snap = verified.snapshot(git_dir)
     here = _Here(git_dir, git, full, snap, tips, at, refs)
-    why = _why_whole(incremental, record, snap, tips)
+    why = _why_whole(incremental, record, snap.doubts)
+    if why is None and tips is None:
+        why = "the refs could not be listed cleanly"
     if why is None and record is not None and tips is not None:
         try:
             return _incremental(here, record, tips, started)
@@ -182,10 +191,8 @@ def _unchanged(git_dir: Path, record: Record, refs: str, *, full: bool, at: floa
     if snap.doubts or snap.loose or set(snap.packs) != set(record.packs):
         return None
     for name, key in snap.packs.items():
-        old = record.packs[name]
-        if old.key != key or not old.settled or not _settled(key, snap):
-            return None
-        if full and (not old.verified_at or verified.due(name, old.verified_at, at)):
+        old = _known(record, name, key)
+        if old is None or not _settled(key, snap) or (full and not _read_lately(old, name, at)):
             return None
     graphs = {n: d for n, (d, calm) in snap.graphs.items() if d}
     if any(not snap.graphs[n][1] for n in graphs) or graphs != record.graphs:
@@ -198,16 +205,14 @@ def _unchanged(git_dir: Path, record: Record, refs: str, *, full: bool, at: floa
     return Outcome(_result(record, {}, full, read, started), record)
 
 
-def _why_whole(incremental: bool, record: Record | None, snap: Snapshot,
-               tips: Tips | None) -> str | None:  # fmt: skip
+def _why_whole(incremental: bool, record: Record | None, doubts: tuple[str, ...]) -> str | None:
+    """Why the check is whole before anything is read (None: it can be incremental)."""
     if not incremental:
         return "asked for a whole check"
     if record is None:
         return "no record of an earlier sound check"
-    if snap.doubts:
-        return snap.doubts[0]
-    if tips is None:
-        return "the refs could not be listed cleanly"
+    if doubts:
+        return doubts[0]
     return None
 
 
@@ -228,7 +233,9 @@ def _whole(here: _Here, old: Record | None, why: str) -> Outcome:
     packs = {}
     for name, key in snap.packs.items():
         calm = _settled(key, snap)
-        packs[name] = PackRecord(key, at if full and calm else _kept(old, name, key), calm)
+        known = _known(old, name, key)
+        kept = known.verified_at if known else None  # when it was last read in full
+        packs[name] = PackRecord(key, at if full and calm else kept, calm)
     graphs = {n: d for n, (d, calm) in snap.graphs.items() if full and d and calm}
     if not full and old is not None:
         graphs = {n: d for n, d in old.graphs.items() if snap.graphs.get(n, ("", False))[0] == d}
@@ -251,19 +258,17 @@ def _incremental(here: _Here, record: Record, tips: Tips, started: float) -> Out
 
 def _steps(here: _Here, record: Record, tips: Tips, started: float) -> Outcome:
     git_dir, git, full, snap, at = here.git_dir, here.git, here.full, here.snap, here.at
-    # a pack recorded unsettled could have changed unseen: as good as gone
-    gone = sorted(n for n, p in record.packs.items() if snap.packs.get(n) != p.key or not p.settled)
+    gone = sorted(n for n in record.packs if _known(record, n, snap.packs.get(n)) is None)
     read: dict[str, object] = {"mode": "incremental"}
     formats: dict[tuple[str, str], str] = {}  # from packs: kept in the record
     packs: dict[str, PackRecord] = {}
     reading: list[str] = []  # packs to read in full
     for name, key in sorted(snap.packs.items()):
-        old = record.packs.get(name)
-        known = old is not None and old.key == key and old.settled
+        old = _known(record, name, key)
         calm = _settled(key, snap)
         if not full:
-            packs[name] = PackRecord(key, old.verified_at if old and known else None, calm)
-        elif known and old and old.verified_at and not verified.due(name, old.verified_at, at):
+            packs[name] = PackRecord(key, old.verified_at if old else None, calm)
+        elif old is not None and _read_lately(old, name, at):
             packs[name] = old
         else:
             reading.append(name)
@@ -325,16 +330,23 @@ def _result(record: Record, formats: dict[tuple[str, str], str], full: bool,
     return CheckResult("ok", (), time.monotonic() - started, full, warnings, read)
 
 
-def _settled(key: tuple[verified.FileKey, verified.FileKey], snap: Snapshot) -> bool:
+def _known(record: Record | None, name: str, key: PackKey | None) -> PackRecord | None:
+    """The record's entry for the pack ``name`` when the pack there now (``key``; None:
+    gone) holds the bytes the record saw: its files' keys as recorded, and settled when
+    recorded (one recorded unsettled could have changed unseen: as good as new, and as
+    good as gone); None otherwise. The one test of a pack's validity: every step asks it."""
+    old = record.packs.get(name) if record is not None else None
+    return old if old is not None and old.key == key and old.settled else None
+
+
+def _read_lately(old: PackRecord, name: str, at: float) -> bool:
+    """The known pack ``name`` was read in full, and not so long ago that it is due to be
+    read again at ``at`` (``verified.due``)."""
+    return old.verified_at is not None and not verified.due(name, old.verified_at, at)
+
+
+def _settled(key: PackKey, snap: Snapshot) -> bool:
     return verified.settled(key[0], snap.taken_ns) and verified.settled(key[1], snap.taken_ns)
-
-
-def _kept(old: Record | None, name: str, key: tuple[verified.FileKey, verified.FileKey]
-          ) -> float | None:  # fmt: skip
-    """When the unchanged pack ``name`` was last read in full (None: never, or changed)."""
-    if old is None or (p := old.packs.get(name)) is None or p.key != key or not p.settled:
-        return None
-    return p.verified_at
 
 
 def _loose_set(snap: Snapshot) -> frozenset[str] | None:
@@ -362,8 +374,7 @@ def _verify_pack(git: Git, git_dir: Path, name: str) -> dict[tuple[str, str], st
 
 def _verify_loose(git: Git, git_dir: Path, snap: Snapshot) -> dict[tuple[str, str], str]:
     """Hash and parse every loose object (module docstring); their format warnings."""
-    heads = [o for kind in _HEAD_TYPES for o, t in sorted(snap.loose.items()) if t == kind]
-    head = (heads or sorted(snap.loose))[0]
+    head = _loose_head(git_dir, snap.loose)
     args = ("fsck", "--no-full", "--no-dangling", "--no-reflogs", "--no-progress", head)
     result, reading = run_step(git, git_dir, Step("fsck (loose objects)", args, _LOOSE_CONFIG))
     if names := unknown_extensions(result.stderr):
@@ -371,6 +382,21 @@ def _verify_loose(git: Git, git_dir: Path, snap: Snapshot) -> dict[tuple[str, st
     if reading.damage:
         raise _Doubt(line(f"loose objects: {reading.damage[0]}"))
     return {(i, o): text for i, o, text in reading.formats}
+
+
+def _loose_head(git_dir: Path, loose: frozenset[str]) -> str:
+    """The loose object fsck takes as its only head: the first blob by id (fsck walks
+    nothing from it), else the first tree (its entries only), else the first object (a
+    commit: its history). The only step that reads loose objects' types
+    (``verified.loose_type``): one header each, in order, up to the first blob."""
+    tree = ""
+    for oid in sorted(loose):
+        kind = verified.loose_type(verified.loose_path(git_dir, oid))
+        if kind == "blob":
+            return oid
+        if kind == "tree" and not tree:
+            tree = oid
+    return tree or min(loose)
 
 
 def _reach(here: _Here, record: Record, tips: Tips, gone: list[str]) -> str:
@@ -403,7 +429,7 @@ def _why_walk_all(here: _Here, record: Record, gone: list[str]) -> str:
         reason = "too many loose objects were recorded"
     elif not record.tips:
         reason = "no tips proven yet"
-    missing = sorted((record.loose or frozenset()) - here.snap.loose.keys())
+    missing = sorted((record.loose or frozenset()) - here.snap.loose)
     if reason or not missing:
         return reason
     if not here.full:  # the packs they went to were not read: walk them
@@ -454,7 +480,7 @@ def _tips(git: Git, git_dir: Path) -> Tips | None:
     found: set[tuple[str, str]] = set()
     for raw in refs.stdout.decode("utf-8", errors="surrogateescape").splitlines():
         oid, _, ref = raw.partition(" ")
-        if not _OID.fullmatch(oid):
+        if not OID.fullmatch(oid):
             return None
         found.add((ref, oid))
     if head:
@@ -476,7 +502,7 @@ def _head(git: Git, git_dir: Path) -> str | None:
     args = ["cat-file", "--batch-check=%(objectname) %(objecttype)"]
     info = git.run(args, repo=git_dir, check=False, input=b"HEAD\n")
     found = info.stdout.decode("ascii", errors="replace").split()
-    if info.returncode == 0 and len(found) == 2 and _OID.fullmatch(found[0]):
+    if info.returncode == 0 and len(found) == 2 and OID.fullmatch(found[0]):
         return found[0] if found[1] == "commit" else None
     if symbolic.returncode != 0:
         return None  # detached at nothing, or at an object that is not there

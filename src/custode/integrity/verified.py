@@ -53,9 +53,11 @@ MAX_WARNING_KEYS = 5_000  # format warnings kept by object id (beyond: counts on
 _PACK = re.compile(r"pack-([0-9a-f]{40}|[0-9a-f]{64})\.pack")
 _HEX2 = re.compile(r"[0-9a-f]{2}")
 _LOOSE = re.compile(r"[0-9a-f]{38}|[0-9a-f]{62}")
-_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+#: an object id (SHA-1 or SHA-256), as the record keeps it and git lists it
+OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 FileKey = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, device
+PackKey = tuple[FileKey, FileKey]  # the .pack's, the .idx's
 
 
 def file_key(st: os.stat_result) -> FileKey:
@@ -79,11 +81,12 @@ def due(name: str, verified_at: float, now: float) -> bool:
 @dataclass(frozen=True)
 class Snapshot:
     """What is in the repository's object store now (nothing read but directories and
-    stats, and a loose object's first bytes). ``doubts``: what makes an incremental check
-    unsound here, each a reason; a whole check is run instead."""
+    stats: a loose object's type is read only where it is needed, ``loose_type``).
+    ``doubts``: what makes an incremental check unsound here, each a reason; a whole check
+    is run instead."""
 
-    packs: dict[str, tuple[FileKey, FileKey]]  # pack name → (.pack key, .idx key)
-    loose: dict[str, str]  # oid → type ("blob", "tree", "commit", "tag", "?" unreadable)
+    packs: dict[str, PackKey]  # pack name → (.pack key, .idx key)
+    loose: frozenset[str]  # the loose objects' ids
     graphs: dict[str, tuple[str, bool]]  # "commit-graph" / "multi-pack-index" → (digest of
     # its files' keys, "" when there is none; all its files settled)
     doubts: tuple[str, ...]
@@ -96,23 +99,33 @@ def snapshot(git_dir: Path, *, loose: bool = True) -> Snapshot:
     directories listed is most of a snapshot's cost) and ``Snapshot.loose`` is empty."""
     taken_ns = time.time_ns()
     objects = git_dir / "objects"
-    doubts: list[str] = []
     info = objects / "info"
-    if _exists(info / "alternates"):
-        doubts.append("it borrows objects from another repository (alternates)")
-    if _exists(git_dir / "worktrees"):
-        doubts.append("it has linked worktrees")
-    if _exists(git_dir / "shallow"):
-        doubts.append("it is shallow")
+    doubts = list(whole_only(git_dir))
     packs, pack_doubts = _packs(objects / "pack")
     doubts += pack_doubts
-    loose_objects, loose_doubts = _loose(objects) if loose else ({}, [])
+    loose_objects, loose_doubts = _loose(objects) if loose else (frozenset[str](), [])
     doubts += loose_doubts
     graphs = {
         "commit-graph": _digest([info / "commit-graph"], info / "commit-graphs", taken_ns),
         "multi-pack-index": _digest([objects / "pack" / "multi-pack-index"], None, taken_ns),
     }
     return Snapshot(packs, loose_objects, graphs, tuple(doubts), taken_ns)
+
+
+def whole_only(git_dir: Path) -> tuple[str, ...]:
+    """What makes an incremental check of ``git_dir`` unsound whatever changed, each a
+    reason (the first of ``Snapshot.doubts``): objects borrowed from another repository,
+    linked worktrees (their HEADs, indexes and reflogs hold objects the tips do not name),
+    a shallow history. Three ``lstat``: the caller can skip everything else, since such a
+    repository is checked whole and keeps no record."""
+    doubts: list[str] = []
+    if _exists(git_dir / "objects" / "info" / "alternates"):
+        doubts.append("it borrows objects from another repository (alternates)")
+    if _exists(git_dir / "worktrees"):
+        doubts.append("it has linked worktrees")
+    if _exists(git_dir / "shallow"):
+        doubts.append("it is shallow")
+    return tuple(doubts)
 
 
 #: What the refs' reachability stands on besides the objects: HEAD, the packed refs, the
@@ -151,8 +164,8 @@ def _exists(path: Path) -> bool:
     return True
 
 
-def _packs(pack_dir: Path) -> tuple[dict[str, tuple[FileKey, FileKey]], list[str]]:
-    packs: dict[str, tuple[FileKey, FileKey]] = {}
+def _packs(pack_dir: Path) -> tuple[dict[str, PackKey], list[str]]:
+    packs: dict[str, PackKey] = {}
     doubts: list[str] = []
     try:
         names = sorted(os.listdir(pack_dir))
@@ -186,12 +199,13 @@ def _packs(pack_dir: Path) -> tuple[dict[str, tuple[FileKey, FileKey]], list[str
     return packs, sorted(set(doubts))
 
 
-def _loose(objects: Path) -> tuple[dict[str, str], list[str]]:
-    loose: dict[str, str] = {}
+def _loose(objects: Path) -> tuple[frozenset[str], list[str]]:
+    """The loose objects' ids (the names only: nothing is opened)."""
+    loose: set[str] = set()
     try:
         dirs = [d for d in os.listdir(objects) if _HEX2.fullmatch(d)]
     except OSError as exc:
-        return loose, [f"its object directory cannot be listed ({exc.strerror})"]
+        return frozenset(loose), [f"its object directory cannot be listed ({exc.strerror})"]
     for d in sorted(dirs):
         where = os.path.join(objects, d)  # strings: pathlib would double the cost
         try:
@@ -199,16 +213,19 @@ def _loose(objects: Path) -> tuple[dict[str, str], list[str]]:
         except NotADirectoryError:
             continue
         except OSError as exc:
-            return loose, [f"objects/{d} cannot be listed ({exc.strerror})"]
-        for name in names:
-            if _LOOSE.fullmatch(name):
-                loose[d + name] = loose_type(os.path.join(where, name))
-    return loose, []
+            return frozenset(loose), [f"objects/{d} cannot be listed ({exc.strerror})"]
+        loose.update(d + name for name in names if _LOOSE.fullmatch(name))
+    return frozenset(loose), []
+
+
+def loose_path(git_dir: Path, oid: str) -> str:
+    """Where the loose object ``oid`` of ``git_dir`` is (a string: see ``_loose``)."""
+    return os.path.join(git_dir, "objects", oid[:2], oid[2:])
 
 
 def loose_type(path: str) -> str:
     """A loose object's type from its zlib header (``?`` when it cannot be read: fsck then
-    says why)."""
+    says why). One open and read per object: only the caller that needs a type pays it."""
     try:  # never blocks: a FIFO planted as an object would hang a plain open for ever
         head = read_prefix(path, 64, regular=True)
         text = zlib.decompressobj().decompress(head, 32)
@@ -264,7 +281,7 @@ def _sha(parts: list[str]) -> str:
 
 @dataclass(frozen=True)
 class PackRecord:
-    key: tuple[FileKey, FileKey]
+    key: PackKey
     verified_at: float | None  # when read in full (Unix time); None: only known present
     settled: bool = True  # False: changed just before it was looked at; counts as gone next
 
@@ -345,6 +362,6 @@ def _key(raw: object) -> FileKey:
 
 
 def _oids(raw: object) -> list[str]:
-    if not isinstance(raw, list) or not all(isinstance(o, str) and _OID.fullmatch(o) for o in raw):
+    if not isinstance(raw, list) or not all(isinstance(o, str) and OID.fullmatch(o) for o in raw):
         raise ValueError("bad object ids")
     return list(raw)
