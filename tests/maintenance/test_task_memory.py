@@ -1,5 +1,6 @@
 """Each maintenance task's actual peak memory: measured by the git runner, recorded in the
-history beside the prediction (and in ``maintain --json``), and learnt by the cost model."""
+history beside the prediction (and in ``maintain --json``), and learnt by the cost model;
+and its gits' CPU seconds beside its time."""
 
 from __future__ import annotations
 
@@ -63,6 +64,10 @@ def test_a_repack_s_measured_peak_is_recorded_and_the_next_night_predicts_from_i
     history = _history(isolated_env)
     recorded = history["full_repack"]
     assert recorded["memory_bytes"] == peak  # beside the prediction it is checked against
+    # and the CPU its gits used (deflating 96 MiB is not free): beside the time
+    cpu = repack["cpu_seconds"]
+    assert isinstance(cpu, float) and 0.01 < cpu and recorded["cpu_seconds"] == cpu
+    assert ran["write_commit_graph"]["cpu_seconds"] >= 0  # measured whatever its peak
     # each task its own gits': the commit-graph's stayed below custode's own, unmeasured
     assert ran["write_commit_graph"]["outcome"] == "ok"
     assert "memory_bytes" not in ran["write_commit_graph"]

@@ -57,6 +57,7 @@ def _result_json(m: RepositoryMaintenance) -> dict[str, Any]:
                 "message": t.message,
                 "seconds": round(t.duration, 3),
                 **({"memory_bytes": t.memory_bytes} if t.memory_bytes is not None else {}),
+                **({"cpu_seconds": round(t.cpu_seconds, 3)} if t.cpu_seconds is not None else {}),
                 **_predicted(m, t.kind),
             }
             for t in r.tasks

@@ -390,7 +390,7 @@ def _record(
         rows += [
             RepositoryResult(s.relative, s.root, t.kind, t.outcome, started, t.duration,
                              _details(t.reason, t.message, m.prediction(t.kind),
-                                      t.memory_bytes))
+                                      t.memory_bytes, t.cpu_seconds))
             for t in r.tasks
         ]  # fmt: skip
         if r.tasks:
@@ -421,16 +421,20 @@ def _record(
 
 
 def _details(
-    reason: str, message: str, predicted: Prediction | None, memory: int | None = None
-) -> dict[str, Any]:
-    """A task row's details: with its prediction and the sizes it was made from, and the
-    peak memory its gits were measured at (``memory_bytes``, absent when not measured),
-    which the next night's prediction scales (``maintenance.cost``)."""
+    reason: str, message: str, predicted: Prediction | None, memory: int | None = None,
+    cpu: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """A task row's details: with its prediction and the sizes it was made from, the peak
+    memory its gits were measured at (``memory_bytes``, absent when not measured), which
+    the next night's prediction scales (``maintenance.cost``), and their CPU seconds
+    (``cpu_seconds``: far below the task's time, it waited for the host)."""
     details: dict[str, Any] = {"reason": reason, "message": message}
     if predicted is not None:
         details["predicted"] = predicted.to_json()
     if memory is not None:
         details["memory_bytes"] = memory
+    if cpu is not None:
+        details["cpu_seconds"] = round(cpu, 3)
     return details
 
 

@@ -39,7 +39,9 @@ safety invariants rather than assuming them:
 
 Each task's outcome carries its time and the peak memory of its gits, the largest the
 runner measured (``GitResult.peak_rss``; none when no git's peak was above custode's own):
-the history records it beside the prediction, and the cost model learns from it.
+the history records it beside the prediction, and the cost model learns from it. It also
+carries the CPU seconds its gits used (``GitResult.cpu_seconds``, their reaped children's
+included): a task whose time is far above its CPU waited for the host, not for its work.
 
 Stale files are removed only if still the file the plan saw (same mtime, so still older
 than the policy's age), a regular file inside the git dir, reached without following a
@@ -168,6 +170,7 @@ class TaskOutcome:
     duration: float  # seconds
     message: str  # one line
     memory_bytes: int | None = None  # the largest peak of its gits measured; None: none was
+    cpu_seconds: float | None = None  # its gits' user and system time; None: none measured
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,7 @@ class _Run:
     outcomes: list[TaskOutcome] = field(default_factory=list)
     pack: PackOptions = field(default_factory=lambda: PackLimits().sized(0))
     peak: int | None = None  # the running task's largest measured git peak (bytes)
+    cpu: float | None = None  # the running task's gits' CPU seconds so far
 
     def git_run(
         self,
@@ -241,6 +245,8 @@ class _Run:
         )  # fmt: skip
         if done.peak_rss is not None:
             self.peak = max(self.peak or 0, done.peak_rss)
+        if done.cpu_seconds is not None:
+            self.cpu = (self.cpu or 0.0) + done.cpu_seconds
         return done.text
 
     def result(self, outcome: Outcome, message: str, before: int) -> ExecutionResult:
@@ -353,7 +359,7 @@ class _Run:
 
     def run_task(self, task: Task) -> TaskOutcome:
         start = time.monotonic()
-        self.peak = None
+        self.peak = self.cpu = None
         try:
             outcome, message = self.dispatch(task)
         except GitError as exc:
@@ -365,7 +371,7 @@ class _Run:
             if exc.errno == errno.ENOSPC:
                 message = _disk_full(message, self.repo.git_dir)
         took = time.monotonic() - start
-        done = TaskOutcome(task.kind, task.reason, outcome, took, message, self.peak)
+        done = TaskOutcome(task.kind, task.reason, outcome, took, message, self.peak, self.cpu)
         if self.audit is not None:
             details = {"reason": task.reason, "outcome": outcome, "message": message,
                        "duration": round(done.duration, 3)}  # fmt: skip
