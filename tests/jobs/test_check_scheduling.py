@@ -21,6 +21,7 @@ from custode.jobs import fleet
 from custode.maintenance import pool
 from custode.scan.discovery import Repository
 from custode.scan.repostate import RepoState, inspect_failed
+from fixtures.hostcpu import HostCpu
 
 
 def _states(n: int) -> list[RepoState]:
@@ -59,24 +60,6 @@ class FakeChecks:
                 self.running -= 1
         result = CheckResult("ok", (), self.seconds, full=False)
         return check_job.RepositoryCheck(state, result, began)
-
-
-class HostCpu:
-    """A host of two CPUs whose only load is the fake checks, one CPU each: like psutil,
-    a reading is the busiest it was since the previous reading."""
-
-    def __init__(self, checks: FakeChecks) -> None:
-        self.checks = checks
-        self.busiest = 0
-
-    def sample(self) -> float:
-        reading = self.busiest / 2
-        self.busiest = self.checks.running
-        return reading
-
-    def watch(self, stop: threading.Event) -> None:
-        while not stop.wait(0.002):
-            self.busiest = max(self.busiest, self.checks.running)
 
 
 class Told(pool.Governor):

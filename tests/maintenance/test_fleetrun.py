@@ -12,6 +12,7 @@ from custode.maintenance.fleetrun import Governor, run_fleet
 from custode.maintenance.planner import Plan, Task
 from custode.scan.discovery import Repository
 from custode.scan.repostate import RepoState, inspect_failed
+from fixtures.hostcpu import HostCpu
 
 
 def _state(name: str, size: int) -> RepoState:
@@ -75,24 +76,6 @@ def test_governor_holds_back_new_repositories_while_the_cpu_is_busy() -> None:
     run_fleet(_items({f"r{i}": i for i in range(4)}), Git(), None, jobs=4,
               governor=idle, runner=runner, poll=0.01)  # fmt: skip
     assert runner.peak == 4
-
-
-class HostCpu:
-    """A host of two CPUs whose only load is the fake repositories, one CPU each: like
-    psutil, a reading is the busiest it was since the previous reading."""
-
-    def __init__(self, runner: FakeRunner) -> None:
-        self.runner = runner
-        self.busiest = 0
-
-    def sample(self) -> float:
-        reading = self.busiest / 2
-        self.busiest = self.runner.running
-        return reading
-
-    def watch(self, stop: threading.Event) -> None:
-        while not stop.wait(0.002):
-            self.busiest = max(self.busiest, self.runner.running)
 
 
 class Answers(Governor):
