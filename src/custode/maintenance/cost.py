@@ -15,7 +15,10 @@ weights matter most between the first night, on a neglected repository, and the 
 Each prediction comes from the best basis at hand, said in ``Prediction.basis``:
 
 * ``this repository``: the task's last run here, scaled by how much the driver changed
-  since (``last * rate(now) / rate(then)``, so a fixed cost does not scale). The ratio
+  since (``last * rate(now) / rate(then)``, so a fixed cost does not scale), when it did
+  the same kind of work: a commit-graph written from scratch (every commit parsed) does
+  not predict one written beside an existing graph (the commits it lists are copied),
+  nor the other way round (``Size.same_work``). The ratio
   takes the default rate's shape, not the fleet's fit: a host's speed scales the fixed
   and the per-unit cost alike and cancels out, while the fit's split between them is the
   least certain thing it estimates (a night shared with other work, a few large
@@ -80,10 +83,17 @@ LOOSE_WEIGHT = 20
 #: second night: 0.51 s predicted, 0.08 s taken)
 PRUNE_WEIGHT = 0.75
 #: a commit-graph written beside an existing one (``--split=replace``), as a share of one
-#: written from scratch: git reuses the commits (and Bloom filters) it lists. custode's
-#: task on the corpus's sqlite-utils (10,900 objects): 0.03 s against 0.12 s, less the
-#: 0.01 s fixed cost; git alone (best of 9): 0.010 s against 0.028 s
-GRAPH_REUSE = 0.2
+#: written from scratch: git copies the commits (and Bloom filters) it lists and parses
+#: only the new ones. In bench/maintenance, over the fixed 6 ms, a day's pushes later
+#: (about 100 new commits each): requests (43,000 objects) 0.013-0.018 s against 0.305 s
+#: from scratch, a share of 0.03; sqlite-utils (11,000) 0.009 s against 0.056 s, 0.07;
+#: client_python (8,000) 0.010 s against 0.046 s, 0.10: the larger the repository, the
+#: smaller the share the day's new commits take. 0.2, measured earlier on sqlite-utils
+#: with git alone, predicted the corpus's replacements 1.5 to 3 times too long. Replayed on
+#: two recorded second nights of bench/maintenance (46 tasks each, with ``same_work`` and
+#: the night's calibration), 0.05 took the tasks within +-30% from 63% and 57% to 76% and
+#: 74%; ``same_work`` alone, at 0.2, had moved them from 59% and 59%
+GRAPH_REUSE = 0.05
 #: tasks of a kind that must have finished tonight before their times correct the next
 #: predictions of that kind (one or two would let a single outlier decide)
 CALIBRATE_AFTER = 3
@@ -149,6 +159,11 @@ class Size:
         return {"bytes": self.bytes, "objects": self.objects, "refs": self.refs,
                 "loose": self.loose, "graph": self.graph, "prune": self.prune,
                 "loose_refs": self.loose_refs}  # fmt: skip
+
+    def same_work(self, other: Size, driver: Driver) -> bool:
+        """Whether a task of ``driver`` on ``other`` does the same kind of work as on this
+        (a commit-graph: beside an existing graph in both, or from scratch in both)."""
+        return driver != "graph" or self.graph == other.graph
 
     def units(self, driver: Driver) -> float:
         """The driver's size, in the units of a rate (MiB for bytes, thousands otherwise)."""
@@ -298,7 +313,7 @@ class CostModel:
                     memory, memory_basis = int(last.memory_bytes * grown), "this repository"
             then = shape.seconds(last.size)
             scale = shape.seconds(size) / then if then > 0 else 1.0
-            if 1 / COMPARABLE <= scale <= COMPARABLE:
+            if 1 / COMPARABLE <= scale <= COMPARABLE and size.same_work(last.size, shape.driver):
                 return Prediction(max(0.0, last.seconds * scale), memory, "this repository",
                                   size, memory_basis)  # fmt: skip
         basis: Basis = "similar repositories" if kind in self.fleet else "defaults"
