@@ -10,7 +10,7 @@ import pytest
 
 from custode.scan.discovery import discover
 from custode.scan.repostate import RepoState, inspect, link_borrowers
-from fixtures.builders import Fleet, git_count_objects, git_refs
+from fixtures.builders import Fleet, git_count_objects, git_refs, run_git
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +50,12 @@ def test_specific_facts(fleet: Fleet) -> None:
     s = _states(fleet.root)
     assert s["loose.git"].loose_objects >= 3000 and s["loose.git"].packs == 0
     assert s["many-packs.git"].packs >= 30
+    packed = s["packed.git"]  # one pack: every object in it
+    assert packed.packs == 1 and packed.base_pack_objects == packed.packed_objects > 0
+    many = s["many-packs.git"]  # the largest pack's objects, as its index counts them
+    counts = [int(run_git(None, "show-index", input=p.read_bytes()).count("\n"))
+              for p in (fleet.root / "many-packs.git" / "objects" / "pack").glob("*.idx")]  # fmt: skip
+    assert 0 < many.base_pack_objects < many.packed_objects and many.base_pack_objects in counts
     loose_files = [
         p for p in (fleet.many_refs / "refs").rglob("*") if p.is_file() and p.suffix != ".lock"
     ]

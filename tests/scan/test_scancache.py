@@ -198,7 +198,7 @@ def _saved(small: Path, tmp_path: Path) -> tuple[Path, dict]:
 def test_the_cache_is_json_that_round_trips_every_field(small: Path, tmp_path: Path) -> None:
     assert scancache._STATE_PLAN is not None  # every RepoState field has a checked form
     cache, doc = _saved(small, tmp_path)
-    assert doc["format"] == scancache.FORMAT == 6 and len(doc["entries"]) == 3
+    assert doc["format"] == scancache.FORMAT == 7 and len(doc["entries"]) == 3
     loaded = ScanCache.load(cache).entries
     again = ScanCache.load(cache)
     assert loaded == again.entries and len(loaded) == 3

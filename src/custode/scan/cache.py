@@ -44,8 +44,8 @@ from custode.scan.objectstore import TempFile
 from custode.scan.refstore import REF_PREFIX
 from custode.scan.repostate import RepoState
 
-FORMAT = 6  # 3: RepoState.partial_clone; 4: files watched by content; 5: JSON, not pickle;
-# 6: RepoState.oldest_loose_mtime, base_pack_bytes and cruft_pack_bytes
+FORMAT = 7  # 3: RepoState.partial_clone; 4: files watched by content; 5: JSON, not pickle;
+# 6: RepoState.oldest_loose_mtime, base_pack_bytes and cruft_pack_bytes; 7: base_pack_objects
 RACY_NS = 2_000_000_000
 #: about 1.5 kB an entry: room for well over 100,000 repositories, and a bound on memory
 MAX_BYTES = 256 * 1024 * 1024

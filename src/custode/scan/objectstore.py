@@ -53,6 +53,7 @@ class ObjectStore:
     #: clone or gc wrote (a geometric repack rewrites it rarely); 0.0 with no such pack
     base_pack_mtime: float = 0.0
     base_pack_bytes: int = 0
+    base_pack_objects: int = 0  # its objects: those outside it are a geometric repack's
     #: the mtime of the oldest cruft pack, 0.0 with none
     oldest_cruft_mtime: float = 0.0
     cruft_pack_bytes: int = 0  # .pack and .idx bytes of the cruft packs
@@ -201,6 +202,7 @@ class _Reader:
         elif files["pack"].st_size >= s.base_pack_bytes:
             s.base_pack_bytes = files["pack"].st_size
             s.base_pack_mtime = files["pack"].st_mtime
+            s.base_pack_objects = count or 0
         s.pack_bitmaps += "bitmap" in files
         if count is None:
             s.problems.append(f"pack index {base}.idx is unreadable or corrupt")

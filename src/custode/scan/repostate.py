@@ -82,6 +82,7 @@ class RepoState:
     #: an unreachable one is due for git prune
     oldest_loose_mtime: float = 0.0
     base_pack_bytes: int = 0  # the largest non-cruft pack's .pack bytes
+    base_pack_objects: int = 0  # its objects (0 with no such pack, or its index unreadable)
     cruft_pack_bytes: int = 0  # .pack and .idx bytes of the cruft packs (in pack_bytes)
     #: what makes it a partial clone ("" if nothing does): objects it lacks live on a
     #: promisor remote, and custode never fetches (git would run the remote's programs)
@@ -236,6 +237,7 @@ def _assemble(
         fingerprint=fingerprint,
         oldest_loose_mtime=objects.oldest_loose_mtime,
         base_pack_bytes=objects.base_pack_bytes,
+        base_pack_objects=objects.base_pack_objects,
         cruft_pack_bytes=objects.cruft_pack_bytes,
         partial_clone=partial_clone,
         problems=tuple(problems),
