@@ -242,12 +242,27 @@ def test_the_last_run_here_is_scaled_in_the_defaults_proportions_not_the_fleet_s
     # a fleet night whose fit puts every second in the slope (no fixed cost): scaling the
     # repository's own last run by it would treat the fixed second as growing too
     fleet = [_sample(f"r{i}", "full_repack", float(mib), mib) for i, mib in enumerate((5, 10, 20))]
-    model = CostModel([*fleet, _sample("a", "full_repack", 6.0, 10)], LINEAR)
+    # (a repository three times faster than the fleet: its own run stands, not shrunk)
+    model = CostModel([*fleet, _sample("a", "full_repack", 3.0, 10)], LINEAR)
     assert model.rate("full_repack").fixed == pytest.approx(0.0)
     p = model.predict(_state("a", 16), "full_repack")
     assert p.basis == "this repository"
-    assert p.seconds == pytest.approx(6.0 * 9.0 / 6.0)  # LINEAR's 1 s + 0.5 s/MiB; not 9.6 s
+    assert p.seconds == pytest.approx(3.0 * 9.0 / 6.0)  # LINEAR's 1 s + 0.5 s/MiB; not 4.8 s
     assert model.predict(_state("new", 16), "full_repack").seconds == pytest.approx(16.0)
+
+
+def test_one_night_near_the_fleet_s_fit_is_weighed_equally_with_it() -> None:
+    """One night is one sample: within a factor 2 of what the fleet's fit predicts, the
+    repository's own (scaled) run and the fit meet halfway (geometrically); further off,
+    the repository is unlike the fleet and its own run stands; with no fit, likewise."""
+    fleet = [_sample(f"r{i}", "full_repack", float(mib), mib) for i, mib in enumerate((5, 10, 20))]
+    for own, expected in ((15.0, (15.0 * 10.0) ** 0.5), (5.0, (5.0 * 10.0) ** 0.5),
+                          (25.0, 25.0), (4.0, 4.0)):  # fmt: skip
+        model = CostModel([*fleet, _sample("a", "full_repack", own, 10)], LINEAR)
+        p = model.predict(_state("a", 10), "full_repack")  # the fit: 10 s
+        assert p.basis == "this repository" and p.seconds == pytest.approx(expected), own
+    alone = CostModel([_sample("a", "full_repack", 15.0, 10)], LINEAR)
+    assert alone.predict(_state("a", 10), "full_repack").seconds == pytest.approx(15.0)
 
 
 def test_a_repack_that_pruned_predicts_a_cheaper_one_without_the_prune() -> None:

@@ -26,7 +26,13 @@ Each prediction comes from the best basis at hand, said in ``Prediction.basis``:
   and the per-unit cost alike and cancels out, while the fit's split between them is the
   least certain thing it estimates (a night shared with other work, a few large
   repositories pruning old objects, set it). Only while the work is within
-  ``COMPARABLE`` of that run's: scaled further, that run's circumstances would be too;
+  ``COMPARABLE`` of that run's: scaled further, that run's circumstances would be too.
+  One night is one sample: when it puts the repository within ``COMPARABLE`` of what
+  the fleet's fit predicts for it, the difference is no larger than one night's noise
+  (the same task on the same repository varied 1.3-1.5x over four runs of a night in
+  bench/maintenance), and the prediction is the geometric mean of the two, the night's
+  evidence weighed equally with the fleet's; further off, the repository is unlike the
+  fleet and its own run stands;
 * ``similar repositories``: a fit of ``fixed + per_unit * driver`` over the fleet's
   history of the task (Theil-Sen: the median of pairwise slopes, so one slow night on a
   busy host does not skew it), once three repositories have run it;
@@ -49,6 +55,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from math import sqrt
 from statistics import median
 from typing import Any, Literal
 
@@ -331,10 +338,19 @@ class CostModel:
             then = shape.seconds(last.size)
             scale = shape.seconds(size) / then if then > 0 else 1.0
             if 1 / COMPARABLE <= scale <= COMPARABLE and size.same_work(last.size, shape.driver):
-                return Prediction(max(0.0, last.seconds * scale), memory, "this repository",
-                                  size, memory_basis)  # fmt: skip
+                own = self._shrunk(kind, size, max(0.0, last.seconds * scale))
+                return Prediction(own, memory, "this repository", size, memory_basis)
         basis: Basis = "similar repositories" if kind in self.fleet else "defaults"
         return Prediction(max(0.0, rate.seconds(size)), memory, basis, size, memory_basis)
+
+    def _shrunk(self, kind: str, size: Size, own: float) -> float:
+        """``own`` (a last run here, scaled), halfway (geometrically) to the fleet's fit when
+        within ``COMPARABLE`` of it (see the module); as it is otherwise, or with no fit."""
+        fit = self.fleet.get(kind)
+        typical = fit.seconds(size) if fit is not None else 0.0
+        if typical > 0 and 1 / COMPARABLE <= own / typical <= COMPARABLE:
+            return sqrt(own * typical)
+        return own
 
     def predict_all(self, state: RepoState, tasks: Iterable[Task]) -> dict[str, Prediction]:
         """Each of a plan's ``tasks``, by kind (a plan holds one task of each kind)."""
