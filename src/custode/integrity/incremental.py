@@ -98,6 +98,8 @@ _STRICT = "--strict=" + ",".join(f"{i}=warn" for i in FORMAT_IDS)
 _PACK_MESSAGE = re.compile(r"warning: object (?P<oid>[0-9a-f]{40,64}): (?P<id>[a-z][A-Za-z0-9]*): ")
 #: loose fsck reads the objects only: graph and midx verified on their own
 _LOOSE_CONFIG = (*FSCK_CONFIG, ("core.commitGraph", "false"), ("core.multiPackIndex", "false"))
+#: the reason a check given ``incremental=False`` (or none to trust) reports
+ASKED_WHOLE = "asked for a whole check"
 
 Tips = frozenset[tuple[str, str]]  # (ref, oid); HEAD too
 
@@ -153,8 +155,8 @@ def check(
         # checked whole and never recorded whatever changed: the refs' state, the tips and
         # the object store would be read for nothing
         result, _ = whole(git_dir, git, full=full)
-        why = _why_whole(incremental, record, doubts)
-        return Outcome(replace(result, read={"mode": "whole", "why": why or ""}), None)
+        why = _why_whole(incremental, record, doubts)  # a reason: there are doubts
+        return Outcome(replace(result, read={"mode": "whole", "why": why}), None)
     at = time.time() if now is None else now
     refs = verified.refs_state(git_dir)  # before the tips: what they are proven for
     if incremental and record is not None:
@@ -208,7 +210,7 @@ def _unchanged(git_dir: Path, record: Record, refs: str, *, full: bool, at: floa
 def _why_whole(incremental: bool, record: Record | None, doubts: tuple[str, ...]) -> str | None:
     """Why the check is whole before anything is read (None: it can be incremental)."""
     if not incremental:
-        return "asked for a whole check"
+        return ASKED_WHOLE
     if record is None:
         return "no record of an earlier sound check"
     if doubts:
@@ -350,7 +352,7 @@ def _settled(key: PackKey, snap: Snapshot) -> bool:
 
 
 def _loose_set(snap: Snapshot) -> frozenset[str] | None:
-    return frozenset(snap.loose) if len(snap.loose) <= verified.MAX_LOOSE else None
+    return snap.loose if len(snap.loose) <= verified.MAX_LOOSE else None
 
 
 def _verify_pack(git: Git, git_dir: Path, name: str) -> dict[tuple[str, str], str]:
@@ -390,13 +392,14 @@ def _loose_head(git_dir: Path, loose: frozenset[str]) -> str:
     commit: its history). The only step that reads loose objects' types
     (``verified.loose_type``): one header each, in order, up to the first blob."""
     tree = ""
-    for oid in sorted(loose):
+    ordered = sorted(loose)
+    for oid in ordered:
         kind = verified.loose_type(verified.loose_path(git_dir, oid))
         if kind == "blob":
             return oid
         if kind == "tree" and not tree:
             tree = oid
-    return tree or min(loose)
+    return tree or ordered[0]
 
 
 def _reach(here: _Here, record: Record, tips: Tips, gone: list[str]) -> str:

@@ -22,12 +22,12 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from custode import interrupts
 from custode.base.fsread import unfit
+from custode.base.times import iso
 from custode.base.units import counted
 from custode.config.model import Config
 from custode.errors import RepositoryError
@@ -192,7 +192,7 @@ def _check_one(job: CheckJob, state: RepoState, record: verified.Record | None) 
         # a FIFO or a giant where git expects a small file: integrity.check's whole
         # check, under the doubt timeout, and no record
         whole = check_whole(state, job.git, full=job.full)
-        read: dict[str, object] = {"mode": "whole", "why": "asked for a whole check"}
+        read: dict[str, object] = {"mode": "whole", "why": incremental.ASKED_WHOLE}
         return RepositoryCheck(state, replace(whole, read=read), began, None)
     # the scan found no file at all in the loose-object directories (each is a loose
     # object or garbage): the test of whether anything changed need not list them again
@@ -237,7 +237,7 @@ def _record(job: CheckJob, done: list[RepositoryCheck], warn: Say) -> None:
             root=c.state.root,
             task=task,
             outcome="ok" if c.result.ok else "failed",
-            started_at=datetime.fromtimestamp(c.started, UTC).isoformat(),
+            started_at=iso(c.started, "auto"),
             duration_s=c.seconds,
             details=details(c.result),
         )
