@@ -14,8 +14,9 @@ past runs here and on the rest of the fleet); the prediction, with the sizes it 
 from, is recorded beside the actual time and, when the runner measured it, the actual
 peak memory of the task's gits; the next night's predictions learn from both. Within the
 night, the tasks that finished correct the predictions of those still to start
-(``cost.Calibration``): a repository's tasks are predicted again as it starts, and that
-prediction is the one recorded and the one the window's hold-back weighs.
+(``cost.Calibration``): a repository's tasks are predicted again as it starts (the
+prediction recorded), and the window's hold-back weighs the same correction as of the
+moment it asks.
 
 The plans run across the fleet within a budget, under the CPU governor and the pack
 limits (``maintenance.fleetrun``); on SIGINT or SIGTERM no further repository starts.
@@ -31,7 +32,6 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args
 
@@ -318,7 +318,7 @@ class _Night:
         its tasks' times."""
         state = self.states[id(p)]
         model = self.costs[id(state)]
-        self.started[id(state)] = self.calibration.apply(model)
+        self.started[id(state)] = self.now(state)
         result = execute(repo, p, git, audit, **kw)
         for t in result.tasks:
             if t.outcome == "ok" and t.kind in model:
@@ -386,7 +386,7 @@ def _record(
         s, r = m.state, m.result
         if r is None:  # never: ran ones have a result
             continue
-        started = datetime.fromtimestamp(r.started, UTC).isoformat()
+        started = iso(r.started, "auto")
         rows += [
             RepositoryResult(s.relative, s.root, t.kind, t.outcome, started, t.duration,
                              _details(t.reason, t.message, m.prediction(t.kind),
