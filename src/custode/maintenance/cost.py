@@ -331,13 +331,11 @@ class CostModel:
         if last is not None:
             shape = self.defaults[kind]  # see the module: the ratio needs the shape only
             if last.memory_bytes is not None:
-                then_memory = shape.memory(last.size)
-                grown = shape.memory(size) / then_memory if then_memory > 0 else 1.0
-                if 1 / COMPARABLE <= grown <= COMPARABLE:
+                grown = _ratio(shape.memory(size), shape.memory(last.size))
+                if comparable(grown):
                     memory, memory_basis = int(last.memory_bytes * grown), "this repository"
-            then = shape.seconds(last.size)
-            scale = shape.seconds(size) / then if then > 0 else 1.0
-            if 1 / COMPARABLE <= scale <= COMPARABLE and size.same_work(last.size, shape.driver):
+            scale = _ratio(shape.seconds(size), shape.seconds(last.size))
+            if comparable(scale) and size.same_work(last.size, shape.driver):
                 own = self._shrunk(kind, size, max(0.0, last.seconds * scale))
                 return Prediction(own, memory, "this repository", size, memory_basis)
         basis: Basis = "similar repositories" if kind in self.fleet else "defaults"
@@ -348,7 +346,7 @@ class CostModel:
         within ``COMPARABLE`` of it (see the module); as it is otherwise, or with no fit."""
         fit = self.fleet.get(kind)
         typical = fit.seconds(size) if fit is not None else 0.0
-        if typical > 0 and 1 / COMPARABLE <= own / typical <= COMPARABLE:
+        if typical > 0 and comparable(own / typical):
             return sqrt(own * typical)
         return own
 
@@ -388,6 +386,16 @@ class Calibration:
             f = self.factor(kind)
             out[kind] = replace(p, seconds=p.seconds * f, calibration=f) if f != 1.0 else p
         return out
+
+
+def comparable(ratio: float) -> bool:
+    """Whether two costs whose ratio is ``ratio`` are within ``COMPARABLE`` of each other."""
+    return 1 / COMPARABLE <= ratio <= COMPARABLE
+
+
+def _ratio(now: float, then: float) -> float:
+    """``now / then``; 1 when ``then`` is nothing (a fixed cost only: nothing to scale)."""
+    return now / then if then > 0 else 1.0
 
 
 def prunes(task: Task) -> bool:
