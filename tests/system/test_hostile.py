@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,12 @@ def _plain_git(repo: Path, *args: str) -> None:
 def test_plain_git_runs_the_repositorys_programs(tmp_path: Path) -> None:
     repo = build_hostile_repo(tmp_path)  # its own: plain git would dirty the shared one
     assert repo.markers() == []
+    # git status reads a file's content (through the filter) only when its stat data
+    # differs from the index's, or is racy: written in the index's second. A busy host
+    # can put the last write and the index in different seconds, so differ for certain.
+    tracked = repo.path / "file0.txt"
+    then = tracked.stat().st_mtime_ns - 10 * 10**9
+    os.utime(tracked, ns=(then, then))
     _plain_git(repo.path, "status")
     assert {"core.fsmonitor", "filter.evil.process"} <= set(repo.markers())
     # The process filter speaks no protocol, so git stops there: drop it to go further.
