@@ -200,6 +200,34 @@ def test_sessions_observe_each_process_once() -> None:
     assert len(sessions) == 1  # only u/c, whose exit never came
 
 
+def test_a_child_keeps_its_serving_parent_s_repository_when_the_parent_s_exit_is_read_first() -> (
+    None
+):
+    """Each git writes to its own connection, so the listener can read upload-pack's exit
+    before its pack-objects' (a CI run under load did): the pack-objects must count for
+    the repository upload-pack served, not for the clone above it."""
+    sessions = Sessions()
+    feed = sessions.feed
+    feed("start", "c", {"argv": ["git", "clone", "file:///srv/src.git", "dst"]})
+    feed("cmd_name", "c", {"name": "clone"})
+    feed("def_repo", "c", {"worktree": "/w/dst"})
+    feed("start", "c/u", {"argv": ["git-upload-pack", "/srv/src.git"]})
+    feed("cmd_name", "c/u", {"name": "upload-pack"})
+    feed("start", "c/u/p", {"argv": ["git", "pack-objects", "--revs", "--stdout"]})
+    feed("cmd_name", "c/u/p", {"name": "pack-objects"})
+    served = feed("exit", "c/u", {"t_abs": 0.3})
+    packed = feed("exit", "c/u/p", {"t_abs": 0.2})
+    cloned = feed("exit", "c", {"t_abs": 0.4})
+    assert served is not None and packed is not None and cloned is not None
+    assert (served.path, packed.path, cloned.path) == ("/srv/src.git", "/srv/src.git", "/w/dst")
+    # a process whose nearest ancestor is live still counts for it
+    feed("start", "d", {"argv": ["git", "fetch"]})
+    feed("def_repo", "d", {"worktree": "/w/d"})
+    feed("cmd_name", "d/i", {"name": "index-pack"})
+    indexed = feed("exit", "d/i", {"t_abs": 0.1})
+    assert indexed is not None and indexed.path == "/w/d"
+
+
 # --------------------------------------------------------------------------- git never waits
 
 

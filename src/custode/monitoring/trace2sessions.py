@@ -7,9 +7,11 @@ operation (unknown or malformed names become ``other``; at most ``max_operations
 
 The repository: ``upload-pack``, ``receive-pack`` and ``upload-archive`` name it in argv
 (they emit no ``def_repo``); other processes count for the nearest ancestor's (an
-``index-pack`` under a clone reports the clone's cwd as its work tree), else their own
-``def_repo``. Bare repositories emit no ``def_repo``: outside a serving command they count
-without one. A serving command whose argv path is relative learns its child's.
+``index-pack`` under a clone reports the clone's cwd as its work tree; a parent whose exit
+was read first, from its own connection, still counts through what its child inherited
+when it began), else their own ``def_repo``. Bare repositories emit no ``def_repo``:
+outside a serving command they count without one. A serving command whose argv path is
+relative learns its child's.
 
 Memory is bounded in bytes: every field kept is capped (a longer sid, name or path
 rejects its event, before anything changes), each process in flight costs what it holds,
@@ -59,6 +61,7 @@ class _Session:
     served: str | None = None  # the repository a serving command names in argv
     worktree: str | None = None  # def_repo
     inherited: str | None = None  # the nearest ancestor's repository when this one began
+    inherited_level: int = 0  # that ancestor's level (the "/" in its sid)
 
     def own_path(self) -> str | None:
         return self.served or self.worktree
@@ -96,7 +99,7 @@ class Sessions:
             self.bytes -= session.cost
             if session.operation is None:
                 return None  # its cmd_name was dropped
-            path = session.served or self._ancestor_path(sid) or session.inherited
+            path = session.served or self._path_at_exit(sid, session)
             return Observation(session.operation, seconds, path or session.worktree)
         changed = [sid]
         if name == "start":
@@ -124,7 +127,8 @@ class Sessions:
     def _session(self, sid: str) -> _Session:
         session = self._live.get(sid)
         if session is None:
-            session = _Session(0, inherited=self._ancestor_path(sid))
+            path, level = self._nearest(sid) or (None, 0)
+            session = _Session(0, inherited=path, inherited_level=level)
             self._live[sid] = session
         return session
 
@@ -146,11 +150,22 @@ class Sessions:
             if (parent := self._live.get(sid)) is not None:
                 yield sid, parent
 
-    def _ancestor_path(self, sid: str) -> str | None:
-        for _, parent in self._ancestors(sid):
+    def _nearest(self, sid: str) -> tuple[str, int] | None:
+        """The nearest live ancestor's repository, and that ancestor's level."""
+        for parent_sid, parent in self._ancestors(sid):
             if (path := parent.own_path() or parent.inherited) is not None:
-                return path
+                return path, parent_sid.count("/")
         return None
+
+    def _path_at_exit(self, sid: str, session: _Session) -> str | None:
+        """The repository of a process that ended (not serving one): the nearest live
+        ancestor's, unless the one it inherited when it began came from a nearer one. A
+        parent's exit can be read before its child's (each git has its own connection):
+        upload-pack's, then its pack-objects', which must not fall to the clone above."""
+        nearest = self._nearest(sid)
+        if nearest is None or (session.inherited and nearest[1] < session.inherited_level):
+            return session.inherited
+        return nearest[0]
 
     def _lend(self, sid: str, path: str | None) -> list[str]:
         """A serving command without a usable argv path learns it from its child; the
