@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from types import FrameType
 
 import pytest
 
+from custode import interrupts
 from custode.config.model import GitConfig
 from custode.errors import GitError, GitNotFoundError, GitRefusedError, GitTimeoutError
 from custode.git.runner import (
@@ -510,6 +512,30 @@ def test_interrupt_kills_the_process_group(stubborn: tuple[Git, Path]) -> None:
     child = _wait_for(child_file)
     time.sleep(0.05)
     assert not _alive(child)
+
+
+def test_a_stop_while_git_tells_its_version_is_an_interruption(tmp_path: Path) -> None:
+    """A stop reaches every running git, the first ``git version`` of a command too (a CI
+    run under load stopped a backup there): that git's failure is the interruption (exit
+    130), not "git version failed: install git"."""
+    slow = tmp_path / "slow-git"
+    slow.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\nexec sleep 60\n")
+    slow.chmod(0o755)
+    git = Git(str(slow), nice=None, ionice="none")
+
+    def stop() -> None:
+        _wait_for(tmp_path / "pid")
+        interrupts.request()
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    try:
+        with pytest.raises(interrupts.Interrupted) as info:
+            git.run(["count-objects"], repo=None)
+    finally:
+        stopper.join()
+        interrupts.reset()
+    assert str(info.value) == f"interrupted: {slow} version was stopped"
 
 
 # --------------------------------------------------------------------------- ownership

@@ -351,7 +351,8 @@ class Git:
         with self._lock:
             if self._version is None:
                 argv = [self.executable(), "version"]
-                result, _ = self._execute(argv, None, None, min(self.timeout or 60, 60))
+                result, _ = self._execute(argv, None, None, min(self.timeout or 60, 60),
+                                          what=f"{argv[0]} version")  # fmt: skip
                 if result.returncode != 0:
                     raise GitNotFoundError(
                         f"{argv[0]} version failed (exit {result.returncode}): "
@@ -427,10 +428,15 @@ class Git:
         if doubt and self.doubt_timeout and not 0 < (limit or 0) <= self.doubt_timeout:
             limit = self.doubt_timeout
         result, timed_out = self._execute(
-            argv, workdir, input, limit or None, env, pass_fds=pass_fds, stdout=stdout
+            argv,
+            workdir,
+            input,
+            limit or None,
+            env,
+            pass_fds=pass_fds,
+            stdout=stdout,
+            what=f"git {sub} in {where}",
         )
-        if result.returncode != 0 and interrupts.requested():
-            raise interrupts.Interrupted(f"interrupted: git {sub} in {where} was stopped")
         if timed_out:
             fix = (
                 f"custode gives a repository in doubt only git.doubt_timeout, as {doubt}"
@@ -501,10 +507,13 @@ class Git:
         *,
         pass_fds: Sequence[int] = (),
         stdout: BinaryIO | None = None,
+        what: str = "git",
     ) -> tuple[GitResult, bool]:
         """Run argv in its own process group; the flag says it was killed on timeout.
 
-        A stop request (``custode.interrupts``) starts no git, and reaches a running one."""
+        A stop request (``custode.interrupts``) starts no git, and reaches a running one:
+        a git that then fails raises Interrupted (``what`` names it), whichever command
+        asked, not the error its exit would otherwise make."""
         interrupts.check("git")
         started = time.monotonic()
         try:
@@ -543,6 +552,8 @@ class Git:
             proc.wait()
             raise
         took = time.monotonic() - started
+        if proc.returncode != 0 and interrupts.requested():
+            raise interrupts.Interrupted(f"interrupted: {what} was stopped")
         peak, cpu = _usage(proc.rusage)
         result = GitResult(tuple(argv), proc.returncode, out or b"", err or b"", took, peak, cpu)
         return result, timed_out
