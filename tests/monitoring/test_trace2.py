@@ -7,6 +7,7 @@ so the machine's git config is never read or touched.
 from __future__ import annotations
 
 import os
+import selectors
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,6 +228,106 @@ def test_a_child_keeps_its_serving_parent_s_repository_when_the_parent_s_exit_is
     feed("cmd_name", "d/i", {"name": "index-pack"})
     indexed = feed("exit", "d/i", {"t_abs": 0.1})
     assert indexed is not None and indexed.path == "/w/d"
+
+
+def test_a_child_read_after_its_parent_ended_counts_for_the_parent_s_repository() -> None:
+    """A reader delayed under load accepts a child's connection only after draining its
+    parent's, so upload-pack's whole stream, exit included, and even the clone's can be
+    read before pack-objects' first event (CI under load did)."""
+    sessions = Sessions()
+    feed = sessions.feed
+    feed("start", "c", {"argv": ["git", "clone", "file:///srv/src.git", "dst"]})
+    feed("cmd_name", "c", {"name": "clone"})
+    feed("def_repo", "c", {"worktree": "/w/dst"})
+    feed("start", "c/u", {"argv": ["git-upload-pack", "/srv/src.git"]})
+    feed("cmd_name", "c/u", {"name": "upload-pack"})
+    served = feed("exit", "c/u", {"t_abs": 0.3})
+    cloned = feed("exit", "c", {"t_abs": 0.4})
+    feed("start", "c/u/p", {"argv": ["git", "pack-objects", "--revs", "--stdout"]})
+    feed("cmd_name", "c/u/p", {"name": "pack-objects"})
+    packed = feed("exit", "c/u/p", {"t_abs": 0.2})
+    feed("start", "c/i", {"argv": ["git", "index-pack", "--stdin"]})
+    feed("cmd_name", "c/i", {"name": "index-pack"})
+    feed("def_repo", "c/i", {"worktree": "/w"})  # the clone's cwd
+    indexed = feed("exit", "c/i", {"t_abs": 0.1})
+    assert served and cloned and packed and indexed
+    assert (served.path, cloned.path) == ("/srv/src.git", "/w/dst")
+    assert (packed.path, indexed.path) == ("/srv/src.git", "/w/dst")
+    assert len(sessions) == 0
+
+
+def test_ended_processes_are_remembered_within_their_bounds() -> None:
+    """The ended are bounded by count and share max_bytes with the processes in flight,
+    forgotten first: a flood of ended processes never evicts one still in flight, and one
+    forgotten falls back to what its child inherited when it began."""
+    sessions = Sessions(max_ended=3, max_bytes=64 * 1024)
+    feed = sessions.feed
+    feed("cmd_name", "live", {"name": "fetch"})
+    feed("def_repo", "live", {"worktree": "/w/live"})
+    for n in range(10):
+        feed("def_repo", f"e{n}", {"worktree": f"/w/e{n}"})
+        feed("exit", f"e{n}", {"t_abs": 0})
+    assert len(sessions._ended) == 3 and list(sessions._ended) == ["e7", "e8", "e9"]
+    feed("cmd_name", "e0/x", {"name": "pack-objects"})
+    orphan = feed("exit", "e0/x", {"t_abs": 0})
+    assert orphan is not None and orphan.path is None  # e0 long forgotten, nothing inherited
+    feed("cmd_name", "e9/x", {"name": "pack-objects"})
+    child = feed("exit", "e9/x", {"t_abs": 0})
+    assert child is not None and child.path == "/w/e9"
+    # in bytes: long paths fill max_bytes; the ended go, the process in flight stays
+    big = Sessions(max_ended=10_000, max_bytes=64 * 1024)
+    big.feed("def_repo", "live", {"worktree": "/w/live"})
+    for n in range(200):
+        big.feed("def_repo", f"e{n}", {"worktree": "/w/" + "x" * 4000 + str(n)})
+        big.feed("exit", f"e{n}", {"t_abs": 0})
+        assert big.bytes <= 64 * 1024
+    assert len(big) == 1 and big.evicted == 0 and 0 < len(big._ended) < 20
+    # inherited when it began stands in for a parent forgotten since
+    feed("start", "p", {"argv": ["git-upload-pack", "/srv/p.git"]})
+    feed("cmd_name", "p", {"name": "upload-pack"})
+    feed("cmd_name", "p/k", {"name": "pack-objects"})
+    feed("exit", "p", {"t_abs": 0})
+    for n in range(3):
+        feed("def_repo", f"f{n}", {"worktree": f"/w/f{n}"})
+        feed("exit", f"f{n}", {"t_abs": 0})
+    assert "p" not in sessions._ended
+    kept = feed("exit", "p/k", {"t_abs": 0})
+    assert kept is not None and kept.path == "/srv/p.git"
+
+
+def test_children_read_after_their_parents_ended_count_for_the_served_repository(
+    host: Host, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Real git, with the reader held back until the clone is over (a busy host): every
+    connection waits in the backlog, and the listener reads the clone's and upload-pack's
+    streams whole before their children's."""
+    gate = threading.Event()
+
+    class Held(selectors.DefaultSelector):
+        def select(self, timeout: float | None = None) -> list[Any]:
+            gate.wait(30)
+            return super().select(timeout)
+
+    monkeypatch.setattr(selectors, "DefaultSelector", Held)
+    src, dst = host.repos / "src.git", host.repos / "dst"
+    fleet = {str(src): ("/r", "src.git"), str(dst): ("/r", "dst")}
+    histograms = OperationHistograms()
+    with Trace2Listener(host.socket, histograms, repository_of=fleet.get) as listener:
+        proc, _ = host.git("clone", "-q", f"file://{src}", dst)
+        assert proc.returncode == 0, proc.stderr
+        assert listener.received == 0  # nothing was read while the clone ran
+        gate.set()
+        wait_for(lambda: {"clone", "upload-pack", "pack-objects", "index-pack"}
+                 <= set(durations(histograms)))  # fmt: skip
+        listener.wait_idle()
+        repos = per_repository(histograms)
+    assert repos == {
+        ("/r", "dst", "clone"): 1,
+        ("/r", "src.git", "upload-pack"): 1,
+        ("/r", "src.git", "pack-objects"): 1,
+        ("/r", "dst", "index-pack"): 1,
+        ("/r", "dst", "rev-list"): 1,  # the clone's connectivity check
+    }
 
 
 # --------------------------------------------------------------------------- git never waits

@@ -7,17 +7,21 @@ operation (unknown or malformed names become ``other``; at most ``max_operations
 
 The repository: ``upload-pack``, ``receive-pack`` and ``upload-archive`` name it in argv
 (they emit no ``def_repo``); other processes count for the nearest ancestor's (an
-``index-pack`` under a clone reports the clone's cwd as its work tree; a parent whose exit
-was read first, from its own connection, still counts through what its child inherited
-when it began), else their own ``def_repo``. Bare repositories emit no ``def_repo``:
+``index-pack`` under a clone reports the clone's cwd as its work tree), else their own
+``def_repo``. Each git writes to its own connection, so a parent's exit, or all of its
+stream, can be read before its child's first event (a reader delayed under load accepts
+the child's connection after draining the parent's): an ancestor that ended still counts
+for its children, from the ``max_ended`` processes that ended last (what a child inherited
+when it began stands in for one forgotten since). Bare repositories emit no ``def_repo``:
 outside a serving command they count without one. A serving command whose argv path is
 relative learns its child's.
 
 Memory is bounded in bytes: every field kept is capped (a longer sid, name or path
-rejects its event, before anything changes), each process in flight costs what it holds,
-and the oldest are forgotten beyond ``max_bytes`` (git processes killed before their exit
-never send one). Walks over a sid's ancestors are bounded by the sid's cap: an uncapped
-sid of 200,000 levels took the old parser 25 s to 50 s per event.
+rejects its event, before anything changes), each process in flight or remembered as
+ended costs what it holds, and beyond ``max_bytes`` the ended are forgotten first, then
+the oldest in flight (git processes killed before their exit never send one). Walks over
+a sid's ancestors are bounded by the sid's cap: an uncapped sid of 200,000 levels took
+the old parser 25 s to 50 s per event.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ MAX_NAME = 256  # event and command names: git's are a few words
 MAX_PATH = 4096  # PATH_MAX: a longer path cannot name a repository
 #: What a process in flight costs beyond its strings (its dict slot, the object).
 SESSION_OVERHEAD = 256
+#: What a process remembered as ended costs beyond its sid and path (slot, tuple, int).
+ENDED_OVERHEAD = 128
 
 
 @dataclass(frozen=True)
@@ -73,14 +79,17 @@ class Sessions:
 
     def __init__(
         self, max_sessions: int = 20_000, max_operations: int = 200, *,
-        max_bytes: int = 16 << 20,
+        max_bytes: int = 16 << 20, max_ended: int = 4096,
     ) -> None:  # fmt: skip
         self._live: dict[str, _Session] = {}
+        #: sid -> (the repository its children count for, its cost), oldest first
+        self._ended: dict[str, tuple[str, int]] = {}
+        self.max_ended = max_ended
         self._operations: set[str] = set()
         self.max_sessions = max_sessions
         self.max_operations = max_operations
         self.max_bytes = max_bytes
-        self.bytes = 0  # what the processes in flight hold, by _cost
+        self.bytes = 0  # what the processes in flight and the ended ones kept hold
         self.evicted = 0  # processes forgotten before their exit
 
     def __len__(self) -> int:
@@ -97,6 +106,7 @@ class Sessions:
             if session is None:
                 return None  # began before custode listened, or was forgotten
             self.bytes -= session.cost
+            self._remember(sid, session)
             if session.operation is None:
                 return None  # its cmd_name was dropped
             path = session.served or self._path_at_exit(sid, session)
@@ -132,14 +142,27 @@ class Sessions:
             self._live[sid] = session
         return session
 
+    def _remember(self, sid: str, session: _Session) -> None:
+        """Keep what an ended process's children count for, for those read after it."""
+        path = session.own_path() or session.inherited
+        if path is None or self.max_ended <= 0:
+            return
+        cost = ENDED_OVERHEAD + sys.getsizeof(sid) + sys.getsizeof(path)
+        self._ended[sid] = (path, cost)
+        self.bytes += cost
+        self._account([])
+
     def _account(self, sids: list[str]) -> None:
-        """Recount the bytes of ``sids`` (changed), then forget the oldest processes
-        while over a bound (this one too if it is the oldest: a bound is a bound)."""
+        """Recount the bytes of ``sids`` (changed), then, while over a bound, forget the
+        oldest ended processes, then the oldest in flight (this one too if it is the
+        oldest: a bound is a bound)."""
         for sid in sids:
             if (session := self._live.get(sid)) is not None:
                 cost = _cost(sid, session)
                 self.bytes += cost - session.cost
                 session.cost = cost
+        while self._ended and (len(self._ended) > self.max_ended or self.bytes > self.max_bytes):
+            self.bytes -= self._ended.pop(next(iter(self._ended)))[1]
         while self._live and (self.bytes > self.max_bytes or len(self._live) > self.max_sessions):
             self.bytes -= self._live.pop(next(iter(self._live))).cost
             self.evicted += 1
@@ -151,17 +174,24 @@ class Sessions:
                 yield sid, parent
 
     def _nearest(self, sid: str) -> tuple[str, int] | None:
-        """The nearest live ancestor's repository, and that ancestor's level."""
-        for parent_sid, parent in self._ancestors(sid):
-            if (path := parent.own_path() or parent.inherited) is not None:
-                return path, parent_sid.count("/")
+        """The repository of the nearest ancestor, in flight or ended, that has one, and
+        that ancestor's level (the "/" in its sid)."""
+        level = sid.count("/")
+        while "/" in sid:
+            sid, level = sid.rpartition("/")[0], level - 1
+            if (parent := self._live.get(sid)) is not None:
+                path = parent.own_path() or parent.inherited
+            else:
+                path = self._ended[sid][0] if sid in self._ended else None
+            if path is not None:
+                return path, level
         return None
 
     def _path_at_exit(self, sid: str, session: _Session) -> str | None:
-        """The repository of a process that ended (not serving one): the nearest live
-        ancestor's, unless the one it inherited when it began came from a nearer one. A
-        parent's exit can be read before its child's (each git has its own connection):
-        upload-pack's, then its pack-objects', which must not fall to the clone above."""
+        """The repository of a process that ended (not serving one): the nearest
+        ancestor's, in flight or ended, unless the one it inherited when it began came
+        from a nearer one since forgotten. upload-pack's whole stream can be read before
+        its pack-objects' first event, which must not fall to the clone above."""
         nearest = self._nearest(sid)
         if nearest is None or (session.inherited and nearest[1] < session.inherited_level):
             return session.inherited
