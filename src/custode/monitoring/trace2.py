@@ -130,6 +130,7 @@ class Trace2Listener:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.max_connections = max_connections or max(16, min(soft - 256, 65_536))
         self.received = self.dropped = self.connections = self.rejected = 0
+        self.closed = 0  # connections read to their end (or given up) and closed
         self.observed = 0
         self.skipped = 0  # events a duration does not need, not parsed
         # counted by one thread each (no lock); every reason present, so a scrape can
@@ -231,10 +232,13 @@ class Trace2Listener:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Wait until every event read so far is parsed (for tests and shutdown)."""
+    def wait_idle(self, timeout: float = 10.0, *, closed: bool = False) -> bool:
+        """Wait until every event read so far is parsed (for tests and shutdown); with
+        ``closed``, first until every connection accepted so far is read to its end (one
+        is drained 64 KiB at a time, in turn with the others, so a later one can be read
+        whole first)."""
         deadline = time.monotonic() + timeout
-        while self._buffer or self._parsing:
+        while (closed and self.closed < self.connections) or self._buffer or self._parsing:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
@@ -378,6 +382,7 @@ class Trace2Listener:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn)
         conn.close()
+        self.closed += 1
 
     # ------------------------------------------------------------------ parser thread
 
