@@ -140,7 +140,8 @@ def listen(app: App, socket_path: Path | None) -> None:
         app.err.print(f"listening on {listener.socket_path}", markup=False, highlight=False)
         while not done.wait(0.5):
             pass
-        listener.wait_idle(2.0)
+        # what git sent before the stop: all of it, unless a git still runs after 5 s
+        listener.wait_idle(5.0, closed=True)
         trouble = listener.health()  # a thread that died (restarted or not)
     finally:
         listener.stop()

@@ -45,6 +45,7 @@ import logging
 import os
 import resource
 import secrets
+import select
 import selectors
 import socket
 import stat
@@ -131,6 +132,7 @@ class Trace2Listener:
         self.max_connections = max_connections or max(16, min(soft - 256, 65_536))
         self.received = self.dropped = self.connections = self.rejected = 0
         self.closed = 0  # connections read to their end (or given up) and closed
+        self._accepting = False  # the reader is taking connections from the backlog
         self.observed = 0
         self.skipped = 0  # events a duration does not need, not parsed
         # counted by one thread each (no lock); every reason present, so a scrape can
@@ -234,15 +236,30 @@ class Trace2Listener:
 
     def wait_idle(self, timeout: float = 10.0, *, closed: bool = False) -> bool:
         """Wait until every event read so far is parsed (for tests and shutdown); with
-        ``closed``, first until every connection accepted so far is read to its end (one
-        is drained 64 KiB at a time, in turn with the others, so a later one can be read
-        whole first)."""
+        ``closed``, first until every connection made so far, accepted or still in the
+        backlog, is read to its end (one is drained 64 KiB at a time, in turn with the
+        others, so a later one can be read whole first). False if ``timeout`` passed
+        first: a git still running holds its connection open."""
         deadline = time.monotonic() + timeout
-        while (closed and self.closed < self.connections) or self._buffer or self._parsing:
+        while (closed and not self._all_closed()) or self._buffer or self._parsing:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
         return True
+
+    def _all_closed(self) -> bool:
+        """No connection is open or waiting in the backlog. Read from another thread, in
+        this order: the backlog (a poll of the listening socket), then whether the reader
+        is accepting, then the counts, so a connection the reader takes meanwhile is seen
+        in one of them."""
+        sock = self._sock
+        if sock is not None:
+            try:
+                if select.select([sock], [], [], 0)[0]:
+                    return False
+            except (OSError, ValueError):  # closed by stop() meanwhile
+                return True
+        return not self._accepting and self.closed >= self.connections
 
     # ------------------------------------------------------------------ the socket
 
@@ -315,6 +332,13 @@ class Trace2Listener:
                         self._close(conn, framer)  # type: ignore[arg-type]
 
     def _accept(self, listening: socket.socket) -> None:
+        self._accepting = True  # see _all_closed
+        try:
+            self._accept_all(listening)
+        finally:
+            self._accepting = False
+
+    def _accept_all(self, listening: socket.socket) -> None:
         while True:
             try:
                 conn, _ = listening.accept()
