@@ -76,6 +76,15 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def _wait_until_dead(pid: int, within: float = 5.0) -> None:
+    """Fail unless ``pid`` is gone (or a zombie) within ``within`` seconds: a SIGKILLed
+    process dies when next scheduled, which a loaded machine delays."""
+    deadline = time.monotonic() + within
+    while _alive(pid):
+        assert time.monotonic() < deadline, f"process {pid} still alive after {within} s"
+        time.sleep(0.01)
+
+
 # --------------------------------------------------------------------------- versions
 
 
@@ -456,10 +465,13 @@ def test_missing_binary() -> None:
 def test_timeout_kills_real_git(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)  # git blocks opening it: nobody ever writes
+    git = Git()
+    git.version()  # asked once per instance: not part of the time measured below
     started = time.monotonic()
     with pytest.raises(GitTimeoutError) as info:
-        Git().run(["hash-object", "--no-filters", "--", str(fifo)], repo=None, timeout=0.3)
-    assert time.monotonic() - started < 3
+        git.run(["hash-object", "--no-filters", "--", str(fifo)], repo=None, timeout=0.3)
+    # killed at the timeout, SIGKILL at the latest after the grace (slack for a loaded host)
+    assert 0.3 <= time.monotonic() - started < 0.3 + git.kill_grace + 3
     assert str(info.value) == (
         f"git hash-object in {Path.cwd()} did not finish within 0.3 s and was killed: "
         "raise git.timeout in config"
@@ -469,49 +481,89 @@ def test_timeout_kills_real_git(tmp_path: Path) -> None:
 
 @pytest.fixture
 def stubborn(tmp_path: Path) -> Iterator[tuple[Git, Path]]:
-    """A git that ignores SIGTERM and leaves a child behind; yields it and the pid file."""
-    body = "trap '' TERM\nsleep 60 &\necho $! > \"$OUT/child\"\nwait"
+    """A git that ignores SIGTERM and leaves a child (ignoring it too) behind; yields it
+    and its output directory: ``child`` holds the child's pid, and ``ready``, written
+    after it, says both ignore SIGTERM (until then the fake git dies of it)."""
+    body = 'trap "" TERM\nsleep 60 &\necho $! > "$OUT/child"\n: > "$OUT/ready"\nwait'
     git = Git(str(_fake_git(tmp_path, body)), nice=None, ionice="none")
     git.kill_grace = 0.2
-    yield git, tmp_path / "out" / "child"
+    git.version()  # asked once per instance: not part of any time measured
+    yield git, tmp_path / "out"
 
 
-def _wait_for(path: Path) -> int:
-    for _ in range(200):
-        if path.exists() and path.read_text().strip():
-            return int(path.read_text())
+def _wait_for(path: Path, within: float = 30.0) -> int:
+    deadline = time.monotonic() + within
+    while not (path.exists() and path.read_text().strip()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} never appeared")
         time.sleep(0.01)
-    raise AssertionError(f"{path} never appeared")
+    return int(path.read_text())
 
 
 def test_timeout_kills_the_whole_process_group(stubborn: tuple[Git, Path]) -> None:
-    git, child_file = stubborn
-    started = time.monotonic()
-    with pytest.raises(GitTimeoutError):
-        git.run(["count-objects"], repo=None, timeout=0.3)
-    assert 0.5 <= time.monotonic() - started < 5  # SIGTERM ignored: SIGKILL after the grace
-    child = _wait_for(child_file)
-    time.sleep(0.05)
-    assert not _alive(child)
+    """A timeout SIGTERMs the group, waits the grace, then SIGKILLs every process in it.
+
+    The timeout must fire after the fake git is ``ready`` (it ignores SIGTERM from then
+    on), which the runner's clock cannot wait for: a run in which it was not (a loaded
+    host did not schedule the shell in time; SIGTERM then ended it) proves nothing and
+    is repeated with a longer timeout."""
+    git, out = stubborn
+    for timeout in (0.3, 1.0, 3.0, 10.0):
+        for name in ("child", "ready"):
+            (out / name).unlink(missing_ok=True)
+        started = time.monotonic()
+        with pytest.raises(GitTimeoutError):
+            git.run(["count-objects"], repo=None, timeout=timeout)
+        took = time.monotonic() - started
+        if (out / "ready").exists():
+            break
+    else:
+        pytest.fail("the fake git was never ready before its timeout")
+    # SIGTERM ignored: SIGKILL after the grace, and no wait on a child holding the pipes
+    # (the runner would give up on those only after 5 s)
+    assert timeout + git.kill_grace <= took < timeout + git.kill_grace + 4
+    _wait_until_dead(int((out / "child").read_text()))
+
+
+def _in(thread: int, function: str) -> bool:
+    """Whether ``thread`` is running ``function`` now (somewhere down its stack)."""
+    frame = sys._current_frames().get(thread)
+    while frame is not None and frame.f_code.co_name != function:
+        frame = frame.f_back
+    return frame is not None
 
 
 def test_interrupt_kills_the_process_group(stubborn: tuple[Git, Path]) -> None:
-    git, child_file = stubborn
+    """KeyboardInterrupt while the runner waits for git SIGKILLs git's whole group: sent
+    once the fake git is ``ready`` and the runner is in ``communicate``, however late a
+    loaded host runs either."""
+    git, out = stubborn
+    main = threading.get_ident()
+    done = threading.Event()
+    lock = threading.Lock()
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    def interrupt_when_ready() -> None:
+        while not done.wait(0.01):
+            with lock:
+                if not done.is_set() and (out / "ready").exists() and _in(main, "communicate"):
+                    signal.pthread_kill(main, signal.SIGALRM)  # to this thread: wakes its wait
+                    return
+
     previous = signal.signal(signal.SIGALRM, interrupt)
+    interrupter = threading.Thread(target=interrupt_when_ready)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        interrupter.start()
         with pytest.raises(KeyboardInterrupt):
-            git.run(["count-objects"], repo=None, timeout=30)
+            git.run(["count-objects"], repo=None, timeout=30)  # 30 s: the hang guard
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        with lock:
+            done.set()
+        interrupter.join()
         signal.signal(signal.SIGALRM, previous)
-    child = _wait_for(child_file)
-    time.sleep(0.05)
-    assert not _alive(child)
+    _wait_until_dead(int((out / "child").read_text()))
 
 
 def test_a_stop_while_git_tells_its_version_is_an_interruption(tmp_path: Path) -> None:
