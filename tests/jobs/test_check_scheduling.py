@@ -69,6 +69,7 @@ class Told(pool.Governor):
         super().__init__(*args, **kw)
         self.answers: list[bool] = []
         self.finishes = 0
+        self.counting = threading.Lock()  # finished() comes from the workers, two at once
 
     def may_start(self, running: int) -> bool:
         answer = super().may_start(running)
@@ -76,7 +77,8 @@ class Told(pool.Governor):
         return answer
 
     def finished(self) -> None:
-        self.finishes += 1
+        with self.counting:  # += is a read and a write: a finish beside it could be lost
+            self.finishes += 1
         super().finished()
 
 
