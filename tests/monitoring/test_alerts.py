@@ -558,6 +558,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections for the whole test: bound but never
+    listening, so no other test or xdist worker can start a server on it meanwhile."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
 def iso(t: float) -> str:
     return datetime.fromtimestamp(t).astimezone().isoformat()
 
@@ -638,10 +647,10 @@ def test_basic_auth_from_the_url_is_sent_and_never_logged(
 
 
 def test_a_down_alertmanager_queues_boundedly_backs_off_and_recovers(
-    receiver: Receiver, caplog: pytest.LogCaptureFixture
+    receiver: Receiver, refused_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "custode.monitoring")
-    down = f"http://127.0.0.1:{free_port()}"
+    down = f"http://127.0.0.1:{refused_port}"
     notifier = Notifier([down, receiver.url], lease=240, queue_size=3, timeout=2)
     engine = AlertEngine(AlertingConfig(rules=list(DEFAULT_RULES)), notifier)
     ok = receiver.bodies
@@ -686,6 +695,7 @@ def test_never_raises_even_on_a_blackholed_or_rejecting_or_redirecting_receiver(
         notifier = Notifier([f"http://127.0.0.1:{port}"], lease=240, timeout=0.3)
         started = time.monotonic()
         notifier.notify([alert("A", "firing")], NOW)
+        # The 0.3 s timeout holds: not the 10 s default, nor a hang without any timeout.
         assert time.monotonic() - started < 5
         assert notifier.failed_total == 1
     receiver.status = 400  # the payload is refused: retrying cannot help, so it is dropped
@@ -783,43 +793,65 @@ def test_dashboard_uses_the_datasource_variable_everywhere_and_valid_promql(
 # -- a real Alertmanager -------------------------------------------------------------------
 
 
+PORT_ATTEMPTS = 5
+
+
+def alertmanager_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> bool:
+    """Wait until the Alertmanager at ``url`` is ready; False if it exited first."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/-/ready", timeout=1) as response:  # noqa: S310
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        if process.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            pytest.fail("alertmanager did not start in 20 s: " + log.read_text())
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[str]:
     binary = need("prometheus-alertmanager", "alertmanager", package="prometheus-alertmanager")
     config = tmp_path / "alertmanager.yml"
     config.write_text('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "alertmanager.log").open("w")
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    log = tmp_path / "alertmanager.log"
+    # The port is free when chosen, but may be taken before Alertmanager binds it (by a
+    # parallel test): Alertmanager then exits, and starts again on another port.
+    for _attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        with log.open("a") as out:
+            process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.path={tmp_path / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--cluster.listen-address=",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            ready = alertmanager_ready(url, process, log)
+        except BaseException:
+            stop(process, timeout=10)
+            raise
+        if ready:
+            break
+        process.wait()
+    else:
+        pytest.fail(
+            f"alertmanager exited at start ({PORT_ATTEMPTS} ports tried): {log.read_text()}"
+        )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/-/ready", timeout=1) as response:  # noqa: S310
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    "alertmanager did not start: " + (tmp_path / "alertmanager.log").read_text()
-                )
-            time.sleep(0.1)
         yield url
     finally:
         stop(process, timeout=10)
-        log.close()
 
 
 def am_alerts(url: str) -> list[dict[str, Any]]:
@@ -862,10 +894,17 @@ def test_a_real_alertmanager_shows_the_alert_active_then_resolved(alertmanager: 
 
 
 def test_a_real_alertmanager_expires_the_lease_when_custode_stops(alertmanager: str) -> None:
+    lease = 5.0  # the alert is listed as active until now + lease: long enough to see it
     engine, _ = unhealthy_engine(for_=0)
-    engine.notifier = notifier = Notifier([alertmanager], lease=1.0)
-    engine.evaluate(healthy(a=0), time.time())
-    assert notifier.failed_total == 0
-    assert [a["status"]["state"] for a in am_alerts(alertmanager)] == ["active"]
+    engine.notifier = notifier = Notifier([alertmanager], lease=lease)
+    now = time.time()
+    engine.evaluate(healthy(a=0), now)
+    assert notifier.failed_total == 0 and notifier.sent_total == 1
+    deadline = time.monotonic() + lease
+    while not (listed := am_alerts(alertmanager)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [a["status"]["state"] for a in listed] == ["active"]
+    assert abs(ts(listed[0]["endsAt"]) - (now + lease)) < 1
     # No renewal (custode stopped): Alertmanager resolves it by itself at endsAt.
-    assert wait_for(lambda: am_alerts(alertmanager) == [], seconds=10)
+    assert wait_for(lambda: am_alerts(alertmanager) == [], seconds=30)
+    assert notifier.sent_total == 1  # nothing more was sent to resolve it
