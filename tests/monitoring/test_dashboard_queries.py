@@ -19,12 +19,14 @@ import yaml
 from fixtures.builders import Fleet
 from fixtures.cli import CliResult
 from fixtures.paths import PROJECT
-from fixtures.system import free_port, need, stop
+from fixtures.system import need, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEPLOY = PROJECT / "deploy"
 VARIABLES = {"$instance": ".*", "$source": ".*", "$__rate_interval": "1m"}
 CONDITION = re.compile(r"^(?P<query>.*?)\s*(==|!=|>=|<=|>|<)\s*[-+0-9.e]+\s*$", re.S)
+SERVING = re.compile(r"^serving metrics on (\S+)$", re.M)  # custode serve's first line
+LISTENING = re.compile(r'msg="Listening on".*?\baddress="?([^"\s]+)')  # Prometheus's
 
 
 def shipped_queries() -> Iterator[tuple[str, str]]:
@@ -47,6 +49,32 @@ def as_data_query(expr: str) -> str:
     return match.group("query") if match else expr
 
 
+def started(process: subprocess.Popen[bytes], log: Path, line: re.Pattern[str], what: str) -> str:
+    """What ``line`` matched in ``log`` once ``process`` wrote it (its first group); fails
+    the test, stopping the process, if it exits or takes more than 60 s first."""
+    deadline = time.monotonic() + 60
+    while (match := line.search(log.read_text(errors="replace"))) is None:
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            pytest.fail(f"{what} did not start:\n{log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.1)
+    return match.group(1)
+
+
+def first_refresh(url: str) -> None:
+    """Wait up to 90 s for serve's first refresh: its time is not Prometheus's."""
+    assert url.startswith("http://127.0.0.1:"), url
+    deadline, text = time.monotonic() + 90, ""
+    while "\ncustode_repository_size_bytes{" not in text:
+        assert time.monotonic() < deadline, f"serve never refreshed: {text[:500]}"
+        time.sleep(0.2)
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 (checked above)
+                text = r.read().decode()
+        except OSError as exc:
+            text = str(exc)
+
+
 def query(port: int, expr: str) -> dict:
     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     with urllib.request.urlopen(url, timeout=10) as r:
@@ -67,27 +95,33 @@ def test_every_shipped_query_returns_data_from_a_real_prometheus(
         assert custode(*args).code in (0, 3), args
     config = tmp_path / "custode.toml"
     config.write_text("[monitoring]\nrefresh_interval = 1\nprobe_repositories = 5\n")
-    serve_port = free_port()
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "custode", "--config", str(config), "serve", "--listen",
-         f"127.0.0.1:{serve_port}", str(root)],
-        env=isolated_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    prom_config = tmp_path / "prometheus.yml"
-    prom_config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        f"rule_files: ['{DEPLOY / 'prometheus' / 'custode-rules.yml'}']\n"
-        "scrape_configs:\n  - job_name: custode\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{serve_port}']\n"
-    )
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("w")
-    prometheus = subprocess.Popen(
-        [binary, f"--config.file={prom_config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    # Both servers pick their own port (port 0) and say which: a port chosen here could be
+    # taken by another process before they bind it.
+    serve_log, prometheus_log = tmp_path / "serve.log", tmp_path / "prometheus.log"
+    with serve_log.open("w") as out:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "custode", "--config", str(config), "serve", "--listen",
+             "127.0.0.1:0", str(root)],
+            env=isolated_env, stdout=subprocess.DEVNULL, stderr=out, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    prometheus: subprocess.Popen[bytes] | None = None
     try:
+        url = started(serve, serve_log, SERVING, "custode serve")
+        first_refresh(url)
+        prom_config = tmp_path / "prometheus.yml"
+        prom_config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files: ['{DEPLOY / 'prometheus' / 'custode-rules.yml'}']\n"
+            "scrape_configs:\n  - job_name: custode\n"
+            f"    static_configs:\n      - targets: ['{urllib.parse.urlsplit(url).netloc}']\n"
+        )
+        with prometheus_log.open("w") as out:
+            prometheus = subprocess.Popen(
+                [binary, f"--config.file={prom_config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                 "--web.listen-address=127.0.0.1:0"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        port = int(started(prometheus, prometheus_log, LISTENING, "Prometheus").rpartition(":")[2])
         deadline = time.monotonic() + 60
         missing: list[str] = ["(not asked yet)"]
         while missing and time.monotonic() < deadline:
@@ -106,6 +140,6 @@ def test_every_shipped_query_returns_data_from_a_real_prometheus(
         for where, expr in shipped_queries():  # the conditions themselves run too
             assert query(port, expr)["status"] == "success", (where, expr)
     finally:
-        stop(prometheus)
+        if prometheus is not None:
+            stop(prometheus)
         stop(serve)
-        log.close()

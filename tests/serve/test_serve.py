@@ -11,6 +11,7 @@ import http.client as http_client
 import ipaddress
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import pytest
@@ -33,7 +35,7 @@ from custode.errors import ConfigError
 from custode.serve.http import CONTENT_TYPE, MetricsApp, MetricsServer, Refresher, parse_listen
 from custode.serve.webconfig import BasicAuth, WebConfigWatcher, load_web_config
 from fixtures.builders import Fleet
-from fixtures.system import free_port, need, stop
+from fixtures.system import need, stop
 
 integration = pytest.mark.integration
 PASSWORD = "s3cret pass"  # noqa: S105 (a test password)
@@ -648,6 +650,29 @@ def test_missing_root(isolated_env: dict[str, str], tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- a real Prometheus
 
+LISTENING = re.compile(r'msg="Listening on".*?\baddress="?([^"\s]+)')  # its actual address
+
+
+def start_prometheus(
+    binary: str, config: Path, tmp_path: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Prometheus on 127.0.0.1 and the port it listens on: one it picks itself (port 0),
+    read from its log, so no other process can take the port between choice and bind."""
+    log = tmp_path / "prometheus.log"
+    with log.open("w") as out:
+        prometheus = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             "--web.listen-address=127.0.0.1:0"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while (listening := LISTENING.search(log.read_text(errors="replace"))) is None:
+        if prometheus.poll() is not None or time.monotonic() > deadline:
+            stop(prometheus)
+            pytest.fail(f"Prometheus did not start listening:\n{log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return prometheus, int(listening.group(1).rpartition(":")[2])
+
 
 @integration
 @pytest.mark.slow
@@ -658,6 +683,7 @@ def test_a_real_prometheus_scrapes_it(
     binary = need("prometheus", package="prometheus")
     scrape = ""
     args: list[str | Path] = [fleet.root]
+    auth: dict[str, Any] = {}
     if secure:
         web = tmp_path / "web.yml"
         web.write_text(
@@ -669,7 +695,10 @@ def test_a_real_prometheus_scrapes_it(
             f"    scheme: https\n    tls_config:\n      ca_file: {certs.ca}\n"
             f"    basic_auth:\n      username: prometheus\n      password: '{PASSWORD}'\n"
         )
+        auth = {"context": certs.client_context(), "user": "prometheus", "password": PASSWORD}
     served = serve(*args)
+    # serve's first refresh (slow on a busy machine) is not Prometheus's to wait for
+    served.wait_for_metric("custode_repository_size_bytes", **auth)
     target = urllib.parse.urlsplit(served.url).netloc
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -677,16 +706,10 @@ def test_a_real_prometheus_scrapes_it(
         f"scrape_configs:\n  - job_name: custode\n    scrape_interval: 1s\n{scrape}"
         f"    static_configs:\n      - targets: ['{target}']\n"
     )
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("w")
-    prometheus = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    prometheus, port = start_prometheus(binary, config, tmp_path)
     try:
         query = f"http://127.0.0.1:{port}/api/v1/query?query=custode_repository_size_bytes"
-        deadline, last = time.monotonic() + 30, ""
+        deadline, last = time.monotonic() + 60, ""
         while time.monotonic() < deadline:
             try:
                 last = get(query).body.decode()
@@ -698,11 +721,10 @@ def test_a_real_prometheus_scrapes_it(
         else:
             targets = get(f"http://127.0.0.1:{port}/api/v1/targets").body.decode()[:2000]
             pytest.fail(
-                f"Prometheus got no custode_repository_size_bytes in 30s: {last[:500]}\n{targets}"
+                f"Prometheus got no custode_repository_size_bytes in 60s: {last[:500]}\n{targets}"
             )
         assert f'"repository":"packed.git","root":"{fleet.root}"' in last
         assert '"job":"custode"' in last
     finally:
         stop(prometheus)
-        log.close()
     assert served.stop() == 0

@@ -96,7 +96,7 @@ def connect(port: int, source: str = "127.0.0.1", *, rcvbuf: int = 0) -> socket.
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.bind((source, 0))
-    sock.settimeout(10)
+    sock.settimeout(30)  # a hang guard: every bound a test checks is below it
     sock.connect(("127.0.0.1", port))
     return sock
 
@@ -248,11 +248,15 @@ def test_full_server_makes_room_for_a_new_client(
 def test_a_trickling_connection_is_closed_at_the_request_deadline(
     servers: Servers, trickle: Callable[..., Trickle]
 ) -> None:
-    """A byte every 0.2 s never trips a per-read timeout; the whole request's deadline
-    (here 1 s, from accept) closes it anyway."""
-    server = servers.start(request_timeout=1.0)
-    slow = trickle(server.port, 3, every=0.2)
-    assert wait_until(lambda: slow.still_open() == 0, 15)
+    """A byte every 0.05 s never trips a per-read timeout; the whole request's deadline
+    (here 3 s, from accept) closes it anyway. The per-read timeout is the request timeout
+    too: only a trickle stalled for nearly all of it would let a read time out first (the
+    connection then ends uncounted), so the bytes come far more often than that."""
+    began = time.monotonic()
+    server = servers.start(request_timeout=3.0)
+    slow = trickle(server.port, 3, every=0.05)
+    assert wait_until(lambda: slow.still_open() == 0, 30)
+    assert time.monotonic() - began >= 3.0  # not before the deadline
     assert server.exporter.expositions == 0
     assert server.closed()["deadline"] == 3
 
@@ -263,11 +267,16 @@ def test_a_client_that_does_not_read_the_answer_is_cut_at_the_deadline(
     """The deadline covers the response too: a client that asks for a large exposition and
     stops reading loses its connection by then instead of holding a thread."""
     exporter = CountingExporter(text=b"x" * (16 << 20))
-    server = servers.start(exporter=exporter, request_timeout=1.0)
+    began = time.monotonic()
+    server = servers.start(exporter=exporter, request_timeout=5.0)
     sock = connect(server.port, rcvbuf=4096)
     with sock:
         sock.sendall(HEAD + b"\r\n")
-        time.sleep(4)  # not reading, well past the deadline
+        assert select.select([sock], [], [], 30)[0]  # the answer began (or the connection ended)
+        # not reading: the connection is cut, by the deadline or by its write's own timeout
+        # (the same 5 s, from a moment later), either way not before 5 s after accept
+        assert wait_until(lambda: len(server.table) == 0, 30)
+        assert time.monotonic() - began >= 5.0
         received = 0
         try:
             while chunk := sock.recv(1 << 20):
@@ -303,7 +312,7 @@ def test_tls_clients_that_never_finish_the_handshake(
     cert, key = self_signed(tmp_path)
     web = tmp_path / "web.yml"
     web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
-    server = servers.start(web=web, request_timeout=3.0)
+    server = servers.start(web=web, request_timeout=10.0)
     stuck = [connect(server.port) for _ in range(40)]
     try:
         for sock in stuck:
@@ -311,8 +320,10 @@ def test_tls_clients_that_never_finish_the_handshake(
         time.sleep(0.5)
         context = ssl.create_default_context(cafile=str(cert))
         status, seconds = scrape(server.port, tls=context)
-        assert (status, seconds < 5) == (200, True)
-        assert wait_until(lambda: not any(not closed_by_server(s) for s in stuck), 15)
+        # well before the 10 s deadline: handshaken in the accept loop, the stuck
+        # connections would keep the scraper out until they timed out, if ever
+        assert (status, seconds < 8) == (200, True)
+        assert wait_until(lambda: not any(not closed_by_server(s) for s in stuck), 30)
     finally:
         for sock in stuck:
             sock.close()
@@ -356,7 +367,7 @@ def test_wrong_password_flood_does_not_starve_a_scraper(servers: Servers, tmp_pa
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(10)).decode()
     web = tmp_path / "web.yml"
     web.write_text(f"basic_auth_users:\n  prometheus: '{hashed}'\n")
-    server = servers.start(web=web)
+    server = servers.start(web=web, request_timeout=20.0)
     good = base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
     bad = base64.b64encode(b"prometheus:guess").decode()
     stop = threading.Event()
@@ -373,7 +384,7 @@ def test_wrong_password_flood_does_not_starve_a_scraper(servers: Servers, tmp_pa
         time.sleep(1)
         for _ in range(5):
             status, seconds = scrape(server.port, auth=good)
-            assert (status, seconds < 10) == (200, True)
+            assert (status, seconds < 15) == (200, True)  # well before the 20 s deadline
     finally:
         stop.set()
         for thread in flood:
