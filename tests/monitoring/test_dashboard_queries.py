@@ -19,14 +19,13 @@ import yaml
 from fixtures.builders import Fleet
 from fixtures.cli import CliResult
 from fixtures.paths import PROJECT
-from fixtures.system import need, stop
+from fixtures.system import need, start_prometheus, started, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEPLOY = PROJECT / "deploy"
 VARIABLES = {"$instance": ".*", "$source": ".*", "$__rate_interval": "1m"}
 CONDITION = re.compile(r"^(?P<query>.*?)\s*(==|!=|>=|<=|>|<)\s*[-+0-9.e]+\s*$", re.S)
 SERVING = re.compile(r"^serving metrics on (\S+)$", re.M)  # custode serve's first line
-LISTENING = re.compile(r'msg="Listening on".*?\baddress="?([^"\s]+)')  # Prometheus's
 
 
 def shipped_queries() -> Iterator[tuple[str, str]]:
@@ -47,18 +46,6 @@ def as_data_query(expr: str) -> str:
     """A condition (``X > 0.7``) is empty while nothing is wrong: its left side must not be."""
     match = CONDITION.match(expr)
     return match.group("query") if match else expr
-
-
-def started(process: subprocess.Popen[bytes], log: Path, line: re.Pattern[str], what: str) -> str:
-    """What ``line`` matched in ``log`` once ``process`` wrote it (its first group); fails
-    the test, stopping the process, if it exits or takes more than 60 s first."""
-    deadline = time.monotonic() + 60
-    while (match := line.search(log.read_text(errors="replace"))) is None:
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop(process)
-            pytest.fail(f"{what} did not start:\n{log.read_text(errors='replace')[-2000:]}")
-        time.sleep(0.1)
-    return match.group(1)
 
 
 def first_refresh(url: str) -> None:
@@ -97,7 +84,7 @@ def test_every_shipped_query_returns_data_from_a_real_prometheus(
     config.write_text("[monitoring]\nrefresh_interval = 1\nprobe_repositories = 5\n")
     # Both servers pick their own port (port 0) and say which: a port chosen here could be
     # taken by another process before they bind it.
-    serve_log, prometheus_log = tmp_path / "serve.log", tmp_path / "prometheus.log"
+    serve_log = tmp_path / "serve.log"
     with serve_log.open("w") as out:
         serve = subprocess.Popen(
             [sys.executable, "-m", "custode", "--config", str(config), "serve", "--listen",
@@ -115,13 +102,7 @@ def test_every_shipped_query_returns_data_from_a_real_prometheus(
             "scrape_configs:\n  - job_name: custode\n"
             f"    static_configs:\n      - targets: ['{urllib.parse.urlsplit(url).netloc}']\n"
         )
-        with prometheus_log.open("w") as out:
-            prometheus = subprocess.Popen(
-                [binary, f"--config.file={prom_config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 "--web.listen-address=127.0.0.1:0"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        port = int(started(prometheus, prometheus_log, LISTENING, "Prometheus").rpartition(":")[2])
+        prometheus, port = start_prometheus(binary, prom_config, tmp_path)
         deadline = time.monotonic() + 60
         missing: list[str] = ["(not asked yet)"]
         while missing and time.monotonic() < deadline:

@@ -205,6 +205,15 @@ def test_sessions_observe_each_process_once() -> None:
     assert len(sessions) == 1  # only u/c, whose exit never came
 
 
+def a_clone_served(feed: Callable[[str, str, dict[str, Any]], object]) -> None:
+    """A clone "c" of /srv/src.git into /w/dst, and the upload-pack "c/u" serving it."""
+    feed("start", "c", {"argv": ["git", "clone", "file:///srv/src.git", "dst"]})
+    feed("cmd_name", "c", {"name": "clone"})
+    feed("def_repo", "c", {"worktree": "/w/dst"})
+    feed("start", "c/u", {"argv": ["git-upload-pack", "/srv/src.git"]})
+    feed("cmd_name", "c/u", {"name": "upload-pack"})
+
+
 def test_a_child_keeps_its_serving_parent_s_repository_when_the_parent_s_exit_is_read_first() -> (
     None
 ):
@@ -213,11 +222,7 @@ def test_a_child_keeps_its_serving_parent_s_repository_when_the_parent_s_exit_is
     the repository upload-pack served, not for the clone above it."""
     sessions = Sessions()
     feed = sessions.feed
-    feed("start", "c", {"argv": ["git", "clone", "file:///srv/src.git", "dst"]})
-    feed("cmd_name", "c", {"name": "clone"})
-    feed("def_repo", "c", {"worktree": "/w/dst"})
-    feed("start", "c/u", {"argv": ["git-upload-pack", "/srv/src.git"]})
-    feed("cmd_name", "c/u", {"name": "upload-pack"})
+    a_clone_served(feed)
     feed("start", "c/u/p", {"argv": ["git", "pack-objects", "--revs", "--stdout"]})
     feed("cmd_name", "c/u/p", {"name": "pack-objects"})
     served = feed("exit", "c/u", {"t_abs": 0.3})
@@ -239,11 +244,7 @@ def test_a_child_read_after_its_parent_ended_counts_for_the_parent_s_repository(
     read before pack-objects' first event (CI under load did)."""
     sessions = Sessions()
     feed = sessions.feed
-    feed("start", "c", {"argv": ["git", "clone", "file:///srv/src.git", "dst"]})
-    feed("cmd_name", "c", {"name": "clone"})
-    feed("def_repo", "c", {"worktree": "/w/dst"})
-    feed("start", "c/u", {"argv": ["git-upload-pack", "/srv/src.git"]})
-    feed("cmd_name", "c/u", {"name": "upload-pack"})
+    a_clone_served(feed)
     served = feed("exit", "c/u", {"t_abs": 0.3})
     cloned = feed("exit", "c", {"t_abs": 0.4})
     feed("start", "c/u/p", {"argv": ["git", "pack-objects", "--revs", "--stdout"]})

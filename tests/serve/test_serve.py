@@ -11,7 +11,6 @@ import http.client as http_client
 import ipaddress
 import os
 import queue
-import re
 import shutil
 import signal
 import socket
@@ -35,7 +34,7 @@ from custode.errors import ConfigError
 from custode.serve.http import CONTENT_TYPE, MetricsApp, MetricsServer, Refresher, parse_listen
 from custode.serve.webconfig import BasicAuth, WebConfigWatcher, load_web_config
 from fixtures.builders import Fleet
-from fixtures.system import need, stop
+from fixtures.system import need, start_prometheus, stop
 
 integration = pytest.mark.integration
 PASSWORD = "s3cret pass"  # noqa: S105 (a test password)
@@ -649,29 +648,6 @@ def test_missing_root(isolated_env: dict[str, str], tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- a real Prometheus
-
-LISTENING = re.compile(r'msg="Listening on".*?\baddress="?([^"\s]+)')  # its actual address
-
-
-def start_prometheus(
-    binary: str, config: Path, tmp_path: Path
-) -> tuple[subprocess.Popen[bytes], int]:
-    """Prometheus on 127.0.0.1 and the port it listens on: one it picks itself (port 0),
-    read from its log, so no other process can take the port between choice and bind."""
-    log = tmp_path / "prometheus.log"
-    with log.open("w") as out:
-        prometheus = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             "--web.listen-address=127.0.0.1:0"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while (listening := LISTENING.search(log.read_text(errors="replace"))) is None:
-        if prometheus.poll() is not None or time.monotonic() > deadline:
-            stop(prometheus)
-            pytest.fail(f"Prometheus did not start listening:\n{log.read_text()[-2000:]}")
-        time.sleep(0.1)
-    return prometheus, int(listening.group(1).rpartition(":")[2])
 
 
 @integration
