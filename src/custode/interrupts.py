@@ -165,10 +165,30 @@ def _handle(signum: int, frame: Any) -> None:
         return
     # a second signal: the person will not wait; leave no git behind, exit now
     _kill_all()
+    for pgid in _child_groups():  # one started but not yet registered, too
+        _signal_group(pgid, signal.SIGKILL)
     with contextlib.suppress(OSError):
         sys.stderr.write("\ncustode: interrupted again: stopped at once\n")
         sys.stderr.flush()
     os._exit(int(ExitCode.INTERRUPTED))
+
+
+def _child_groups() -> list[int]:
+    """The process groups led by a descendant of this process: every git runs in its
+    own (``child`` registers it only once ``Popen`` has returned). A worker process in
+    custode's own group leads none, and neither does what git itself starts."""
+    try:
+        import psutil  # noqa: PLC0415  (only on a second signal: start-up)
+
+        descendants = psutil.Process().children(recursive=True)
+    except Exception:  # exiting anyway: best effort
+        return []
+    groups = []
+    for process in descendants:
+        with contextlib.suppress(OSError):
+            if os.getpgid(process.pid) == process.pid:
+                groups.append(process.pid)
+    return groups
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -526,3 +526,48 @@ def test_a_forgotten_request_kills_no_git_started_later(monkeypatch: pytest.Monk
         later.kill()
         later.wait()
         interrupts.reset()
+
+
+# A custode process at the moment a git is started but not yet registered (Popen has
+# returned; interrupts.child has not run): two SIGINTs then end it. Prints the pids of
+# that git, of a registered one, and of a worker-like child in custode's own group.
+WINDOW = """
+import os, signal, subprocess, sys, time
+from custode import interrupts
+interrupts.install()
+quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}  # hold no pipe of ours
+unregistered = subprocess.Popen(["sleep", "60"], process_group=0, **quiet)
+registered = subprocess.Popen(["sleep", "60"], process_group=0, **quiet)
+worker = subprocess.Popen(["sleep", "60"], **quiet)  # custode's own group: not a git
+with interrupts.child(registered.pid):
+    print(unregistered.pid, registered.pid, worker.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.1)  # the handler runs between bytecodes; the sleep is only a cushion
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(60)
+"""
+
+
+def test_a_second_sigint_stops_a_git_started_but_not_yet_registered(
+    isolated_env: dict[str, str],
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", WINDOW], env=isolated_env, capture_output=True, text=True,
+        timeout=60, start_new_session=True, check=False,
+    )  # fmt: skip
+    unregistered, registered, worker = map(int, proc.stdout.split())
+    try:
+        assert proc.returncode == 130, proc.stderr
+        assert "interrupted again: stopped at once" in proc.stderr
+        for pid in (unregistered, registered):
+            deadline = time.monotonic() + 10
+            while psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie":
+                assert time.monotonic() < deadline, f"git {pid} left running"
+                time.sleep(0.05)
+        # not a git's group: a worker in custode's own group dies with its parent's group
+        # (the terminal sends it the signal), never by a kill of a group it does not lead
+        assert psutil.pid_exists(worker) and psutil.Process(worker).status() != "zombie"
+    finally:
+        for pid in (unregistered, registered, worker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
