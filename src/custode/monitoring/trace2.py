@@ -527,7 +527,7 @@ class Trace2Listener:
         )
         yield gauge("processes_in_flight", "git processes seen but not yet exited.",
                     len(self._sessions))  # fmt: skip
-        yield gauge("process_bytes", "Bytes held for the git processes in flight.",
+        yield gauge("process_bytes", "Bytes held for git processes in flight and lately ended.",
                     self._sessions.bytes)  # fmt: skip
         restarts = CounterMetricFamily(
             "custode_trace2_thread_restarts", "trace2 threads restarted after they died.",
