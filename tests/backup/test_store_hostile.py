@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -517,3 +518,23 @@ def test_an_s3_object_larger_than_its_kind_is_refused_unread(
         "nests deeper than 16 levels, w",
         "holds a number of 5000 digits;",
     ]
+
+
+def test_a_lock_whose_pid_another_process_now_has_is_removed_and_prune_runs(
+    custode: Run, copy: Copy
+) -> None:
+    """A killed backup's lock names its pid; on a busy host (pid_max 32,768) that pid soon
+    belongs to another process. The lock also says when its process started, so a live
+    process under that pid that started at another time does not keep it: the old code
+    kept it (refusing every prune) until it was a day old (a CI run under load did)."""
+    t = copy.t
+    locks = copy.store / "hosts" / t.host / "locks"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    lock = locks / f"{new_id()}.json"  # a fresh one: not stale by its age
+    body = {"format": "custode-lock/1", "exclusive": False, "purpose": "backup",
+            "machine": socket.gethostname(), "pid": os.getpid(),  # alive: this test's
+            "started": 1_000_000.0, "created": "2026-01-01T00:00:00+00:00"}  # fmt: skip
+    lock.write_text(json.dumps(body))
+    pruned = run(custode, "forget", "--store", copy.store, "--keep-last", "5", "--prune")
+    assert pruned.code == 0, lines(pruned)  # the old code: "store ... is busy: backup on ..."
+    assert not lock.exists()

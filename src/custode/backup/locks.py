@@ -6,7 +6,8 @@ So each backup writes ``hosts/<host>/locks/<id>.json`` (shared) before it reads 
 and a prune writes an exclusive one; each then lists the locks and backs off if it sees
 a conflicting one. Both write before they look, so of two racing processes at least one
 sees the other. A lock whose process is gone (same machine, dead pid) or that is older
-than ``STALE_AFTER`` is ignored and removed.
+than ``STALE_AFTER`` is ignored and removed. A lock names its process by pid and start
+time (``base.process``): a killed backup's pid is soon another process's.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from custode.backup.manifest import LOCK_FORMAT, id_time, new_id
 from custode.backup.records import LOCK_LIMIT, read_object
 from custode.backup.store import Store
-from custode.base.process import process_alive
+from custode.base.process import process_alive, started
 from custode.errors import CustodeError, LockedError
 
 STALE_AFTER = 24 * 3600.0
@@ -35,10 +36,12 @@ def _stale(store: Store, key: str, now: datetime) -> bool:
         return True
     if (now - when).total_seconds() > STALE_AFTER:
         return True
-    same_machine = info.get("machine") == socket.gethostname()
-    return bool(
-        same_machine and isinstance(info.get("pid"), int) and not process_alive(info["pid"])
-    )
+    pid, since = info.get("pid"), info.get("started")
+    if info.get("machine") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    if isinstance(since, bool) or not isinstance(since, int | float):
+        since = None  # written by an older custode: the pid alone
+    return not process_alive(pid, since)
 
 
 @contextmanager
@@ -48,6 +51,7 @@ def store_lock(store: Store, host: str, *, exclusive: bool, purpose: str) -> Ite
     key = f"{prefix}{new_id(now)}.json"
     body = {"format": LOCK_FORMAT, "exclusive": exclusive, "purpose": purpose,
             "machine": socket.gethostname(), "pid": os.getpid(),
+            "started": started(os.getpid()),
             "created": now.isoformat(timespec="seconds")}  # fmt: skip
     store.put_bytes(key, json.dumps(body).encode())
     try:

@@ -28,7 +28,7 @@ from custode.backup.manifest import check_host
 from custode.backup.store import Store
 from custode.backup.stores import open_store
 from custode.base import paths
-from custode.base.process import process_alive
+from custode.base.process import process_alive, started
 from custode.config.model import BackupConfig
 from custode.errors import PathNotFoundError
 
@@ -127,6 +127,16 @@ def jobs(config: BackupConfig, given: int | None = None) -> int:
     return given or config.jobs or os.cpu_count() or 1
 
 
+def _running(name: str) -> bool:
+    """Whether the run that made the scratch directory ``name`` may still run."""
+    parts = name.split("-")
+    if len(parts) < 3 or not parts[1].isdigit():
+        return True  # not one of ours: left alone
+    tag = parts[2]
+    since = int(tag[1:]) / 100 if len(parts) > 3 and tag[:1] == "s" and tag[1:].isdigit() else None
+    return process_alive(int(parts[1]), since)
+
+
 def scratch_base(config: BackupConfig, state_dir: Path) -> Path:
     """Where runs build their bundles: ``backup.scratch``, else ``<state_dir>/scratch``."""
     return config.scratch or state_dir / "scratch"
@@ -134,14 +144,16 @@ def scratch_base(config: BackupConfig, state_dir: Path) -> Path:
 
 @contextmanager
 def scratch(base: Path) -> Iterator[Path]:
-    """This run's own scratch directory under ``base`` (``run-<pid>-…``), removed
+    """This run's own scratch directory under ``base`` (``run-<pid>-s<start>-…``, the
+    start in hundredths of a second: a pid alone is soon another process's), removed
     afterwards; those of runs that were killed (their process is gone) are removed first."""
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
     for old in base.glob("run-*"):
-        pid = old.name.split("-")[1]
-        if pid.isdigit() and not process_alive(int(pid)):
+        if not _running(old.name):
             shutil.rmtree(old, ignore_errors=True)
-    mine = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=base))
+    since = started(os.getpid())
+    tag = f"s{round(since * 100)}-" if since is not None else ""
+    mine = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-{tag}", dir=base))
     try:
         yield mine
     finally:
