@@ -28,6 +28,7 @@ import pytest
 
 from custode import interrupts
 from custode.backup import restorejournal
+from custode.base.process import process_alive
 from custode.config.model import DiscoveryConfig
 from custode.scan import fleet as fleet_module
 from fixtures.builders import run_git
@@ -539,8 +540,10 @@ quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}  # hold no 
 unregistered = subprocess.Popen(["sleep", "60"], process_group=0, **quiet)
 registered = subprocess.Popen(["sleep", "60"], process_group=0, **quiet)
 worker = subprocess.Popen(["sleep", "60"], **quiet)  # custode's own group: not a git
+from custode.base.process import started
 with interrupts.child(registered.pid):
-    print(unregistered.pid, registered.pid, worker.pid, flush=True)
+    for child in (unregistered, registered, worker):  # a pid with its start: pids are reused
+        print(child.pid, started(child.pid), flush=True)
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(0.1)  # the handler runs between bytecodes; the sleep is only a cushion
     os.kill(os.getpid(), signal.SIGINT)
@@ -555,19 +558,30 @@ def test_a_second_sigint_stops_a_git_started_but_not_yet_registered(
         [sys.executable, "-c", WINDOW], env=isolated_env, capture_output=True, text=True,
         timeout=60, start_new_session=True, check=False,
     )  # fmt: skip
-    unregistered, registered, worker = map(int, proc.stdout.split())
+    unregistered, registered, worker = (
+        (int(pid), float(since)) for pid, since in map(str.split, proc.stdout.splitlines())
+    )
+
+    def running(child: tuple[int, float]) -> bool:
+        if not process_alive(*child):
+            return False
+        with contextlib.suppress(psutil.Error):
+            return psutil.Process(child[0]).status() != psutil.STATUS_ZOMBIE
+        return False
+
     try:
         assert proc.returncode == 130, proc.stderr
         assert "interrupted again: stopped at once" in proc.stderr
-        for pid in (unregistered, registered):
+        for child in (unregistered, registered):
             deadline = time.monotonic() + 10
-            while psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie":
-                assert time.monotonic() < deadline, f"git {pid} left running"
+            while running(child):
+                assert time.monotonic() < deadline, f"git {child[0]} left running"
                 time.sleep(0.05)
         # not a git's group: a worker in custode's own group dies with its parent's group
         # (the terminal sends it the signal), never by a kill of a group it does not lead
-        assert psutil.pid_exists(worker) and psutil.Process(worker).status() != "zombie"
+        assert running(worker)
     finally:
-        for pid in (unregistered, registered, worker):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        for child in (unregistered, registered, worker):
+            if process_alive(*child):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child[0], signal.SIGKILL)
