@@ -278,3 +278,24 @@ def test_an_encrypted_file_is_recorded_as_stored_and_staged_only_when_needed(
     out = io.BytesIO()
     decrypt_to(store, ref, out, [identity])  # type: ignore[arg-type]
     assert out.getvalue() == data
+
+
+def test_a_write_back_due_when_the_file_is_closed_is_still_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write-back asked for just before ``close`` is done before close returns: the old
+    flusher woke to find the stop request too and returned without it, so its error
+    (EIO: reported once per open file) could go unseen (a CI run under load did)."""
+    synced: list[int] = []
+    monkeypatch.setattr(streams.os, "fdatasync", synced.append)
+    monkeypatch.setattr(streams, "_FLUSH_EVERY", 10)
+    for _ in range(20):
+        synced.clear()
+        flusher = streams.Flusher(7)
+        flusher.wrote(10)
+        flusher.close()
+        assert synced == [7]
+    # one running takes the next as well, and nothing is owed once all was synced
+    flusher = streams.Flusher(7)
+    flusher.close()
+    assert synced == [7]

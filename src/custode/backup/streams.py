@@ -142,10 +142,12 @@ class Flusher:
     """Has the kernel write a file to disk while it is being written: ``fdatasync`` in a
     thread of its own after every 32 MiB, so the caller's fsync before its rename waits
     for the last few MiB only, not for the whole file. Its error is kept (the kernel
-    reports a failed write-back once per open file: it must not be lost)."""
+    reports a failed write-back once per open file: it must not be lost). A write-back
+    asked for is done, even when ``close`` comes before the thread has woken for it."""
 
     def __init__(self, fd: int) -> None:
         self.fd, self.unsynced, self.stop = fd, 0, False
+        self.owed = False  # a write-back was asked for and not yet begun
         self.error: OSError | None = None
         self.due = threading.Event()
         self.thread = threading.Thread(target=self._run, name="custode-flush", daemon=True)
@@ -155,18 +157,21 @@ class Flusher:
         self.unsynced += n
         if self.unsynced >= _FLUSH_EVERY:
             self.unsynced = 0
-            self.due.set()  # a sync running now takes the next as well: at most one waits
+            self.owed = True  # a sync running now takes the next as well: at most one waits
+            self.due.set()
 
     def _run(self) -> None:
-        while True:
+        while self.error is None:
             self.due.wait()
-            self.due.clear()
-            if self.stop or self.error is not None:
+            self.due.clear()  # before reading owed: a later request wakes it again
+            if self.owed:
+                self.owed = False
+                try:
+                    os.fdatasync(self.fd)
+                except OSError as exc:
+                    self.error = exc
+            if self.stop:
                 return
-            try:
-                os.fdatasync(self.fd)
-            except OSError as exc:
-                self.error = exc
 
     def close(self) -> None:
         self.stop = True
